@@ -1,0 +1,71 @@
+"""eventmill: event-driven pub/sub for Python.
+
+The library: :class:`Message`, the :class:`Publisher` / :class:`Subscriber`
+contract, backends chosen by URL (:func:`open_pubsub`), and a :class:`Router`
+with middleware. The service (``eventmill serve``) is built on it.
+"""
+
+from eventmill.errors import (
+    AuthenticationError,
+    BackendUnavailableError,
+    BufferFullError,
+    ClosedError,
+    ConfigurationError,
+    DuplicateEventError,
+    EventmillError,
+    EventValidationError,
+    HandlerError,
+    InvalidNameError,
+    MessageStateError,
+    PayloadTooLargeError,
+    PublishError,
+    PubSubError,
+    RouterError,
+    SignatureError,
+    StoreError,
+    StoreUnavailableError,
+    SubscribeError,
+    UnknownEventError,
+    UnknownSourceError,
+)
+from eventmill.message import Message, new_message_id
+from eventmill.pubsub.base import Capabilities, PubSub, Publisher, Subscriber, Subscription
+from eventmill.pubsub.factory import open_pubsub
+from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BackendUnavailableError",
+    "BufferFullError",
+    "Capabilities",
+    "ClosedError",
+    "ConfigurationError",
+    "DuplicateEventError",
+    "EventValidationError",
+    "EventmillError",
+    "HandlerError",
+    "InvalidNameError",
+    "MemoryConfig",
+    "MemoryPubSub",
+    "Message",
+    "MessageStateError",
+    "PayloadTooLargeError",
+    "PubSub",
+    "PubSubError",
+    "PublishError",
+    "Publisher",
+    "RouterError",
+    "SignatureError",
+    "StoreError",
+    "StoreUnavailableError",
+    "SubscribeError",
+    "Subscriber",
+    "Subscription",
+    "UnknownEventError",
+    "UnknownSourceError",
+    "__version__",
+    "new_message_id",
+    "open_pubsub",
+]

@@ -1,0 +1,129 @@
+"""The one exception tree of eventmill.
+
+Every error eventmill raises on purpose derives from :class:`EventmillError`.
+Client-library errors (redis, asyncpg, nats, aiokafka, sqlite3, httpx) are
+translated at the boundary with ``raise ... from exc``; their messages never
+carry passwords or secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackendUnavailableError",
+    "BufferFullError",
+    "ClosedError",
+    "ConfigurationError",
+    "DuplicateEventError",
+    "EventValidationError",
+    "EventmillError",
+    "HandlerError",
+    "InvalidNameError",
+    "MessageStateError",
+    "PayloadTooLargeError",
+    "PubSubError",
+    "PublishError",
+    "RouterError",
+    "SignatureError",
+    "StoreError",
+    "StoreUnavailableError",
+    "SubscribeError",
+    "UnknownEventError",
+    "UnknownSourceError",
+]
+
+
+class EventmillError(Exception):
+    """Root of every error eventmill raises."""
+
+
+class ConfigurationError(EventmillError):
+    """A URL, option or setting is invalid (bad scheme, bad value, missing secret)."""
+
+
+# -- layer 1: messages and pub/sub ------------------------------------------------------
+
+
+class InvalidNameError(ConfigurationError, ValueError):
+    """A topic or group name is empty, too long or has characters outside ``[A-Za-z0-9._-]``."""
+
+
+class MessageStateError(EventmillError):
+    """A message was used in a way its state forbids (e.g. re-publishing while in flight)."""
+
+
+class PubSubError(EventmillError):
+    """Base of errors raised by publishers, subscribers and backends."""
+
+
+class ClosedError(PubSubError):
+    """The publisher, subscriber or subscription was already closed."""
+
+
+class BackendUnavailableError(PubSubError):
+    """The backend's server cannot be reached (after the configured retries)."""
+
+
+class PublishError(PubSubError):
+    """The backend did not accept the messages; none of them may be assumed published."""
+
+
+class SubscribeError(PubSubError):
+    """A subscription could not be created or continued."""
+
+
+class BufferFullError(PublishError):
+    """A bounded buffer was full and the configured policy is to raise, not to block."""
+
+
+# -- layer 2: router ---------------------------------------------------------------------
+
+
+class RouterError(EventmillError):
+    """The router is misconfigured (duplicate handler name, run twice, ...)."""
+
+
+class HandlerError(EventmillError):
+    """A handler failed; raised by middleware that gives up (timeout, open circuit, ...)."""
+
+
+# -- layer 3: events ---------------------------------------------------------------------
+
+
+class EventValidationError(EventmillError):
+    """An event's payload does not match the model registered for its name."""
+
+
+class UnknownEventError(EventValidationError):
+    """An event name has no registered model and the registry rejects unknown names."""
+
+
+# -- layers 4-5: store and ingestion -----------------------------------------------------
+
+
+class StoreError(EventmillError):
+    """Base of event store errors."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database cannot be reached."""
+
+
+class DuplicateEventError(StoreError):
+    """An event with the same (source, external id) is already stored."""
+
+
+class AuthenticationError(EventmillError):
+    """A request carried no credentials, or wrong ones (API key, JWT)."""
+
+
+class SignatureError(AuthenticationError):
+    """A webhook's signature is missing, malformed, stale or does not match."""
+
+
+class UnknownSourceError(EventmillError):
+    """A webhook arrived for a source that is not configured."""
+
+
+class PayloadTooLargeError(EventmillError):
+    """A request body is larger than the configured limit."""

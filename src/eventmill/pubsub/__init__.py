@@ -1,0 +1,16 @@
+"""Publishers, subscribers and their backends."""
+
+from eventmill.pubsub.base import Capabilities, PubSub, Publisher, Subscriber, Subscription
+from eventmill.pubsub.factory import open_pubsub
+from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
+
+__all__ = [
+    "Capabilities",
+    "MemoryConfig",
+    "MemoryPubSub",
+    "PubSub",
+    "Publisher",
+    "Subscriber",
+    "Subscription",
+    "open_pubsub",
+]

@@ -1,0 +1,162 @@
+"""The pub/sub contract: Publisher, Subscriber, Subscription and Capabilities.
+
+Every backend implements these; the conformance suite in ``tests/pubsub`` checks
+that they hold.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol, Self, runtime_checkable
+
+from eventmill.errors import InvalidNameError
+from eventmill.message import Message
+
+__all__ = [
+    "Capabilities",
+    "PubSub",
+    "Publisher",
+    "Subscriber",
+    "Subscription",
+    "validate_name",
+]
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Return ``name`` if it is a valid topic or group name, else raise InvalidNameError.
+
+    Names are 1-200 characters of ``[A-Za-z0-9._-]``: the set every backend's
+    server accepts (Kafka topics, NATS subjects, Redis keys, SQL values).
+    """
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise InvalidNameError(
+            f"invalid {kind} name {name!r}: use 1-200 characters of letters, digits, '.', '_', '-'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend promises beyond the common contract.
+
+    The conformance suite runs the tests a flag enables and skips, with the flag
+    named, those it disables.
+    """
+
+    persistent: bool
+    """Published messages survive the process (and the server) restarting."""
+    consumer_groups: bool
+    """Named groups: members of one group split the messages, each group gets all."""
+    ordering: Literal["none", "per_key", "global"]
+    """Order seen by a single consumer of a group: ``global`` (publish order of the
+    topic), ``per_key`` (publish order among messages with the same partition key), or
+    ``none``. Ordering never survives a nack: the nacked message comes again later."""
+    redelivers_after_crash: bool
+    """A message delivered to a consumer that vanished without settling it is
+    delivered again (after the backend's visibility timeout)."""
+    replay: bool
+    """A group subscribing to a topic for the first time starts at the oldest
+    retained message (not only at messages published after it subscribed)."""
+    has_server: bool
+    """The backend talks to a server that can go away and come back (reconnect tests)."""
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """An open subscription: an async iterator of :class:`Message`.
+
+    * ``await sub.__anext__()`` may be called from many tasks at once; each message
+      goes to exactly one of them. Iteration ends (``StopAsyncIteration``) once the
+      subscription or its backend is closed.
+    * The next message is handed out whether or not the previous one was settled:
+      a consumer may hold many unsettled messages (bounded by the backend's
+      prefetch/visibility settings), and none of them is lost: a nack, or the
+      consumer going away without settling, means redelivery (at-least-once).
+    * ``close()`` flushes the settlements made so far (they land before it returns)
+      and releases messages handed out but not settled, which are redelivered to
+      the group (or, for an ephemeral subscription, dropped with it). Settling a
+      message after its subscription closed has no effect.
+    """
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def group(self) -> str | None: ...
+
+    def __aiter__(self) -> Self: ...
+
+    async def __anext__(self) -> Message: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Publishes messages to topics.
+
+    ``publish(topic, *messages)`` returns only after the backend has accepted every
+    message (durably, where the backend is durable: committed to disk, acknowledged
+    by the server). If it raises, the caller must assume none was published and may
+    publish again; receivers drop duplicates by ``Message.id``. Messages published
+    by one call, and by calls awaited one after another, keep their order within a
+    partition key on backends that promise ordering. Safe to call from many tasks
+    at once. ``close()`` waits for publishes in progress, then releases resources;
+    publishing after it raises :class:`~eventmill.ClosedError`.
+    """
+
+    async def publish(self, topic: str, *messages: Message) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """Opens subscriptions to topics.
+
+    ``subscribe(topic, group=name)`` joins the durable consumer group ``name``:
+    members of one group split the messages between them, and every group gets
+    every message. The group's position is kept while no member is connected.
+
+    ``subscribe(topic)`` without a group is an ephemeral fan-out: the subscription
+    sees every message published from the moment ``subscribe`` returned, and
+    nothing is kept for it once it is closed.
+
+    ``subscribe`` returns once the subscription is registered with the backend, so a
+    message published after it returns is delivered to it. ``close()`` closes every
+    subscription it opened (see :class:`Subscription`).
+    """
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PubSub(Publisher, Subscriber, Protocol):
+    """A backend: both a publisher and a subscriber, and an async context manager."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

@@ -1,0 +1,77 @@
+"""``open_pubsub(url)``: pick and start a backend by URL scheme."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+from eventmill.errors import ConfigurationError
+from eventmill.pubsub.base import PubSub
+
+__all__ = ["BACKENDS", "open_pubsub", "redact_url"]
+
+#: scheme -> "module:Class"; modules are imported on first use so that a user of
+#: memory:// never imports redis, asyncpg, nats or aiokafka.
+BACKENDS: dict[str, str] = {
+    "memory": "eventmill.pubsub.memory:MemoryPubSub",
+    "sqlite": "eventmill.pubsub.sqlite:SQLitePubSub",
+    "postgresql": "eventmill.pubsub.postgres:PostgresPubSub",
+    "postgres": "eventmill.pubsub.postgres:PostgresPubSub",
+    "redis": "eventmill.pubsub.redis:RedisPubSub",
+    "rediss": "eventmill.pubsub.redis:RedisPubSub",
+    "nats": "eventmill.pubsub.nats:NatsPubSub",
+    "tls": "eventmill.pubsub.nats:NatsPubSub",
+    "kafka": "eventmill.pubsub.kafka:KafkaPubSub",
+}
+
+
+class _Backend(Protocol):
+    @classmethod
+    def from_url(cls, url: str) -> PubSub: ...
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def backend_class(url: str) -> type[_Backend]:
+    """Return the backend class for ``url``'s scheme (imported on demand)."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    scheme = scheme.split("+", 1)[0]  # postgresql+asyncpg:// -> postgresql
+    target = BACKENDS.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(set(BACKENDS)))
+        raise ConfigurationError(f"unknown pub/sub URL {redact_url(url)!r}: use one of {known}")
+    module_name, _, cls_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"backend for {scheme}:// is not available ({exc.name or exc} could not be imported)"
+        ) from exc
+    return cast("type[_Backend]", getattr(module, cls_name))
+
+
+async def open_pubsub(url: str) -> PubSub:
+    """Create the backend named by ``url``, connect it, and return it.
+
+    Examples: ``memory://``, ``sqlite:///var/lib/eventmill/bus.db``,
+    ``postgresql://user@host/db``, ``redis://localhost:6379/0``,
+    ``nats://localhost:4222``, ``kafka://localhost:9092``. Options go in the query
+    string and are documented by each backend's config class. Use the result as an
+    async context manager, or call ``await bus.close()``.
+    """
+    pubsub = backend_class(url).from_url(url)
+    start = getattr(pubsub, "start", None)
+    if start is not None:
+        await start()
+    return pubsub

@@ -1,0 +1,316 @@
+"""memory:// - an in-process backend; also the test double for users' own code.
+
+Delivery: a message published to a topic goes to every consumer group that exists
+at that moment (a group exists from its first ``subscribe`` until the PubSub
+closes, and keeps its queue while no member is connected) and to every open
+ephemeral subscription. Nothing survives the process.
+
+Buffers: each group and each ephemeral subscription holds at most
+``MemoryConfig.buffer_size`` undelivered messages. When a publish would overflow
+one, the policy ``MemoryConfig.when_full`` applies: ``"block"`` (default) waits
+until every target has room, ``"raise"`` raises :class:`~eventmill.BufferFullError`
+and publishes nothing. Messages are never dropped silently.
+
+URL options: ``memory://?buffer_size=10000&when_full=block``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Self
+from urllib.parse import parse_qs, urlsplit
+
+from eventmill.errors import BufferFullError, ClosedError, ConfigurationError
+from eventmill.message import Message
+from eventmill.pubsub.base import Capabilities, validate_name
+
+__all__ = ["MemoryConfig", "MemoryPubSub"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """Settings of :class:`MemoryPubSub`."""
+
+    buffer_size: int = 10_000
+    """Most undelivered messages a group or ephemeral subscription holds (default 10,000)."""
+    when_full: Literal["block", "raise"] = "block"
+    """What ``publish`` does when a target buffer is full: wait for room, or raise
+    :class:`~eventmill.BufferFullError` without publishing anything (default ``block``)."""
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ConfigurationError("memory:// buffer_size must be at least 1")
+        if self.when_full not in ("block", "raise"):
+            raise ConfigurationError("memory:// when_full must be 'block' or 'raise'")
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryConfig:
+        """Parse ``memory://?buffer_size=N&when_full=block|raise``."""
+        query = parse_qs(urlsplit(url).query)
+        unknown = set(query) - {"buffer_size", "when_full"}
+        if unknown:
+            raise ConfigurationError(f"unknown memory:// option(s): {', '.join(sorted(unknown))}")
+        kwargs: dict[str, object] = {}
+        if "buffer_size" in query:
+            try:
+                kwargs["buffer_size"] = int(query["buffer_size"][-1])
+            except ValueError:
+                raise ConfigurationError("memory:// buffer_size must be an integer") from None
+        if "when_full" in query:
+            kwargs["when_full"] = query["when_full"][-1]
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+class _Queue:
+    """A bounded FIFO shared by the members of one group (or one ephemeral subscriber)."""
+
+    __slots__ = ("closed", "inflight", "items", "limit", "readers", "space")
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[Message] = deque()
+        self.limit = limit
+        self.readers: deque[asyncio.Future[None]] = deque()
+        self.space: deque[asyncio.Future[None]] = deque()
+        self.inflight: dict[Message, _MemorySubscription] = {}
+        self.closed = False
+
+    def has_room(self, n: int) -> bool:
+        return len(self.items) + n <= self.limit
+
+    def push(self, msg: Message) -> None:
+        self.items.append(msg)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        readers = self.readers
+        while readers:
+            fut = readers.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def wake_space(self) -> None:
+        space = self.space
+        while space:
+            fut = space.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def settle(self, msg: Message, ok: bool) -> None:
+        if self.inflight.pop(msg, None) is None:
+            return
+        if not ok:
+            self.items.appendleft(msg.copy())
+            self._wake_reader()
+
+    def release(self, sub: _MemorySubscription) -> None:
+        """Requeue, in their original order, the unsettled messages held by ``sub``."""
+        held = [m for m, s in self.inflight.items() if s is sub]
+        for msg in reversed(held):
+            del self.inflight[msg]
+            msg._on_settle = None
+            self.items.appendleft(msg.copy())
+        if held:
+            self._wake_reader()
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in (*self.readers, *self.space):
+            if not fut.done():
+                fut.set_result(None)
+        self.readers.clear()
+        self.space.clear()
+
+
+class _Topic:
+    __slots__ = ("ephemeral", "groups")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, _Queue] = {}
+        self.ephemeral: set[_Queue] = set()
+
+
+class _MemorySubscription:
+    __slots__ = ("_closed", "_group", "_owner", "_queue", "_topic")
+
+    def __init__(
+        self, owner: MemoryPubSub, topic: str, group: str | None, queue: _Queue
+    ) -> None:
+        self._owner = owner
+        self._topic = topic
+        self._group = group
+        self._queue = queue
+        self._closed = False
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def group(self) -> str | None:
+        return self._group
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        q = self._queue
+        while True:
+            if self._closed or q.closed:
+                raise StopAsyncIteration
+            if q.items:
+                msg = q.items.popleft()
+                q.inflight[msg] = self
+                msg._on_settle = q.settle
+                if q.space:
+                    q.wake_space()
+                return msg
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            q.readers.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                # Pass the wake-up on if a message was meant for us.
+                if fut.done() and not fut.cancelled() and q.items:
+                    q._wake_reader()
+                raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        q = self._queue
+        if self._group is None:
+            self._owner._drop_ephemeral(self._topic, q)
+            for msg in list(q.inflight):
+                msg._on_settle = None
+            q.inflight.clear()
+            q.close()
+        else:
+            q.release(self)
+            # Wake our own waiters so they see we are closed; other members re-wait.
+            for fut in list(q.readers):
+                if not fut.done():
+                    fut.set_result(None)
+            q.readers.clear()
+        self._owner._subs.discard(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MemoryPubSub:
+    """In-process publisher and subscriber. See the module docstring for semantics."""
+
+    capabilities = Capabilities(
+        persistent=False,
+        consumer_groups=True,
+        ordering="global",
+        redelivers_after_crash=True,
+        replay=False,
+        has_server=False,
+    )
+
+    def __init__(self, config: MemoryConfig | None = None) -> None:
+        self.config = config or MemoryConfig()
+        self._topics: dict[str, _Topic] = {}
+        self._subs: set[_MemorySubscription] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryPubSub:
+        """Build from ``memory://?options`` (see :class:`MemoryConfig`); no I/O."""
+        return cls(MemoryConfig.from_url(url))
+
+    async def start(self) -> None:
+        """Nothing to connect; present so every backend starts the same way."""
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        if self._closed:
+            raise ClosedError("memory:// pubsub is closed")
+        t = self._topics.get(topic)
+        if t is None:
+            validate_name("topic", topic)
+            t = self._topics[topic] = _Topic()
+        for m in messages:
+            if not isinstance(m, Message):
+                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        if not messages:
+            return
+        targets = [*t.groups.values(), *t.ephemeral]
+        n = len(messages)
+        while True:
+            full = [q for q in targets if not q.closed and not q.has_room(n)]
+            if not full:
+                break
+            if n > self.config.buffer_size or self.config.when_full == "raise":
+                raise BufferFullError(
+                    f"memory:// buffer of topic {topic!r} is full "
+                    f"({self.config.buffer_size} undelivered messages)"
+                )
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            full[0].space.append(fut)
+            await fut
+            if self._closed:
+                raise ClosedError("memory:// pubsub is closed")
+            targets = [*t.groups.values(), *t.ephemeral]
+        for q in targets:
+            if q.closed:
+                continue
+            for m in messages:
+                q.push(Message._received(m.id, dict(m.metadata), m.payload, None))
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> _MemorySubscription:
+        if self._closed:
+            raise ClosedError("memory:// pubsub is closed")
+        validate_name("topic", topic)
+        t = self._topics.get(topic)
+        if t is None:
+            t = self._topics[topic] = _Topic()
+        if group is None:
+            q = _Queue(self.config.buffer_size)
+            t.ephemeral.add(q)
+        else:
+            validate_name("group", group)
+            q = t.groups.get(group) or t.groups.setdefault(group, _Queue(self.config.buffer_size))
+        sub = _MemorySubscription(self, topic, group, q)
+        self._subs.add(sub)
+        return sub
+
+    def _drop_ephemeral(self, topic: str, q: _Queue) -> None:
+        t = self._topics.get(topic)
+        if t is not None:
+            t.ephemeral.discard(q)
+            q.wake_space()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subs):
+            await sub.close()
+        for t in self._topics.values():
+            for q in (*t.groups.values(), *t.ephemeral):
+                q.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

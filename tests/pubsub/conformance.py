@@ -1,0 +1,533 @@
+"""The pub/sub conformance suite: one set of tests that every backend runs.
+
+In the spirit of Watermill's ``pubsub/tests``. A backend's test module subclasses
+:class:`ConformanceSuite` and provides a ``harness`` fixture returning a
+:class:`Harness`; tests that need a capability the backend does not promise are
+skipped with the flag named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from eventmill import ClosedError, InvalidNameError, Message
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
+
+RECEIVE_TIMEOUT = 30.0
+
+
+class Harness:
+    """How the suite drives one backend. Subclass per backend.
+
+    ``open()`` returns a new PubSub connected to the same storage or server as the
+    others it returned (for memory://, which has no shared storage, the same
+    instance); the harness closes them all in ``aclose()``.
+    """
+
+    #: How long a message held by a crashed consumer takes to come back, in seconds.
+    redelivery_timeout: float = 1.0
+
+    def __init__(self) -> None:
+        self._opened: list[PubSub] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    async def _open(self) -> PubSub:
+        raise NotImplementedError
+
+    async def open(self) -> PubSub:
+        ps = await self._open()
+        if ps not in self._opened:
+            self._opened.append(ps)
+        return ps
+
+    async def crash(self, ps: PubSub) -> None:
+        """Make ``ps`` vanish as a killed process would: no settlements flushed, no goodbye."""
+        raise NotImplementedError
+
+    async def restart_server(self, down_for: float) -> None:
+        """Stop the backend's server, keep it down ``down_for`` seconds, start it again."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        for ps in reversed(self._opened):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ps.close(), 30)
+        self._opened.clear()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def collect(
+    sub: Subscription,
+    count: int,
+    *,
+    timeout: float = RECEIVE_TIMEOUT,
+    ack: bool = True,
+    settle: Callable[[Message], Awaitable[None]] | None = None,
+) -> list[Message]:
+    """Receive ``count`` messages from ``sub`` (acking each unless told not to)."""
+    got: list[Message] = []
+
+    async def run() -> None:
+        while len(got) < count:
+            msg = await sub.__anext__()
+            got.append(msg)
+            if settle is not None:
+                await settle(msg)
+            elif ack:
+                msg.ack()
+
+    try:
+        await asyncio.wait_for(run(), timeout)
+    except TimeoutError:
+        pytest.fail(f"received {len(got)} of {count} messages within {timeout}s")
+    return got
+
+
+async def nothing_arrives(sub: Subscription, within: float) -> None:
+    """Assert no message arrives on ``sub`` within ``within`` seconds."""
+    try:
+        msg = await asyncio.wait_for(sub.__anext__(), within)
+    except TimeoutError:
+        return
+    pytest.fail(f"unexpected message {msg!r}")
+
+
+async def collect_ids(
+    sub: Subscription, want: set[str], *, timeout: float = RECEIVE_TIMEOUT
+) -> set[str]:
+    """Receive and ack until every id in ``want`` was seen (duplicates allowed)."""
+    seen: set[str] = set()
+
+    async def run() -> None:
+        while not want <= seen:
+            msg = await sub.__anext__()
+            seen.add(msg.id)
+            msg.ack()
+
+    try:
+        await asyncio.wait_for(run(), timeout)
+    except TimeoutError:
+        pytest.fail(f"missing {len(want - seen)} of {len(want)} messages after {timeout}s")
+    return seen
+
+
+def msgs(n: int, prefix: str = "m", **metadata: str) -> list[Message]:
+    return [Message(f"{prefix}-{i}".encode(), {"i": str(i), **metadata}) for i in range(n)]
+
+
+class ConformanceSuite:
+    """Tests every backend passes. Subclasses provide the ``harness`` fixture."""
+
+    @pytest.fixture
+    async def bus(self, harness: Harness) -> AsyncIterator[PubSub]:
+        yield await harness.open()
+
+    def need(self, holder: Harness | PubSub, **flags: object) -> None:
+        caps = holder.capabilities
+        for name, wanted in flags.items():
+            have = getattr(caps, name)
+            ok = have in wanted if isinstance(wanted, tuple) else have == wanted
+            if not ok:
+                pytest.skip(f"backend capability {name}={have!r} (test needs {wanted!r})")
+
+    # -- the message arrives intact ----------------------------------------------------
+
+    async def test_id_payload_metadata_intact(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        sent = [
+            Message(b"hello", {"k": "v", "user_id": "u-1"}, id="fixed-id-1"),
+            Message(b"", {}),
+            Message(bytes(range(256)) * 4, {"unicode": "héllo ✓ 日本", "empty": ""}),
+            Message(b"x" * 300_000, {"big": "yes"}),
+        ]
+        await bus.publish(topic, *sent)
+        got = await collect(sub, len(sent))
+        by_id = {m.id: m for m in got}
+        assert set(by_id) == {m.id for m in sent}
+        for m in sent:
+            r = by_id[m.id]
+            assert r.payload == m.payload
+            assert isinstance(r.payload, bytes)
+            assert r.metadata == m.metadata
+        await sub.close()
+
+    async def test_publish_rejects_bad_input(self, bus: PubSub) -> None:
+        with pytest.raises(InvalidNameError):
+            await bus.publish("bad topic name!", Message(b"x"))
+        with pytest.raises(InvalidNameError):
+            await bus.subscribe("")
+        with pytest.raises(InvalidNameError):
+            await bus.subscribe(unique("t"), group="no spaces allowed")
+        with pytest.raises(TypeError):
+            await bus.publish(unique("t"), b"raw bytes")  # type: ignore[arg-type]
+
+    async def test_publish_after_close_raises(self, harness: Harness) -> None:
+        ps = await harness.open()
+        await ps.close()
+        await ps.close()  # idempotent
+        with pytest.raises(ClosedError):
+            await ps.publish(unique("t"), Message(b"x"))
+
+    async def test_iteration_ends_when_subscription_closes(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        waiters = [asyncio.create_task(anext(sub, None)) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        await sub.close()
+        results = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        assert results == [None, None, None]
+        assert [m async for m in sub] == []
+
+    async def test_concurrent_receivers_share_one_subscription(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        sent = msgs(40)
+        await bus.publish(topic, *sent)
+        parts = await asyncio.gather(*(collect(sub, 10) for _ in range(4)))
+        ids = [m.id for part in parts for m in part]
+        assert sorted(ids) == sorted(m.id for m in sent)
+        await sub.close()
+
+    # -- fan-out and isolation ---------------------------------------------------------
+
+    async def test_topics_are_isolated(self, bus: PubSub) -> None:
+        a, b, group = unique("ta"), unique("tb"), unique("g")
+        sub_a = await bus.subscribe(a, group=group)
+        sub_b = await bus.subscribe(b, group=group)
+        await bus.publish(a, *msgs(5, "a"))
+        await bus.publish(b, *msgs(7, "b"))
+        got_a = await collect(sub_a, 5)
+        got_b = await collect(sub_b, 7)
+        assert all(m.payload.startswith(b"a-") for m in got_a)
+        assert all(m.payload.startswith(b"b-") for m in got_b)
+        await nothing_arrives(sub_a, 0.5)
+        await nothing_arrives(sub_b, 0.2)
+
+    async def test_fifty_concurrent_subscribers_in_one_group(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        subs = [await bus.subscribe(topic, group=group) for _ in range(50)]
+        sent = msgs(500)
+        received: list[str] = []
+        done = asyncio.Event()
+
+        async def consume(sub: Subscription) -> None:
+            async for m in sub:
+                received.append(m.id)
+                m.ack()
+                if len(set(received)) >= len(sent):
+                    done.set()
+
+        tasks = [asyncio.create_task(consume(s)) for s in subs]
+        await bus.publish(topic, *sent)
+        try:
+            await asyncio.wait_for(done.wait(), RECEIVE_TIMEOUT)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert set(received) == {m.id for m in sent}
+        await asyncio.gather(*(s.close() for s in subs))
+
+    async def test_fifty_concurrent_ephemeral_subscribers_each_get_all(self, bus: PubSub) -> None:
+        topic = unique("t")
+        subs = [await bus.subscribe(topic) for _ in range(50)]
+        sent = msgs(20)
+        await bus.publish(topic, *sent)
+        results = await asyncio.gather(*(collect(s, len(sent)) for s in subs))
+        for got in results:
+            assert [m.id for m in got] == [m.id for m in sent] or {m.id for m in got} == {
+                m.id for m in sent
+            }
+        await asyncio.gather(*(s.close() for s in subs))
+
+    async def test_ephemeral_subscription_sees_only_messages_after_subscribe(
+        self, bus: PubSub
+    ) -> None:
+        topic = unique("t")
+        keeper = await bus.subscribe(topic, group=unique("g"))  # make the topic exist
+        await bus.publish(topic, Message(b"before"))
+        sub = await bus.subscribe(topic)
+        await bus.publish(topic, Message(b"after"))
+        (got,) = await collect(sub, 1)
+        assert got.payload == b"after"
+        await nothing_arrives(sub, 0.3)
+        await sub.close()
+        await keeper.close()
+
+    async def test_ephemeral_subscription_keeps_nothing_after_close(self, bus: PubSub) -> None:
+        topic = unique("t")
+        sub = await bus.subscribe(topic)
+        await bus.publish(topic, Message(b"one"))
+        await collect(sub, 1)
+        await sub.close()
+        await bus.publish(topic, Message(b"while-away"))
+        again = await bus.subscribe(topic)
+        await bus.publish(topic, Message(b"two"))
+        (got,) = await collect(again, 1)
+        assert got.payload == b"two"
+        await again.close()
+
+    # -- consumer groups ---------------------------------------------------------------
+
+    async def test_each_group_gets_every_message(self, bus: PubSub) -> None:
+        self.need(bus, consumer_groups=True)
+        topic = unique("t")
+        g1 = await bus.subscribe(topic, group=unique("g1"))
+        g2 = await bus.subscribe(topic, group=unique("g2"))
+        sent = msgs(30)
+        await bus.publish(topic, *sent)
+        got1 = await collect(g1, 30)
+        got2 = await collect(g2, 30)
+        assert {m.id for m in got1} == {m.id for m in sent} == {m.id for m in got2}
+
+    async def test_members_of_a_group_split_the_messages(self, bus: PubSub) -> None:
+        self.need(bus, consumer_groups=True)
+        topic, group = unique("t"), unique("g")
+        members = [await bus.subscribe(topic, group=group) for _ in range(2)]
+        seen: dict[int, list[str]] = {0: [], 1: []}
+        total = 200
+
+        async def consume(i: int, sub: Subscription) -> None:
+            async for m in sub:
+                seen[i].append(m.id)
+                m.ack()
+                await asyncio.sleep(0.002)
+
+        tasks = [asyncio.create_task(consume(i, s)) for i, s in enumerate(members)]
+        sent: list[Message] = []
+        try:
+            async with asyncio.timeout(RECEIVE_TIMEOUT * 2):
+                # Keep publishing (with distinct keys) until both members have work,
+                # since some backends assign partitions to a member only after a rebalance.
+                while not (seen[0] and seen[1]) or len(seen[0]) + len(seen[1]) < len(sent):
+                    if len(sent) < total or not (seen[0] and seen[1]):
+                        batch = [
+                            Message(b"x", {"partition_key": f"k{len(sent) + j}"}) for j in range(10)
+                        ]
+                        sent.extend(batch)
+                        await bus.publish(topic, *batch)
+                    await asyncio.sleep(0.05)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert seen[0] and seen[1], "both members should receive messages"
+        assert set(seen[0]) | set(seen[1]) == {m.id for m in sent}
+        assert not set(seen[0]) & set(seen[1]), "a message went to both members of one group"
+        await asyncio.gather(*(s.close() for s in members))
+
+    async def test_new_group_replays_from_the_oldest_message(self, bus: PubSub) -> None:
+        self.need(bus, replay=True)
+        topic = unique("t")
+        first = await bus.subscribe(topic, group=unique("g"))
+        sent = msgs(5)
+        await bus.publish(topic, *sent)
+        await collect(first, 5)
+        late = await bus.subscribe(topic, group=unique("late"))
+        got = await collect(late, 5)
+        assert [m.id for m in got] == [m.id for m in sent]
+
+    # -- ordering ----------------------------------------------------------------------
+
+    async def test_order_per_key(self, bus: PubSub) -> None:
+        self.need(bus, ordering=("per_key", "global"))
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        keys = [f"user-{k}" for k in range(4)]
+        sent: list[Message] = []
+        for i in range(100):
+            key = keys[i % len(keys)]
+            m = Message(str(i).encode(), {"partition_key": key, "key": key})
+            sent.append(m)
+            await bus.publish(topic, m)
+        batch = [Message(str(100 + i).encode(), {"partition_key": "batch"}) for i in range(50)]
+        await bus.publish(topic, *batch)
+        sent.extend(batch)
+        got = await collect(sub, len(sent))
+        for key in [*keys, "batch"]:
+            want = [m.id for m in sent if m.metadata["partition_key"] == key]
+            have = [m.id for m in got if m.metadata["partition_key"] == key]
+            assert have == want, f"order broken for key {key}"
+        if bus.capabilities.ordering == "global":
+            assert [m.id for m in got] == [m.id for m in sent]
+
+    # -- at-least-once -----------------------------------------------------------------
+
+    async def test_nack_means_redelivery(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        sent = Message(b"retry me", {"a": "b"})
+        await bus.publish(topic, sent)
+        (first,) = await collect(sub, 1, ack=False)
+        assert first.nack()
+        assert not first.ack(), "ack after nack must be refused"
+        (second,) = await collect(sub, 1, ack=False)
+        assert second.id == sent.id
+        assert second.payload == b"retry me"
+        assert second.metadata == {"a": "b"}
+        assert second.ack()
+        assert second.ack(), "ack is idempotent"
+        assert not second.nack(), "nack after ack must be refused"
+        await nothing_arrives(sub, 0.5)
+
+    async def test_next_message_is_not_lost_behind_an_unacked_one(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        sent = msgs(3)
+        await bus.publish(topic, *sent)
+        held = await collect(sub, 3, ack=False)
+        assert {m.id for m in held} == {m.id for m in sent}
+        held[0].nack()
+        held[1].ack()
+        held[2].ack()
+        (again,) = await collect(sub, 1)
+        assert again.id == sent[0].id
+
+    async def test_ten_thousand_concurrent_publishes_none_lost(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        total, publishers = 10_000, 100
+        ids: set[str] = set()
+
+        async def publisher(p: int) -> None:
+            for i in range(total // publishers):
+                m = Message(f"{p}-{i}".encode(), {"partition_key": f"p{p}"})
+                ids.add(m.id)
+                await bus.publish(topic, m)
+
+        received: set[str] = set()
+
+        async def consume() -> None:
+            async for m in sub:
+                received.add(m.id)
+                m.ack()
+                if len(received) >= total:
+                    return
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.gather(*(publisher(p) for p in range(publishers)))
+        try:
+            await asyncio.wait_for(asyncio.shield(consumer), RECEIVE_TIMEOUT * 4)
+        except TimeoutError:
+            consumer.cancel()
+            pytest.fail(f"received {len(received)} of {total}")
+        assert received == ids
+
+    async def test_subscription_close_and_reopen_loses_nothing(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        sent = msgs(20)
+        await bus.publish(topic, *sent[:10])
+        got = await collect(sub, 5)
+        await sub.close()
+        await bus.publish(topic, *sent[10:])
+        again = await bus.subscribe(topic, group=group)
+        rest = await collect(again, 15)
+        assert {m.id for m in got} | {m.id for m in rest} == {m.id for m in sent}
+        assert not {m.id for m in got} & {m.id for m in rest}, "acked message came back"
+        await again.close()
+
+    async def test_settled_before_close_stays_settled(self, harness: Harness) -> None:
+        """Close is graceful: acks made before close() land; unacked ones come back."""
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open()
+        sub = await ps.subscribe(topic, group=group)
+        sent = msgs(100)
+        await ps.publish(topic, *sent)
+        got = await collect(sub, 100, ack=False)
+        for m in got[:90]:
+            m.ack()
+        unacked = {m.id for m in got[90:]}
+        await sub.close()
+        for m in got[90:]:
+            m.ack()  # too late: the subscription is closed, so this must not count
+        other = await harness.open()
+        again = await other.subscribe(topic, group=group)
+        back = await collect(again, 10)
+        assert {m.id for m in back} == unacked
+        await nothing_arrives(again, max(1.0, harness.redelivery_timeout))
+        await again.close()
+
+    async def test_pubsub_close_flushes_acks(self, harness: Harness) -> None:
+        self.need(harness, persistent=True)
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open()
+        sub = await ps.subscribe(topic, group=group)
+        sent = msgs(200)
+        await ps.publish(topic, *sent)
+        await collect(sub, 200)
+        await ps.close()
+        other = await harness.open()
+        again = await other.subscribe(topic, group=group)
+        await other.publish(topic, Message(b"marker", id=unique("marker")))
+        (first,) = await collect(again, 1)
+        assert first.payload == b"marker"
+        await nothing_arrives(again, max(1.0, harness.redelivery_timeout + 0.5))
+
+    async def test_nothing_lost_across_instance_restart(self, harness: Harness) -> None:
+        self.need(harness, persistent=True)
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open()
+        await ps.subscribe(topic, group=group)  # create the group
+        sent = msgs(50)
+        await ps.publish(topic, *sent)
+        await ps.close()
+        other = await harness.open()
+        sub = await other.subscribe(topic, group=group)
+        got = await collect(sub, 50)
+        assert {m.id for m in got} == {m.id for m in sent}
+
+    async def test_redelivery_after_consumer_crash(self, harness: Harness) -> None:
+        self.need(harness, redelivers_after_crash=True)
+        topic, group = unique("t"), unique("g")
+        producer = await harness.open()
+        consumer = await harness.open()
+        sub = await consumer.subscribe(topic, group=group)
+        sent = msgs(10)
+        await producer.publish(topic, *sent)
+        got = await collect(sub, 10, ack=False)
+        for m in got[:4]:
+            m.ack()
+        await asyncio.sleep(0.2)  # let the backend flush those acks
+        await harness.crash(consumer)
+        survivor = await harness.open()
+        again = await survivor.subscribe(topic, group=group)
+        want = {m.id for m in got[4:]}
+        seen = await collect_ids(again, want, timeout=RECEIVE_TIMEOUT + harness.redelivery_timeout)
+        assert seen == want, "acked messages were redelivered after the crash"
+
+    async def test_reconnect_after_server_restart(self, harness: Harness) -> None:
+        self.need(harness, has_server=True)
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open()
+        sub = await ps.subscribe(topic, group=group)
+        before, during, after = msgs(10, "before"), msgs(10, "during"), msgs(10, "after")
+        await ps.publish(topic, *before)
+        got = await collect(sub, 10)
+
+        async def publish_during() -> None:
+            await asyncio.sleep(0.2)
+            for m in during:
+                await ps.publish(topic, m)
+
+        during_task = asyncio.create_task(publish_during())
+        await harness.restart_server(down_for=1.5)
+        await asyncio.wait_for(during_task, 60)
+        await ps.publish(topic, *after)
+        assert {m.id for m in got} == {m.id for m in before}
+        await collect_ids(sub, {m.id for m in during + after}, timeout=60)
+
+
+__all__ = ["ConformanceSuite", "Harness", "collect", "collect_ids", "msgs", "nothing_arrives", "unique"]

@@ -1,0 +1,92 @@
+"""memory:// runs the conformance suite, plus its own buffer-policy tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from eventmill import BufferFullError, ConfigurationError, Message, open_pubsub
+from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
+from tests.pubsub.conformance import ConformanceSuite, Harness, collect, unique
+
+
+class MemoryHarness(Harness):
+    def __init__(self) -> None:
+        super().__init__()
+        self._shared = MemoryPubSub()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._shared.capabilities
+
+    async def _open(self) -> PubSub:
+        if self._shared._closed:
+            self._shared = MemoryPubSub()
+        return self._shared
+
+    async def crash(self, ps: PubSub) -> None:
+        # In-process, a consumer "dies" when its subscriptions go away unsettled.
+        assert isinstance(ps, MemoryPubSub)
+        for sub in list(ps._subs):
+            await sub.close()
+
+
+class TestMemoryConformance(ConformanceSuite):
+    @pytest.fixture
+    async def harness(self) -> AsyncIterator[Harness]:
+        h = MemoryHarness()
+        yield h
+        await h.aclose()
+
+
+async def test_open_pubsub_parses_options() -> None:
+    bus = await open_pubsub("memory://?buffer_size=3&when_full=raise")
+    assert isinstance(bus, MemoryPubSub)
+    assert bus.config == MemoryConfig(buffer_size=3, when_full="raise")
+    await bus.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["memory://?buffer_size=0", "memory://?buffer_size=x", "memory://?when_full=drop", "memory://?x=1"],
+)
+async def test_bad_options_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        await open_pubsub(url)
+
+
+async def test_full_buffer_raises_and_publishes_nothing() -> None:
+    bus = MemoryPubSub(MemoryConfig(buffer_size=3, when_full="raise"))
+    topic = unique("t")
+    sub = await bus.subscribe(topic, group="g")
+    await bus.publish(topic, *(Message(b"x") for _ in range(2)))
+    with pytest.raises(BufferFullError, match="full"):
+        await bus.publish(topic, Message(b"a"), Message(b"b"))
+    await bus.publish(topic, Message(b"fits"))
+    got = await collect(sub, 3)
+    assert [m.payload for m in got] == [b"x", b"x", b"fits"]
+    await bus.close()
+
+
+async def test_full_buffer_blocks_publisher_until_room() -> None:
+    bus = MemoryPubSub(MemoryConfig(buffer_size=2))
+    topic = unique("t")
+    sub = await bus.subscribe(topic, group="g")
+    await bus.publish(topic, Message(b"1"), Message(b"2"))
+    blocked = asyncio.create_task(bus.publish(topic, Message(b"3")))
+    await asyncio.sleep(0.05)
+    assert not blocked.done(), "publisher should wait while the buffer is full"
+    await collect(sub, 1)
+    await asyncio.wait_for(blocked, 1)
+    got = await collect(sub, 2)
+    assert [m.payload for m in got] == [b"2", b"3"]
+    await bus.close()
+
+
+async def test_topic_without_subscribers_accepts_publishes() -> None:
+    bus = MemoryPubSub()
+    await bus.publish(unique("t"), Message(b"nobody listens"))
+    await bus.close()
