@@ -29,7 +29,7 @@ from eventmill.errors import (
     UnknownSourceError,
 )
 from eventmill.message import Message, new_message_id
-from eventmill.pubsub.base import Capabilities, PubSub, Publisher, Subscriber, Subscription
+from eventmill.pubsub.base import Capabilities, Publisher, PubSub, Subscriber, Subscription
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
 

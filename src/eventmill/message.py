@@ -53,7 +53,7 @@ class Message:
         payload: bytes = b"",
         metadata: Mapping[str, str] | None = None,
         *,
-        id: str | None = None,  # noqa: A002 - the contract's field name
+        id: str | None = None,
     ) -> None:
         if not isinstance(payload, bytes):
             if isinstance(payload, bytearray | memoryview):
@@ -72,8 +72,7 @@ class Message:
             for key, value in metadata.items():
                 if not isinstance(key, str) or not isinstance(value, str):
                     raise TypeError(
-                        f"Message metadata must map str to str; got {key!r}: "
-                        f"{type(value).__name__}"
+                        f"Message metadata must map str to str; got {key!r}: {type(value).__name__}"
                     )
                 md[key] = value
         self.id = id
@@ -85,7 +84,7 @@ class Message:
     @classmethod
     def _received(
         cls,
-        id: str,  # noqa: A002
+        id: str,
         metadata: dict[str, str],
         payload: bytes,
         on_settle: SettleCallback | None,

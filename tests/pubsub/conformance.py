@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -130,8 +130,8 @@ class ConformanceSuite:
     """Tests every backend passes. Subclasses provide the ``harness`` fixture."""
 
     @pytest.fixture
-    async def bus(self, harness: Harness) -> AsyncIterator[PubSub]:
-        yield await harness.open()
+    async def bus(self, harness: Harness) -> PubSub:
+        return await harness.open()
 
     def need(self, holder: Harness | PubSub, **flags: object) -> None:
         caps = holder.capabilities
@@ -323,7 +323,8 @@ class ConformanceSuite:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        assert seen[0] and seen[1], "both members should receive messages"
+        assert seen[0], "member 0 received nothing"
+        assert seen[1], "member 1 received nothing"
         assert set(seen[0]) | set(seen[1]) == {m.id for m in sent}
         assert not set(seen[0]) & set(seen[1]), "a message went to both members of one group"
         await asyncio.gather(*(s.close() for s in members))
@@ -530,4 +531,12 @@ class ConformanceSuite:
         await collect_ids(sub, {m.id for m in during + after}, timeout=60)
 
 
-__all__ = ["ConformanceSuite", "Harness", "collect", "collect_ids", "msgs", "nothing_arrives", "unique"]
+__all__ = [
+    "ConformanceSuite",
+    "Harness",
+    "collect",
+    "collect_ids",
+    "msgs",
+    "nothing_arrives",
+    "unique",
+]

@@ -51,7 +51,12 @@ async def test_open_pubsub_parses_options() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["memory://?buffer_size=0", "memory://?buffer_size=x", "memory://?when_full=drop", "memory://?x=1"],
+    [
+        "memory://?buffer_size=0",
+        "memory://?buffer_size=x",
+        "memory://?when_full=drop",
+        "memory://?x=1",
+    ],
 )
 async def test_bad_options_are_configuration_errors(url: str) -> None:
     with pytest.raises(ConfigurationError):

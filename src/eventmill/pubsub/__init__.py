@@ -1,6 +1,6 @@
 """Publishers, subscribers and their backends."""
 
-from eventmill.pubsub.base import Capabilities, PubSub, Publisher, Subscriber, Subscription
+from eventmill.pubsub.base import Capabilities, Publisher, PubSub, Subscriber, Subscription
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
 

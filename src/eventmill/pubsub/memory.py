@@ -136,9 +136,7 @@ class _Topic:
 class _MemorySubscription:
     __slots__ = ("_closed", "_group", "_owner", "_queue", "_topic")
 
-    def __init__(
-        self, owner: MemoryPubSub, topic: str, group: str | None, queue: _Queue
-    ) -> None:
+    def __init__(self, owner: MemoryPubSub, topic: str, group: str | None, queue: _Queue) -> None:
         self._owner = owner
         self._topic = topic
         self._group = group
