@@ -12,12 +12,15 @@ __all__ = [
     "AuthenticationError",
     "BackendUnavailableError",
     "BufferFullError",
+    "CircuitOpenError",
     "ClosedError",
     "ConfigurationError",
     "DuplicateEventError",
     "EventValidationError",
     "EventmillError",
     "HandlerError",
+    "HandlerTimeoutError",
+    "InvalidCursorError",
     "InvalidNameError",
     "MessageStateError",
     "PayloadTooLargeError",
@@ -87,11 +90,36 @@ class HandlerError(EventmillError):
     """A handler failed; raised by middleware that gives up (timeout, open circuit, ...)."""
 
 
+class HandlerTimeoutError(HandlerError, TimeoutError):
+    """A handler ran longer than the Timeout middleware allows and was cancelled."""
+
+
+class CircuitOpenError(HandlerError):
+    """The CircuitBreaker middleware is open: the handler was not called."""
+
+
 # -- layer 3: events ---------------------------------------------------------------------
 
 
 class EventValidationError(EventmillError):
-    """An event's payload does not match the model registered for its name."""
+    """An event (or its payload) does not match the envelope or the model registered for it.
+
+    ``field`` is the dotted path of the first failing field (e.g.
+    ``"payload.payment.entity.amount"``), or ``None`` when the whole input is wrong
+    (not JSON, not an object). ``errors`` lists every failure as
+    ``{"field": ..., "message": ..., "type": ...}`` dicts; neither ever holds input values.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.errors: list[dict[str, str]] = list(errors or [])
 
 
 class UnknownEventError(EventValidationError):
@@ -107,6 +135,10 @@ class StoreError(EventmillError):
 
 class StoreUnavailableError(StoreError):
     """The store's database cannot be reached."""
+
+
+class InvalidCursorError(StoreError, ValueError):
+    """A pagination cursor is malformed or was made for a different query order."""
 
 
 class DuplicateEventError(StoreError):

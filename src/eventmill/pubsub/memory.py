@@ -77,13 +77,6 @@ class _Queue:
         self.inflight: dict[Message, _MemorySubscription] = {}
         self.closed = False
 
-    def has_room(self, n: int) -> bool:
-        return len(self.items) + n <= self.limit
-
-    def push(self, msg: Message) -> None:
-        self.items.append(msg)
-        self._wake_reader()
-
     def _wake_reader(self) -> None:
         readers = self.readers
         while readers:
@@ -131,6 +124,16 @@ class _Topic:
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
         self.ephemeral: set[_Queue] = set()
+
+    def full_target(self, n: int) -> _Queue | None:
+        """A target queue without room for ``n`` more messages, if any."""
+        for q in self.groups.values():
+            if len(q.items) + n > q.limit and not q.closed:
+                return q
+        for q in self.ephemeral:
+            if len(q.items) + n > q.limit and not q.closed:
+                return q
+        return None
 
 
 class _MemorySubscription:
@@ -242,32 +245,47 @@ class MemoryPubSub:
             validate_name("topic", topic)
             t = self._topics[topic] = _Topic()
         for m in messages:
-            if not isinstance(m, Message):
+            if type(m) is not Message and not isinstance(m, Message):
                 raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
-        if not messages:
-            return
-        targets = [*t.groups.values(), *t.ephemeral]
         n = len(messages)
-        while True:
-            full = [q for q in targets if not q.closed and not q.has_room(n)]
-            if not full:
+        if not n:
+            return
+        groups, ephemeral = t.groups, t.ephemeral
+        targets = list(groups.values()) if not ephemeral else [*groups.values(), *ephemeral]
+        for q in targets:
+            if len(q.items) + n > q.limit and not q.closed:
+                await self._wait_for_room(topic, t, n)
+                targets = [*groups.values(), *ephemeral]
                 break
+        received = Message._received
+        for q in targets:
+            if q.closed:
+                continue
+            items = q.items
+            for m in messages:
+                items.append(received(m.id, dict(m.metadata), m.payload, None))
+            if q.readers:
+                for _ in range(n):  # one waiting reader per message, as many as there are
+                    q._wake_reader()
+                    if not q.readers:
+                        break
+
+    async def _wait_for_room(self, topic: str, t: _Topic, n: int) -> None:
+        """Apply the ``when_full`` policy until every target of ``t`` has room for ``n``."""
+        while True:
+            full = t.full_target(n)
+            if full is None:
+                return
             if n > self.config.buffer_size or self.config.when_full == "raise":
                 raise BufferFullError(
                     f"memory:// buffer of topic {topic!r} is full "
                     f"({self.config.buffer_size} undelivered messages)"
                 )
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            full[0].space.append(fut)
+            full.space.append(fut)
             await fut
             if self._closed:
                 raise ClosedError("memory:// pubsub is closed")
-            targets = [*t.groups.values(), *t.ephemeral]
-        for q in targets:
-            if q.closed:
-                continue
-            for m in messages:
-                q.push(Message._received(m.id, dict(m.metadata), m.payload, None))
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> _MemorySubscription:
         if self._closed:
