@@ -64,9 +64,10 @@ def backend_class(url: str) -> type[_Backend]:
 async def open_pubsub(url: str) -> PubSub:
     """Create the backend named by ``url``, connect it, and return it.
 
-    Examples: ``memory://``, ``sqlite:///var/lib/eventmill/bus.db``,
-    ``postgresql://user@host/db``, ``redis://localhost:6379/0``,
-    ``nats://localhost:4222``, ``kafka://localhost:9092``. Options go in the query
+    Examples: ``memory://``, ``sqlite:///bus.db`` (relative to the working directory),
+    ``sqlite:////var/lib/eventmill/bus.db`` (absolute), ``postgresql://user@host/db``,
+    ``redis://localhost:6379/0``, ``nats://localhost:4222``, ``kafka://localhost:9092``.
+    Options go in the query
     string and are documented by each backend's config class. Use the result as an
     async context manager, or call ``await bus.close()``.
     """

@@ -1,0 +1,599 @@
+"""The writer thread of the sqlite:// backend: one connection, group commit.
+
+Every database operation of one :class:`~eventmill.pubsub.sqlite.SQLitePubSub`
+goes through one :class:`Writer` thread that owns the only ``sqlite3`` connection.
+The event loop hands it operations on a queue and awaits a future per operation.
+The thread takes everything queued (up to ``max_batch`` messages), runs it in ONE
+``BEGIN IMMEDIATE ... COMMIT`` transaction, then resolves all those futures with a
+single ``call_soon_threadsafe``. While one transaction waits for its fsync, new
+operations pile up and ride the next one: that is the group commit, and a publish
+future is resolved only after the commit that holds its rows returned.
+
+Settlements (ack/nack) do not carry futures: they go into a thread-safe deque
+that every batch drains first, so acks are flushed in batches and a later
+operation (a fetch, a release, a flush) always sees the settlements made before it.
+
+Besides batches the thread does upkeep on a timer: renewing the leases of the live
+subscriptions (every third of the visibility timeout) and the retention sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from eventmill.errors import (
+    BackendUnavailableError,
+    ClosedError,
+    PublishError,
+    PubSubError,
+    SubscribeError,
+)
+from eventmill.message import Message
+from eventmill.pubsub import _sqlite_schema as sql
+
+__all__ = [
+    "Batch",
+    "Fetched",
+    "Writer",
+    "WriterStats",
+    "decode_metadata",
+    "encode_metadata",
+    "is_busy",
+]
+
+log = logging.getLogger("eventmill.pubsub.sqlite")
+
+_FAR = 2**62
+_SWEEP_CHUNK = 5_000
+_MAX_OPS = 5_000
+
+# Operation kinds (first element of an op tuple).
+PUB = 0  # (PUB, topic, rows, fut)
+FETCH = 1  # (FETCH, topic, group, owner, limit, fut)
+READ = 2  # (READ, topic, after_seq, limit, fut)
+JOIN = 3  # (JOIN, topic, group, fut)
+HEAD = 4  # (HEAD, fut)
+RELEASE = 5  # (RELEASE, topic, owner, fut)
+FLUSH = 6  # (FLUSH, fut | None)
+STOP = 7  # (STOP, fut)
+ABORT = 8  # (ABORT,)
+
+#: (seq, message) pairs handed to a subscription.
+Fetched = list[tuple[int, Message]]
+
+
+def encode_metadata(metadata: dict[str, str]) -> bytes | None:
+    return orjson.dumps(metadata) if metadata else None
+
+
+def decode_metadata(raw: bytes | None) -> dict[str, str]:
+    if not raw:
+        return {}
+    value: dict[str, str] = orjson.loads(raw)
+    return value
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters of one writer thread (read them from any thread; they only grow)."""
+
+    transactions: int = 0
+    """Committed batch transactions (upkeep transactions are not counted)."""
+    messages_committed: int = 0
+    """Published messages committed."""
+    sweeps: int = 0
+    """Retention sweeps completed."""
+    messages_deleted: int = 0
+    """Messages deleted by retention."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one committed (or failed) batch reports back to the event loop."""
+
+    results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    published_topics: set[str]
+    published_count: int
+    requeued_topics: set[str]
+    """Topics where messages became available again (nack or release)."""
+
+
+class Writer(threading.Thread):
+    """Owns the connection; runs queued operations in group-committed transactions."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        synchronous: str,
+        busy_timeout: float,
+        visibility_ms: int,
+        retention_ms: int | None,
+        max_age_ms: int | None,
+        sweep_interval: float,
+        max_batch: int,
+        loop: asyncio.AbstractEventLoop,
+        on_batch: Callable[[Batch], None],
+    ) -> None:
+        super().__init__(name=f"eventmill-sqlite-writer:{path}", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.visibility_ms = visibility_ms
+        self.retention_ms = retention_ms
+        self.max_age_ms = max_age_ms
+        self.sweep_interval = sweep_interval
+        self.max_batch = max_batch
+        self.loop = loop
+        self.on_batch = on_batch
+        self.ops: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        #: ("ack"|"nack" flag as bool ok, topic, group, seq, owner) appended by the loop.
+        self.settlements: deque[tuple[bool, str, str, int, str]] = deque()
+        self.nudged = False
+        #: Lease owners (subscription tokens) to renew; replaced, never mutated.
+        self.owners: frozenset[str] = frozenset()
+        self.stats = WriterStats()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self._aborted = False
+        #: Set once the thread no longer takes operations.
+        self.done = False
+        self._con: sqlite3.Connection | None = None
+        self._known_topics: set[str] = set()
+        self._sync_level = "normal"  # what _connect sets
+        self._chunk_sql: dict[tuple[Callable[[int], str], int], str] = {}
+
+    # -- called from the event loop ------------------------------------------------------
+
+    def submit(self, op: tuple[Any, ...]) -> None:
+        self.ops.put(op)
+
+    def settle(self, ok: bool, topic: str, group: str, seq: int, owner: str) -> None:
+        self.settlements.append((ok, topic, group, seq, owner))
+        if not self.nudged:
+            self.nudged = True
+            self.ops.put((FLUSH, None))
+
+    def abort(self) -> None:
+        """Stop at once: nothing queued is run, nothing is flushed (simulates a kill)."""
+        self._aborted = True
+        self.ops.put((ABORT,))
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._con = self._connect()
+        except BaseException as exc:
+            err = BackendUnavailableError(f"sqlite:// cannot open {self.path!r}: {exc}")
+            err.__cause__ = exc
+            self.done = True
+            self._post(lambda: _set_exception(self.ready, err))
+            return
+        self._post(lambda: _set_result(self.ready, None))
+        stop: asyncio.Future[None] | None = None
+        try:
+            stop = self._serve()
+        finally:
+            self.done = True
+            con, self._con = self._con, None
+            if con is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    con.close()
+            late: list[tuple[Any, ...]] = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    late.append(self.ops.get_nowait())
+            self._fail_all(late, ClosedError("sqlite:// pubsub is closed"))
+            if stop is not None:
+                done = stop
+                self._post(lambda: _set_result(done, None))
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            self.path, isolation_level=None, timeout=self.busy_timeout, check_same_thread=True
+        )
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
+            con.execute("PRAGMA synchronous = NORMAL")
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+                if version > sql.SCHEMA_VERSION:
+                    raise sqlite3.DatabaseError(
+                        f"schema version {version} is newer than this eventmill "
+                        f"understands ({sql.SCHEMA_VERSION})"
+                    )
+                for statement in sql.SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
+                con.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _serve(self) -> asyncio.Future[None] | None:
+        """Run batches and upkeep until STOP (returns its future) or ABORT (None)."""
+        renew_every = self.visibility_ms / 3000.0
+        next_renew = time.monotonic() + renew_every
+        next_sweep = time.monotonic() + self.sweep_interval
+        stop: asyncio.Future[None] | None = None
+        while stop is None:
+            timeout = max(0.0, min(next_renew, next_sweep) - time.monotonic())
+            ops: list[tuple[Any, ...]] = []
+            with contextlib.suppress(queue.Empty):
+                ops.append(self.ops.get(timeout=timeout))
+            n_msgs = 0
+            while ops and len(ops) < _MAX_OPS and n_msgs < self.max_batch:
+                last = ops[-1]
+                if last[0] == PUB:
+                    n_msgs += len(last[2])
+                try:
+                    ops.append(self.ops.get_nowait())
+                except queue.Empty:
+                    break
+            if self._aborted or self.loop.is_closed():
+                # Killed, or the owner's event loop is gone without close(): stop
+                # renewing leases so other consumers get the messages back.
+                self._fail_all(ops, ClosedError("sqlite:// pubsub is closed"))
+                return None
+            for op in ops:
+                if op[0] == STOP:
+                    stop = op[1]
+            if ops or self.settlements:
+                self._run_batch(ops)
+            now = time.monotonic()
+            if now >= next_renew:
+                self._upkeep(self._renew)
+                next_renew = now + renew_every
+            if now >= next_sweep:
+                self._upkeep(self._sweep)
+                next_sweep = time.monotonic() + self.sweep_interval
+        # Drain what raced with STOP so no future is left pending.
+        rest: list[tuple[Any, ...]] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                rest.append(self.ops.get_nowait())
+        self._fail_all(rest, ClosedError("sqlite:// pubsub is closed"))
+        return stop
+
+    def _post(self, callback: Callable[[], None]) -> None:
+        try:
+            self.loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            self._aborted = True
+
+    def _fail_all(self, ops: list[tuple[Any, ...]], exc: BaseException) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for op in ops:
+            fut = op[-1]
+            if isinstance(fut, asyncio.Future):
+                results.append((fut, None, exc))
+        if results:
+            batch = Batch(results, set(), 0, set())
+            self._post(lambda: self.on_batch(batch))
+
+    # -- one batch -----------------------------------------------------------------------
+
+    def _run_batch(self, ops: list[tuple[Any, ...]]) -> None:
+        con = self._con
+        assert con is not None
+        self.nudged = False
+        settled: list[tuple[bool, str, str, int, str]] = []
+        pending = self.settlements
+        while pending:
+            settled.append(pending.popleft())
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        published: set[str] = set()
+        requeued: set[str] = set()
+        new_topics: list[str] = []
+        n_published = 0
+        try:
+            # Publishes get the configured durability. Everything else (leases,
+            # cursors, acks, releases) only decides what is delivered again, so an
+            # OS crash forgetting it means redelivery, never loss: no fsync for it.
+            # A later fsynced commit persists every earlier one (the log is sequential).
+            self._sync(con, self.synchronous if any(op[0] == PUB for op in ops) else "normal")
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if settled:
+                    self._apply_settlements(con, settled, requeued)
+                rows: list[tuple[str, str, bytes | None, bytes]] = []
+                fetches: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+                for op in ops:
+                    kind = op[0]
+                    if kind == PUB:
+                        topic = op[1]
+                        if topic not in self._known_topics and topic not in published:
+                            new_topics.append(topic)
+                        published.add(topic)
+                        rows.extend(op[2])
+                        results.append((op[3], None, None))
+                    elif kind == FETCH:
+                        fetches.setdefault((op[1], op[2]), []).append(op)
+                if new_topics:
+                    con.executemany(sql.INSERT_TOPIC, [(t,) for t in new_topics])
+                if rows:
+                    self._insert(con, rows)
+                    n_published = len(rows)
+                for op in ops:
+                    kind = op[0]
+                    if kind == JOIN:
+                        con.execute(sql.JOIN_GROUP, (op[1], op[2]))
+                        results.append((op[3], None, None))
+                    elif kind == HEAD:
+                        results.append((op[1], con.execute(sql.HEAD).fetchone()[0], None))
+                    elif kind == READ:
+                        results.append((op[4], self._read(con, op[1], op[2], op[3]), None))
+                    elif kind == FLUSH and op[1] is not None:
+                        results.append((op[1], None, None))
+                    elif kind == STOP:
+                        pass
+                if fetches:
+                    now = _now_ms()
+                    for (topic, group), reqs in fetches.items():
+                        self._fetch(con, topic, group, reqs, now, results)
+                # Releases last: a fetch of a closing subscription in this same batch
+                # must not re-lease what it just gave back.
+                for op in ops:
+                    if op[0] == RELEASE:
+                        cur = con.execute(sql.RELEASE, (op[2],))
+                        if cur.rowcount:
+                            requeued.add(op[1])
+                        results.append((op[3], cur.rowcount, None))
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # sqlite3.Error, or a row that cannot be decoded
+            log.warning("sqlite:// transaction failed: %s", exc)
+            # Settlements are retried with the next batch; every operation fails.
+            self.settlements.extendleft(reversed(settled))
+            results = [
+                (op[-1], None, _translate(op[0], exc))
+                for op in ops
+                if op[0] != STOP and _has_future(op)
+            ]
+            batch = Batch(results, set(), 0, set())
+            self._post(lambda: self.on_batch(batch))
+            return
+        self._known_topics.update(new_topics)
+        self.stats.transactions += 1
+        self.stats.messages_committed += n_published
+        batch = Batch(results, published, n_published, requeued)
+        self._post(lambda: self.on_batch(batch))
+
+    def _insert(
+        self, con: sqlite3.Connection, rows: list[tuple[str, str, bytes | None, bytes]]
+    ) -> None:
+        """Insert messages in order with a few multi-row statements.
+
+        ``executemany`` steps once per row and releases the GIL at every step;
+        when the event loop is busy the thread then waits for the GIL each time.
+        A few big statements keep the commit path short.
+        """
+        self._chunked(con, sql.insert_messages, rows, ())
+
+    def _chunked(
+        self,
+        con: sqlite3.Connection,
+        make: Callable[[int], str],
+        rows: list[Any],
+        prefix: tuple[Any, ...],
+    ) -> None:
+        """Run ``make(n)`` over ``rows`` in chunks of the sizes in ``INSERT_CHUNKS``,
+        with ``prefix`` before the flattened parameters of each chunk (rows may be
+        tuples, flattened, or single values)."""
+        start, total = 0, len(rows)
+        cache = self._chunk_sql
+        for size in sql.INSERT_CHUNKS:
+            if total - start < size:
+                continue
+            stmt = cache.get((make, size))
+            if stmt is None:
+                stmt = cache[(make, size)] = make(size)
+            while total - start >= size:
+                chunk = rows[start : start + size]
+                if isinstance(chunk[0], tuple):
+                    params = [*prefix, *(v for row in chunk for v in row)]
+                else:
+                    params = [*prefix, *chunk]
+                con.execute(stmt, params)
+                start += size
+
+    def _sync(self, con: sqlite3.Connection, level: str) -> None:
+        """Set ``PRAGMA synchronous`` for the next transaction (outside any transaction)."""
+        if level != self._sync_level:
+            con.execute(f"PRAGMA synchronous = {level.upper()}")
+            self._sync_level = level
+
+    def _apply_settlements(
+        self,
+        con: sqlite3.Connection,
+        settled: list[tuple[bool, str, str, int, str]],
+        requeued: set[str],
+    ) -> None:
+        acks: dict[tuple[str, str], list[int]] = {}
+        for ok, t, g, s, _ in settled:
+            if ok:
+                acks.setdefault((t, g), []).append(s)
+        nacks = [(t, g, s, o) for ok, t, g, s, o in settled if not ok]
+        for (topic, group), seqs in acks.items():
+            self._chunked(con, sql.ack_leases, seqs, (topic, group))
+        if nacks:
+            con.executemany(sql.NACK, nacks)
+            requeued.update(t for t, _, _, _ in nacks)
+
+    def _read(self, con: sqlite3.Connection, topic: str, after: int, limit: int) -> Fetched:
+        return [
+            (seq, Message._received(mid, decode_metadata(meta), payload, None))
+            for seq, mid, meta, payload in con.execute(sql.NEW_MESSAGES, (topic, after, limit))
+        ]
+
+    def _fetch(
+        self,
+        con: sqlite3.Connection,
+        topic: str,
+        group: str,
+        reqs: list[tuple[Any, ...]],
+        now: int,
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    ) -> None:
+        """Lease up to the requested number of messages, split evenly between requests.
+
+        Messages whose lease is due (nacked, released, or held by a consumer that
+        stopped renewing) come first, then new ones after the group's cursor.
+        """
+        total = sum(r[4] for r in reqs)
+        due = con.execute(sql.DUE_LEASES, (topic, group, now, total)).fetchall()
+        fresh: list[Any] = []
+        if len(due) < total:
+            row = con.execute(sql.GROUP_CURSOR, (topic, group)).fetchone()
+            if row is None:
+                con.execute(sql.JOIN_GROUP, (topic, group))
+                cursor = 0
+            else:
+                cursor = row[0]
+            fresh = con.execute(sql.NEW_MESSAGES, (topic, cursor, total - len(due))).fetchall()
+            if fresh:
+                con.execute(sql.SET_CURSOR, (fresh[-1][0], topic, group))
+        rows = due + fresh
+        n_due = len(due)
+        until = now + self.visibility_ms
+        taken: list[tuple[str, int, str, str, int]] = []
+        created: list[tuple[str, str, int, str, int]] = []
+        start = 0
+        for i, req in enumerate(reqs):
+            owner, limit, fut = req[3], req[4], req[5]
+            share = min(limit, math.ceil((len(rows) - start) / (len(reqs) - i)))
+            part = rows[start : start + share]
+            got: Fetched = []
+            for j, (seq, mid, meta, payload) in enumerate(part, start):
+                if j < n_due:
+                    taken.append((owner, until, topic, group, seq))
+                else:
+                    created.append((topic, group, seq, owner, until))
+                got.append((seq, Message._received(mid, decode_metadata(meta), payload, None)))
+            start += share
+            results.append((fut, got, None))
+        if taken:
+            con.executemany(sql.TAKE_LEASE, taken)
+        if created:
+            self._chunked(con, sql.insert_leases, created, ())
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    def _upkeep(self, work: Callable[[sqlite3.Connection], None]) -> None:
+        con = self._con
+        assert con is not None
+        try:
+            self._sync(con, "normal")  # renewals and deletions: redone if forgotten
+            work(con)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+            log.warning("sqlite:// upkeep (%s) failed: %s", work.__name__, exc)
+
+    def _renew(self, con: sqlite3.Connection) -> None:
+        owners = self.owners
+        if not owners:
+            return
+        until = _now_ms() + self.visibility_ms
+        con.execute("BEGIN IMMEDIATE")
+        con.executemany(sql.RENEW, [(until, o) for o in owners])
+        con.execute("COMMIT")
+
+    def _sweep(self, con: sqlite3.Connection) -> None:
+        """Delete messages every group has acked (older than the retention), and,
+        with ``max_age``, every message older than that; a chunk per transaction."""
+        now = _now_ms()
+        topics = [t for (t,) in con.execute(sql.ALL_TOPICS).fetchall()]
+        deleted = 0
+        for topic in topics:
+            if self.retention_ms is not None:
+                low = con.execute(sql.LOW_WATER, (topic,)).fetchone()[0]
+                low = _FAR if low is None else low
+                cutoff = now - self.retention_ms
+                while True:
+                    con.execute("BEGIN IMMEDIATE")
+                    n = con.execute(sql.SWEEP_SETTLED, (topic, low, cutoff, _SWEEP_CHUNK)).rowcount
+                    con.execute("COMMIT")
+                    deleted += n
+                    if n < _SWEEP_CHUNK or self._aborted:
+                        break
+            if self.max_age_ms is not None:
+                cutoff = now - self.max_age_ms
+                while True:
+                    con.execute("BEGIN IMMEDIATE")
+                    upto = con.execute(sql.EXPIRED_UPTO, (topic, cutoff, _SWEEP_CHUNK)).fetchone()[
+                        0
+                    ]
+                    n = 0
+                    if upto is not None:
+                        n = con.execute(sql.SWEEP_EXPIRED, (topic, upto)).rowcount
+                        con.execute(sql.SWEEP_ORPHAN_LEASES, (topic, upto))
+                    con.execute("COMMIT")
+                    deleted += n
+                    if n < _SWEEP_CHUNK or self._aborted:
+                        break
+        self.stats.messages_deleted += deleted
+        self.stats.sweeps += 1
+
+
+def _has_future(op: tuple[Any, ...]) -> bool:
+    return isinstance(op[-1], asyncio.Future)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) is SQLite's "database is locked/busy"."""
+    cause = exc.__cause__ if isinstance(exc, PubSubError) else exc
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _translate(kind: int, exc: Exception) -> PubSubError:
+    err: PubSubError
+    if kind == PUB:
+        err = PublishError(f"sqlite:// publish failed, nothing was committed: {exc}")
+    elif kind in (FETCH, READ, JOIN, HEAD):
+        err = SubscribeError(f"sqlite:// subscription query failed: {exc}")
+    else:
+        err = BackendUnavailableError(f"sqlite:// operation failed: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
