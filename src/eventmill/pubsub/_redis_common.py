@@ -1,0 +1,119 @@
+"""Pieces shared by the redis:// publisher and subscriptions (private).
+
+* The entry layout: a message is one stream entry with the fields ``id`` (UTF-8),
+  ``metadata`` (a JSON object of strings, omitted when empty) and ``payload`` (raw
+  bytes). Redis values are binary safe, so payloads travel byte for byte.
+* Error translation: redis-py errors become eventmill errors whose messages carry
+  the redacted URL and never the password.
+* :class:`Backoff`: capped exponential backoff with jitter for reconnect loops.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+import redis.exceptions as rex
+
+from eventmill.errors import BackendUnavailableError, EventmillError
+from eventmill.message import Message
+from eventmill.pubsub._redis_config import RedisConfig
+
+__all__ = [
+    "TRANSIENT",
+    "Backoff",
+    "decode_entry",
+    "encode_fields",
+    "log",
+    "scrubbed",
+    "unavailable",
+]
+
+log = logging.getLogger("eventmill.pubsub.redis")
+
+#: Errors after which the same command may succeed later (server away, restarting, loading).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.BusyLoadingError,
+    rex.TryAgainError,
+    OSError,
+)
+
+_ID = b"id"
+_METADATA = b"metadata"
+_PAYLOAD = b"payload"
+
+
+def encode_fields(msg: Message) -> list[Any]:
+    """Return the ``field value ...`` arguments of ``XADD`` for ``msg``."""
+    if msg.metadata:
+        return [_ID, msg.id, _METADATA, orjson.dumps(msg.metadata), _PAYLOAD, msg.payload]
+    return [_ID, msg.id, _PAYLOAD, msg.payload]
+
+
+def decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, dict[str, str], bytes]:
+    """Return ``(id, metadata, payload)`` of a stream entry.
+
+    Entries written by other tools are tolerated: a missing ``id`` falls back to the
+    entry id, missing metadata to ``{}``, a missing payload to ``b""``.
+    """
+    raw_id = fields.get(_ID)
+    msg_id = raw_id.decode("utf-8", "replace") if raw_id else entry_id.decode()
+    metadata: dict[str, str] = {}
+    raw_md = fields.get(_METADATA)
+    if raw_md:
+        try:
+            loaded = orjson.loads(raw_md)
+        except orjson.JSONDecodeError:
+            loaded = None
+        if isinstance(loaded, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+        ):
+            metadata = loaded
+        else:
+            log.warning("redis:// entry %s has malformed metadata; delivered without it", entry_id)
+    return msg_id, metadata, fields.get(_PAYLOAD, b"")
+
+
+def scrubbed(text: str, config: RedisConfig) -> str:
+    """Return ``text`` with the configured password (if any) replaced by ``***``."""
+    password = urlsplit(config.url).password
+    if password:
+        text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
+
+
+def describe(exc: BaseException, config: RedisConfig) -> str:
+    """``Type: message`` of a client error, safe to show."""
+    return scrubbed(f"{type(exc).__name__}: {exc}", config)
+
+
+def unavailable(exc: BaseException, config: RedisConfig, action: str) -> EventmillError:
+    """Translate a transient client error into :class:`BackendUnavailableError`."""
+    return BackendUnavailableError(
+        f"redis:// {action} failed: Redis at {config.safe_url} is unavailable "
+        f"({describe(exc, config)})"
+    )
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: 0.05 s, 0.1 s, ... up to ``cap``."""
+
+    __slots__ = ("_attempt", "_cap")
+
+    def __init__(self, cap: float) -> None:
+        self._cap = cap
+        self._attempt = 0
+
+    def next(self) -> float:
+        """Return the next delay in seconds."""
+        ceiling: float = min(self._cap, 0.05 * 2.0**self._attempt)
+        self._attempt = min(self._attempt + 1, 30)
+        return ceiling / 2 + random.random() * ceiling / 2
+
+    def reset(self) -> None:
+        self._attempt = 0

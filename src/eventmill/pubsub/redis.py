@@ -1,0 +1,276 @@
+"""redis:// and rediss:// - Redis Streams with consumer groups.
+
+Layout: topic ``T`` is the stream at key ``prefix + T`` (default prefix
+``eventmill:``). A message is one entry with the fields ``id``, ``metadata`` (JSON
+object, omitted when empty) and ``payload`` (raw bytes).
+
+* **Publish**: ``XADD`` (with ``MAXLEN ~ maxlen`` when set). Concurrent publishes
+  are coalesced into one pipelined round trip; each call returns after Redis
+  replied to each of its ``XADD`` commands. While Redis is away a publish retries
+  with capped backoff and raises :class:`~eventmill.BackendUnavailableError` after
+  ``publish_timeout``.
+* **Groups**: ``XGROUP CREATE ... 0 MKSTREAM`` on first subscribe, so a new group
+  starts at the oldest retained entry. Each subscription is one consumer with a
+  unique name, reading with blocking ``XREADGROUP``; acks are batched ``XACK``\\ s;
+  entries not settled within ``claim_idle`` seconds (their consumer died) are
+  taken over with ``XAUTOCLAIM``; ``nack`` redelivers at once to the same
+  subscription; ``close`` releases unsettled entries to the other members.
+* **Ephemeral** (no group): ``XREAD`` from the last entry id at subscribe time.
+* **Reconnect**: readers, ack flushes and publishes retry transient errors with
+  capped exponential backoff (``reconnect_max_delay``); nothing Redis acknowledged
+  is lost as long as Redis itself keeps it (AOF/RDB persistence on the server).
+
+See :class:`~eventmill.pubsub.redis.RedisConfig` for every option and
+``docs/readme/redis.md`` for the guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from eventmill.errors import ClosedError, ConfigurationError, SubscribeError
+from eventmill.message import Message
+from eventmill.pubsub._redis_common import TRANSIENT, Backoff, describe, encode_fields, unavailable
+from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub._redis_publisher import CoalescingPublisher, PublishStats
+from eventmill.pubsub._redis_subscription import (
+    EphemeralSubscription,
+    GroupSubscription,
+    _Base,
+    ensure_group,
+)
+from eventmill.pubsub.base import Capabilities, validate_name
+
+__all__ = ["PublishStats", "RedisConfig", "RedisPubSub"]
+
+_HOST = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class RedisPubSub:
+    """Publisher and subscriber on Redis Streams. See the module docstring."""
+
+    capabilities = Capabilities(
+        # Survives this client and its process restarting; surviving a Redis restart
+        # additionally needs persistence (AOF/RDB) configured on the server.
+        persistent=True,
+        consumer_groups=True,
+        ordering="global",
+        redelivers_after_crash=True,
+        replay=True,
+        has_server=True,
+    )
+
+    def __init__(self, config: RedisConfig | None = None) -> None:
+        self.config = config or RedisConfig()
+        self._redis: aioredis.Redis | None = None
+        self._publisher: CoalescingPublisher | None = None
+        self._subs: set[_Base] = set()
+        self._keys: dict[str, str] = {}
+        self._xadd_head: dict[str, list[Any]] = {}
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisPubSub:
+        """Build from ``redis://...?options`` (see :class:`RedisConfig`); no I/O."""
+        return cls(RedisConfig.from_url(url))
+
+    def __repr__(self) -> str:
+        return f"RedisPubSub({self.config.safe_url!r})"
+
+    # -- connection ---------------------------------------------------------------------
+
+    @property
+    def _client(self) -> aioredis.Redis:
+        client = self._redis
+        if client is None:
+            cfg = self.config
+            try:
+                pool = aioredis.ConnectionPool.from_url(
+                    cfg.url,
+                    socket_timeout=cfg.socket_timeout,
+                    socket_connect_timeout=cfg.connect_timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    protocol=2,
+                    decode_responses=False,
+                )
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"invalid redis:// url {cfg.safe_url!r}: {describe(exc, cfg)}"
+                ) from None
+            client = self._redis = aioredis.Redis(connection_pool=pool)
+        return client
+
+    async def start(self) -> None:
+        """Connect and check that Redis answers (``PING``).
+
+        Raises :class:`~eventmill.BackendUnavailableError` if it does not.
+        """
+        if self._closed:
+            raise ClosedError("redis:// pubsub is closed")
+        try:
+            await self._client.ping()
+        except TRANSIENT as exc:
+            raise unavailable(exc, self.config, "connect") from exc
+        except rex.RedisError as exc:
+            raise unavailable(exc, self.config, "connect") from exc
+
+    def _key(self, topic: str) -> str:
+        key = self._keys.get(topic)
+        if key is None:
+            validate_name("topic", topic)
+            key = self._keys[topic] = self.config.prefix + topic
+            head: list[Any] = ["XADD", key]
+            if self.config.maxlen is not None:
+                head += ["MAXLEN", "~", self.config.maxlen]
+            head.append("*")
+            self._xadd_head[topic] = head
+        return key
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        """Append ``messages`` to the topic's stream; return once Redis acknowledged each.
+
+        Raises :class:`~eventmill.BackendUnavailableError` if Redis stays unreachable
+        for ``publish_timeout`` seconds, :class:`~eventmill.PublishError` if Redis
+        refused a command, :class:`~eventmill.ClosedError` after ``close()``.
+        """
+        if self._closed:
+            raise ClosedError("redis:// pubsub is closed")
+        self._key(topic)
+        head = self._xadd_head[topic]
+        commands: list[list[Any]] = []
+        for m in messages:
+            if not isinstance(m, Message):
+                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+            commands.append(head + encode_fields(m))
+        if not commands:
+            return
+        publisher = self._publisher
+        if publisher is None:
+            publisher = self._publisher = CoalescingPublisher(self._client, self.config)
+        await publisher.publish(topic, commands)
+
+    @property
+    def publish_stats(self) -> PublishStats:
+        """How many messages were published in how many round trips (coalescing)."""
+        if self._publisher is None:
+            return PublishStats(messages=0, round_trips=0)
+        return self._publisher.stats
+
+    # -- subscribing --------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, *, group: str | None = None
+    ) -> GroupSubscription | EphemeralSubscription:
+        """Join consumer group ``group`` of ``topic``, or open an ephemeral fan-out.
+
+        Returns once the group exists on the server (created at the oldest entry
+        if new) or, without a group, once the starting position is fixed.
+        """
+        if self._closed:
+            raise ClosedError("redis:// pubsub is closed")
+        key = self._key(topic)
+        sub: GroupSubscription | EphemeralSubscription
+        if group is not None:
+            validate_name("group", group)
+            await self._retrying(
+                f"subscribe to {topic!r}", lambda: ensure_group(self._client, key, group)
+            )
+            consumer = f"{_HOST}:{uuid.uuid4().hex[:12]}"
+            sub = GroupSubscription(
+                self._client, self.config, topic, key, group, consumer, self._forget
+            )
+        else:
+            last = await self._retrying(
+                f"subscribe to {topic!r}", lambda: self._client.xrevrange(key, count=1)
+            )
+            last_id: bytes = last[0][0] if last else b"0-0"
+            sub = EphemeralSubscription(
+                self._client, self.config, topic, key, self._forget, last_id
+            )
+        if self._closed:
+            raise ClosedError("redis:// pubsub is closed")
+        self._subs.add(sub)
+        sub.start()
+        return sub
+
+    async def _retrying(self, action: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``call()``; on a transient error call again until ``publish_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.publish_timeout
+        backoff = Backoff(self.config.reconnect_max_delay)
+        while True:
+            try:
+                return await call()
+            except TRANSIENT as exc:
+                delay = backoff.next()
+                if loop.time() + delay > deadline:
+                    raise unavailable(exc, self.config, action) from exc
+                await asyncio.sleep(delay)
+            except rex.RedisError as exc:
+                raise SubscribeError(
+                    f"redis:// {action} failed: {describe(exc, self.config)}"
+                ) from exc
+
+    def _forget(self, sub: _Base) -> None:
+        self._subs.discard(sub)
+        if isinstance(sub, GroupSubscription):
+            for other in self._subs:
+                if (
+                    isinstance(other, GroupSubscription)
+                    and other.topic == sub.topic
+                    and other.group == sub.group
+                ):
+                    other.claim_soon()
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close every subscription (acks flushed, unsettled entries released), wait for
+        publishes in progress, then disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        subs = list(self._subs)
+        await asyncio.gather(*(s.close() for s in subs), return_exceptions=True)
+        if self._publisher is not None:
+            await self._publisher.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+            await self._redis.connection_pool.disconnect()
+
+    async def _crash(self) -> None:
+        """Vanish like a killed process: drop the connections without flushing acks or
+        releasing entries (tests use it to simulate a crash)."""
+        self._closed = True
+        for sub in list(self._subs):
+            sub.abandon()
+        self._subs.clear()
+        if self._publisher is not None:
+            self._publisher.abandon()
+        if self._redis is not None:
+            await self._redis.connection_pool.disconnect(inuse_connections=True)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
