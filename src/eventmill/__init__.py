@@ -9,12 +9,15 @@ from eventmill.errors import (
     AuthenticationError,
     BackendUnavailableError,
     BufferFullError,
+    CircuitOpenError,
     ClosedError,
     ConfigurationError,
     DuplicateEventError,
     EventmillError,
     EventValidationError,
     HandlerError,
+    HandlerTimeoutError,
+    InvalidCursorError,
     InvalidNameError,
     MessageStateError,
     PayloadTooLargeError,
@@ -32,6 +35,7 @@ from eventmill.message import Message, new_message_id
 from eventmill.pubsub.base import Capabilities, Publisher, PubSub, Subscriber, Subscription
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
+from eventmill.router import Router, RouterConfig
 
 __version__ = "0.1.0"
 
@@ -40,12 +44,15 @@ __all__ = [
     "BackendUnavailableError",
     "BufferFullError",
     "Capabilities",
+    "CircuitOpenError",
     "ClosedError",
     "ConfigurationError",
     "DuplicateEventError",
     "EventValidationError",
     "EventmillError",
     "HandlerError",
+    "HandlerTimeoutError",
+    "InvalidCursorError",
     "InvalidNameError",
     "MemoryConfig",
     "MemoryPubSub",
@@ -56,6 +63,8 @@ __all__ = [
     "PubSubError",
     "PublishError",
     "Publisher",
+    "Router",
+    "RouterConfig",
     "RouterError",
     "SignatureError",
     "StoreError",
