@@ -1,0 +1,262 @@
+"""The event envelope: :class:`Event` and :class:`EventMetadata`, and Event <-> Message.
+
+The JSON form of an event (on the bus, in the store, over HTTP, WebSocket and SSE)::
+
+    {
+      "id": "evt_01J5Q8Z6R1W3KXQ3M9V7T2B4NC",
+      "event_name": "razorpay.payment.captured",
+      "source": "razorpay",
+      "user_id": "user_123",
+      "payload": {"...": "..."},
+      "metadata": {"version": "1.0", "correlation_id": "corr_456", "trace_id": "trace_789",
+                   "headers": {}, "retry_count": 0},
+      "created_at": "2024-01-20T10:30:00Z",
+      "processed_at": null
+    }
+
+Times are always UTC (a naive time is taken as UTC; another offset is converted).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Final
+
+import orjson
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from eventmill.errors import EventValidationError
+from eventmill.message import Message
+
+__all__ = [
+    "EVENT_NAME_RE",
+    "SOURCE_RE",
+    "Event",
+    "EventMetadata",
+    "EventSource",
+    "new_event_id",
+    "validation_error",
+]
+
+EVENT_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")
+"""Event names: 1-200 characters of letters, digits, ``_ . : -`` (``*`` is the wildcard)."""
+
+SOURCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+"""Sources: 1-64 lowercase letters, digits, ``_`` and ``-`` (a source names a URL path)."""
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class EventSource(StrEnum):
+    """The well-known sources. Any string matching :data:`SOURCE_RE` is a valid source
+    too (``github``, ``stripe``, the names of configured webhook receivers)."""
+
+    INTERNAL = "internal"
+    """Published by the platform's own services (``POST /v1/events`` or the library)."""
+    RAZORPAY = "razorpay"
+    """A Razorpay webhook."""
+    EXTERNAL = "external"
+    """Another external system."""
+    SYSTEM = "system"
+    """eventmill itself."""
+
+
+def new_event_id() -> str:
+    """Return a new event id: ``evt_`` + 26 Crockford base32 characters (a ULID).
+
+    The first 48 bits are the millisecond time, so ids sort roughly by creation time;
+    the remaining 80 bits are random.
+    """
+    n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "evt_" + "".join(reversed(chars))
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    if value.utcoffset() != UTC.utcoffset(None):
+        return value.astimezone(UTC)
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _check_name(value: str) -> str:
+    if EVENT_NAME_RE.fullmatch(value) is None:
+        raise ValueError(
+            "event_name must be 1-200 characters of letters, digits, '_', '.', ':', '-'"
+        )
+    return value
+
+
+def _check_source(value: str) -> str:
+    if SOURCE_RE.fullmatch(value) is None:
+        raise ValueError("source must be 1-64 characters of lowercase letters, digits, '_', '-'")
+    return str(value)
+
+
+class EventMetadata(BaseModel):
+    """Tracing and delivery metadata carried with every event. Unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = Field(default="1.0", max_length=32)
+    """Schema version of the payload (default ``"1.0"``)."""
+    correlation_id: str = Field(default="", max_length=256)
+    """Id shared by all events caused by one request (default empty)."""
+    trace_id: str = Field(default="", max_length=256)
+    """Distributed-tracing id (default empty)."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Free-form string headers (default empty)."""
+    retry_count: int = Field(default=0, ge=0)
+    """How often processing was retried (default 0)."""
+
+
+class Event(BaseModel):
+    """One event: what happened (``event_name``), where it came from (``source``), for
+    whom (``user_id``), with what data (``payload``).
+
+    ``payload`` is any JSON value (usually an object); a pydantic model given as
+    payload is dumped to its JSON form. ``id`` defaults to :func:`new_event_id` and
+    ``created_at`` to now. Unknown top-level keys are ignored. An ``id`` is 1-128
+    characters of letters, digits, ``_ . : -``; a ``user_id`` 1-256 characters without
+    control characters.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(default_factory=new_event_id, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")
+    event_name: Annotated[str, AfterValidator(_check_name)]
+    source: Annotated[str, AfterValidator(_check_source)] = EventSource.INTERNAL.value
+    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")
+    payload: Any = Field(default_factory=dict)
+    metadata: EventMetadata = Field(default_factory=EventMetadata)
+    created_at: UtcDatetime = Field(default_factory=_now)
+    processed_at: UtcDatetime | None = None
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _dump_model_payload(cls, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        return value
+
+    @field_validator("user_id", mode="before")
+    @classmethod
+    def _user_id_to_str(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    # -- JSON -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form as a dict (datetimes stay ``datetime`` objects)."""
+        md = self.metadata
+        return {
+            "id": self.id,
+            "event_name": self.event_name,
+            "source": self.source,
+            "user_id": self.user_id,
+            "payload": self.payload,
+            "metadata": {
+                "version": md.version,
+                "correlation_id": md.correlation_id,
+                "trace_id": md.trace_id,
+                "headers": md.headers,
+                "retry_count": md.retry_count,
+            },
+            "created_at": self.created_at,
+            "processed_at": self.processed_at,
+        }
+
+    def to_json(self) -> bytes:
+        """Return the JSON form as UTF-8 bytes (orjson; times as RFC 3339 with ``Z``)."""
+        try:
+            return orjson.dumps(self.to_dict(), option=orjson.OPT_UTC_Z)
+        except TypeError as exc:
+            raise EventValidationError(
+                f"event payload is not JSON-serializable: {exc}", field="payload"
+            ) from exc
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Event:
+        """Parse and validate the JSON form; raise :class:`EventValidationError`."""
+        try:
+            decoded = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise EventValidationError(f"event is not valid JSON: {exc.msg}") from exc
+        try:
+            return cls.model_validate(decoded)  # faster than model_validate_json here
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc, "invalid event") from exc
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        """Validate a decoded JSON object; raise :class:`EventValidationError`."""
+        try:
+            return cls.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc, "invalid event") from exc
+
+    # -- Message --------------------------------------------------------------------
+
+    def to_message(self) -> Message:
+        """Return a :class:`Message` carrying this event.
+
+        The message id is the event id (so receivers drop duplicates by it), the
+        payload is :meth:`to_json`, and the metadata holds ``event_name``, ``source``,
+        ``user_id`` and ``partition_key`` (both the user id, when there is one, so
+        backends keep one user's events in order) and ``correlation_id`` when set.
+        """
+        metadata = {"event_name": self.event_name, "source": self.source}
+        if self.user_id is not None:
+            metadata["user_id"] = self.user_id
+            metadata["partition_key"] = self.user_id
+        if self.metadata.correlation_id:
+            metadata["correlation_id"] = self.metadata.correlation_id
+        return Message._received(self.id, metadata, self.to_json(), None)
+
+    @classmethod
+    def from_message(cls, message: Message) -> Event:
+        """Decode the event a message carries (its payload is authoritative).
+
+        Raises :class:`EventValidationError` when the payload is not a valid event.
+        """
+        return cls.from_json(message.payload)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validation_error(
+    exc: pydantic.ValidationError, what: str, prefix: str = ""
+) -> EventValidationError:
+    """Translate a pydantic error into :class:`EventValidationError` without input values.
+
+    ``prefix`` is prepended to every field path (e.g. ``"payload"``).
+    """
+    errors = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = _loc(err["loc"])
+        path = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        errors.append({"field": path, "message": str(err["msg"]), "type": str(err["type"])})
+    first = errors[0] if errors else {"field": prefix, "message": "invalid"}
+    field = first["field"] or None
+    where = f" at {field}" if field else ""
+    return EventValidationError(f"{what}{where}: {first['message']}", field=field, errors=errors)

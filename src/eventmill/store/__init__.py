@@ -1,0 +1,23 @@
+"""Layer 4: the SQL store (SQLAlchemy 2 async Core + Alembic; SQLite or PostgreSQL).
+
+``store = await open_store(url)`` connects and migrates; ``store.events`` holds the
+events (deduplicated inserts, outbox, cursor-paged queries) and ``store.api_keys``
+the hashed API keys.
+"""
+
+from eventmill.store.api_keys import SCOPES, ApiKeyRecord, ApiKeyStore
+from eventmill.store.config import StoreConfig
+from eventmill.store.database import Store, open_store
+from eventmill.store.events import EventPage, EventStore, StoredEvent
+
+__all__ = [
+    "SCOPES",
+    "ApiKeyRecord",
+    "ApiKeyStore",
+    "EventPage",
+    "EventStore",
+    "Store",
+    "StoreConfig",
+    "StoredEvent",
+    "open_store",
+]

@@ -1,0 +1,283 @@
+"""The :class:`Store`: one database (engine, migrations, transactions, error translation).
+
+Transactions:
+
+* SQLite runs in WAL mode; write transactions start with ``BEGIN IMMEDIATE`` (so a
+  writer never fails half-way on a lock upgrade) and are serialized in-process by an
+  ``asyncio.Lock``; other processes wait up to ``busy_timeout_ms``. Readers run
+  concurrently. ``:memory:`` databases use one connection and serialize everything.
+* PostgreSQL runs at READ COMMITTED. Event inserts take a transaction-scoped advisory
+  lock, so positions become visible in the order they were assigned: a reader paging by
+  position never skips an event committed later with a smaller position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from eventmill.errors import StoreError, StoreUnavailableError
+from eventmill.store.config import StoreConfig
+
+__all__ = ["VERSION_TABLE", "Store", "open_store"]
+
+VERSION_TABLE: Final = "eventmill_schema_version"
+"""Alembic's version table (not ``alembic_version``, so an application's own Alembic
+history can share the database)."""
+
+MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
+
+_WRITE_OPTION: Final = "eventmill_write"
+_WAIT_OPTION: Final = "eventmill_lock_wait_ms"
+_MIGRATION_WAIT_MS: Final = 120_000
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z).decode()
+
+
+def advisory_key(*parts: str) -> int:
+    """A signed 64-bit PostgreSQL advisory lock key derived from ``parts``."""
+    digest = hashlib.sha256("\0".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class Store:
+    """An open store: :attr:`events`, :attr:`api_keys`, and the engine for later tables.
+
+    Create it with :func:`open_store` (or ``await Store.open(url)``); close it with
+    :meth:`close` or ``async with``. Every database error is translated:
+    :class:`~eventmill.StoreUnavailableError` when the database cannot be reached or
+    is busy past its timeouts, :class:`~eventmill.StoreError` otherwise.
+    """
+
+    def __init__(self, config: StoreConfig, engine: AsyncEngine) -> None:
+        from eventmill.store.api_keys import ApiKeyStore
+        from eventmill.store.events import EventStore
+
+        self.config = config
+        self.engine = engine
+        self._write_lock = asyncio.Lock() if config.dialect == "sqlite" else None
+        self._closed = False
+        self.events = EventStore(self)
+        """The event store."""
+        self.api_keys = ApiKeyStore(self)
+        """The API key store."""
+
+    @classmethod
+    async def open(cls, url: str | StoreConfig) -> Store:
+        """Connect, run pending migrations (idempotent, safe across processes) and return."""
+        config = url if isinstance(url, StoreConfig) else StoreConfig.from_url(url)
+        _check_sqlite_directory(config)
+        store = cls(config, _create_engine(config))
+        try:
+            await store._migrate()
+        except BaseException:
+            await store.engine.dispose()
+            raise
+        return store
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.config.dialect
+
+    async def close(self) -> None:
+        """Close every pooled connection. Idempotent; later calls raise StoreError."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, write: bool, lock_wait_ms: int | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """Yield a connection inside a transaction; commit on success, roll back on error.
+
+        ``write=True`` for transactions that modify data (see the module docstring).
+        ``lock_wait_ms`` (SQLite) overrides ``busy_timeout_ms`` for this transaction.
+        Database errors are translated to eventmill's store errors.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        serialize = self._write_lock is not None and (write or self.config.memory)
+        lock = self._write_lock if serialize else None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if lock is not None:
+                    await stack.enter_async_context(lock)
+                conn = await stack.enter_async_context(self.engine.connect())
+                if self.config.dialect == "sqlite":
+                    wait = self.config.busy_timeout_ms if lock_wait_ms is None else lock_wait_ms
+                    conn = await conn.execution_options(
+                        **{_WRITE_OPTION: write, _WAIT_OPTION: wait}
+                    )
+                await stack.enter_async_context(conn.begin())
+                yield conn
+        except (TimeoutError, sa_exc.SQLAlchemyError, OSError) as exc:
+            raise self.translate(exc) from exc
+
+    def translate(self, exc: BaseException) -> StoreError:
+        """Map a driver/SQLAlchemy error to StoreUnavailableError or StoreError (no secrets)."""
+        orig = getattr(exc, "orig", None) or exc
+        kind = type(orig).__name__
+        where = self.config.dialect
+        if _unavailable(exc, orig, self.config.dialect):
+            return StoreUnavailableError(f"store database ({where}) is unavailable: {kind}")
+        return StoreError(f"store database ({where}) error: {kind}")
+
+    # -- migrations -----------------------------------------------------------------
+
+    async def _migrate(self) -> None:
+        # Several processes may start at once: the first migrates, the others wait.
+        async with self.transaction(write=True, lock_wait_ms=_MIGRATION_WAIT_MS) as conn:
+            if self.config.dialect == "postgresql":
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                    {"k": advisory_key("eventmill-migrate", self.config.schema or "")},
+                )
+                if self.config.schema is not None:
+                    # the name is validated by StoreConfig (lowercase identifier)
+                    await conn.execute(
+                        sa.text(f'CREATE SCHEMA IF NOT EXISTS "{self.config.schema}"')
+                    )
+                    await conn.execute(sa.text(f'SET LOCAL search_path TO "{self.config.schema}"'))
+            await conn.run_sync(_upgrade)
+
+
+_SQLITE_UNAVAILABLE: Final = (
+    "locked",
+    "busy",
+    "unable to open",
+    "disk i/o",
+    "readonly database",
+    "disk is full",
+)
+
+
+def _unavailable(exc: BaseException, orig: BaseException, dialect: str) -> bool:
+    """Whether an error means "the database cannot serve us now" (vs. a bad statement)."""
+    if isinstance(exc, TimeoutError | OSError | sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(orig, OSError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if dialect == "sqlite":
+        if isinstance(exc, sa_exc.OperationalError):
+            text = str(orig).lower()
+            return any(marker in text for marker in _SQLITE_UNAVAILABLE)
+        return False
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError):
+        return True
+    kind_name = type(orig).__name__.lower()
+    return "connection" in kind_name or "cannotconnect" in kind_name
+
+
+def _upgrade(sync_conn: sa.Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def _check_sqlite_directory(config: StoreConfig) -> None:
+    """Fail early, and clearly, when a SQLite file's directory does not exist."""
+    if config.dialect != "sqlite" or config.memory:
+        return
+    path = Path(config.url.split(":///", 1)[1].split("?", 1)[0])
+    if not path.parent.is_dir():
+        raise StoreUnavailableError(
+            f"cannot open the SQLite store: directory {str(path.parent)!r} does not exist"
+        )
+
+
+def _create_engine(config: StoreConfig) -> AsyncEngine:
+    kwargs: dict[str, Any] = {
+        "json_serializer": _json_dumps,
+        "json_deserializer": orjson.loads,
+    }
+    if config.dialect == "postgresql":
+        kwargs.update(
+            pool_size=config.pool_size, max_overflow=0, pool_pre_ping=True, pool_timeout=30
+        )
+        connect_args: dict[str, Any] = {"timeout": 10}
+        if config.schema is not None:
+            connect_args["server_settings"] = {"search_path": config.schema}
+        kwargs["connect_args"] = connect_args
+    elif config.memory:
+        kwargs.update(poolclass=StaticPool)
+    else:
+        kwargs.update(pool_size=config.pool_size, max_overflow=0, pool_timeout=30)
+    engine = create_async_engine(config.url, **kwargs)
+    if config.dialect == "sqlite":
+        _configure_sqlite(engine, config)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine, config: StoreConfig) -> None:
+    pragmas = [
+        f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}",
+        "PRAGMA foreign_keys = ON",
+    ]
+    if not config.memory:
+        pragmas += [
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {config.synchronous.upper()}",
+        ]
+
+    @sa_event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        # Take over transaction control from the sqlite3 module (see _on_begin).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        try:
+            for pragma in pragmas:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+        record.info[_WAIT_OPTION] = config.busy_timeout_ms
+
+    @sa_event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        options = conn.get_execution_options()
+        wait = options.get(_WAIT_OPTION)
+        info = conn.connection.info
+        if wait is not None and info.get(_WAIT_OPTION) != wait:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait)}")
+            info[_WAIT_OPTION] = wait
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION) else "BEGIN")
+
+
+async def open_store(url: str | StoreConfig) -> Store:
+    """Open the store at ``url`` (see :class:`StoreConfig`) and run pending migrations."""
+    return await Store.open(url)

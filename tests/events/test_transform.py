@@ -1,0 +1,148 @@
+"""Transformers: provider bodies -> Events, with configurable user mapping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from eventmill.errors import ConfigurationError, EventValidationError
+from eventmill.events import (
+    EventRegistry,
+    RazorpayTransformer,
+    WebhookInput,
+    resolve_path,
+    transformer_for,
+)
+from tests.events.payloads import SEED_FLAT_PAYMENT, order_paid, payment_event, refund_event
+
+RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rzp(body: Any, **kwargs: Any) -> WebhookInput:
+    return WebhookInput(
+        source="razorpay", body=body, external_id="evt_ext_1", received_at=RECEIVED, **kwargs
+    )
+
+
+def test_razorpay_payment_maps_notes_user_id() -> None:
+    body = payment_event(notes={"user_id": "user_123"})
+    event = RazorpayTransformer()(rzp(body))
+    assert event.event_name == "razorpay.payment.captured"
+    assert event.source == "razorpay"
+    assert event.user_id == "user_123"
+    assert event.payload == body
+    assert event.created_at == datetime.fromtimestamp(1567674606, UTC)
+    EventRegistry.default(allow_unknown=False).validate(event)
+
+
+def test_razorpay_falls_back_to_account_id() -> None:
+    event = RazorpayTransformer()(rzp(payment_event()))  # notes == []
+    assert event.user_id == "acc_BFQ7uQEaa7j2z7"
+
+
+def test_razorpay_order_paid_uses_the_order_notes() -> None:
+    event = RazorpayTransformer()(rzp(order_paid({"user_id": "user_42"})))
+    assert event.event_name == "razorpay.order.paid"
+    assert event.user_id == "user_42"
+
+
+def test_razorpay_refund_entity_is_the_refund() -> None:
+    body = refund_event()
+    body["payload"]["refund"]["entity"]["notes"] = {"user_id": 987}
+    event = RazorpayTransformer()(rzp(body))
+    assert event.event_name == "razorpay.refund.processed"
+    assert event.user_id == "987"
+
+
+def test_razorpay_seed_flat_shape() -> None:
+    event = RazorpayTransformer()(rzp(SEED_FLAT_PAYMENT))
+    assert event.event_name == "razorpay.payment.captured"
+    assert event.user_id == "acc_123"
+    assert event.created_at == RECEIVED  # no created_at in the body
+    EventRegistry.default(allow_unknown=False).validate(event)
+
+
+def test_razorpay_custom_paths_in_order() -> None:
+    body = payment_event(notes={"merchant_user": "m1", "user_id": "u1"}, email="e@x.com")
+    first = RazorpayTransformer(user_id_paths=("$entity.notes.merchant_user", "account_id"))
+    assert first(rzp(body)).user_id == "m1"
+    by_email = RazorpayTransformer(user_id_paths=("payload.payment.entity.email",))
+    assert by_email(rzp(body)).user_id == "e@x.com"
+    none = RazorpayTransformer(user_id_paths=("$entity.notes.missing",))
+    assert none(rzp(body)).user_id is None
+    assert transformer_for("razorpay", ("account_id",))(rzp(body)).user_id == "acc_BFQ7uQEaa7j2z7"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([1, 2], None),
+        ({"entity": "event"}, "event"),
+        ({"event": ""}, "event"),
+        ({"event": "bad name!"}, "event_name"),
+    ],
+)
+def test_razorpay_rejects_bodies_without_a_usable_event(body: Any, field: str | None) -> None:
+    with pytest.raises(EventValidationError) as info:
+        RazorpayTransformer()(rzp(body))
+    assert info.value.field == field
+
+
+def test_github_name_from_header_and_action() -> None:
+    transform = transformer_for("github", ("sender.login",))
+    inp = WebhookInput(
+        source="github",
+        body={"action": "opened", "sender": {"login": "octocat"}},
+        external_id="delivery-1",
+        headers={"x-github-event": "pull_request"},
+    )
+    event = transform(inp)
+    assert event.event_name == "github.pull_request.opened"
+    assert event.user_id == "octocat"
+    push = transform(
+        WebhookInput(source="github", body={"ref": "x"}, headers={"x-github-event": "push"})
+    )
+    assert push.event_name == "github.push"
+
+
+def test_stripe_name_from_type_and_user_from_metadata() -> None:
+    body = {
+        "id": "evt_1",
+        "type": "payment_intent.succeeded",
+        "data": {"object": {"metadata": {"user_id": "user_789"}}},
+    }
+    event = transformer_for("stripe")(WebhookInput(source="stripe", body=body, external_id="evt_1"))
+    assert event.event_name == "stripe.payment_intent.succeeded"
+    assert event.user_id == "user_789"
+
+
+def test_standard_and_generic_hmac() -> None:
+    std = transformer_for("standard")(WebhookInput(source="acme", body={"type": "invoice.paid"}))
+    assert std.event_name == "acme.invoice.paid"
+    generic = transformer_for("hmac", ("customer.id",))
+    event = generic(
+        WebhookInput(source="shop", body={"event": "order.shipped", "customer": {"id": 5}})
+    )
+    assert (event.event_name, event.user_id) == ("shop.order.shipped", "5")
+    fallback = generic(WebhookInput(source="shop", body=["not", "an", "object"]))
+    assert fallback.event_name == "shop.webhook"
+
+
+def test_unknown_scheme_and_bad_paths_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError):
+        transformer_for("carrier-pigeon")
+    with pytest.raises(ConfigurationError):
+        RazorpayTransformer(user_id_paths=("a..b",))
+    with pytest.raises(ConfigurationError):
+        transformer_for("hmac", ("",))
+
+
+def test_resolve_path() -> None:
+    data = {"a": {"b": [{"c": 1}, {"c": 2}]}, "n": None}
+    assert resolve_path(data, "a.b.1.c") == 2
+    assert resolve_path(data, "a.b.5.c") is None
+    assert resolve_path(data, "a.x") is None
+    assert resolve_path(data, "n.x") is None
+    assert resolve_path([1, 2], "0") == 1

@@ -1,0 +1,341 @@
+"""EventStore against SQLite and PostgreSQL: dedup, outbox, get, query, cursors."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from eventmill.errors import (
+    DuplicateEventError,
+    EventValidationError,
+    InvalidCursorError,
+    StoreError,
+)
+from eventmill.events import Event, EventMetadata
+from eventmill.store import Store, StoredEvent
+
+
+def make_event(name: str = "user.created", **kwargs: object) -> Event:
+    return Event(event_name=name, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_insert_then_get_returns_the_same_event(store: Store) -> None:
+    event = Event(
+        event_name="razorpay.payment.captured",
+        source="razorpay",
+        user_id="user_123",
+        payload={"z": 1, "a": [1, 2.5, "x", None, {"k": True}], "unicode": "₹ 500"},
+        metadata=EventMetadata(correlation_id="c1", trace_id="t1", headers={"h": "v"}),
+        created_at=datetime(2024, 1, 20, 10, 30, 0, 123456, tzinfo=UTC),
+        processed_at=datetime(2024, 1, 20, 10, 30, 1, tzinfo=UTC),
+    )
+    stored, created = await store.events.insert(event, "evt_rzp_1")
+    assert created
+    assert stored.event == event
+    assert stored.external_id == "evt_rzp_1"
+    assert stored.published_at is None
+    got = await store.events.get(event.id)
+    assert got is not None
+    assert got.event == event
+    assert list(got.event.payload) == ["z", "a", "unicode"]  # key order kept
+    assert got.position == stored.position
+    assert got.external_id == "evt_rzp_1"
+    assert got.stored_at == stored.stored_at
+    assert await store.events.get("evt_missing") is None
+
+
+async def test_duplicate_external_id_returns_the_first_event(store: Store) -> None:
+    first, created1 = await store.events.insert(make_event(source="razorpay"), "ext-1")
+    second, created2 = await store.events.insert(make_event(source="razorpay"), "ext-1")
+    assert created1
+    assert not created2
+    assert second.id == first.id
+    assert second.position == first.position
+    # the same external id from another source is another event
+    other, created3 = await store.events.insert(make_event(source="github"), "ext-1")
+    assert created3
+    assert other.id != first.id
+
+
+async def test_ten_concurrent_inserts_of_one_key_create_exactly_one(store: Store) -> None:
+    events = [make_event("razorpay.payment.captured", source="razorpay") for _ in range(10)]
+    results = await asyncio.gather(*(store.events.insert(e, "same-key") for e in events))
+    created = [stored for stored, was_created in results if was_created]
+    assert len(created) == 1
+    assert {stored.id for stored, _ in results} == {created[0].id}
+    page = await store.events.query(source="razorpay")
+    assert [s.id for s in page.events] == [created[0].id]
+
+
+async def test_insert_without_external_id_dedups_by_event_id(store: Store) -> None:
+    event = make_event()
+    _, created1 = await store.events.insert(event)
+    again, created2 = await store.events.insert(event)
+    assert created1
+    assert not created2
+    assert again.event == event
+
+
+async def test_event_id_taken_by_another_key_raises(store: Store) -> None:
+    event = make_event(source="razorpay")
+    await store.events.insert(event, "key-a")
+    with pytest.raises(DuplicateEventError):
+        await store.events.insert(event, "key-b")
+
+
+async def test_insert_if_absent_by_id_is_idempotent_and_published(store: Store) -> None:
+    event = make_event("payment.processed")
+    results = await asyncio.gather(*(store.events.insert_if_absent_by_id(event) for _ in range(5)))
+    assert sum(created for _, created in results) == 1
+    stored = await store.events.get(event.id)
+    assert stored is not None
+    assert stored.published_at is not None
+    assert await store.events.unpublished() == []
+
+
+async def test_audit_insert_of_an_ingested_event_keeps_the_ingested_row(store: Store) -> None:
+    event = make_event("razorpay.order.paid", source="razorpay")
+    ingested, _ = await store.events.insert(event, "rzp-evt-9")
+    audited, created = await store.events.insert_if_absent_by_id(event)
+    assert not created
+    assert audited.external_id == "rzp-evt-9"
+    assert audited.position == ingested.position
+
+
+async def test_outbox_lists_unpublished_oldest_first_until_marked(store: Store) -> None:
+    a, _ = await store.events.insert(make_event("a.one"), "1")
+    b, _ = await store.events.insert(make_event("a.two"), "2")
+    c, _ = await store.events.insert(make_event("a.three"), "3", published=True)
+    pending = await store.events.unpublished(limit=10)
+    assert [s.id for s in pending] == [a.id, b.id]
+    assert [s.id for s in await store.events.unpublished(limit=1)] == [a.id]
+    # nothing is older than an hour yet
+    assert await store.events.unpublished(older_than=3600) == []
+    assert await store.events.unpublished(older_than=timedelta(hours=1)) == []
+    assert await store.events.mark_published([a.id, c.id, "evt_unknown"]) == 1
+    assert [s.id for s in await store.events.unpublished()] == [b.id]
+    assert await store.events.mark_published([b.id]) == 1
+    assert await store.events.mark_published([b.id]) == 0
+    assert await store.events.unpublished() == []
+    got = await store.events.get(a.id)
+    assert got is not None
+    assert got.published_at is not None
+    assert await store.events.mark_published([]) == 0
+
+
+async def test_mark_published_handles_more_ids_than_one_chunk(store: Store) -> None:
+    ids = []
+    for i in range(3):
+        stored, _ = await store.events.insert(make_event(), f"k{i}")
+        ids.append(stored.id)
+    many = ids + [f"evt_none_{i}" for i in range(1200)]
+    assert await store.events.mark_published(many) == 3
+
+
+async def _seed(store: Store) -> list[StoredEvent]:
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    specs = [
+        ("razorpay.payment.captured", "razorpay", "u1"),
+        ("razorpay.payment.failed", "razorpay", "u2"),
+        ("razorpay.order.paid", "razorpay", "u1"),
+        ("user.created", "internal", "u1"),
+        ("payment.processed", "internal", None),
+        ("razorpay_payment_x", "internal", "u1"),  # '_' must not act as a LIKE wildcard
+        ("RAZORPAY.PAYMENT.CAPTURED", "internal", "u1"),  # matching is case-sensitive
+    ]
+    out = []
+    for i, (name, source, user) in enumerate(specs):
+        event = Event(
+            event_name=name, source=source, user_id=user, created_at=base + timedelta(hours=i)
+        )
+        stored, _ = await store.events.insert(event, f"seed-{i}")
+        out.append(stored)
+    return out
+
+
+async def test_query_filters(store: Store) -> None:
+    seeded = await _seed(store)
+    ids = [s.id for s in seeded]
+
+    async def names(**filters: object) -> list[str]:
+        page = await store.events.query(**filters)  # type: ignore[arg-type]
+        return [s.id for s in page.events]
+
+    assert await names() == ids
+    assert await names(user_id="u1") == [ids[0], ids[2], ids[3], ids[5], ids[6]]
+    assert await names(source="internal") == ids[3:]
+    assert await names(event_name="razorpay.payment.*") == ids[0:2]
+    assert await names(event_name="razorpay.*") == ids[0:3]
+    assert await names(event_name="*.paid") == [ids[2]]
+    assert await names(event_name="razorpay_payment*") == [ids[5]]
+    assert await names(event_name="razorpay.payment.captured") == [ids[0]]
+    assert await names(event_name="*") == ids
+    assert await names(event_name="razorpay.*", user_id="u1") == [ids[0], ids[2]]
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    assert await names(since=base + timedelta(hours=2)) == ids[2:]
+    assert await names(until=base + timedelta(hours=2)) == ids[:2]
+    naive = datetime(2025, 1, 1, 1, 0)  # naive = UTC
+    assert await names(since=naive, until=naive + timedelta(hours=1)) == [ids[1]]
+    assert await names(order="desc") == ids[::-1]
+    assert await names(user_id="nobody") == []
+
+
+async def test_query_pages_with_cursors_in_both_orders(store: Store) -> None:
+    seeded = await _seed(store)
+    ids = [s.id for s in seeded]
+    for order, expected in (("asc", ids), ("desc", ids[::-1])):
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await store.events.query(after=cursor, limit=3, order=order)  # type: ignore[arg-type]
+            seen += [s.id for s in page.events]
+            if not page.has_more:
+                break
+            cursor = page.next_cursor
+        assert seen == expected
+        # tailing: the last cursor yields nothing now, and the cursor stays put
+        empty = await store.events.query(after=page.next_cursor, order=order)  # type: ignore[arg-type]
+        assert empty.events == []
+        assert empty.next_cursor == page.next_cursor
+        assert not empty.has_more
+
+
+async def test_cursor_of_a_stored_event_resumes_after_it(store: Store) -> None:
+    seeded = await _seed(store)
+    page = await store.events.query(after=seeded[2].cursor)
+    assert [s.id for s in page.events] == [s.id for s in seeded[3:]]
+    assert store.events.position_of(seeded[2].cursor) == seeded[2].position
+    assert store.events.cursor_for(seeded[2].position) == seeded[2].cursor
+    later, _ = await store.events.insert(make_event(), "later")
+    tail = await store.events.query(after=page.next_cursor)
+    assert [s.id for s in tail.events] == [later.id]
+
+
+async def test_positions_increase_with_insertion_order(store: Store) -> None:
+    stored = [(await store.events.insert(make_event(), f"p{i}"))[0] for i in range(5)]
+    positions = [s.position for s in stored]
+    assert positions == sorted(positions)
+    assert len(set(positions)) == 5
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "garbage!", "djE6YTp4", "djI6YTox", "djE6eDox", "djE6YTotMQ"]
+)
+async def test_malformed_cursors_raise(store: Store, cursor: str) -> None:
+    with pytest.raises(InvalidCursorError):
+        await store.events.query(after=cursor)
+
+
+async def test_cursor_for_the_other_order_raises(store: Store) -> None:
+    with pytest.raises(InvalidCursorError, match="order=desc"):
+        await store.events.query(after=store.events.cursor_for(5, "desc"))
+
+
+@pytest.mark.parametrize("bad", ["razorpay.%", "a b", "x?y", "[ab]", ""])
+async def test_invalid_event_name_filter_is_a_validation_error(store: Store, bad: str) -> None:
+    with pytest.raises(EventValidationError) as info:
+        await store.events.query(event_name=bad)
+    assert info.value.field == "event_name"
+
+
+@pytest.mark.parametrize("limit", [0, 1001])
+async def test_limit_out_of_range_raises(store: Store, limit: int) -> None:
+    with pytest.raises(StoreError):
+        await store.events.query(limit=limit)
+
+
+async def test_query_limit_bounds_the_page(store: Store) -> None:
+    await _seed(store)
+    page = await store.events.query(limit=1)
+    assert len(page.events) == 1
+    assert page.has_more
+
+
+async def test_closed_store_raises_store_error(store_url: str) -> None:
+    from eventmill.store import open_store
+
+    s = await open_store(store_url)
+    await s.close()
+    await s.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await s.events.get("evt_x")
+
+
+async def test_insert_many_dedups_within_the_batch_and_against_the_store(store: Store) -> None:
+    earlier, _ = await store.events.insert(make_event(source="razorpay"), "old")
+    taken = make_event(source="razorpay")
+    await store.events.insert(taken, "taken-key")
+    a, b, c, d = (make_event(source="razorpay") for _ in range(4))
+    results = await store.events.insert_many(
+        [
+            (a, "k1"),
+            (b, "k1"),  # same key as a, in the same batch
+            (c, "old"),  # key already stored
+            (d, None),  # no key: dedup by id
+            (d, None),
+            (taken, "another-key"),  # id taken by another key
+        ]
+    )
+    assert isinstance(results[5], DuplicateEventError)
+    ok = [r for r in results[:5] if not isinstance(r, DuplicateEventError)]
+    assert len(ok) == 5
+    (ra, ca), (rb, cb), (rc, cc), (rd1, cd1), (rd2, cd2) = ok
+    assert (ca, cb, cc, cd1, cd2) == (True, False, False, True, False)
+    assert rb.id == ra.id == a.id
+    assert rc.id == earlier.id
+    assert rd1.id == rd2.id == d.id
+    assert ra.position < rd1.position
+    got = await store.events.get(a.id)
+    assert got is not None
+    assert got.position == ra.position
+    assert await store.events.insert_many([]) == []
+
+
+async def test_insert_many_larger_than_one_chunk(store: Store) -> None:
+    batch = [(make_event(user_id="bulk"), f"bulk-{i}") for i in range(1100)]
+    results = await store.events.insert_many(batch, published=True)
+    assert all(not isinstance(r, Exception) and r[1] for r in results)
+    again = await store.events.insert_many(batch)
+    assert all(not isinstance(r, Exception) and not r[1] for r in again)
+    page = await store.events.query(user_id="bulk", limit=1000)
+    assert len(page.events) == 1000
+    assert page.has_more
+    assert await store.events.unpublished() == []
+
+
+async def test_concurrent_insert_many_calls_create_each_key_once(store: Store) -> None:
+    keys = [f"c{i}" for i in range(20)]
+    calls = [[(make_event(source="razorpay"), k) for k in keys] for _ in range(5)]
+    all_results = await asyncio.gather(*(store.events.insert_many(c) for c in calls))
+    created = [
+        r for results in all_results for r in results if not isinstance(r, Exception) and r[1]
+    ]
+    assert len(created) == len(keys)
+    page = await store.events.query(source="razorpay", limit=100)
+    assert sorted(s.external_id or "" for s in page.events) == sorted(keys)
+
+
+@pytest.mark.parametrize("key", ["", "k" * 257])
+async def test_external_id_length_is_checked(store: Store, key: str) -> None:
+    with pytest.raises(StoreError):
+        await store.events.insert(make_event(), key)
+
+
+async def test_concurrent_inserts_from_separate_stores_create_exactly_one(store_url: str) -> None:
+    """Separate Store objects share no lock or pool, as separate processes would."""
+    from eventmill.store import open_store
+
+    stores = [await open_store(store_url) for _ in range(3)]
+    try:
+        events = [make_event("razorpay.payment.captured", source="razorpay") for _ in range(12)]
+        results = await asyncio.gather(
+            *(stores[i % 3].events.insert(e, "shared-key") for i, e in enumerate(events))
+        )
+        created = [stored for stored, was_created in results if was_created]
+        assert len(created) == 1
+        assert {stored.id for stored, _ in results} == {created[0].id}
+    finally:
+        for s in stores:
+            await s.close()
