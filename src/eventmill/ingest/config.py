@@ -1,0 +1,111 @@
+"""Configuration of the ingest layer: generic webhook sources and their schemes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from eventmill.errors import ConfigurationError
+from eventmill.events import transformer_for
+from eventmill.ingest.context import Receiver
+from eventmill.ingest.signatures import (
+    GitHubScheme,
+    HmacScheme,
+    SignatureScheme,
+    StandardWebhooksScheme,
+    StripeScheme,
+)
+
+__all__ = [
+    "RESERVED_SOURCES",
+    "SourceConfig",
+    "receiver_for",
+    "scheme_for",
+    "split_secrets",
+    "valid_source_name",
+]
+
+RESERVED_SOURCES = frozenset({"razorpay", "internal", "system"})
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def valid_source_name(name: str) -> bool:
+    """1-64 characters of ``a-z 0-9 _ -``, and not a reserved source."""
+    return 0 < len(name) <= 64 and set(name) <= _NAME_CHARS and name not in RESERVED_SOURCES
+
+
+def split_secrets(value: Any) -> Any:
+    """Accept ``"a,b"`` (comma-separated, for rotation) as well as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, SecretStr):
+        return split_secrets(value.get_secret_value())
+    return value
+
+
+class SourceConfig(BaseModel):
+    """A generic webhook source served at ``POST /webhooks/{name}``."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    scheme: Literal["standard_webhooks", "github", "stripe", "hmac"]
+    """How requests prove themselves: Standard Webhooks (``webhook-id`` / ``-timestamp`` /
+    ``-signature``), GitHub (``X-Hub-Signature-256``), Stripe (``Stripe-Signature``), or a
+    plain HMAC of the raw body in a configurable header."""
+    secrets: Annotated[list[SecretStr], NoDecode] = Field(min_length=1)
+    """Signing secrets; any one of them verifies a request (several, for rotation). A
+    comma-separated string is accepted. Standard Webhooks secrets may carry ``whsec_``."""
+    tolerance_seconds: int = Field(default=300, ge=1)
+    """Standard Webhooks and Stripe: reject timestamps further than this from now (300)."""
+    header: str = "X-Signature"
+    """hmac: the header carrying the signature (default ``X-Signature``)."""
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    """hmac: the digest (default ``sha256``)."""
+    encoding: Literal["hex", "base64"] = "hex"
+    """hmac: how the signature is written (default ``hex``)."""
+    prefix: str = ""
+    """hmac: text before the signature in the header, e.g. ``sha256=`` (default none)."""
+    id_header: str | None = None
+    """hmac: header holding the provider's delivery id, used as the dedup key. Without it
+    the dedup key is the SHA-256 of the body (same body = same event)."""
+    user_id_paths: list[str] | None = None
+    """Dotted JSON paths tried in order for the event's ``user_id`` (default: the
+    scheme's own — Stripe ``data.object.metadata.user_id``, others none)."""
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_secrets(value)
+
+
+def receiver_for(config: SourceConfig) -> Receiver:
+    """Build the receiver (scheme + transformer) of a configured source."""
+    paths = tuple(config.user_id_paths) if config.user_id_paths is not None else None
+    name = "standard" if config.scheme == "standard_webhooks" else config.scheme
+    return Receiver(scheme=scheme_for(config), transformer=transformer_for(name, paths))
+
+
+def scheme_for(config: SourceConfig) -> SignatureScheme:
+    """Build the signature scheme a source is configured with."""
+    secrets = [s.get_secret_value() for s in config.secrets]
+    try:
+        if config.scheme == "standard_webhooks":
+            return StandardWebhooksScheme(secrets, tolerance_seconds=config.tolerance_seconds)
+        if config.scheme == "github":
+            return GitHubScheme(secrets)
+        if config.scheme == "stripe":
+            return StripeScheme(secrets, tolerance_seconds=config.tolerance_seconds)
+        return HmacScheme(
+            secrets,
+            header=config.header,
+            algorithm=config.algorithm,
+            encoding=config.encoding,
+            prefix=config.prefix,
+            id_header=config.id_header,
+        )
+    except ConfigurationError:
+        raise
+    except ValueError as exc:  # pragma: no cover - validated by the model already
+        raise ConfigurationError(f"source scheme {config.scheme}: {exc}") from None

@@ -1,0 +1,139 @@
+"""Webhook receivers: ``POST /webhooks/razorpay`` and ``POST /webhooks/{source}``.
+
+Per request: unknown source → 404; body over the limit → 413 (before reading it
+all); signature missing or wrong → 401; body not JSON → 400; transformer or
+registry rejects it → 422 naming the field; then the durable path
+(:func:`~eventmill.ingest.pipeline.ingest`): stored (503 if the store is down),
+published (503 if the bus is down — the event stays stored for the relay) → 200.
+A repeat of a delivery (same dedup key) answers 200 with ``duplicate: true`` and is
+not published again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from eventmill.events import WebhookInput
+from eventmill.ingest._body import parse_json, read_limited
+from eventmill.ingest.context import IngestContext, Receiver
+from eventmill.ingest.pipeline import ingest
+from eventmill.ingest.signatures import Verified, body_digest
+from eventmill.web import ApiError, error_responses
+
+__all__ = ["WebhookAccepted", "router"]
+
+router = APIRouter(tags=["webhooks"])
+
+_JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The provider's JSON body, verified byte for byte against the signature.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+_ERRORS = error_responses(400, 401, 404, 413, 422, 503)
+
+
+class WebhookAccepted(BaseModel):
+    """The webhook is stored (and published, unless it is a duplicate)."""
+
+    id: str
+    """The event's id (for a duplicate: the id of the event stored first)."""
+    duplicate: bool
+    """Whether this delivery was received before (it was not published again)."""
+
+
+def _dedup_key(verified: Verified, body: Any, raw: bytes) -> str:
+    if verified.delivery_id:
+        return verified.delivery_id
+    if verified.payload_id_field and isinstance(body, dict):
+        value = body.get(verified.payload_id_field)
+        if isinstance(value, str) and value:
+            return value
+    return body_digest(raw)
+
+
+async def receive(request: Request, source: str) -> Response:
+    """Verify, parse, transform, validate and durably ingest one webhook."""
+    ctx: IngestContext = request.app.state.ingest
+    receiver: Receiver | None = ctx.config.receivers.get(source)
+    if receiver is None:
+        raise ApiError(404, "unknown_source", f"no webhook source named {source!r} is configured")
+    raw = await read_limited(request, ctx.config.max_body_bytes)
+    headers = request.headers
+    verified = receiver.scheme.verify(headers, raw)
+    body = parse_json(raw)
+    external_id = _dedup_key(verified, body, raw)
+    event = receiver.transformer(
+        WebhookInput(
+            source=source,
+            body=body,
+            external_id=external_id,
+            headers={k: v for k, v in headers.items()},
+        )
+    )
+    ctx.config.registry.validate(event)
+    [accepted] = await ingest(ctx, [(event, external_id)])
+    content = WebhookAccepted(id=accepted.id, duplicate=accepted.duplicate)
+    return Response(content.model_dump_json(), media_type="application/json")
+
+
+_RAZORPAY_DOC: dict[str, Any] = {
+    **_JSON_BODY,
+    # Documented here rather than as Header() parameters: the handler reads the raw
+    # headers itself, and FastAPI would otherwise parse them on every request.
+    "parameters": [
+        {
+            "name": "X-Razorpay-Signature",
+            "in": "header",
+            "required": True,
+            "description": "Hex HMAC-SHA256 of the raw body with the webhook secret.",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "X-Razorpay-Event-Id",
+            "in": "header",
+            "required": False,
+            "description": "Razorpay's event id: the dedup key.",
+            "schema": {"type": "string"},
+        },
+    ],
+}
+
+
+@router.post(
+    "/webhooks/razorpay",
+    response_model=WebhookAccepted,
+    responses=_ERRORS,
+    openapi_extra=_RAZORPAY_DOC,
+    summary="Receive a Razorpay webhook",
+)
+async def razorpay_webhook(request: Request) -> Response:
+    """Verify `X-Razorpay-Signature` against every configured `RAZORPAY_WEBHOOK_SECRET`,
+    store the event `razorpay.<event>` (dedup on `X-Razorpay-Event-Id`) and publish it
+    to topic `events`, keyed by user id. Answers well inside Razorpay's 5-second window.
+    """
+    return await receive(request, "razorpay")
+
+
+@router.post(
+    "/webhooks/{source}",
+    response_model=WebhookAccepted,
+    responses=_ERRORS,
+    openapi_extra=_JSON_BODY,
+    summary="Receive a webhook from a configured source",
+)
+async def source_webhook(
+    request: Request,
+    source: Annotated[str, Path(description="A source named in the `sources` setting.")],
+) -> Response:
+    """Verify the request with the source's scheme — Standard Webhooks (`webhook-id`,
+    `webhook-timestamp`, `webhook-signature`), GitHub (`X-Hub-Signature-256`,
+    `X-GitHub-Delivery`), Stripe (`Stripe-Signature`) or plain HMAC — store the event
+    `<source>.<type>` (dedup on the provider's delivery id) and publish it to `events`.
+    """
+    return await receive(request, source)

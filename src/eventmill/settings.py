@@ -1,0 +1,201 @@
+"""Service configuration: ``EVENTMILL_*`` environment variables and an optional TOML file.
+
+Precedence, highest first: arguments passed to :class:`Settings`, environment
+variables, the TOML file named by ``EVENTMILL_CONFIG`` (or ``Settings.load(path)``),
+then the defaults below. Nested values use ``__`` in environment variables
+(``EVENTMILL_SOURCES__GITHUB__SCHEME=github``) or JSON
+(``EVENTMILL_SOURCES='{"github": {"scheme": "github", "secrets": ["..."]}}'``).
+
+Secrets are :class:`~pydantic.SecretStr`: they print as ``**********`` and are
+never logged or echoed in error bodies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from eventmill.errors import ConfigurationError
+from eventmill.ingest.config import (
+    RESERVED_SOURCES,
+    SourceConfig,
+    split_secrets,
+    valid_source_name,
+)
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings", "SourceConfig"]
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything ``eventmill serve`` reads. Every field documents its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTMILL_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    # -- where things live ---------------------------------------------------------------
+    data_dir: Path = Path("eventmill-data")
+    """Directory of the embedded databases (default ``./eventmill-data``; created on start)."""
+    bus_url: str | None = None
+    """Pub/sub backend URL (default ``sqlite:///<data_dir>/bus.db``); any URL
+    :func:`eventmill.open_pubsub` accepts: ``memory://``, ``redis://…``, ``nats://…``, …"""
+    store_url: str | None = None
+    """Event store database URL (default ``sqlite+aiosqlite:///<data_dir>/events.db``;
+    PostgreSQL: ``postgresql+asyncpg://user@host/db``)."""
+
+    # -- HTTP ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address ``eventmill serve`` binds (default ``127.0.0.1``)."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """Port ``eventmill serve`` binds (default 8000)."""
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    """Largest accepted request body on ingest routes; larger → 413 (default 1 MiB)."""
+    request_timeout_seconds: float = Field(default=4.0, gt=0)
+    """Budget for storing and then publishing one request, together; over it → 503,
+    inside Razorpay's 5-second window (default 4 s)."""
+
+    # -- sources ---------------------------------------------------------------------------
+    razorpay_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(
+            "razorpay_webhook_secret",
+            "EVENTMILL_RAZORPAY_WEBHOOK_SECRET",
+            "RAZORPAY_WEBHOOK_SECRET",
+        ),
+    )
+    """Razorpay webhook secret(s), comma-separated for rotation; read from
+    ``RAZORPAY_WEBHOOK_SECRET`` or ``EVENTMILL_RAZORPAY_WEBHOOK_SECRET``. Empty: the
+    Razorpay route answers 404 (source not configured)."""
+    razorpay_user_id_paths: list[str] | None = None
+    """Dotted JSON paths (relative to the payload entity) tried in order for ``user_id``
+    (default: the transformer's own, ``notes.user_id`` then ``account_id``)."""
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Generic webhook sources by name, served at ``POST /webhooks/{name}`` (default none)."""
+    accept_unknown_events: bool = True
+    """Whether events whose name has no registered model are accepted (default yes)."""
+
+    # -- background work -------------------------------------------------------------------
+    relay_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often the outbox relay publishes stored-but-unpublished events (default 5 s)."""
+    relay_grace_seconds: float = Field(default=10.0, ge=0)
+    """The periodic relay leaves events younger than this to the request that stored
+    them (default 10 s); the pass on start takes all of them."""
+    relay_batch_size: int = Field(default=500, ge=1)
+    """Most events the relay publishes per round (default 500)."""
+    audit_enabled: bool = True
+    """Run the audit handler (group ``audit`` on topic ``events``) that stores events
+    published on the bus by other paths (default yes)."""
+
+    # -- operations ------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the service (default ``info``)."""
+    fault: Literal["crash_after_store"] | None = None
+    """Fault injection for tests only: ``crash_after_store`` kills the process
+    (``os._exit``) after an event is stored and before it is published (default none)."""
+
+    @field_validator("razorpay_webhook_secret", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_secrets(value)
+
+    @field_validator("fault", mode="before")
+    @classmethod
+    def _empty_fault(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            if not valid_source_name(name):
+                raise ValueError(
+                    f"source name {name!r}: use 1-64 of a-z, 0-9, '_', '-' "
+                    f"(not one of {', '.join(sorted(RESERVED_SOURCES))})"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        data_dir = self.data_dir
+        if self.bus_url is None:
+            object.__setattr__(self, "bus_url", f"sqlite:///{data_dir / 'bus.db'}")
+        if self.store_url is None:
+            object.__setattr__(self, "store_url", f"sqlite+aiosqlite:///{data_dir / 'events.db'}")
+        return self
+
+    @property
+    def bus(self) -> str:
+        """The effective bus URL."""
+        assert self.bus_url is not None
+        return self.bus_url
+
+    @property
+    def store(self) -> str:
+        """The effective store URL."""
+        assert self.store_url is not None
+        return self.store_url
+
+    def uses_data_dir(self) -> bool:
+        """Whether an embedded SQLite database lives in :attr:`data_dir`."""
+        return self.bus.startswith("sqlite:") or self.store.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("EVENTMILL_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Read the settings (env, then ``config_file`` or ``$EVENTMILL_CONFIG``).
+
+        Raises :class:`~eventmill.ConfigurationError` naming the bad field (never its value).
+        """
+        from pydantic import ValidationError
+
+        path = Path(config_file) if config_file is not None else None
+        if path is not None and not path.is_file():
+            raise ConfigurationError(f"config file {str(path)!r} does not exist")
+        try:
+            if path is None:
+                return cls(**overrides)
+            previous = os.environ.get("EVENTMILL_CONFIG")
+            os.environ["EVENTMILL_CONFIG"] = str(path)
+            try:
+                return cls(**overrides)
+            finally:
+                if previous is None:
+                    os.environ.pop("EVENTMILL_CONFIG", None)
+                else:
+                    os.environ["EVENTMILL_CONFIG"] = previous
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                for err in exc.errors(include_input=False)
+            )
+            raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -1,0 +1,202 @@
+"""Helpers for service tests: the app with its lifespan, a real uvicorn process, bus counting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from eventmill.app import create_app
+from eventmill.events import Event
+from eventmill.ingest import IngestContext
+from eventmill.message import Message
+from eventmill.pubsub.base import Subscription
+from eventmill.settings import Settings
+from tests.conftest import free_port, require_service
+
+RAZORPAY_SECRET = "rzp_test_webhook_secret"
+GITHUB_SECRET = "gh_test_secret"
+STRIPE_SECRET = "whsec_stripe_test_secret"
+HMAC_SECRET = "acme_test_secret"
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"eventmill-standard-webhooks-key").decode()
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+PG_BASE = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+VENV_BIN = Path(sys.executable).parent
+
+SOURCES: dict[str, Any] = {
+    "github": {"scheme": "github", "secrets": [GITHUB_SECRET]},
+    "stripe": {"scheme": "stripe", "secrets": [STRIPE_SECRET]},
+    "acme": {
+        "scheme": "hmac",
+        "secrets": [HMAC_SECRET],
+        "header": "X-Acme-Signature",
+        "algorithm": "sha512",
+        "encoding": "base64",
+        "prefix": "v1=",
+        "id_header": "X-Acme-Delivery",
+        "user_id_paths": ["customer.id"],
+    },
+    "std": {"scheme": "standard_webhooks", "secrets": [STANDARD_SECRET]},
+}
+
+
+def settings_for(tmp: Path, store_url: str, **overrides: Any) -> Settings:
+    """Test settings: memory bus, the given store, every receiver configured."""
+    values: dict[str, Any] = {
+        "data_dir": tmp / "data",
+        "bus_url": "memory://",
+        "store_url": store_url,
+        "razorpay_webhook_secret": f"{RAZORPAY_SECRET},rzp_rotated_secret",
+        "sources": SOURCES,
+        "relay_interval_seconds": 3600.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan running, and an httpx client speaking ASGI to it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://eventmill.test") as c:
+            yield app, c
+
+
+def ingest_ctx(app: FastAPI) -> IngestContext:
+    ctx: IngestContext = app.state.ingest
+    return ctx
+
+
+async def drain_until_sentinel(
+    bus: Any, sub: Subscription, topic: str = "events", timeout: float = 30.0
+) -> list[Message]:
+    """Publish a sentinel event, then return every message that arrived before it.
+
+    Everything published before the sentinel is delivered before it (the subscription
+    preserves publish order), so the result is exactly what was published so far.
+    """
+    sentinel = Event(event_name="test.sentinel", source="system", id=f"sentinel_{uuid.uuid4().hex}")
+    await bus.publish(topic, sentinel.to_message())
+    seen: list[Message] = []
+    async with asyncio.timeout(timeout):  # a hang guard, not an assertion
+        while True:
+            msg = await sub.__anext__()
+            msg.ack()
+            if msg.id == sentinel.id:
+                return seen
+            seen.append(msg)
+
+
+async def drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(PG_BASE)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def pg_store_url() -> Iterator[str]:
+    """A PostgreSQL store URL with a schema of its own, dropped afterwards."""
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    schema = f"em_test_{uuid.uuid4().hex[:16]}"
+    try:
+        yield f"{PG_BASE}?schema={schema}"
+    finally:
+        asyncio.run(drop_schema(schema))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store URL: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        with pg_store_url() as url:
+            yield url
+
+
+class _PortTakenError(Exception):
+    pass
+
+
+class Server:
+    """``eventmill serve`` in a subprocess (the installed console script)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = {**os.environ, **env}
+        self._log_path = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        for _ in range(3):  # another process may take the free port before we bind it
+            try:
+                return self._start()
+            except _PortTakenError:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError("no free port")
+
+    def _start(self) -> None:
+        offset = self._log_path.stat().st_size if self._log_path.exists() else 0
+        self._log = self._log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "eventmill"), "serve", "--port", str(self.port)],
+            env=self._env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._log.close()
+                fresh = self._log_path.read_bytes()[offset:].decode(errors="replace")
+                if "address already in use" in fresh.lower():
+                    raise _PortTakenError
+                raise RuntimeError(f"server exited early: {self.log_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become ready: {self.log_text()}")
+
+    def log_text(self) -> str:
+        return self._log_path.read_text(errors="replace")[-4000:]
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(Exception):
+            self._log.close()

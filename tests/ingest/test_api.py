@@ -1,0 +1,277 @@
+"""POST /v1/events and GET /v1/events[/{id}] through real HTTP requests."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from eventmill.events import Event
+from tests.ingest.support import drain_until_sentinel, ingest_ctx, running_app, settings_for
+
+
+async def _key(app: FastAPI, *scopes: str) -> dict[str, str]:
+    ctx = ingest_ctx(app)
+    assert ctx.store is not None
+    _, plaintext = await ctx.store.api_keys.create(f"test-{uuid.uuid4().hex[:6]}", set(scopes))
+    return {"Authorization": f"Bearer {plaintext}"}
+
+
+def _event(name: str = "user.created", user: str = "u1", **extra: Any) -> dict[str, Any]:
+    payload = {
+        "user_id": user,
+        "email": f"{user}@example.com",
+        "name": user.upper(),
+        "created_at": "2024-01-20T10:30:00Z",
+    }
+    return {"event_name": name, "user_id": user, "payload": payload, **extra}
+
+
+async def test_publish_one_and_a_batch(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        ctx = ingest_ctx(app)
+        assert ctx.bus is not None
+        sub = await ctx.bus.subscribe("events")
+        key = await _key(app, "publish", "read")
+
+        one = await client.post("/v1/events", json=_event(), headers=key)
+        assert one.status_code == 200, one.text
+        [one_id] = one.json()["ids"]
+        assert one.json()["events"] == [{"id": one_id, "duplicate": False}]
+
+        batch = [_event(user=f"u{i}") for i in range(5)]
+        r = await client.post("/v1/events", json=batch, headers=key)
+        assert r.status_code == 200, r.text
+        batch_ids = r.json()["ids"]
+        assert len(set(batch_ids)) == 5
+
+        published = await drain_until_sentinel(ctx.bus, sub)
+        assert [m.id for m in published] == [one_id, *batch_ids]
+        assert [m.metadata["partition_key"] for m in published[1:]] == [f"u{i}" for i in range(5)]
+        first = Event.from_message(published[0])
+        assert first.source == "internal"
+        assert first.event_name == "user.created"
+
+        got = await client.get(f"/v1/events/{one_id}", headers=key)
+        assert got.status_code == 200
+        assert got.json()["payload"]["email"] == "u1@example.com"
+        assert got.json()["published_at"] is not None
+        await sub.close()
+
+
+async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        ctx = ingest_ctx(app)
+        assert ctx.bus is not None
+        sub = await ctx.bus.subscribe("events")
+        key = await _key(app, "publish")
+        other_key = await _key(app, "publish")
+        idem = {"Idempotency-Key": "order-42-created"}
+
+        first = await client.post("/v1/events", json=_event(), headers={**key, **idem})
+        retry = await client.post("/v1/events", json=_event(), headers={**key, **idem})
+        assert retry.status_code == 200
+        assert retry.json()["ids"] == first.json()["ids"]
+        assert retry.json()["events"][0]["duplicate"] is True
+
+        # the same key with a different body is a conflict, not a silent success
+        changed = _event(user="u2")
+        conflict = await client.post("/v1/events", json=changed, headers={**key, **idem})
+        assert conflict.status_code == 409
+        assert conflict.json()["error"] == "idempotency_conflict"
+
+        # keys are scoped per API key: another caller's same key is a new event
+        theirs = await client.post("/v1/events", json=_event(), headers={**other_key, **idem})
+        assert theirs.json()["ids"] != first.json()["ids"]
+
+        # batches: each position is its own idempotent slot
+        batch = [_event(user="b1"), _event(user="b2")]
+        bidem = {"Idempotency-Key": "batch-1"}
+        b1 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
+        b2 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
+        assert b1.json()["ids"] == b2.json()["ids"]
+        assert all(e["duplicate"] for e in b2.json()["events"])
+
+        published = await drain_until_sentinel(ctx.bus, sub)
+        expected = [*first.json()["ids"], *theirs.json()["ids"], *b1.json()["ids"]]
+        assert [m.id for m in published] == expected
+        await sub.close()
+
+
+async def test_client_chosen_id_is_idempotent(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish")
+        body = _event(id="evt_client_chosen_1")
+        a = await client.post("/v1/events", json=body, headers=key)
+        b = await client.post("/v1/events", json=body, headers=key)
+        assert a.json()["ids"] == b.json()["ids"] == ["evt_client_chosen_1"]
+        assert b.json()["events"][0]["duplicate"] is True
+
+
+async def test_bad_input(tmp_path: Path, store_url: str) -> None:
+    settings = settings_for(tmp_path, store_url, max_body_bytes=4096)
+    async with running_app(settings) as (app, client):
+        key = await _key(app, "publish")
+        r = await client.post("/v1/events", content=b"[{", headers=key)
+        assert r.status_code == 400
+        assert r.json()["error"] == "malformed_json"
+
+        r = await client.post("/v1/events", json={"payload": {}}, headers=key)
+        assert r.status_code == 422
+        assert r.json()["details"][0]["field"] == "event_name"
+
+        # registry: user.created requires an email; in a batch the index is named
+        bad = _event(user="u9")
+        del bad["payload"]["email"]
+        r = await client.post("/v1/events", json=[_event(), bad], headers=key)
+        assert r.status_code == 422
+        assert "1.payload.email" in [d["field"] for d in r.json()["details"]]
+
+        r = await client.post("/v1/events", json=[], headers=key)
+        assert r.status_code == 422
+        r = await client.post("/v1/events", json=_event(source="razorpay"), headers=key)
+        assert r.status_code == 422
+        assert r.json()["details"][0]["field"] == "source"
+
+        big = _event(pad="x" * 5000)
+        r = await client.post("/v1/events", json=big, headers=key)
+        assert r.status_code == 413
+
+        store = ingest_ctx(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+
+
+async def test_auth(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        publish_only = await _key(app, "publish")
+        read_only = await _key(app, "read")
+        admin = await _key(app, "admin")
+
+        r = await client.post("/v1/events", json=_event())
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = await client.post("/v1/events", json=_event(), headers={"Authorization": "Bearer em_x"})
+        assert r.status_code == 401
+        r = await client.post("/v1/events", json=_event(), headers=read_only)
+        assert r.status_code == 403
+        assert r.json()["error"] == "forbidden"
+        assert (await client.get("/v1/events", headers=publish_only)).status_code == 403
+        assert (await client.get("/v1/events", headers=read_only)).status_code == 200
+        # X-API-Key works too; admin implies every scope
+        x_key = {"X-API-Key": admin["Authorization"].removeprefix("Bearer ")}
+        assert (await client.post("/v1/events", json=_event(), headers=x_key)).status_code == 200
+        # the key never appears in an error body
+        r = await client.get("/v1/events", headers=publish_only)
+        assert publish_only["Authorization"].split()[1] not in r.text
+
+
+async def test_query_filters_and_cursor_pagination(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        events = [
+            _event(name="user.created", user="alice"),
+            _event(name="user.created", user="bob"),
+            {"event_name": "payment.processed", "user_id": "alice", "payload": _pp("p1")},
+            {"event_name": "payment.processed", "user_id": "bob", "payload": _pp("p2")},
+            {
+                "event_name": "payment.processed",
+                "user_id": "alice",
+                "source": "billing",
+                "payload": _pp("p3"),
+                "created_at": "2020-01-01T00:00:00Z",
+            },
+        ]
+        r = await client.post("/v1/events", json=events, headers=key)
+        assert r.status_code == 200, r.text
+        ids = r.json()["ids"]
+
+        async def query(**params: Any) -> dict[str, Any]:
+            resp = await client.get("/v1/events", params=params, headers=key)
+            assert resp.status_code == 200, resp.text
+            body: dict[str, Any] = resp.json()
+            return body
+
+        alice = await query(user_id="alice")
+        assert [e["id"] for e in alice["events"]] == [ids[0], ids[2], ids[4]]
+        pay = await query(event_name="payment.*")
+        assert [e["id"] for e in pay["events"]] == ids[2:]
+        billing = await query(source="billing")
+        assert [e["id"] for e in billing["events"]] == [ids[4]]
+        recent = await query(since="2021-01-01T00:00:00Z")
+        assert [e["id"] for e in recent["events"]] == ids[:4]
+        old = await query(until="2021-01-01T00:00:00Z")
+        assert [e["id"] for e in old["events"]] == [ids[4]]
+
+        # cursor pagination, 2 per page, ascending then descending
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            page = await query(**params)
+            seen += [e["id"] for e in page["events"]]
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                break
+        assert seen == ids
+        desc = await query(order="desc", limit=3)
+        assert [e["id"] for e in desc["events"]] == ids[::-1][:3]
+        positions = [e["position"] for e in desc["events"]]
+        assert positions == sorted(positions, reverse=True)
+
+        bad = await client.get("/v1/events", params={"cursor": "garbage!"}, headers=key)
+        assert bad.status_code == 400
+        assert bad.json()["error"] == "invalid_cursor"
+        bad = await client.get("/v1/events", params={"limit": 0}, headers=key)
+        assert bad.status_code == 422
+        assert bad.json()["details"][0]["field"] == "query.limit"
+        missing = await client.get("/v1/events/evt_nope", headers=key)
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "not_found"
+
+
+def _pp(payment_id: str) -> dict[str, Any]:
+    return {
+        "payment_id": payment_id,
+        "user_id": "x",
+        "amount": 12.5,
+        "currency": "INR",
+        "status": "ok",
+        "gateway": "razorpay",
+        "processed_at": "2024-01-20T10:30:00Z",
+    }
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events/evt_1"])
+async def test_store_unreachable_is_503_for_the_api(tmp_path: Path, path: str) -> None:
+    from tests.conftest import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    async with running_app(settings_for(tmp_path, dead)) as (_, client):
+        r = await client.get(path, headers={"Authorization": "Bearer em_abc_def"})
+        assert r.status_code == 503
+        assert r.json()["error"] == "store_unavailable"
+
+
+async def test_event_id_conflicts(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish")
+        body = _event(id="evt_taken_1")
+        assert (await client.post("/v1/events", json=body, headers=key)).status_code == 200
+        # the same id under an Idempotency-Key (another dedup key) is a conflict
+        r = await client.post(
+            "/v1/events", json=body, headers={**key, "Idempotency-Key": "k-taken"}
+        )
+        assert r.status_code == 409
+        assert r.json()["error"] == "duplicate_event"
+        # one id twice in a batch: stored once, the second is its duplicate
+        twice = [_event(id="evt_twice_1"), _event(id="evt_twice_1")]
+        r = await client.post("/v1/events", json=twice, headers=key)
+        assert r.status_code == 200
+        assert r.json()["ids"] == ["evt_twice_1", "evt_twice_1"]
+        assert [e["duplicate"] for e in r.json()["events"]] == [False, True]

@@ -1,0 +1,98 @@
+"""The composition root: health, readiness, OpenAPI, lifespan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from eventmill import ClosedError, Message
+from tests.conftest import free_port
+from tests.ingest.support import ingest_ctx, running_app, settings_for, store_url
+
+__all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
+
+EXPECTED_ERRORS = {
+    ("POST", "/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
+    ("POST", "/webhooks/{source}"): {"400", "401", "404", "413", "422", "503"},
+    ("POST", "/v1/events"): {"400", "401", "403", "409", "413", "422", "503"},
+    ("GET", "/v1/events"): {"400", "401", "403", "422", "503"},
+    ("GET", "/v1/events/{event_id}"): {"401", "403", "404", "503"},
+    ("GET", "/readyz"): {"503"},
+    ("GET", "/healthz"): set(),
+}
+
+
+def _api_routes(app: FastAPI) -> set[tuple[str, str]]:
+    """(method, path) of every API route, included routers flattened."""
+    try:
+        from fastapi.routing import iter_route_contexts  # FastAPI >= 0.16x
+    except ImportError:  # older FastAPI copies included routes into app.routes
+        return {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    return {
+        (method, ctx.path)
+        for ctx in iter_route_contexts(app.routes)
+        if isinstance(ctx.original_route, APIRoute)
+        for method in ctx.methods or ()
+    }
+
+
+async def test_health_and_readiness(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "ready"
+        assert ready.json()["bus"] == {"ok": True, "url": "memory://", "error": None}
+        assert ready.json()["store"]["ok"] is True
+        ctx = ingest_ctx(app)
+    # the lifespan closed what it opened
+    assert ctx.store is not None
+    assert ctx.bus is not None
+    with pytest.raises(ClosedError):
+        await ctx.bus.publish("events", Message(b"after shutdown"))
+
+
+async def test_readiness_names_the_unreachable_store_without_its_password(tmp_path: Path) -> None:
+    dead = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/test"
+    async with running_app(settings_for(tmp_path, dead)) as (_, client):
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert body["status"] == "unavailable"
+        assert body["store"]["ok"] is False
+        assert body["store"]["error"]
+        assert "hunter2" not in ready.text
+        assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_openapi_documents_every_route_with_its_errors(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        spec = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+        assert docs.status_code == 200
+        assert "swagger" in docs.text.lower()
+
+        routes = _api_routes(app)
+        assert routes == set(EXPECTED_ERRORS)
+        for (method, path), codes in EXPECTED_ERRORS.items():
+            op = spec["paths"][path][method.lower()]
+            assert op.get("description") or op.get("summary"), path
+            assert "200" in op["responses"], path
+            errors = {c for c in op["responses"] if c.startswith(("4", "5"))}
+            assert codes <= errors, (method, path, codes - errors)
+            for code in codes - {"503"} if path == "/readyz" else codes:
+                ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("/ErrorBody"), (path, code)
+        assert "ErrorBody" in spec["components"]["schemas"]
+        assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
+        webhook = spec["paths"]["/webhooks/razorpay"]["post"]
+        assert "requestBody" in webhook
+        header_names = {p["name"].lower() for p in webhook["parameters"]}
+        assert "x-razorpay-signature" in header_names

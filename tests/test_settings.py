@@ -1,0 +1,81 @@
+"""Settings: environment, config file, defaults, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventmill.errors import ConfigurationError
+from eventmill.settings import DEFAULT_MAX_BODY_BYTES, Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("EVENTMILL_") or name == "RAZORPAY_WEBHOOK_SECRET":
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_embedded_under_the_data_dir() -> None:
+    s = Settings.load()
+    assert s.data_dir == Path("eventmill-data")
+    assert s.bus == "sqlite:///eventmill-data/bus.db"
+    assert s.store == "sqlite+aiosqlite:///eventmill-data/events.db"
+    assert s.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1024 * 1024
+    assert s.razorpay_webhook_secret == []
+    assert s.sources == {}
+
+
+def test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EVENTMILL_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RAZORPAY_WEBHOOK_SECRET", "new-secret, old-secret")
+    monkeypatch.setenv("EVENTMILL_SOURCES__GH__SCHEME", "github")
+    monkeypatch.setenv("EVENTMILL_SOURCES__GH__SECRETS", "a,b")
+    monkeypatch.setenv("EVENTMILL_PORT", "9001")
+    s = Settings.load()
+    assert s.bus == f"sqlite:///{tmp_path / 'bus.db'}"
+    assert [x.get_secret_value() for x in s.razorpay_webhook_secret] == ["new-secret", "old-secret"]
+    assert s.sources["gh"].scheme == "github"
+    assert len(s.sources["gh"].secrets) == 2
+    assert s.port == 9001
+    assert "new-secret" not in repr(s)
+    assert "new-secret" not in str(s.model_dump())
+
+
+def test_config_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "eventmill.toml"
+    config.write_text(
+        'bus_url = "memory://"\n'
+        "port = 7000\n"
+        'razorpay_webhook_secret = "from-file"\n'
+        "[sources.acme]\n"
+        'scheme = "hmac"\n'
+        'secrets = ["s1"]\n'
+        'header = "X-Acme-Signature"\n'
+    )
+    s = Settings.load(config)
+    assert s.bus == "memory://"
+    assert s.port == 7000
+    assert s.sources["acme"].header == "X-Acme-Signature"
+    monkeypatch.setenv("EVENTMILL_PORT", "7001")  # the environment wins over the file
+    assert Settings.load(config).port == 7001
+    monkeypatch.setenv("EVENTMILL_CONFIG", str(config))
+    assert Settings.load().bus == "memory://"
+
+
+def test_invalid_settings_name_the_field_not_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTMILL_SOURCES__RAZORPAY__SCHEME", "github")
+    monkeypatch.setenv("EVENTMILL_SOURCES__RAZORPAY__SECRETS", "topsecret")
+    with pytest.raises(ConfigurationError, match=r"source name .razorpay.") as info:
+        Settings.load()
+    assert "topsecret" not in str(info.value)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        Settings.load("/nonexistent/eventmill.toml")
+    monkeypatch.delenv("EVENTMILL_SOURCES__RAZORPAY__SCHEME")
+    monkeypatch.delenv("EVENTMILL_SOURCES__RAZORPAY__SECRETS")
+    monkeypatch.setenv("EVENTMILL_MAX_BODY_BYTES", "0")
+    with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        Settings.load()
