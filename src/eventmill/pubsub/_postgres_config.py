@@ -1,0 +1,178 @@
+"""Settings of the postgresql:// backend and their URL form."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from eventmill.errors import ConfigurationError
+from eventmill.pubsub.factory import redact_url
+
+__all__ = ["PostgresConfig"]
+
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+#: libpq-style options passed on to asyncpg untouched.
+_PASSTHROUGH = frozenset(
+    {
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "sslpassword",
+        "sslcrl",
+        "ssl_min_protocol_version",
+        "ssl_max_protocol_version",
+        "application_name",
+        "target_session_attrs",
+        "passfile",
+        "host",
+        "port",
+        "user",
+        "password",
+        "dbname",
+    }
+)
+
+_NONE_WORDS = frozenset({"none", "forever", "off", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    """Settings of :class:`~eventmill.pubsub.postgres.PostgresPubSub`.
+
+    Every field except ``dsn`` can be given in the URL's query string, e.g.
+    ``postgresql://app@db/app?schema=bus&visibility_timeout=60&retention=86400``.
+    """
+
+    dsn: str = "postgresql://localhost/postgres"
+    """Connection URL handed to asyncpg (eventmill's own options removed)."""
+    schema: str = "public"
+    """Schema holding the tables; created if missing."""
+    table_prefix: str = "eventmill_"
+    """Prefix of the table names (``<prefix>messages``, ``groups``, ``deliveries``,
+    ``topics``). Two buses with different prefixes never see each other's messages."""
+    visibility_timeout: float = 30.0
+    """Seconds a delivered, unsettled message stays leased to its consumer. A live
+    subscription renews the leases of the messages it holds every third of this; a
+    consumer that died without settling loses them after at most this long, and they
+    are delivered again."""
+    poll_interval: float = 1.0
+    """Fallback: an idle consumer looks for work at least this often, even if no
+    NOTIFY arrived (NOTIFY wakes it at once; a lease expiring wakes it too)."""
+    prefetch: int = 100
+    """Most messages one subscription leases in one claim and holds before handing them out."""
+    publish_batch: int = 1000
+    """Most messages committed by one group-commit transaction."""
+    publish_workers: int = 2
+    """Group-commit transactions in flight at once; concurrent publish calls queue
+    behind them and are committed together in the next one."""
+    max_pending: int = 10_000
+    """Most messages waiting for a group commit. When full, ``publish`` waits for room
+    (policy ``block``); a single call larger than this is still accepted alone."""
+    ack_interval: float = 0.02
+    """Seconds settlements (ack/nack) wait to be flushed in one batch."""
+    ack_batch: int = 1000
+    """A batch of this many settlements is flushed without waiting for ``ack_interval``."""
+    retention: float | None = 7 * 24 * 3600.0
+    """Seconds a message is kept after publishing once every group has acknowledged
+    it (default 7 days; it is what a new group replays). ``none`` keeps messages forever;
+    ``0`` deletes them as soon as they are fully consumed (at the next cleanup)."""
+    cleanup_interval: float = 30.0
+    """Seconds between retention passes (one process at a time runs each pass)."""
+    ephemeral_buffer: int = 10_000
+    """Most undelivered messages an ephemeral (group-less) subscription holds. When
+    full, the oldest is dropped (and counted in a warning): a slow ephemeral reader
+    never stalls publishers or other readers."""
+    pool_min: int = 1
+    """Connections the pool keeps open."""
+    pool_max: int = 10
+    """Most pooled connections (plus one dedicated LISTEN connection)."""
+    connect_timeout: float = 10.0
+    """Seconds ``start()`` keeps trying to reach the server before raising
+    :class:`~eventmill.BackendUnavailableError`."""
+    reconnect_timeout: float = 60.0
+    """Seconds a publish keeps retrying while the server is unreachable before raising
+    :class:`~eventmill.BackendUnavailableError`. Consumers and the LISTEN connection
+    retry for as long as the bus is open."""
+    backoff_max: float = 2.0
+    """Cap of the exponential backoff between reconnect attempts (starting at 50 ms)."""
+
+    def __post_init__(self) -> None:
+        if _IDENT.fullmatch(self.schema) is None:
+            raise ConfigurationError(
+                "postgresql:// schema must be 1-40 characters of [a-z0-9_], not a digit first"
+            )
+        if _IDENT.fullmatch(self.table_prefix) is None:
+            raise ConfigurationError(
+                "postgresql:// table_prefix must be 1-40 characters of [a-z0-9_], not a digit first"
+            )
+        positive = ("visibility_timeout", "poll_interval", "cleanup_interval", "backoff_max")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"postgresql:// {name} must be a positive number")
+        for name in ("ack_interval", "connect_timeout", "reconnect_timeout"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigurationError(f"postgresql:// {name} must be a number >= 0")
+        if self.retention is not None and not (
+            math.isfinite(self.retention) and self.retention >= 0
+        ):
+            raise ConfigurationError("postgresql:// retention must be seconds >= 0 or 'none'")
+        for name in (
+            "prefetch",
+            "publish_batch",
+            "publish_workers",
+            "max_pending",
+            "ack_batch",
+            "ephemeral_buffer",
+            "pool_max",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"postgresql:// {name} must be at least 1")
+        if not 0 <= self.pool_min <= self.pool_max:
+            raise ConfigurationError("postgresql:// pool_min must be between 0 and pool_max")
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresConfig:
+        """Parse ``postgresql://user:pass@host:port/db?option=value&...`` (no I/O).
+
+        eventmill's options (the fields of this class) are taken out of the query;
+        libpq connection options such as ``sslmode`` and ``application_name`` stay in
+        the DSN for asyncpg; anything else is a :class:`~eventmill.ConfigurationError`.
+        """
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid postgresql:// URL {redact_url(url)!r}") from exc
+        scheme = parts.scheme.lower().split("+", 1)[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(f"not a postgresql:// URL: {redact_url(url)!r}")
+        known = {f.name: f for f in fields(cls) if f.name != "dsn"}
+        kwargs: dict[str, object] = {}
+        keep: list[tuple[str, str]] = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in known:
+                kwargs[key] = _convert(key, value, str(known[key].type))
+            elif key in _PASSTHROUGH:
+                keep.append((key, value))
+            else:
+                raise ConfigurationError(f"unknown postgresql:// option {key!r}")
+        dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(keep), ""))
+        return cls(dsn=dsn, **kwargs)  # type: ignore[arg-type]
+
+
+def _convert(key: str, value: str, type_name: str) -> object:
+    try:
+        if type_name == "int":
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        if type_name == "float | None":
+            return None if value.strip().lower() in _NONE_WORDS else float(value)
+    except ValueError:
+        raise ConfigurationError(f"postgresql:// {key} must be a number, not {value!r}") from None
+    return value

@@ -1,0 +1,466 @@
+"""postgresql:// runs the conformance suite against a real server, plus its own tests.
+
+The shared server (127.0.0.1:5432, database ``test``) hosts every test except the
+restart test; this module uses a schema of its own, dropped at teardown. The restart
+test runs against a throwaway cluster (``_postgres_server.PostgresServer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from eventmill import (
+    BackendUnavailableError,
+    ConfigurationError,
+    Message,
+    open_pubsub,
+)
+from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
+from tests.conftest import REQUIRE_SERVICES, free_port, require_service
+from tests.pubsub import _postgres_server
+from tests.pubsub.conformance import (
+    ConformanceSuite,
+    Harness,
+    collect,
+    collect_ids,
+    msgs,
+    nothing_arrives,
+    unique,
+)
+
+HOST, PORT = "127.0.0.1", 5432
+BASE = f"postgresql://postgres@{HOST}:{PORT}/test"
+VISIBILITY = 2.0
+
+
+@pytest.fixture(scope="module")
+def schema() -> Iterator[str]:
+    """A schema of this module's own on the shared server, dropped afterwards."""
+    require_service("PostgreSQL", HOST, PORT)
+    name = f"emt_{uuid.uuid4().hex[:10]}"
+    yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(BASE)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def url(schema: str, base: str = BASE, **options: object) -> str:
+    opts = {"schema": schema, "visibility_timeout": VISIBILITY, **options}
+    return base + "?" + "&".join(f"{k}={v}" for k, v in opts.items())
+
+
+class PostgresHarness(Harness):
+    redelivery_timeout = VISIBILITY
+
+    def __init__(self, url: str, server: _postgres_server.PostgresServer | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self.server = server
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return PostgresPubSub.capabilities
+
+    async def _open(self) -> PubSub:
+        return await open_pubsub(self.url)
+
+    async def crash(self, ps: PubSub) -> None:
+        assert isinstance(ps, PostgresPubSub)
+        await ps.abort()
+
+    async def restart_server(self, down_for: float) -> None:
+        assert self.server is not None, "this test needs the throwaway cluster"
+        await self.server.restart(down_for)
+
+
+@pytest.fixture
+def throwaway_server() -> Iterator[_postgres_server.PostgresServer]:
+    if not _postgres_server.available():
+        reason = "PostgreSQL binaries (initdb, pg_ctl) not found"
+        if REQUIRE_SERVICES:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    server = _postgres_server.PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+class TestPostgresConformance(ConformanceSuite):
+    @pytest.fixture
+    async def harness(self, request: pytest.FixtureRequest, schema: str) -> AsyncIterator[Harness]:
+        # A long fallback poll: the suite passes only if NOTIFY and lease expiry wake consumers.
+        if request.node.name.startswith("test_reconnect_after_server_restart"):
+            server = request.getfixturevalue("throwaway_server")
+            h = PostgresHarness(url(schema, server.url, poll_interval=30), server)
+        else:
+            h = PostgresHarness(url(schema, poll_interval=30))
+        yield h
+        await h.aclose()
+
+
+# -- correctness under concurrency ------------------------------------------------------
+
+
+async def test_message_committed_late_with_an_older_seq_is_delivered(schema: str) -> None:
+    """The out-of-order-commit hazard: seq N commits after seq N+1 was consumed."""
+    bus = PostgresPubSub.from_url(url(schema, poll_interval=3600))
+    await bus.start()
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    tid = bus._tids[topic]
+    sql = bus.sql
+    late = Message(b"late", {"who": "slow"})
+    raw = await asyncpg.connect(bus.config.dsn)
+    try:
+        # A publisher that takes its seq now and commits later: the bus's own INSERT
+        # (its trigger fans out and notifies) in a transaction held open.
+        tx = raw.transaction()
+        await tx.start()
+        await raw.execute(sql.publish, [tid], [late.id], ['{"who": "slow"}'], [late.payload])
+        seq_of = f"SELECT seq FROM {sql.table('messages')} WHERE msg_id = $1"
+        late_seq = await raw.fetchval(seq_of, late.id)
+        early = Message(b"early")
+        await bus.publish(topic, early)
+        (got,) = await collect(sub, 1)
+        assert got.id == early.id
+        early_seq = await raw.fetchval(seq_of, early.id)
+        assert late_seq < early_seq, "the test did not build the hazard"
+        await tx.commit()
+    finally:
+        await raw.close()
+    (again,) = await collect(sub, 1, timeout=10)
+    assert again.id == late.id
+    assert again.metadata == {"who": "slow"}
+    await bus.close()
+
+
+async def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(
+    schema: str,
+) -> None:
+    """Four buses publish at once; three group members on two buses split the work."""
+    publishers = [await open_pubsub(url(schema, publish_batch=50)) for _ in range(4)]
+    consumers = [await open_pubsub(url(schema, prefetch=20)) for _ in range(2)]
+    topic, group = unique("t"), unique("g")
+    subs = [await consumers[i % 2].subscribe(topic, group=group) for i in range(3)]
+    sent: list[str] = []
+    seen: list[str] = []
+    total = 3000
+
+    async def produce(bus: PubSub, p: int) -> None:
+        for i in range(total // 4 // 5):
+            batch = [Message(f"{p}-{i}-{j}".encode()) for j in range(5)]
+            sent.extend(m.id for m in batch)
+            await bus.publish(topic, *batch)
+
+    async def consume(sub: object) -> None:
+        async for m in sub:  # type: ignore[attr-defined]
+            seen.append(m.id)
+            m.ack()
+
+    tasks = [asyncio.create_task(consume(s)) for s in subs]
+    await asyncio.gather(*(produce(b, p) for p, b in enumerate(publishers)))
+    try:
+        async with asyncio.timeout(60):
+            while len(seen) < total:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(sent) == total
+    assert set(seen) == set(sent)
+    assert len(seen) == len(set(seen)), "a message was delivered twice"
+    for b in [*publishers, *consumers]:
+        await b.close()
+
+
+async def test_group_created_while_publishing_misses_nothing(schema: str) -> None:
+    bus = await open_pubsub(url(schema))
+    other = await open_pubsub(url(schema))
+    topic = unique("t")
+    sent: list[str] = []
+    stop = asyncio.Event()
+
+    async def produce(b: PubSub) -> None:
+        while not stop.is_set():
+            m = Message(b"x")
+            await b.publish(topic, m)
+            sent.append(m.id)
+
+    producers = [asyncio.create_task(produce(b)) for b in (bus, other, bus)]
+    await asyncio.sleep(0.2)
+    subs = [await bus.subscribe(topic, group=unique("late")) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*producers)
+    for sub in subs:
+        await collect_ids(sub, set(sent))
+    await bus.close()
+    await other.close()
+
+
+# -- NOTIFY wake-ups (a huge poll interval: only NOTIFY or a lease timer can wake) ----
+
+
+async def test_notify_wakes_an_idle_group_consumer(schema: str) -> None:
+    bus = await open_pubsub(url(schema, poll_interval=3600))
+    publisher = await open_pubsub(url(schema, poll_interval=3600))
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    waiting = asyncio.create_task(anext(sub))
+    await asyncio.sleep(0.3)  # the consumer found nothing and went to sleep
+    assert not waiting.done()
+    sent = Message(b"wake up")
+    await publisher.publish(topic, sent)
+    got = await asyncio.wait_for(waiting, 10)
+    assert got.id == sent.id
+    got.nack()  # nack wakes it too
+    (again,) = await collect(sub, 1, timeout=10)
+    assert again.id == sent.id
+    await bus.close()
+    await publisher.close()
+
+
+async def test_notify_feeds_ephemeral_subscribers_of_another_bus(schema: str) -> None:
+    bus = await open_pubsub(url(schema, poll_interval=3600))
+    publisher = await open_pubsub(url(schema, poll_interval=3600))
+    topic = unique("t")
+    sub = await bus.subscribe(topic)
+    sent = msgs(30)
+    await publisher.publish(topic, *sent[:10])
+    await publisher.publish(topic, *sent[10:])
+    got = await collect(sub, 30, timeout=10)
+    assert [m.id for m in got] == [m.id for m in sent]
+    await bus.close()
+    await publisher.close()
+
+
+async def test_expired_lease_wakes_an_idle_consumer(schema: str) -> None:
+    topic, group = unique("t"), unique("g")
+    victim = await open_pubsub(url(schema, poll_interval=3600))
+    survivor = await open_pubsub(url(schema, poll_interval=3600))
+    sub = await victim.subscribe(topic, group=group)
+    await victim.publish(topic, Message(b"held"))
+    (held,) = await collect(sub, 1, ack=False)
+    waiting = await survivor.subscribe(topic, group=group)
+    assert isinstance(victim, PostgresPubSub)
+    await victim.abort()
+    (back,) = await collect(waiting, 1, timeout=VISIBILITY + 10)
+    assert back.id == held.id
+    await survivor.close()
+
+
+async def test_live_consumer_keeps_its_lease_past_the_visibility_timeout(schema: str) -> None:
+    bus = await open_pubsub(url(schema, visibility_timeout=0.6))
+    other = await open_pubsub(url(schema, visibility_timeout=0.6))
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    await bus.publish(topic, Message(b"slow work"))
+    (held,) = await collect(sub, 1, ack=False)
+    rival = await other.subscribe(topic, group=group)
+    await nothing_arrives(rival, 2.0)  # > 3 visibility timeouts: renewed, not redelivered
+    held.ack()
+    await bus.close()
+    await other.close()
+
+
+# -- retention, schema, options, errors --------------------------------------------------
+
+
+async def test_retention_deletes_only_fully_consumed_messages(schema: str) -> None:
+    bus = PostgresPubSub.from_url(url(schema, retention=0, cleanup_interval=3600))
+    await bus.start()
+    topic = unique("t")
+    fast = await bus.subscribe(topic, group=unique("fast"))
+    slow = await bus.subscribe(topic, group=unique("slow"))
+    sent = msgs(10)
+    await bus.publish(topic, *sent)
+    await collect(fast, 10)
+    await collect(slow, 4)
+    await bus.flush_settlements()
+    await bus.run_retention()
+    count = f"SELECT count(*) FROM {bus.sql.table('messages')} WHERE tid = $1"
+    async with bus._pool.acquire() as conn:
+        left = await conn.fetchval(count, bus._tids[topic])
+    assert left == 6, "messages the slow group still needs must stay"
+    await collect(slow, 6)
+    await bus.flush_settlements()
+    await bus.run_retention()
+    async with bus._pool.acquire() as conn:
+        assert await conn.fetchval(count, bus._tids[topic]) == 0
+    await bus.close()
+
+
+async def test_schema_creation_is_idempotent_under_concurrent_starts() -> None:
+    require_service("PostgreSQL", HOST, PORT)
+    fresh = f"emt_{uuid.uuid4().hex[:10]}"
+    buses = [PostgresPubSub.from_url(url(fresh, table_prefix="bus_")) for _ in range(4)]
+    try:
+        await asyncio.gather(*(b.start() for b in buses))
+        topic = unique("t")
+        sub = await buses[0].subscribe(topic, group="g")
+        await buses[3].publish(topic, Message(b"ok"))
+        (got,) = await collect(sub, 1)
+        assert got.payload == b"ok"
+        async with buses[0]._pool.acquire() as conn:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
+                fresh,
+            )
+        assert {r["table_name"] for r in tables} == {
+            "bus_topics",
+            "bus_messages",
+            "bus_groups",
+            "bus_deliveries",
+        }
+    finally:
+        for b in buses:
+            await b.close()
+        conn = await asyncpg.connect(BASE)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{fresh}" CASCADE')
+        await conn.close()
+
+
+async def test_table_prefixes_isolate_buses(schema: str) -> None:
+    a = await open_pubsub(url(schema, table_prefix="a_"))
+    b = await open_pubsub(url(schema, table_prefix="b_"))
+    topic = unique("t")
+    sub_b = await b.subscribe(topic, group="g")
+    await a.publish(topic, Message(b"for a only"))
+    await nothing_arrives(sub_b, 0.5)
+    await a.close()
+    await b.close()
+
+
+def test_url_options_are_parsed() -> None:
+    cfg = PostgresConfig.from_url(
+        "postgres://app:s3cret@db.example:6543/bus?schema=ev&table_prefix=q_"
+        "&visibility_timeout=45&poll_interval=0.5&prefetch=7&publish_batch=300"
+        "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=none"
+        "&cleanup_interval=5&ephemeral_buffer=20&pool_min=0&pool_max=4&connect_timeout=3"
+        "&reconnect_timeout=9&backoff_max=1&sslmode=disable&application_name=svc"
+    )
+    assert cfg == PostgresConfig(
+        dsn="postgresql://app:s3cret@db.example:6543/bus?sslmode=disable&application_name=svc",
+        schema="ev",
+        table_prefix="q_",
+        visibility_timeout=45.0,
+        poll_interval=0.5,
+        prefetch=7,
+        publish_batch=300,
+        publish_workers=3,
+        max_pending=900,
+        ack_interval=0.01,
+        ack_batch=50,
+        retention=None,
+        cleanup_interval=5.0,
+        ephemeral_buffer=20,
+        pool_min=0,
+        pool_max=4,
+        connect_timeout=3.0,
+        reconnect_timeout=9.0,
+        backoff_max=1.0,
+    )
+    assert PostgresConfig.from_url("postgresql+asyncpg://h/db?retention=60").retention == 60.0
+    assert PostgresConfig.from_url("postgresql://h/db") == PostgresConfig(dsn="postgresql://h/db")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "bogus=1",
+        "schema=Bad-Name",
+        "table_prefix=1x",
+        "visibility_timeout=0",
+        "poll_interval=-1",
+        "prefetch=0",
+        "prefetch=many",
+        "retention=-5",
+        "pool_min=5&pool_max=2",
+        "ack_interval=nan",
+    ],
+)
+def test_bad_options_are_configuration_errors(query: str) -> None:
+    with pytest.raises(ConfigurationError):
+        PostgresConfig.from_url(f"postgresql://u:hunter2@h/db?{query}")
+
+
+async def test_open_pubsub_accepts_both_schemes(schema: str) -> None:
+    for scheme in ("postgresql", "postgres"):
+        bus = await open_pubsub(url(schema).replace("postgresql", scheme, 1))
+        assert isinstance(bus, PostgresPubSub)
+        await bus.close()
+
+
+async def test_unreachable_server_error_hides_the_password() -> None:
+    dead = f"postgresql://app:hunter2@127.0.0.1:{free_port()}/db?connect_timeout=0.3"
+    with pytest.raises(BackendUnavailableError) as info:
+        await open_pubsub(dead)
+    assert "hunter2" not in str(info.value)
+    assert "***" in str(info.value)
+    with pytest.raises(ConfigurationError) as bad:
+        await open_pubsub("postgresql://app:hunter2@h/db?nope=1")
+    assert "hunter2" not in str(bad.value)
+
+
+async def test_publish_gives_up_after_reconnect_timeout(
+    throwaway_server: _postgres_server.PostgresServer,
+) -> None:
+    bus = await open_pubsub(throwaway_server.url + "?reconnect_timeout=1")
+    await bus.publish("t", Message(b"up"))
+    await asyncio.to_thread(throwaway_server.stop)
+    with pytest.raises(BackendUnavailableError) as info:
+        await bus.publish("t", Message(b"down"))
+    assert "publish" in str(info.value)
+    await asyncio.to_thread(throwaway_server.start)
+    await bus.publish("t", Message(b"up again"))
+    await bus.close()
+
+
+async def test_listen_connection_comes_back_after_server_restart(
+    throwaway_server: _postgres_server.PostgresServer,
+) -> None:
+    """With a huge poll interval, only a re-established LISTEN can wake these consumers."""
+    bus = await open_pubsub(throwaway_server.url + "?poll_interval=3600")
+    publisher = await open_pubsub(throwaway_server.url)
+    topic = unique("t")
+    group_sub = await bus.subscribe(topic, group="g")
+    ephemeral = await bus.subscribe(topic)
+    waiting = asyncio.create_task(anext(group_sub))
+    await asyncio.sleep(0.2)
+    await throwaway_server.restart(0.5)
+    sent: list[Message] = []
+
+    async def publish_until_seen() -> Message:
+        # Messages published before the LISTEN is back are lost to the ephemeral
+        # subscription (by contract), so keep publishing until one arrives.
+        receiving = asyncio.create_task(anext(ephemeral))
+        while not receiving.done():
+            m = Message(b"after restart")
+            sent.append(m)
+            await publisher.publish(topic, m)
+            await asyncio.wait({receiving}, timeout=0.2)
+        return receiving.result()
+
+    got = await asyncio.wait_for(publish_until_seen(), 30)
+    assert got.id in {m.id for m in sent}
+    first = await asyncio.wait_for(waiting, 30)
+    assert first.id == sent[0].id
+    await bus.close()
+    await publisher.close()
