@@ -28,7 +28,7 @@ from eventmill.store.tables import events as t
 if TYPE_CHECKING:
     from eventmill.store.database import Store
 
-__all__ = ["EventPage", "EventStore", "StoredEvent"]
+__all__ = ["EventPage", "EventStore", "StoredEvent", "check_external_id"]
 
 MAX_LIMIT: Final = 1000
 _ID_CHUNK: Final = 500
@@ -125,11 +125,17 @@ class EventPage:
     """Whether more matching events existed when the page was read."""
 
 
+def check_external_id(external_id: str | None) -> None:
+    """Raise :class:`~eventmill.StoreError` unless ``external_id`` is ``None`` or 1-256
+    characters (what :meth:`EventStore.insert` and :meth:`EventStore.insert_many` accept)."""
+    if external_id is not None and not (0 < len(external_id) <= 256):
+        raise StoreError("external_id must be 1-256 characters")
+
+
 def _values(
     event: Event, external_id: str | None, now: datetime, published: bool
 ) -> dict[str, Any]:
-    if external_id is not None and not (0 < len(external_id) <= 256):
-        raise StoreError("external_id must be 1-256 characters")
+    check_external_id(external_id)
     return {
         "id": event.id,
         "source": event.source,
@@ -143,6 +149,70 @@ def _values(
         "stored_at": now,
         "published_at": now if published else None,
     }
+
+
+_INSERT_COLUMNS: Final = (
+    "id",
+    "source",
+    "external_id",
+    "event_name",
+    "user_id",
+    "payload",
+    "metadata",
+    "created_at",
+    "processed_at",
+    "stored_at",
+    "published_at",
+)
+
+
+class _SqliteFastPath:
+    """Driver-level SQL for SQLite's one-statement writes, with each value converted by
+    its column type's own bind processor (what SQLAlchemy would send). Statements are
+    cached per row count."""
+
+    def __init__(self, store: Store) -> None:
+        dialect = store.engine.sync_engine.dialect
+        processors = []
+        for name in _INSERT_COLUMNS:
+            column_type = t.c[name].type
+            processors.append(column_type.dialect_impl(dialect).bind_processor(dialect))
+        self._processors = tuple(processors)
+        self._insert_sql: dict[int, str] = {}
+        names = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
+        self._insert_head = f'INSERT INTO "{t.name}" ({names}) VALUES '
+        self._row = "(" + ", ".join("?" * len(_INSERT_COLUMNS)) + ")"
+
+    def insert(self, params: Sequence[dict[str, Any]]) -> tuple[str, list[Any]]:
+        """The statement inserting ``params`` (``_values`` dicts) and its arguments."""
+        sql = self._insert_sql.get(len(params))
+        if sql is None:
+            rows = ", ".join([self._row] * len(params))
+            sql = (
+                f"{self._insert_head}{rows} ON CONFLICT DO NOTHING "
+                "RETURNING id, position, source, external_id"
+            )
+            if len(self._insert_sql) < 64:
+                self._insert_sql[len(params)] = sql
+        args: list[Any] = []
+        for values in params:
+            for name, process in zip(_INSERT_COLUMNS, self._processors, strict=True):
+                value = values[name]
+                args.append(process(value) if process is not None and value is not None else value)
+        return sql, args
+
+    def mark(self, count: int) -> str:
+        """The statement setting ``published_at`` (first argument) on ``count`` ids."""
+        marks = ", ".join("?" * count)
+        return (
+            f'UPDATE "{t.name}" SET published_at = ? '
+            f"WHERE published_at IS NULL AND id IN ({marks}) RETURNING position"
+        )
+
+    def timestamp(self, value: datetime) -> Any:
+        """``value`` as the ``published_at`` column stores it."""
+        process = self._processors[_INSERT_COLUMNS.index("published_at")]
+        return process(value) if process is not None else value
 
 
 def _row_to_stored(row: Any) -> StoredEvent:
@@ -176,6 +246,7 @@ class EventStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock_key = advisory_key("eventmill-events", store.config.schema or "")
+        self._fast = _SqliteFastPath(store) if store.dialect == "sqlite" else None
 
     # -- writes ---------------------------------------------------------------------
 
@@ -247,6 +318,8 @@ class EventStore:
             return []
         now = _now()
         params = [_values(event, ext, now, published) for event, ext in items]
+        if self._fast is not None and len(params) <= _ID_CHUNK:
+            return await self._insert_many_sqlite(items, params, now, published)
         dialect = self._store.dialect
         ins = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
         stmt = ins.on_conflict_do_nothing().returning(
@@ -271,6 +344,49 @@ class EventStore:
                     results.append((stored, True))
             missing = [items[i] for i, r in enumerate(results) if r is None]
             by_key, by_id = await self._lookup(conn, missing) if missing else ({}, {})
+        out: list[tuple[StoredEvent, bool] | DuplicateEventError] = []
+        for (event, ext), result in zip(items, results, strict=True):
+            if result is not None:
+                out.append(result)
+                continue
+            found = by_key.get((event.source, ext)) if ext is not None else by_id.get(event.id)
+            if found is None:
+                out.append(
+                    DuplicateEventError(f"event id {event.id!r} is already used by another event")
+                )
+            else:
+                out.append((found, False))
+        return out
+
+    async def _insert_many_sqlite(
+        self,
+        items: Sequence[tuple[Event, str | None]],
+        params: list[dict[str, Any]],
+        now: datetime,
+        published: bool,
+    ) -> list[tuple[StoredEvent, bool] | DuplicateEventError]:
+        """SQLite: one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` in
+        autocommit, i.e. one statement, one transaction and one round trip to the
+        driver's thread; then (only if some were not inserted) one read of the rows
+        that were there first. Rows are never deleted, so that read finds them."""
+        assert self._fast is not None
+        async with self._store.sqlite_autocommit() as driver:
+            sql, args = self._fast.insert(params)
+            rows = await driver.execute_fetchall(sql, args)
+        created = {(r[0], r[2], r[3]): int(r[1]) for r in rows}
+        results: list[tuple[StoredEvent, bool] | DuplicateEventError | None] = []
+        for event, ext in items:
+            position = created.pop((event.id, event.source, ext), None)
+            if position is None:
+                results.append(None)
+            else:
+                stored = StoredEvent(event, position, ext, now, now if published else None)
+                results.append((stored, True))
+        missing = [items[i] for i, r in enumerate(results) if r is None]
+        if not missing:
+            return [r for r in results if r is not None]
+        async with self._store.transaction(write=False) as conn:
+            by_key, by_id = await self._lookup(conn, missing)
         out: list[tuple[StoredEvent, bool] | DuplicateEventError] = []
         for (event, ext), result in zip(items, results, strict=True):
             if result is not None:
@@ -321,6 +437,12 @@ class EventStore:
         if not ids:
             return 0
         now = _now()
+        if self._fast is not None and len(ids) <= _ID_CHUNK:
+            # one statement, one transaction, one round trip to the driver's thread
+            args = [self._fast.timestamp(now), *ids]
+            async with self._store.sqlite_autocommit() as driver:
+                rows = await driver.execute_fetchall(self._fast.mark(len(ids)), args)
+            return len(list(rows))
         count = 0
         async with self._store.transaction(write=True) as conn:
             for i in range(0, len(ids), _ID_CHUNK):
