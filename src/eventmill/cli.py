@@ -74,6 +74,8 @@ def serve(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Alembic narrates every plugin it loads at INFO; only its problems matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     uvicorn.run(
         create_app(settings),
         host=settings.host,

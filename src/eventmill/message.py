@@ -15,9 +15,32 @@ _NACKED: Final = 2
 SettleCallback = Callable[["Message", bool], None]
 
 
+_POOL_SIZE: Final = 16 * 256
+_pool = b""
+_pos = _POOL_SIZE
+
+
+def _forget_pool() -> None:
+    # A forked child must not hand out the ids left in its parent's pool.
+    global _pool, _pos
+    _pool, _pos = b"", _POOL_SIZE
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def new_message_id() -> str:
-    """Return a new random 128-bit id as 32 lowercase hex characters."""
-    return os.urandom(16).hex()
+    """Return a new random 128-bit id as 32 lowercase hex characters.
+
+    The bytes come from ``os.urandom``, drawn 4 KiB at a time (one system call per
+    256 ids); the pool is discarded in a forked child.
+    """
+    global _pool, _pos
+    pos = _pos
+    if pos >= _POOL_SIZE:
+        _pool, pos = os.urandom(_POOL_SIZE), 0
+    _pos = pos + 16
+    return _pool[pos : pos + 16].hex()
 
 
 class Message:
