@@ -10,6 +10,12 @@ Two figures, each beside the raw baseline and the ratio:
   LOCKED LIMIT 1000`` + ``DELETE`` of those rows in one transaction (the usual
   at-least-once SQL queue). Clock stops when the last message was handled.
 
+Like with like: both sides' publishes commit durably (the server's
+``synchronous_commit``, normally on); both consumers commit with
+``synchronous_commit=off`` (eventmill's consuming pool does: a lost claim or ack only
+means a redelivery). eventmill's publish batches are at most 100 messages (100
+publishers, each waiting for its commit); the raw producer commits 1,000 at a time.
+
 The raw queue keeps one row per message and no consumer groups, fan-out, leases or
 NOTIFY; eventmill writes a message row plus a delivery row per group and keeps the
 message for replay. Uses the PostgreSQL at ``--url`` (default the shared
@@ -151,6 +157,7 @@ async def raw_end_to_end(url: str, schema: str, total: int, payload: bytes) -> f
     pool = await asyncpg.create_pool(url, min_size=2, max_size=3)
     async with pool.acquire() as conn:
         table = await raw_table(conn, schema)
+    consumer = await asyncpg.connect(url, server_settings={"synchronous_commit": "off"})
     claim = (
         f"SELECT id, msg_id, metadata, payload FROM {table} "
         f"ORDER BY id LIMIT {RAW_BATCH} FOR UPDATE SKIP LOCKED"
@@ -159,19 +166,20 @@ async def raw_end_to_end(url: str, schema: str, total: int, payload: bytes) -> f
 
     async def consume() -> None:
         handled = 0
-        async with pool.acquire() as conn:
-            while handled < total:
-                async with conn.transaction():
-                    rows = await conn.fetch(claim)
-                    if rows:
-                        await conn.execute(delete, [r["id"] for r in rows])
-                handled += len(rows)
-                if not rows:
-                    await asyncio.sleep(0.001)
+        conn = consumer
+        while handled < total:
+            async with conn.transaction():
+                rows = await conn.fetch(claim)
+                if rows:
+                    await conn.execute(delete, [r["id"] for r in rows])
+            handled += len(rows)
+            if not rows:
+                await asyncio.sleep(0.001)
 
     t0 = time.perf_counter()
     await asyncio.gather(raw_produce(pool, table, total, payload), consume())
     elapsed = time.perf_counter() - t0
+    await consumer.close()
     await pool.close()
     return total / elapsed
 
@@ -190,6 +198,7 @@ async def main() -> None:
     conn = await asyncpg.connect(args.url)
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     print(f"postgresql:// {n} messages of {args.payload} B, {PUBLISHERS} publishers")
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     try:
         await em_publish(args.url, schema, 2_000, payload)  # warm up
         pub: dict[str, list[float]] = {"em": [], "raw": []}
@@ -212,6 +221,8 @@ async def main() -> None:
                 + ")"
             )
         print(f"  end-to-end consumed via {what}, handler concurrency {args.concurrency}")
+        load = os.getloadavg()
+        print(f"  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (at the start: {load0})")
     finally:
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()

@@ -190,6 +190,36 @@ async def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(
         await b.close()
 
 
+async def test_large_and_small_publish_calls_arrive_intact_and_in_order(schema: str) -> None:
+    """Both insert paths (COPY for big batches, INSERT for small ones) keep every field.
+
+    One call of 60 messages, then 3 single-message calls, then 20 concurrent calls
+    (group-committed together): a single member sees the sequential calls in order
+    and every id, metadata and payload unchanged.
+    """
+    bus = await open_pubsub(url(schema))
+    topic = unique("t")
+    sub = await bus.subscribe(topic, group=unique("g"))
+    big = [
+        Message(bytes([i]) * i, {"i": str(i), "text": "héllo ✓"} if i % 2 else {})
+        for i in range(60)
+    ]
+    await bus.publish(topic, *big)
+    singles = [Message(f"single-{i}".encode(), {"n": str(i)}) for i in range(3)]
+    for m in singles:
+        await bus.publish(topic, m)
+    burst = [Message(f"burst-{i}".encode(), {"b": str(i)}) for i in range(20)]
+    await asyncio.gather(*(bus.publish(topic, m) for m in burst))
+    got = await collect(sub, len(big) + len(singles) + len(burst))
+    expected = {m.id: m for m in [*big, *singles, *burst]}
+    assert [m.id for m in got[: len(big) + len(singles)]] == [m.id for m in [*big, *singles]]
+    assert {m.id for m in got} == set(expected)
+    for m in got:
+        assert (m.payload, m.metadata) == (expected[m.id].payload, expected[m.id].metadata)
+    await sub.close()
+    await bus.close()
+
+
 async def test_group_created_while_publishing_misses_nothing(schema: str) -> None:
     bus = await open_pubsub(url(schema))
     other = await open_pubsub(url(schema))

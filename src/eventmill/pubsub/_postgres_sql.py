@@ -3,9 +3,11 @@
 Tables (``<prefix>`` defaults to ``eventmill_``, in a configurable schema):
 
 * ``<prefix>topics``: one row per topic name, giving it a small integer id ``tid``.
-* ``<prefix>messages``: the durable log. ``seq`` is a bigint identity; it orders
-  messages but is *not* the commit order (sequence values are taken before commit,
-  so concurrent transactions commit them out of order).
+* ``<prefix>messages``: the durable log, keyed ``(tid, seq)`` (its only index: every
+  lookup knows the topic). ``seq`` is a bigint identity; it orders messages but is
+  *not* the commit order (sequence values are taken before commit, so concurrent
+  transactions commit them out of order). Tables created by earlier versions (key
+  ``seq`` plus an index on ``(tid, seq)``) work unchanged with these statements.
 * ``<prefix>groups``: one row per (topic, consumer group), id ``gid``.
 * ``<prefix>deliveries``: the work queue of every group: one row per (group,
   message) not yet acknowledged, with its lease (``visible_at``, ``lease``).
@@ -17,8 +19,9 @@ row becomes claimable exactly when it commits, whatever its seq. Members of a
 group claim rows with ``FOR UPDATE SKIP LOCKED`` and lease them; an ack deletes
 the row; a nack or an expired lease makes it claimable again.
 
-Publishing is one INSERT into ``<prefix>messages`` (one round trip, committed
-implicitly); the statement trigger ``<prefix>fan_out`` inserts the delivery rows
+Publishing is one binary ``COPY`` into ``<prefix>messages`` (committed implicitly;
+:attr:`Sql.publish` is the same as an INSERT); the statement trigger
+``<prefix>fan_out`` (which fires for ``COPY`` as for ``INSERT``) inserts the delivery rows
 and sends the NOTIFY in the same transaction. Creating a group must not miss a
 message being published at the same moment: the trigger takes a *shared*
 transaction-level advisory lock on each topic before it reads the groups (in a
@@ -78,14 +81,14 @@ CREATE TABLE IF NOT EXISTS {t} (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS {m} (
-    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tid integer NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
     msg_id text NOT NULL,
     metadata text NOT NULL,
     payload bytea NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tid, seq)
 );
-CREATE INDEX IF NOT EXISTS "{p}messages_tid_seq" ON {m} (tid, seq);
 CREATE TABLE IF NOT EXISTS {g} (
     gid integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tid integer NOT NULL,
@@ -177,8 +180,21 @@ FOR EACH STATEMENT EXECUTE FUNCTION "{self.schema}"."{p}fan_out"();
     # -- publish ------------------------------------------------------------------------
 
     @cached_property
+    def messages_table(self) -> str:
+        """The unquoted name of the messages table (for ``COPY``; see :attr:`copy_columns`)."""
+        return f"{self.prefix}messages"
+
+    #: Columns the backend's ``COPY`` fills, in record order.
+    copy_columns = ("tid", "msg_id", "metadata", "payload")
+
+    @cached_property
     def publish(self) -> str:
-        """Insert messages of any topics (the ``fan_out`` trigger does the rest)."""
+        """Insert messages of any topics (the ``fan_out`` trigger does the rest).
+
+        The backend itself publishes with a binary ``COPY`` into the same columns,
+        which fires the same trigger and numbers rows in the same order (cheaper to
+        encode); this statement is the equivalent in SQL.
+        """
         return f"""
 INSERT INTO {self.table("messages")} (tid, msg_id, metadata, payload)
 SELECT u.t, u.i, u.m, u.p
@@ -189,7 +205,9 @@ ORDER BY u.o"""
 
     @cached_property
     def claim(self) -> str:
-        """Lease up to $2 visible deliveries of group $1 for $3 seconds, oldest seq first.
+        """Lease up to $2 visible deliveries of group $1 (of topic $4) for $3 seconds.
+
+        Returns ``(seq, lease, msg_id, metadata, payload)`` rows, oldest seq first.
 
         Walks the primary key (gid, seq) in order, skipping rows leased by others
         (future ``visible_at``: at most the prefetch of the group's live members) and
@@ -211,7 +229,7 @@ WITH c AS (
     RETURNING d.seq, d.lease
 )
 SELECT u.seq, u.lease, m.msg_id, m.metadata, m.payload
-FROM u LEFT JOIN {m} AS m ON m.seq = u.seq
+FROM u LEFT JOIN {m} AS m ON m.tid = $4 AND m.seq = u.seq
 ORDER BY u.seq"""
 
     @cached_property
@@ -243,10 +261,12 @@ ORDER BY u.seq"""
 
     @cached_property
     def fetch_messages(self) -> str:
-        """The messages with seqs $1 (ephemeral subscriptions), in seq order."""
+        """The messages (topic $1[i], seq $2[i]) (ephemeral subscriptions), in seq order."""
         return (
-            f"SELECT seq, msg_id, metadata, payload FROM {self.table('messages')} "
-            "WHERE seq = ANY($1::bigint[]) ORDER BY seq"
+            f"SELECT m.seq, m.msg_id, m.metadata, m.payload "
+            f"FROM unnest($1::int[], $2::bigint[]) AS w(t, s) "
+            f"JOIN {self.table('messages')} AS m ON m.tid = w.t AND m.seq = w.s "
+            "ORDER BY m.seq"
         )
 
     # -- retention ----------------------------------------------------------------------
@@ -256,13 +276,13 @@ ORDER BY u.seq"""
         """Delete up to $2 messages older than $1 seconds that no group still has to consume."""
         m, g, d = self.table("messages"), self.table("groups"), self.table("deliveries")
         return f"""
-DELETE FROM {m} WHERE seq IN (
-    SELECT x.seq FROM {m} AS x
+DELETE FROM {m} WHERE (tid, seq) IN (
+    SELECT x.tid, x.seq FROM {m} AS x
     WHERE x.created_at < now() - make_interval(secs => $1)
       AND NOT EXISTS (
           SELECT 1 FROM {d} AS d JOIN {g} AS g ON g.gid = d.gid
           WHERE g.tid = x.tid AND d.seq = x.seq
       )
-    ORDER BY x.seq
+    ORDER BY x.tid, x.seq
     LIMIT $2
 )"""

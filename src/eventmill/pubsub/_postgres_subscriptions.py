@@ -98,7 +98,9 @@ class GroupSubscription:
         sql = self._owner.sql
 
         async def op(conn: Any) -> tuple[list[Any], float | None]:
-            rows = await conn.fetch(sql.claim, self.gid, cfg.prefetch, cfg.visibility_timeout)
+            rows = await conn.fetch(
+                sql.claim, self.gid, cfg.prefetch, cfg.visibility_timeout, self.tid
+            )
             if rows:
                 return rows, None
             return rows, await conn.fetchval(sql.next_visible, self.gid)
