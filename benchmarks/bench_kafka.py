@@ -36,17 +36,21 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from _common import (
+    PUBLISHERS,
+    MessageFactory,
+    parser,
+    publish_concurrently,
+    report,
+    router_end_to_end,
+    timed,
+    via,
+)
 from eventmill.message import Message
 from eventmill.pubsub.kafka import KafkaConfig, KafkaPubSub
 
-PUBLISHERS = 100
 RAW_BATCH = 1_000
 PARTITIONS = 4
-
-try:
-    from eventmill.router import Router, RouterConfig
-except ImportError:  # pragma: no cover - the router is a sibling package
-    Router = None  # type: ignore[assignment,misc]
 
 
 def name(prefix: str) -> str:
@@ -94,20 +98,18 @@ def em_bus(bootstrap: str) -> KafkaPubSub:
     return KafkaPubSub(KafkaConfig(bootstrap_servers=bootstrap, partitions=PARTITIONS))
 
 
+def keyed_messages(payload: bytes) -> MessageFactory:
+    """Publisher ``p`` spreads its messages over 8 partition keys of its own."""
+    return lambda p, i: Message(payload, {"partition_key": f"p{p}-{i % 8}"})
+
+
 async def em_publish(bootstrap: str, total: int, payload: bytes) -> float:
     bus = em_bus(bootstrap)
     await bus.start()
     topic = name("pub")
     per = total // PUBLISHERS
-
-    async def publisher(p: int) -> None:
-        for i in range(per):
-            await bus.publish(topic, Message(payload, {"partition_key": f"p{p}-{i % 8}"}))
-
     await bus.publish(topic, Message(b"create"))  # topic creation is not measured
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher(p) for p in range(PUBLISHERS)))
-    elapsed = time.perf_counter() - t0
+    elapsed = await publish_concurrently(bus, topic, per, keyed_messages(payload))
     await bus.close()
     return per * PUBLISHERS / elapsed
 
@@ -139,9 +141,7 @@ async def raw_publish(bootstrap: str, total: int, payload: bytes) -> float:
     await create_topic(bootstrap, topic)
     producer = raw_producer(bootstrap)
     await producer.start()
-    t0 = time.perf_counter()
-    await raw_produce(producer, topic, total, payload)
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(producer, topic, total, payload))
     await producer.stop()
     return total / elapsed
 
@@ -150,52 +150,12 @@ async def em_end_to_end(bootstrap: str, total: int, payload: bytes, concurrency:
     bus = em_bus(bootstrap)
     await bus.start()
     topic = name("e2e")
-    per = total // PUBLISHERS
-    want = per * PUBLISHERS
-    handled = 0
-    done = asyncio.Event()
-
-    async def publisher(p: int) -> None:
-        for i in range(per):
-            await bus.publish(topic, Message(payload, {"partition_key": f"p{p}-{i % 8}"}))
-
     await bus._partitions(topic)  # create the topic up front (not measured)
-    if Router is not None:
-
-        async def handler(msg: Message) -> None:
-            nonlocal handled
-            handled += 1
-            if handled >= want:
-                done.set()
-
-        router = Router(subscriber=bus, publisher=bus, config=RouterConfig())
-        router.add_handler("bench", topic, handler, group=name("g"), concurrency=concurrency)
-        runner = asyncio.create_task(router.run())
-        await router.running()
-    else:
-        print("    (eventmill.router not importable: consuming with the subscription directly)")
-        sub = await bus.subscribe(topic, group=name("g"))
-
-        async def consume() -> None:
-            nonlocal handled
-            async for msg in sub:
-                handled += 1
-                msg.ack()
-                if handled >= want:
-                    done.set()
-
-        runner = asyncio.create_task(consume())
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher(p) for p in range(PUBLISHERS)))
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - t0
-    if Router is not None:
-        await router.close()
-        await runner
-    else:
-        runner.cancel()
+    rate = await router_end_to_end(
+        bus, topic, name("g"), total, keyed_messages(payload), concurrency
+    )
     await bus.close()
-    return want / elapsed
+    return rate
 
 
 async def raw_end_to_end(bootstrap: str, total: int, payload: bytes) -> float:
@@ -222,9 +182,7 @@ async def raw_end_to_end(bootstrap: str, total: int, payload: bytes) -> float:
                 handled += n
                 await consumer.commit()
 
-    t0 = time.perf_counter()
-    await asyncio.gather(raw_produce(producer, topic, total, payload), consume())
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(producer, topic, total, payload), consume())
     await consumer.stop()
     await producer.stop()
     return total / elapsed
@@ -245,26 +203,18 @@ async def run(bootstrap: str, args: argparse.Namespace) -> None:
         figures["em_e2e"].append(await em_end_to_end(bootstrap, n, payload, args.concurrency))
         figures["raw_e2e"].append(await raw_end_to_end(bootstrap, n, payload))
     med = {k: statistics.median(v) for k, v in figures.items()}
-    em, raw = med["em_pub"], med["raw_pub"]
-    print(f"  publish     eventmill {em:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   {em / raw:.2f}x")
-    em, raw = med["em_e2e"], med["raw_e2e"]
-    what = "router" if Router is not None else "subscription"
-    print(
-        f"  end-to-end  eventmill {em:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   {em / raw:.2f}x"
-        f"   (eventmill via {what}, concurrency {args.concurrency})"
-    )
+    report("publish", med["em_pub"], med["raw_pub"])
+    note = f"   (eventmill via {via()}, concurrency {args.concurrency})"
+    report("end-to-end", med["em_e2e"], med["raw_e2e"], note)
     for k, v in figures.items():
         print(f"    {k:8} rounds: " + "  ".join(f"{x:,.0f}" for x in v))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--bootstrap", help="host:port of a broker (default: start Tansu)")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--payload", type=int, default=100, help="payload bytes")
-    parser.add_argument("--concurrency", type=int, default=8, help="router handler concurrency")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--bootstrap", help="host:port of a broker (default: start Tansu)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    args = ap.parse_args()
     if args.bootstrap:
         asyncio.run(run(args.bootstrap, args))
     else:

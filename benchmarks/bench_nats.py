@@ -20,30 +20,35 @@ figures are noisy.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import time
 import uuid
 from typing import Any
 
 import nats
 from nats.js import api
 
+from _common import (
+    PUBLISHERS,
+    parser,
+    plain_messages,
+    publish_concurrently,
+    report,
+    router_end_to_end,
+    timed,
+)
 from eventmill.message import Message
 from eventmill.pubsub.nats import NatsConfig, NatsPubSub
 
-PUBLISHERS = 100
 RAW_WINDOW = 1_000
-
-try:
-    from eventmill.router import Router, RouterConfig
-except ImportError:  # pragma: no cover - the router is a sibling package
-    Router = None  # type: ignore[assignment,misc]
 
 
 def prefix() -> str:
     return f"bench-{uuid.uuid4().hex[:8]}-"
+
+
+def em_bus(url: str) -> NatsPubSub:
+    return NatsPubSub(NatsConfig.from_url(f"{url}?stream_prefix={prefix()}"))
 
 
 async def _drop_streams(bus: NatsPubSub) -> None:
@@ -53,18 +58,11 @@ async def _drop_streams(bus: NatsPubSub) -> None:
 
 
 async def em_publish(url: str, total: int, payload: bytes) -> float:
-    bus = NatsPubSub(NatsConfig.from_url(f"{url}?stream_prefix={prefix()}"))
+    bus = em_bus(url)
     await bus.start()
     await bus.publish("bench", Message(b"warm-up"))  # creates the stream
     per = total // PUBLISHERS
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    elapsed = time.perf_counter() - t0
+    elapsed = await publish_concurrently(bus, "bench", per, plain_messages(payload))
     await _drop_streams(bus)
     await bus.close()
     return per * PUBLISHERS / elapsed
@@ -89,63 +87,19 @@ async def raw_setup(url: str) -> tuple[Any, Any, str, str]:
 
 async def raw_publish(url: str, total: int, payload: bytes) -> float:
     nc, js, name, subject = await raw_setup(url)
-    t0 = time.perf_counter()
-    await raw_produce(js, subject, total, payload)
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(js, subject, total, payload))
     await js.delete_stream(name)
     await nc.close()
     return total / elapsed
 
 
 async def em_end_to_end(url: str, total: int, payload: bytes, concurrency: int) -> float:
-    bus = NatsPubSub(NatsConfig.from_url(f"{url}?stream_prefix={prefix()}"))
+    bus = em_bus(url)
     await bus.start()
-    per = total // PUBLISHERS
-    want = per * PUBLISHERS
-    handled = 0
-    done = asyncio.Event()
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    if Router is not None:
-
-        async def handler(msg: Message) -> None:
-            nonlocal handled
-            handled += 1
-            if handled >= want:
-                done.set()
-
-        router = Router(subscriber=bus, publisher=bus, config=RouterConfig())
-        router.add_handler("bench", "bench", handler, group="g", concurrency=concurrency)
-        runner = asyncio.create_task(router.run())
-        await router.running()
-    else:
-        print("    (eventmill.router not importable: consuming with the subscription directly)")
-        sub = await bus.subscribe("bench", group="g")
-
-        async def consume() -> None:
-            nonlocal handled
-            async for msg in sub:
-                handled += 1
-                msg.ack()
-                if handled >= want:
-                    done.set()
-
-        runner = asyncio.create_task(consume())
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - t0
-    if Router is not None:
-        await router.close()
-        await runner
-    else:
-        runner.cancel()
+    rate = await router_end_to_end(bus, "bench", "g", total, plain_messages(payload), concurrency)
     await _drop_streams(bus)
     await bus.close()
-    return want / elapsed
+    return rate
 
 
 async def raw_end_to_end(url: str, total: int, payload: bytes) -> float:
@@ -163,37 +117,27 @@ async def raw_end_to_end(url: str, total: int, payload: bytes) -> float:
                 await msg.ack()
             handled += len(batch)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(raw_produce(js, subject, total, payload), consume())
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(js, subject, total, payload), consume())
     await js.delete_stream(name)
     await nc.close()
     return total / elapsed
 
 
-def line(label: str, ours: float, raw: float) -> None:
-    print(f"  {label:<11} eventmill {ours:>9,.0f} msg/s   raw nats-py {raw:>9,.0f} msg/s", end="")
-    print(f"   ratio {ours / raw:.2f}x")
-
-
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--url", default="nats://127.0.0.1:4222")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--payload", type=int, default=100, help="payload size in bytes")
-    parser.add_argument("--concurrency", type=int, default=16, help="router handler workers")
-    args = parser.parse_args()
+    ap = parser(__doc__, concurrency=16)
+    ap.add_argument("--url", default="nats://127.0.0.1:4222")
+    args = ap.parse_args()
     payload = b"x" * args.payload
     print(
         f"nats:// JetStream, {args.messages:,} messages of {args.payload} B, "
-        f"{PUBLISHERS} concurrent publishers, file storage"
+        f"{PUBLISHERS} concurrent publishers, file storage (raw: nats-py)"
     )
-    line(
+    report(
         "publish",
         await em_publish(args.url, args.messages, payload),
         await raw_publish(args.url, args.messages, payload),
     )
-    line(
+    report(
         "end-to-end",
         await em_end_to_end(args.url, args.messages, payload, args.concurrency),
         await raw_end_to_end(args.url, args.messages, payload),

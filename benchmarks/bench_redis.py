@@ -18,25 +18,26 @@ deleted afterwards.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import time
 import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from eventmill.message import Message
+from _common import (
+    PUBLISHERS,
+    parser,
+    plain_messages,
+    publish_concurrently,
+    report,
+    router_end_to_end,
+    timed,
+    via,
+)
 from eventmill.pubsub.redis import RedisConfig, RedisPubSub
 
-PUBLISHERS = 100
 RAW_BATCH = 1_000
-
-try:
-    from eventmill.router import Router, RouterConfig
-except ImportError:  # pragma: no cover - the router is a sibling package
-    Router = None  # type: ignore[assignment,misc]
 
 
 def prefix() -> str:
@@ -47,14 +48,7 @@ async def em_publish(url: str, total: int, payload: bytes) -> float:
     bus = RedisPubSub(RedisConfig(url=url, prefix=prefix()))
     await bus.start()
     per = total // PUBLISHERS
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    elapsed = time.perf_counter() - t0
+    elapsed = await publish_concurrently(bus, "bench", per, plain_messages(payload))
     stats = bus.publish_stats
     print(f"    ({stats.messages / max(stats.round_trips, 1):.0f} messages per round trip)")
     await bus._client.delete(bus.config.prefix + "bench")
@@ -73,9 +67,7 @@ async def raw_produce(client: aioredis.Redis, key: str, total: int, payload: byt
 async def raw_publish(url: str, total: int, payload: bytes) -> float:
     client = aioredis.Redis.from_url(url)
     key = prefix() + "bench"
-    t0 = time.perf_counter()
-    await raw_produce(client, key, total, payload)
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(client, key, total, payload))
     await client.delete(key)
     await client.aclose()
     return total / elapsed
@@ -84,52 +76,10 @@ async def raw_publish(url: str, total: int, payload: bytes) -> float:
 async def em_end_to_end(url: str, total: int, payload: bytes, concurrency: int) -> float:
     bus = RedisPubSub(RedisConfig(url=url, prefix=prefix()))
     await bus.start()
-    per = total // PUBLISHERS
-    want = per * PUBLISHERS
-    handled = 0
-    done = asyncio.Event()
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    if Router is not None:
-
-        async def handler(msg: Message) -> None:
-            nonlocal handled
-            handled += 1
-            if handled >= want:
-                done.set()
-
-        router = Router(subscriber=bus, publisher=bus, config=RouterConfig())
-        router.add_handler("bench", "bench", handler, group="g", concurrency=concurrency)
-        runner = asyncio.create_task(router.run())
-        await router.running()
-    else:
-        print("    (eventmill.router not importable: consuming with the subscription directly)")
-        sub = await bus.subscribe("bench", group="g")
-
-        async def consume() -> None:
-            nonlocal handled
-            async for msg in sub:
-                handled += 1
-                msg.ack()
-                if handled >= want:
-                    done.set()
-
-        runner = asyncio.create_task(consume())
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - t0
-    if Router is not None:
-        await router.close()
-        await runner
-    else:
-        runner.cancel()
+    rate = await router_end_to_end(bus, "bench", "g", total, plain_messages(payload), concurrency)
     await bus._client.delete(bus.config.prefix + "bench")
     await bus.close()
-    return want / elapsed
+    return rate
 
 
 async def raw_end_to_end(url: str, total: int, payload: bytes) -> float:
@@ -146,21 +96,16 @@ async def raw_end_to_end(url: str, total: int, payload: bytes) -> float:
                 handled += len(ids)
                 await client.xack(key, "g", *ids)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(raw_produce(client, key, total, payload), consume())
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(client, key, total, payload), consume())
     await client.delete(key)
     await client.aclose()
     return total / elapsed
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--payload", type=int, default=100, help="payload bytes")
-    parser.add_argument("--concurrency", type=int, default=8, help="router handler concurrency")
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    args = ap.parse_args()
     payload = os.urandom(args.payload)
     n = args.messages
     print(f"redis:// at {args.url}: {n} messages of {args.payload} B, {PUBLISHERS} publishers")
@@ -168,15 +113,11 @@ async def main() -> None:
     await em_publish(args.url, 2_000, payload)  # warm up
     em = await em_publish(args.url, n, payload)
     raw = await raw_publish(args.url, n, payload)
-    print(f"  publish     eventmill {em:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   {em / raw:.2f}x")
+    report("publish", em, raw)
 
     em = await em_end_to_end(args.url, n, payload, args.concurrency)
     raw = await raw_end_to_end(args.url, n, payload)
-    what = "router" if Router is not None else "subscription"
-    print(
-        f"  end-to-end  eventmill {em:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   {em / raw:.2f}x"
-        f"   (eventmill via {what}, concurrency {args.concurrency})"
-    )
+    report("end-to-end", em, raw, f"   (eventmill via {via()}, concurrency {args.concurrency})")
 
 
 if __name__ == "__main__":

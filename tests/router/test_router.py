@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -440,9 +441,14 @@ _SIGTERM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_closes_gracefully_after_in_flight_work(tmp_path: Path) -> None:
-    script = tmp_path / "router_sigterm.py"
-    script.write_text(_SIGTERM_SCRIPT)
+@contextlib.contextmanager
+def _handler_started(tmp_path: Path, source: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``source`` as a script; yield once its handler printed ``started``.
+
+    The process is killed on the way out if the test left it running.
+    """
+    script = tmp_path / "router_script.py"
+    script.write_text(source)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(
         [sys.executable, str(script)],
@@ -457,12 +463,17 @@ def test_sigterm_closes_gracefully_after_in_flight_work(tmp_path: Path) -> None:
             sel.register(proc.stdout, selectors.EVENT_READ)
             assert sel.select(timeout=30), "the router never started the handler"
         assert proc.stdout.readline().strip() == "started"
-        proc.terminate()  # SIGTERM while job-1 is in flight
-        out, err = proc.communicate(timeout=30)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_closes_gracefully_after_in_flight_work(tmp_path: Path) -> None:
+    with _handler_started(tmp_path, _SIGTERM_SCRIPT) as proc:
+        proc.terminate()  # SIGTERM while job-1 is in flight
+        out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     # job-1 finished and was acked; job-2 was never pulled and is still queued.
     assert "finished [b'job-1'] left [b'job-2']" in out
@@ -499,29 +510,10 @@ _SECOND_SIGNAL_SCRIPT = textwrap.dedent(
 
 
 def test_second_signal_cancels_in_flight_handlers(tmp_path: Path) -> None:
-    script = tmp_path / "router_second_signal.py"
-    script.write_text(_SECOND_SIGNAL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            assert sel.select(timeout=30), "the router never started the handler"
-        assert proc.stdout.readline().strip() == "started"
+    with _handler_started(tmp_path, _SECOND_SIGNAL_SCRIPT) as proc:
         proc.send_signal(signal.SIGINT)  # graceful: would wait 30 s for the stuck handler
         proc.send_signal(signal.SIGTERM)  # second signal: cancel it now
         out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "left [b'job-1']" in out  # the cancelled message was nacked, hence redelivered
     assert "exited cleanly" in out

@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -31,6 +30,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from eventmill.message import Message
 from eventmill.pubsub._kafka_offsets import PartitionOffsets
+from eventmill.pubsub._subscription import AsyncCloseable, ReaderQueue, TopicGroup
 
 if TYPE_CHECKING:
     from eventmill.pubsub.kafka import KafkaConfig
@@ -106,7 +106,7 @@ class _Source:
         self.closed = False
         self.subs: set[KafkaSubscription] = set()
         self._ready: deque[_Delivery] = deque()
-        self._readers: deque[asyncio.Future[None]] = deque()
+        self._readers = ReaderQueue()
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
         self._outstanding = 0
         self._space = asyncio.Event()
@@ -129,28 +129,7 @@ class _Source:
                 d.sub = sub
                 sub.held.add(d)
                 return msg
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._readers.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled() and self._ready:
-                    self._wake(1)
-                raise
-
-    def _wake(self, n: int) -> None:
-        readers = self._readers
-        while n > 0 and readers:
-            fut = readers.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n -= 1
-
-    def _wake_all(self) -> None:
-        for fut in self._readers:
-            if not fut.done():
-                fut.set_result(None)
-        self._readers.clear()
+            await self._readers.wait(ready)
 
     # -- settlement ------------------------------------------------------------------
 
@@ -169,7 +148,7 @@ class _Source:
                 self._commit_point_moved()
         else:
             self._ready.appendleft(d)
-            self._wake(1)
+            self._readers.wake()
 
     def _commit_point_moved(self) -> None:
         """Hook: a partition's acked prefix grew (group members commit it)."""
@@ -187,7 +166,7 @@ class _Source:
                 self._ready.appendleft(d)
         # Wake everyone: the closing subscription's waiters end, the others re-wait
         # (and pick up the released messages).
-        self._wake_all()
+        self._readers.wake_all()
 
     def _drop(self, tps: Iterable[TopicPartition]) -> None:
         """Forget partitions: their queued and held deliveries are abandoned."""
@@ -215,7 +194,7 @@ class _Source:
                 added += 1
         if added:
             self._outstanding += added
-            self._wake(added)
+            self._readers.wake(added)
 
     def _wanted(self, tp: TopicPartition, offset: int) -> bool:
         return True
@@ -251,7 +230,7 @@ class _Source:
                 self._accept(batch)
 
     async def _stop_tasks(self) -> None:
-        self._wake_all()
+        self._readers.wake_all()
         self._space.set()
         task, self._fetch_task = self._fetch_task, None
         if task is not None:
@@ -379,6 +358,13 @@ class GroupMember(_Source):
 
     async def close(self) -> None:
         """Graceful: commit the acked prefixes, leave the group, release everything."""
+        await self._shutdown(commit=True)
+
+    async def abort(self) -> None:
+        """Stop without committing anything (what a crash leaves behind)."""
+        await self._shutdown(commit=False)
+
+    async def _shutdown(self, *, commit: bool) -> None:
         if self.closed:
             return
         self.closed = True
@@ -388,12 +374,13 @@ class GroupMember(_Source):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        try:
-            async with asyncio.timeout(self.config.close_timeout):
-                await self._fill_holes()
-                await self._commit()
-        except TimeoutError:
-            log.warning("kafka:// final commit for group %r timed out", self.group)
+        if commit:
+            try:
+                async with asyncio.timeout(self.config.close_timeout):
+                    await self._fill_holes()
+                    await self._commit()
+            except TimeoutError:
+                log.warning("kafka:// final commit for group %r timed out", self.group)
         self._drop(list(self._parts))
         await self._stop_consumer()
 
@@ -435,20 +422,6 @@ class GroupMember(_Source):
                 )
                 continue
             po.skip_to(after)
-
-    async def abort(self) -> None:
-        """Stop without committing anything (what a crash leaves behind)."""
-        if self.closed:
-            return
-        self.closed = True
-        await self._stop_tasks()
-        task, self._commit_task = self._commit_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._drop(list(self._parts))
-        await self._stop_consumer()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -520,24 +493,18 @@ class EphemeralReader(_Source):
     abort = close
 
 
-class KafkaSubscription:
+class KafkaSubscription(TopicGroup, AsyncCloseable):
     """A subscription handed to the user; see :class:`eventmill.pubsub.base.Subscription`."""
 
-    __slots__ = ("_on_close", "_source", "closed", "held")
+    __slots__ = ("_group", "_on_close", "_source", "_topic", "closed", "held")
 
     def __init__(self, source: _Source, on_close: Any) -> None:
         self._source = source
+        self._topic = source.topic
+        self._group = source.group
         self._on_close = on_close
         self.closed = False
         self.held: set[_Delivery] = set()
-
-    @property
-    def topic(self) -> str:
-        return self._source.topic
-
-    @property
-    def group(self) -> str | None:
-        return self._source.group
 
     def __aiter__(self) -> Self:
         return self
@@ -551,14 +518,3 @@ class KafkaSubscription:
             return
         self.closed = True
         await self._on_close(self)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

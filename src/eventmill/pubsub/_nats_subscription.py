@@ -29,9 +29,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections import deque
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -39,6 +37,7 @@ from nats.js import api
 
 from eventmill.errors import SubscribeError
 from eventmill.message import Message
+from eventmill.pubsub._subscription import BufferedSubscription
 
 if TYPE_CHECKING:
     from eventmill.pubsub.nats import NatsPubSub
@@ -121,7 +120,7 @@ def _nak_payload(delay: float, minimum: float) -> bytes:
     return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
 
 
-class NatsSubscription:
+class NatsSubscription(BufferedSubscription[Message]):
     """A subscription to one topic (see :class:`eventmill.pubsub.base.Subscription`).
 
     With a ``group``, it binds to the group's durable pull consumer, shared by every
@@ -138,10 +137,9 @@ class NatsSubscription:
         consumer: str | None,
         subject: str,
     ) -> None:
+        super().__init__(topic, group)
         self._owner = owner
         self._subject = subject
-        self._topic = topic
-        self._group = group
         self._stream = stream
         self._consumer = consumer  # durable name; the ephemeral's name once created
         cfg = owner.config
@@ -149,8 +147,6 @@ class NatsSubscription:
         self._nak_delay = cfg.nak_delay
         self._nak = _nak_payload(0.0, cfg.nak_delay)
         self._half = max(1, cfg.batch // 2)
-        self._buffer: deque[Message] = deque()
-        self._readers: deque[asyncio.Future[None]] = deque()
         # outstanding pull requests: reply subject -> [messages still owed, expiry (loop time)]
         self._requests: dict[str, list[float]] = {}
         self._owed = 0
@@ -168,41 +164,15 @@ class NatsSubscription:
         self._isub: Any = None
         self._next_seq: int | None = None  # ephemeral: first stream sequence not yet seen
         self._last_reply = ""  # ephemeral: ack subject of the last message received
-        self._closed = False
         self._puller: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     # -- contract ------------------------------------------------------------------------
 
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def group(self) -> str | None:
-        return self._group
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Message:
-        buffer = self._buffer
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if buffer:
-                msg = buffer.popleft()
-                if self._batch - len(buffer) - self._owed >= self._half:
-                    self._pull_wanted.set()
-                return msg
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._readers.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled() and buffer:
-                    self._wake_reader()
-                raise
+    def _take(self, msg: Message) -> Message:
+        if self._batch - len(self._buffer) - self._owed >= self._half:
+            self._pull_wanted.set()
+        return msg
 
     def term(self, msg: Message) -> bool:
         """Settle ``msg`` for good: the server never delivers it again (``+TERM``).
@@ -248,17 +218,6 @@ class NatsSubscription:
         except Exception as exc:  # the server is away: the consumer's ack_wait takes over
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
         self._owner._subs.discard(self)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- lifecycle used by NatsPubSub ----------------------------------------------------
 
@@ -470,7 +429,7 @@ class NatsSubscription:
         if self._group is None:
             self._last_reply = reply
         if self._readers:
-            self._wake_reader()
+            self._readers.wake()
 
     def _on_status(self, subject: str, status: str, description: str) -> None:
         if status == "100":  # idle heartbeat
@@ -491,19 +450,8 @@ class NatsSubscription:
             self._broken = True
         self._pull_wanted.set()
 
-    def _wake_reader(self) -> None:
-        readers = self._readers
-        while readers:
-            fut = readers.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
     def _wake_all(self) -> None:
-        for fut in self._readers:
-            if not fut.done():
-                fut.set_result(None)
-        self._readers.clear()
+        self._readers.wake_all()
         self._pull_wanted.set()
 
     # -- settling ------------------------------------------------------------------------

@@ -36,10 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections import deque
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -47,6 +45,7 @@ import redis.exceptions as rex
 from eventmill.message import Message
 from eventmill.pubsub._redis_common import TRANSIENT, Backoff, decode_entry, describe, log
 from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub._subscription import BufferedSubscription
 
 __all__ = ["EphemeralSubscription", "GroupSubscription", "ensure_group"]
 
@@ -88,8 +87,8 @@ async def ensure_group(client: aioredis.Redis, key: str, group: str) -> None:
             raise
 
 
-class _Base:
-    """Buffer, waiting readers and the reader task shared by both kinds."""
+class _Base(BufferedSubscription[Message]):
+    """Room accounting and the reader task shared by both kinds."""
 
     def __init__(
         self,
@@ -100,25 +99,13 @@ class _Base:
         group: str | None,
         on_close: Callable[[_Base], None],
     ) -> None:
+        super().__init__(topic, group)
         self._client = client
         self._config = config
-        self._topic = topic
         self._key = key
-        self._group = group
         self._on_close = on_close
-        self._buffer: deque[Message] = deque()
-        self._readers: deque[asyncio.Future[None]] = deque()
         self._room: asyncio.Event = asyncio.Event()
-        self._closed = False
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def group(self) -> str | None:
-        return self._group
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"eventmill-redis-read-{self._topic}")
@@ -126,47 +113,14 @@ class _Base:
     async def _run(self) -> None:
         raise NotImplementedError
 
-    async def close(self) -> None:
-        raise NotImplementedError
-
     def abandon(self) -> None:
         """Stop at once without flushing or releasing anything (crash simulation)."""
         raise NotImplementedError
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Message:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._buffer:
-                msg = self._buffer.popleft()
-                if not self._room.is_set() and self._has_room():
-                    self._room.set()
-                return msg
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._readers.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled() and self._buffer:
-                    self._wake(1)
-                raise
-
-    def _wake(self, n: int) -> None:
-        readers = self._readers
-        while n > 0 and readers:
-            fut = readers.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n -= 1
-
-    def _wake_all(self) -> None:
-        for fut in self._readers:
-            if not fut.done():
-                fut.set_result(None)
-        self._readers.clear()
+    def _take(self, msg: Message) -> Message:
+        if not self._room.is_set() and self._has_room():
+            self._room.set()
+        return msg
 
     def _has_room(self) -> bool:
         raise NotImplementedError
@@ -178,23 +132,12 @@ class _Base:
 
     async def _stop_reader(self) -> None:
         self._closed = True
-        self._wake_all()
+        self._readers.wake_all()
         task = self._task
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class EphemeralSubscription(_Base):
@@ -220,7 +163,7 @@ class EphemeralSubscription(_Base):
             return
         again = Message._received(msg.id, dict(msg.metadata), msg.payload, self._settle)
         self._buffer.appendleft(again)
-        self._wake(1)
+        self._readers.wake()
 
     async def _run(self) -> None:
         cfg = self._config
@@ -259,7 +202,7 @@ class EphemeralSubscription(_Base):
                     self._buffer.append(Message._received(mid, md, payload, self._settle))
                     n += 1
             if n:
-                self._wake(n)
+                self._readers.wake(n)
 
     async def close(self) -> None:
         """Stop reading and drop what was buffered; nothing is kept on the server."""
@@ -271,7 +214,7 @@ class EphemeralSubscription(_Base):
 
     def abandon(self) -> None:
         self._closed = True
-        self._wake_all()
+        self._readers.wake_all()
         if self._task is not None:
             self._task.cancel()
 
@@ -324,7 +267,7 @@ class GroupSubscription(_Base):
             self._buffer.append(msg)
             n += 1
         if n:
-            self._wake(n)
+            self._readers.wake(n)
         return n
 
     async def _run(self) -> None:
@@ -381,8 +324,8 @@ class GroupSubscription(_Base):
                     delay,
                 )
                 await asyncio.sleep(delay)
-            except rex.ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except rex.RedisError as exc:
+                if isinstance(exc, rex.ResponseError) and "NOGROUP" in str(exc):
                     # The stream or group vanished (deleted, or a server without
                     # persistence restarted): recreate it and go on from the oldest entry.
                     log.warning(
@@ -400,14 +343,6 @@ class GroupSubscription(_Base):
                         self._groupname,
                         describe(exc, cfg),
                     )
-                await asyncio.sleep(backoff.next())
-            except rex.RedisError as exc:
-                log.error(
-                    "redis:// read %s/%s failed: %s",
-                    self._topic,
-                    self._groupname,
-                    describe(exc, cfg),
-                )
                 await asyncio.sleep(backoff.next())
 
     async def _sweep(self) -> None:
@@ -441,7 +376,7 @@ class GroupSubscription(_Base):
             self._held[entry_id] = again
             self._buffer.appendleft(again)
             self._touch.append(entry_id)
-            self._wake(1)
+            self._readers.wake()
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
@@ -552,7 +487,7 @@ class GroupSubscription(_Base):
     def abandon(self) -> None:
         """Vanish like a killed process: nothing flushed, nothing released."""
         self._closed = True
-        self._wake_all()
+        self._readers.wake_all()
         for task in (self._task, self._flusher):
             if task is not None:
                 task.cancel()

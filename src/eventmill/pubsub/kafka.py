@@ -41,8 +41,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, fields
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from aiokafka import AIOKafkaProducer
@@ -65,6 +64,7 @@ from eventmill.pubsub._kafka_consumer import (
     GroupMember,
     KafkaSubscription,
 )
+from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["KafkaConfig", "KafkaPubSub"]
@@ -197,7 +197,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class KafkaPubSub:
+class KafkaPubSub(AsyncStartCloseable):
     """Kafka publisher and subscriber. See the module docstring for semantics."""
 
     capabilities = Capabilities(
@@ -534,15 +534,3 @@ class KafkaPubSub:
                 await asyncio.wait_for(admin.close(), timeout)
             except Exception as exc:
                 log.warning("kafka:// admin client did not stop cleanly: %s", _describe(exc))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -19,12 +19,17 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
 from eventmill.errors import BufferFullError, ClosedError, ConfigurationError
 from eventmill.message import Message
+from eventmill.pubsub._subscription import (
+    AsyncCloseable,
+    AsyncStartCloseable,
+    ReaderQueue,
+    TopicGroup,
+)
 from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["MemoryConfig", "MemoryPubSub"]
@@ -72,18 +77,10 @@ class _Queue:
     def __init__(self, limit: int) -> None:
         self.items: deque[Message] = deque()
         self.limit = limit
-        self.readers: deque[asyncio.Future[None]] = deque()
+        self.readers = ReaderQueue()
         self.space: deque[asyncio.Future[None]] = deque()
         self.inflight: dict[Message, _MemorySubscription] = {}
         self.closed = False
-
-    def _wake_reader(self) -> None:
-        readers = self.readers
-        while readers:
-            fut = readers.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
 
     def wake_space(self) -> None:
         space = self.space
@@ -97,7 +94,7 @@ class _Queue:
             return
         if not ok:
             self.items.appendleft(msg.copy())
-            self._wake_reader()
+            self.readers.wake()
 
     def release(self, sub: _MemorySubscription) -> None:
         """Requeue, in their original order, the unsettled messages held by ``sub``."""
@@ -107,14 +104,14 @@ class _Queue:
             msg._on_settle = None
             self.items.appendleft(msg.copy())
         if held:
-            self._wake_reader()
+            self.readers.wake()
 
     def close(self) -> None:
         self.closed = True
-        for fut in (*self.readers, *self.space):
+        self.readers.wake_all()
+        for fut in self.space:
             if not fut.done():
                 fut.set_result(None)
-        self.readers.clear()
         self.space.clear()
 
 
@@ -136,7 +133,7 @@ class _Topic:
         return None
 
 
-class _MemorySubscription:
+class _MemorySubscription(TopicGroup, AsyncCloseable):
     __slots__ = ("_closed", "_group", "_owner", "_queue", "_topic")
 
     def __init__(self, owner: MemoryPubSub, topic: str, group: str | None, queue: _Queue) -> None:
@@ -145,14 +142,6 @@ class _MemorySubscription:
         self._group = group
         self._queue = queue
         self._closed = False
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def group(self) -> str | None:
-        return self._group
 
     def __aiter__(self) -> Self:
         return self
@@ -169,15 +158,7 @@ class _MemorySubscription:
                 if q.space:
                     q.wake_space()
                 return msg
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            q.readers.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                # Pass the wake-up on if a message was meant for us.
-                if fut.done() and not fut.cancelled() and q.items:
-                    q._wake_reader()
-                raise
+            await q.readers.wait(q.items)
 
     async def close(self) -> None:
         if self._closed:
@@ -193,25 +174,11 @@ class _MemorySubscription:
         else:
             q.release(self)
             # Wake our own waiters so they see we are closed; other members re-wait.
-            for fut in list(q.readers):
-                if not fut.done():
-                    fut.set_result(None)
-            q.readers.clear()
+            q.readers.wake_all()
         self._owner._subs.discard(self)
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class MemoryPubSub:
+class MemoryPubSub(AsyncStartCloseable):
     """In-process publisher and subscriber. See the module docstring for semantics."""
 
     capabilities = Capabilities(
@@ -265,10 +232,7 @@ class MemoryPubSub:
             for m in messages:
                 items.append(received(m.id, dict(m.metadata), m.payload, None))
             if q.readers:
-                for _ in range(n):  # one waiting reader per message, as many as there are
-                    q._wake_reader()
-                    if not q.readers:
-                        break
+                q.readers.wake(n)  # one waiting reader per message, as many as there are
 
     async def _wait_for_room(self, topic: str, t: _Topic, n: int) -> None:
         """Apply the ``when_full`` policy until every target of ``t`` has room for ``n``."""
@@ -319,14 +283,3 @@ class MemoryPubSub:
         for t in self._topics.values():
             for q in (*t.groups.values(), *t.ephemeral):
                 q.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -50,8 +50,7 @@ import random
 import re
 from collections import deque
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -77,6 +76,7 @@ from eventmill.pubsub._nats_subscription import (
 from eventmill.pubsub._nats_subscription import (
     TRANSIENT as _TRANSIENT,
 )
+from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
@@ -102,7 +102,7 @@ class _PublishRejectedError(Exception):
     """One message's PubAck was an error that retrying cannot fix."""
 
 
-class NatsPubSub:
+class NatsPubSub(AsyncStartCloseable):
     """Publisher and subscriber on NATS JetStream. See the module docstring."""
 
     def __init__(self, config: NatsConfig | None = None) -> None:
@@ -506,15 +506,3 @@ class NatsPubSub:
             if not fut.done():
                 fut.set_exception(nats.errors.ConnectionClosedError())
         self._acks.clear()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -31,8 +31,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rex
@@ -50,6 +49,7 @@ from eventmill.pubsub._redis_subscription import (
     _Base,
     ensure_group,
 )
+from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["PublishStats", "RedisConfig", "RedisPubSub"]
@@ -57,7 +57,7 @@ __all__ = ["PublishStats", "RedisConfig", "RedisPubSub"]
 _HOST = f"{socket.gethostname()}:{os.getpid()}"
 
 
-class RedisPubSub:
+class RedisPubSub(AsyncStartCloseable):
     """Publisher and subscriber on Redis Streams. See the module docstring."""
 
     capabilities = Capabilities(
@@ -262,15 +262,3 @@ class RedisPubSub:
             self._publisher.abandon()
         if self._redis is not None:
             await self._redis.connection_pool.disconnect(inuse_connections=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -45,8 +45,7 @@ import os
 import uuid
 import weakref
 from collections import deque
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
@@ -68,6 +67,7 @@ from eventmill.pubsub._sqlite_writer import (
     WriterStats,
     is_busy,
 )
+from eventmill.pubsub._subscription import AsyncStartCloseable, BufferedSubscription
 from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["SQLiteConfig", "SQLitePubSub", "SQLiteStats", "SQLiteSubscription"]
@@ -82,7 +82,7 @@ log = logging.getLogger("eventmill.pubsub.sqlite")
 _INSTANCES: dict[str, weakref.WeakSet[SQLitePubSub]] = {}
 
 
-class SQLiteSubscription:
+class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
     """An open subscription of :class:`SQLitePubSub` (see :class:`~eventmill.Subscription`).
 
     A background task, started by the first read, keeps up to ``prefetch``
@@ -90,69 +90,33 @@ class SQLiteSubscription:
     """
 
     def __init__(self, owner: SQLitePubSub, topic: str, group: str | None, head: int) -> None:
+        super().__init__(topic, group)
         self._owner = owner
-        self._topic = topic
-        self._group = group
         self._token = uuid.uuid4().hex
         self._after = head  # ephemeral: last seq seen
-        self._buffer: deque[tuple[int, Message]] = deque()
         self._held: dict[Message, int] = {}
-        self._readers: deque[asyncio.Future[None]] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._error: PubSubError | None = None
-        self._closed = False
         prefetch = owner.config.prefetch
         self._prefetch = prefetch
         self._refill_at = prefetch // 2
 
-    @property
-    def topic(self) -> str:
-        return self._topic
+    def _take(self, item: tuple[int, Message]) -> Message:
+        seq, msg = item
+        self._held[msg] = seq
+        msg._on_settle = self._settle
+        if len(self._buffer) <= self._refill_at:
+            self._room.set()
+        return msg
 
-    @property
-    def group(self) -> str | None:
-        return self._group
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Message:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            buffer = self._buffer
-            if buffer:
-                seq, msg = buffer.popleft()
-                self._held[msg] = seq
-                msg._on_settle = self._settle
-                if len(buffer) <= self._refill_at:
-                    self._room.set()
-                return msg
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err
-            if self._pump is None:
-                self._pump = asyncio.create_task(
-                    self._run_pump(), name=f"sqlite-pump:{self._topic}"
-                )
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._readers.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self._wake_readers(1)  # pass on a wake-up meant for us
-                raise
-
-    def _wake_readers(self, n: int) -> None:
-        readers = self._readers
-        while n > 0 and readers:
-            fut = readers.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n -= 1
+    def _idle(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run_pump(), name=f"sqlite-pump:{self._topic}")
 
     async def _run_pump(self) -> None:
         owner = self._owner
@@ -180,7 +144,7 @@ class SQLiteSubscription:
                 log.warning("sqlite:// fetch from %r failed: %s", self._topic, exc)
                 if not is_busy(exc):
                     self._error = exc
-                    self._wake_readers(len(self._readers))
+                    self._readers.wake_all()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -189,7 +153,7 @@ class SQLiteSubscription:
                 break
             if rows:
                 self._buffer.extend(rows)
-                self._wake_readers(len(rows))
+                self._readers.wake(len(rows))
                 if len(rows) >= limit:
                     continue  # maybe more: fetch again once there is room
             if not self._wake.is_set():
@@ -205,7 +169,7 @@ class SQLiteSubscription:
             self._owner._writer_settle(ok, self._topic, self._group, seq, self._token)
         elif not ok:  # ephemeral: deliver again to this subscription
             self._buffer.appendleft((seq, msg.copy()))
-            self._wake_readers(1)
+            self._readers.wake()
 
     def _notify(self) -> None:
         self._wake.set()
@@ -221,7 +185,7 @@ class SQLiteSubscription:
         if self._closed:
             return
         self._closed = True
-        self._wake_readers(len(self._readers))
+        self._readers.wake_all()
         self._room.set()
         self._wake.set()
         if self._pump is not None:
@@ -247,25 +211,14 @@ class SQLiteSubscription:
     def _abandon(self) -> None:
         """Vanish without flushing or releasing anything (a killed process)."""
         self._closed = True
-        self._wake_readers(len(self._readers))
+        self._readers.wake_all()
         if self._pump is not None:
             self._pump.cancel()
         for msg in self._held:
             msg._on_settle = None
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class SQLitePubSub:
+class SQLitePubSub(AsyncStartCloseable):
     """Durable embedded publisher and subscriber. See the module docstring."""
 
     capabilities = Capabilities(
@@ -507,15 +460,3 @@ class SQLitePubSub:
             peers.discard(self)
             if not peers:
                 _INSTANCES.pop(self._key, None)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
