@@ -1,4 +1,5 @@
-"""Harness shared by the server-backend benchmarks (bench_redis, bench_nats, bench_kafka).
+"""Harness shared by the server-backend benchmarks (bench_redis, bench_nats, bench_kafka,
+bench_postgres).
 
 Each benchmark measures the same two things against its raw client:
 

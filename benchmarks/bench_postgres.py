@@ -24,29 +24,30 @@ message for replay. Uses the PostgreSQL at ``--url`` (default the shared
 Each figure is the best of ``--rounds`` alternating rounds (all rounds printed), since
 the machine is shared and noisy.
 
-    .venv/bin/python benchmarks/bench_postgres.py [--messages 50000] [--payload 100]
+    .venv/bin/python benchmarks/bench_postgres.py [--messages 50000] [--payload 100] [--rounds 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import time
 import uuid
 
 import asyncpg
 
-from eventmill.message import Message
+from _common import (
+    PUBLISHERS,
+    parser,
+    plain_messages,
+    publish_concurrently,
+    report,
+    router_end_to_end,
+    timed,
+    via,
+)
 from eventmill.pubsub.postgres import PostgresPubSub
 
-PUBLISHERS = 100
 RAW_BATCH = 1_000
-
-try:
-    from eventmill.router import Router, RouterConfig
-except ImportError:  # pragma: no cover - the router is a sibling package
-    Router = None  # type: ignore[assignment,misc]
 
 
 def bus_url(url: str, schema: str) -> str:
@@ -58,14 +59,7 @@ async def em_publish(url: str, schema: str, total: int, payload: bytes) -> float
     bus = PostgresPubSub.from_url(bus_url(url, schema))
     await bus.start()
     per = total // PUBLISHERS
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    elapsed = time.perf_counter() - t0
+    elapsed = await publish_concurrently(bus, "bench", per, plain_messages(payload))
     await bus.close()
     return per * PUBLISHERS / elapsed
 
@@ -93,64 +87,19 @@ async def raw_publish(url: str, schema: str, total: int, payload: bytes) -> floa
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     async with pool.acquire() as conn:
         table = await raw_table(conn, schema)
-    t0 = time.perf_counter()
-    await raw_produce(pool, table, total, payload)
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(pool, table, total, payload))
     await pool.close()
     return total / elapsed
 
 
 async def em_end_to_end(
     url: str, schema: str, total: int, payload: bytes, concurrency: int
-) -> tuple[float, str]:
+) -> float:
     bus = PostgresPubSub.from_url(bus_url(url, schema))
     await bus.start()
-    per = total // PUBLISHERS
-    want = per * PUBLISHERS
-    handled = 0
-    done = asyncio.Event()
-
-    async def publisher() -> None:
-        for _ in range(per):
-            await bus.publish("bench", Message(payload))
-
-    if Router is not None:
-        what = "router"
-
-        async def handler(msg: Message) -> None:
-            nonlocal handled
-            handled += 1
-            if handled >= want:
-                done.set()
-
-        router = Router(subscriber=bus, publisher=bus, config=RouterConfig())
-        router.add_handler("bench", "bench", handler, group="g", concurrency=concurrency)
-        runner = asyncio.create_task(router.run())
-        await router.running()
-    else:
-        what = "subscription (eventmill.router not importable)"
-        sub = await bus.subscribe("bench", group="g")
-
-        async def consume() -> None:
-            nonlocal handled
-            async for msg in sub:
-                handled += 1
-                msg.ack()
-                if handled >= want:
-                    done.set()
-
-        runner = asyncio.create_task(consume())
-    t0 = time.perf_counter()
-    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
-    await asyncio.wait_for(done.wait(), 300)
-    elapsed = time.perf_counter() - t0
-    if Router is not None:
-        await router.close()
-        await runner
-    else:
-        runner.cancel()
+    rate = await router_end_to_end(bus, "bench", "g", total, plain_messages(payload), concurrency)
     await bus.close()
-    return want / elapsed, what
+    return rate
 
 
 async def raw_end_to_end(url: str, schema: str, total: int, payload: bytes) -> float:
@@ -176,22 +125,17 @@ async def raw_end_to_end(url: str, schema: str, total: int, payload: bytes) -> f
             if not rows:
                 await asyncio.sleep(0.001)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(raw_produce(pool, table, total, payload), consume())
-    elapsed = time.perf_counter() - t0
+    elapsed = await timed(raw_produce(pool, table, total, payload), consume())
     await consumer.close()
     await pool.close()
     return total / elapsed
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--messages", type=int, default=50_000)
-    parser.add_argument("--payload", type=int, default=100, help="payload bytes")
-    parser.add_argument("--concurrency", type=int, default=8, help="router handler concurrency")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (best shown)")
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (best shown)")
+    args = ap.parse_args()
     payload = os.urandom(args.payload)
     n = args.messages
     schema = f"bench_{uuid.uuid4().hex[:8]}"
@@ -203,24 +147,21 @@ async def main() -> None:
         await em_publish(args.url, schema, 2_000, payload)  # warm up
         pub: dict[str, list[float]] = {"em": [], "raw": []}
         e2e: dict[str, list[float]] = {"em": [], "raw": []}
-        what = ""
         for _ in range(args.rounds):  # alternate, so both sides share the machine's noise
             pub["em"].append(await em_publish(args.url, schema, n, payload))
             pub["raw"].append(await raw_publish(args.url, schema, n, payload))
-            rate, what = await em_end_to_end(args.url, schema, n, payload, args.concurrency)
-            e2e["em"].append(rate)
+            e2e["em"].append(await em_end_to_end(args.url, schema, n, payload, args.concurrency))
             e2e["raw"].append(await raw_end_to_end(args.url, schema, n, payload))
         for name, runs in (("publish", pub), ("end-to-end", e2e)):
-            em, raw = max(runs["em"]), max(runs["raw"])
-            print(
-                f"  {name:<11} eventmill {em:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   "
-                f"{em / raw:.2f}x   (best of {args.rounds}; eventmill "
+            rounds = (
+                f"   (best of {args.rounds}; eventmill "
                 + " / ".join(f"{r:,.0f}" for r in runs["em"])
                 + ", raw "
                 + " / ".join(f"{r:,.0f}" for r in runs["raw"])
                 + ")"
             )
-        print(f"  end-to-end consumed via {what}, handler concurrency {args.concurrency}")
+            report(name, max(runs["em"]), max(runs["raw"]), rounds)
+        print(f"  end-to-end consumed via {via()}, handler concurrency {args.concurrency}")
         load = os.getloadavg()
         print(f"  load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (at the start: {load0})")
     finally:

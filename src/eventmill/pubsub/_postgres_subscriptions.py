@@ -5,23 +5,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
 from eventmill.errors import ClosedError
 from eventmill.message import Message
+from eventmill.pubsub._subscription import AsyncCloseable, BufferedSubscription, TopicGroup
 
 if TYPE_CHECKING:
     from eventmill.pubsub.postgres import PostgresPubSub
 
-__all__ = ["EphemeralSubscription", "GroupSubscription", "Lease"]
+__all__ = ["EphemeralSubscription", "GroupSubscription", "Lease", "Row"]
 
 log = logging.getLogger("eventmill.pubsub.postgres")
 
 #: (gid, seq, lease) of one delivery row held by a consumer.
 Lease = tuple[int, int, int]
+
+#: (id, metadata, payload) of a message waiting in an ephemeral subscription.
+Row = tuple[str, dict[str, str], bytes]
 
 
 def _retrieve(task: asyncio.Task[float | None]) -> None:
@@ -29,7 +32,7 @@ def _retrieve(task: asyncio.Task[float | None]) -> None:
         task.exception()
 
 
-class GroupSubscription:
+class GroupSubscription(TopicGroup, AsyncCloseable):
     """One member of a consumer group.
 
     Claims up to ``prefetch`` deliveries at a time (``FOR UPDATE SKIP LOCKED``,
@@ -50,27 +53,19 @@ class GroupSubscription:
         self.wake = asyncio.Event()
         self._fetch_lock = asyncio.Lock()
         self._claim_task: asyncio.Task[float | None] | None = None
-        self.closed = False
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    @property
-    def group(self) -> str | None:
-        return self._group
+        self._closed = False
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Message:
         while True:
-            if self.closed:
+            if self._closed:
                 raise StopAsyncIteration
             if self._buffer:
                 return self._buffer.popleft()
             async with self._fetch_lock:
-                if self._buffer or self.closed:
+                if self._buffer or self._closed:
                     continue
                 self.wake.clear()
                 task = asyncio.create_task(self._claim())
@@ -80,7 +75,7 @@ class GroupSubscription:
                     next_visible = await asyncio.shield(task)
                 except ClosedError:
                     raise StopAsyncIteration from None
-                if self._buffer or self.closed:
+                if self._buffer or self._closed:
                     continue
                 timeout = self._owner.config.poll_interval
                 if next_visible is not None:
@@ -106,7 +101,7 @@ class GroupSubscription:
             return rows, await conn.fetchval(sql.next_visible, self.gid)
 
         rows, next_visible = await self._owner.run(
-            op, what="claim", deadline=None, stop=lambda: self.closed
+            op, what="claim", deadline=None, stop=lambda: self._closed
         )
         gid, settle = self.gid, self._settle
         for seq, lease, msg_id, metadata, payload in rows:
@@ -122,15 +117,15 @@ class GroupSubscription:
 
     def _settle(self, msg: Message, ok: bool) -> None:
         lease = self.inflight.pop(msg, None)
-        if lease is None or self.closed:
+        if lease is None or self._closed:
             return
         self._owner.queue_settlement(self, lease, ok)
 
     async def close(self) -> None:
         """Flush settlements, release unsettled messages (redelivered at once), stop."""
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
+        self._closed = True
         self.wake.set()
         task = self._claim_task
         if task is not None and not task.done():
@@ -149,57 +144,41 @@ class GroupSubscription:
 
     def abort(self) -> None:
         """Stop without flushing or releasing anything (a crash)."""
-        self.closed = True
+        self._closed = True
         self.wake.set()
         for msg in self.inflight:
             msg._on_settle = None
         self.inflight.clear()
         self._buffer.clear()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class EphemeralSubscription:
+class EphemeralSubscription(BufferedSubscription[Row]):
     """A group-less subscription: messages committed after ``subscribe`` returned.
 
     Fed by the bus's LISTEN connection (the NOTIFY of each publish names the seqs it
     committed). Holds at most ``ephemeral_buffer`` messages; when full the oldest is
-    dropped. Nack puts the message back at the front of this subscription only;
-    nothing is stored server-side for it.
+    dropped. They wait as :data:`Row` s; a reader taking one gets a new
+    :class:`Message` with its own copy of the metadata. Nack puts the message back
+    at the front of this subscription only; nothing is stored server-side for it.
     """
 
     def __init__(self, owner: PostgresPubSub, topic: str, tid: int, limit: int) -> None:
+        super().__init__(topic, None)
         self._owner = owner
-        self._topic = topic
         self.tid = tid
         self._limit = limit
-        self._items: deque[Message] = deque()
-        self._waiters: deque[asyncio.Future[None]] = deque()
         self.dropped = 0
-        self.closed = False
 
-    @property
-    def topic(self) -> str:
-        return self._topic
+    def push(self, item: Row) -> None:
+        """Buffer one committed message, dropping the oldest if the buffer is full.
 
-    @property
-    def group(self) -> str | None:
-        return None
-
-    def push(self, msg_id: str, metadata: dict[str, str], payload: bytes) -> None:
-        if self.closed:
+        ``item`` may be shared with other subscriptions: :meth:`_take` copies its
+        metadata into the message it builds.
+        """
+        if self._closed:
             return
-        if len(self._items) >= self._limit:
-            self._items.popleft()
+        if len(self._buffer) >= self._limit:
+            self._buffer.popleft()
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning(
@@ -208,62 +187,25 @@ class EphemeralSubscription:
                     self._limit,
                     self.dropped,
                 )
-        self._items.append(Message._received(msg_id, metadata, payload, self._settle))
-        self._wake_one()
+        self._buffer.append(item)
+        self._readers.wake()
 
-    def _wake_one(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+    def _take(self, item: Row) -> Message:
+        msg_id, metadata, payload = item
+        return Message._received(msg_id, dict(metadata), payload, self._settle)
 
     def _settle(self, msg: Message, ok: bool) -> None:
-        if not ok and not self.closed:
-            self._items.appendleft(
-                Message._received(msg.id, dict(msg.metadata), msg.payload, self._settle)
-            )
-            self._wake_one()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Message:
-        while True:
-            if self.closed:
-                raise StopAsyncIteration
-            if self._items:
-                return self._items.popleft()
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled() and self._items:
-                    self._wake_one()
-                raise
+        if not ok and not self._closed:
+            self._buffer.appendleft((msg.id, dict(msg.metadata), msg.payload))
+            self._readers.wake()
 
     async def close(self) -> None:
         self.abort()
         self._owner.forget(self)
 
     def abort(self) -> None:
-        if self.closed:
+        if self._closed:
             return
-        self.closed = True
-        self._items.clear()
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._waiters.clear()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+        self._closed = True
+        self._buffer.clear()
+        self._readers.wake_all()

@@ -47,8 +47,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -70,6 +69,7 @@ from eventmill.pubsub._postgres_subscriptions import (
     GroupSubscription,
     Lease,
 )
+from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, validate_name
 from eventmill.pubsub.factory import redact_url
 
@@ -133,7 +133,7 @@ async def _reset(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
-class PostgresPubSub:
+class PostgresPubSub(AsyncStartCloseable):
     """PostgreSQL publisher and subscriber. See the module docstring for semantics."""
 
     capabilities = Capabilities(
@@ -325,18 +325,6 @@ class PostgresPubSub:
             self._group_subs.get(sub.tid, set()).discard(sub)
         else:
             self._ephemeral.get(sub.tid, set()).discard(sub)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- running statements with reconnect ----------------------------------------------
 
@@ -725,9 +713,8 @@ class PostgresPubSub:
                         found = by_seq.get(seq)
                         if found is None:
                             continue
-                        mid, meta, payload = found
                         for sub in targets:
-                            sub.push(mid, dict(meta), payload)
+                            sub.push(found)
 
     async def _fetch_seqs(self, tids: list[int], seqs: list[int], conn: Any) -> list[Any]:
         rows: list[Any] = await conn.fetch(self.sql.fetch_messages, tids, seqs)
