@@ -115,6 +115,24 @@ async def test_batches_are_capped_by_max_batch(store: Store, batches: list[int])
     assert len({s.position for s, _ in results}) == len(events)
 
 
+async def test_batches_in_flight_together_each_get_their_own_results(
+    store: Store, batches: list[int]
+) -> None:
+    inserter = GroupCommitInserter(store, max_batch=2, max_in_flight=3)
+    events = [make_event() for _ in range(6)]
+    tasks = [asyncio.create_task(inserter.insert(e, f"fly-{i % 5}")) for i, e in enumerate(events)]
+    await queued(inserter, len(events))
+    async with writer(inserter):
+        results = await asyncio.gather(*tasks)
+    assert batches == [2, 2, 2]
+    assert [created for _, created in results] == [True] * 5 + [False]
+    assert results[5][0].id == events[0].id  # same key as the first: its event
+    for stored, _ in results[:5]:
+        got = await store.events.get(stored.id)
+        assert got is not None
+        assert got.position == stored.position
+
+
 async def test_a_whole_batch_error_reaches_every_caller_and_the_writer_goes_on(
     store: Store,
 ) -> None:
@@ -185,3 +203,5 @@ async def test_a_caller_that_gave_up_is_left_out_of_the_batch(
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ConfigurationError):
         GroupCommitInserter(None, max_pending=0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        GroupCommitInserter(None, max_in_flight=0)  # type: ignore[arg-type]

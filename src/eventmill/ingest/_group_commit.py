@@ -5,9 +5,11 @@
 committed. One writer task (:meth:`GroupCommitInserter.run`) takes the requests
 waiting (up to ``max_batch``) and stores them with one
 :meth:`~eventmill.store.EventStore.insert_many` call, i.e. one transaction: SQLite
-commits once per batch instead of once per request. Each caller gets its own item's
-result, or its :class:`~eventmill.DuplicateEventError` raised; an error of the whole
-batch (e.g. :class:`~eventmill.StoreUnavailableError`) is raised to every caller in it.
+commits once per batch instead of once per request. A few batches may be in flight
+at once (``max_in_flight``), so one batch's round trip does not hold up the next.
+Each caller gets its own item's result, or its :class:`~eventmill.DuplicateEventError`
+raised; an error of the whole batch (e.g. :class:`~eventmill.StoreUnavailableError`)
+is raised to every caller in it.
 
 Waiting requests are bounded by ``max_pending``; when full, ``insert`` waits for room
 (the request's own timeout then answers 503). A caller that gives up before its batch
@@ -41,14 +43,23 @@ class GroupCommitInserter:
     """Coalesces concurrent event inserts into one transaction (see the module docstring).
 
     ``max_batch`` (default 256) caps the events per transaction; ``max_pending``
-    (default 10 000) caps the requests waiting for the writer.
+    (default 10 000) caps the requests waiting for the writer; ``max_in_flight``
+    (default 4) caps the batches being committed at once.
     """
 
-    def __init__(self, store: Store, *, max_batch: int = 256, max_pending: int = 10_000) -> None:
-        if max_batch < 1 or max_pending < 1:
-            raise ConfigurationError("max_batch and max_pending must be at least 1")
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 256,
+        max_pending: int = 10_000,
+        max_in_flight: int = 4,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1 or max_in_flight < 1:
+            raise ConfigurationError("max_batch, max_pending and max_in_flight must be at least 1")
         self._events = store.events
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=max_pending)
         self._closed = False
 
@@ -69,14 +80,38 @@ class GroupCommitInserter:
         return await future
 
     async def run(self) -> None:
-        """The writer: commit waiting inserts batch by batch until cancelled."""
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            live = [request for request in batch if not request[2].done()]
-            if live:
-                await self._commit(live)
+        """The writer: commit waiting inserts batch by batch until cancelled.
+
+        Up to ``max_in_flight`` batches are being committed at once: the next batch is
+        taken while earlier ones are on their way (the store orders their writes), so
+        a batch does not wait for the previous one's answer to come back. When all
+        slots are busy, requests keep gathering into the next batch. Cancelling
+        ``run`` cancels the batches in flight (their callers get StoreUnavailableError).
+        """
+        slots = asyncio.Semaphore(self._max_in_flight)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                batch = [await self._queue.get()]
+                while len(batch) < self._max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                live = [request for request in batch if not request[2].done()]
+                if not live:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._commit(live))
+                in_flight.add(task)
+                task.add_done_callback(finished)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def close(self) -> None:
         """Refuse new inserts and fail those still waiting (they were never committed)."""

@@ -64,35 +64,43 @@ class Accepted:
 async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) -> list[Accepted]:
     """Store ``(event, external_id)`` pairs in order, then publish the new ones together.
 
-    Raises :class:`~eventmill.StoreUnavailableError` when the store cannot commit
+    Storing and publishing share one ``request_timeout``. Raises
+    :class:`~eventmill.StoreUnavailableError` when the store cannot commit in time
     (nothing new is then acknowledged), :class:`PublishPendingError` when the bus
-    fails after the store committed.
+    fails or times out after the store committed.
     """
     events = ctx.require_events()
     timeout = ctx.config.request_timeout
-    deadline = asyncio.get_running_loop().time() + timeout
     accepted: list[Accepted] = []
     fresh: list[Event] = []
+    stored = False
     try:
-        async with asyncio.timeout_at(deadline):
-            if ctx.inserter is not None:
+        async with asyncio.timeout(timeout):
+            if ctx.inserter is not None and len(items) == 1:  # a webhook: no gather task
+                results = [await ctx.inserter.insert(*items[0])]
+            elif ctx.inserter is not None:
                 inserter = ctx.inserter
                 results = await asyncio.gather(*(inserter.insert(e, x) for e, x in items))
             else:
                 results = [await events.insert(e, external_id=x) for e, x in items]
-    except TimeoutError:
-        raise StoreUnavailableError(
-            f"the event store did not answer within {timeout:g} s"
-        ) from None
-    for stored, created in results:
-        accepted.append(Accepted(stored.event.id, not created, stored.event))
-        if created:
-            fresh.append(stored.event)
-    if fresh and ctx.config.crash_after_store:
-        _log.critical("fault injection: crash_after_store, exiting before publish")
-        os._exit(CRASH_EXIT_CODE)
+            stored = True
+            for stored_event, created in results:
+                accepted.append(Accepted(stored_event.event.id, not created, stored_event.event))
+                if created:
+                    fresh.append(stored_event.event)
+            if fresh and ctx.config.crash_after_store:
+                _log.critical("fault injection: crash_after_store, exiting before publish")
+                os._exit(CRASH_EXIT_CODE)
+            if fresh:
+                await _send(ctx, fresh)
+    except TimeoutError as exc:
+        if not stored:
+            raise StoreUnavailableError(
+                f"the event store did not answer within {timeout:g} s"
+            ) from None
+        raise _pending(fresh, exc) from exc
     if fresh:
-        await publish_stored(ctx, fresh, deadline=deadline)
+        await _mark(ctx, fresh, mark_now=False)
     return accepted
 
 
@@ -112,47 +120,72 @@ async def publish_stored(
     Failing to *mark* them is only logged: they are on the bus, and the relay may
     publish them once more (receivers drop duplicates by id).
     """
-    cfg = ctx.config
-    ids = ", ".join(e.id for e in events[:3]) + (" …" if len(events) > 3 else "")
+    if deadline is None:
+        deadline = asyncio.get_running_loop().time() + ctx.config.request_timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            await _send(ctx, events)
+    except TimeoutError as exc:
+        raise _pending(events, exc) from exc
+    await _mark(ctx, events, mark_now=mark_now)
+
+
+def _ids(events: Sequence[Event]) -> str:
+    return ", ".join(e.id for e in events[:3]) + (" …" if len(events) > 3 else "")
+
+
+def _pending(events: Sequence[Event], exc: BaseException) -> PublishPendingError:
+    ids = _ids(events)
+    _log.warning("publish of %s failed (%s); the relay will retry", ids, type(exc).__name__)
+    return PublishPendingError(
+        f"event stored ({ids}) but the bus is unavailable; it will be published "
+        "when the bus is back, and a retry of this request is answered as a duplicate"
+    )
+
+
+async def _send(ctx: IngestContext, events: Sequence[Event]) -> None:
+    """Publish ``events`` (marked as stored) in one call; the caller bounds the time.
+    A bus error becomes :class:`PublishPendingError`."""
     messages = []
     for event in events:
         msg = event.to_message()
         msg.metadata[STORED_MARK] = "1"
         messages.append(msg)
     try:
-        bus = ctx.require_bus()
-        if deadline is None:
-            deadline = asyncio.get_running_loop().time() + cfg.request_timeout
-        async with asyncio.timeout_at(deadline):
-            await bus.publish(cfg.topic, *messages)
-    except (PubSubError, TimeoutError) as exc:
-        _log.warning("publish of %s failed (%s); the relay will retry", ids, type(exc).__name__)
-        raise PublishPendingError(
-            f"event stored ({ids}) but the bus is unavailable; it will be published "
-            "when the bus is back, and a retry of this request is answered as a duplicate"
-        ) from exc
+        await ctx.require_bus().publish(ctx.config.topic, *messages)
+    except PubSubError as exc:
+        raise _pending(events, exc) from exc
+
+
+async def _mark(ctx: IngestContext, events: Sequence[Event], *, mark_now: bool) -> None:
     ids_list = [e.id for e in events]
     if not mark_now and ctx.marker is not None and ctx.marker.add(ids_list):
         return
     try:
         await ctx.require_events().mark_published(ids_list)
     except StoreError as exc:
-        _log.warning("published %s but could not mark it: %s", ids, exc)
+        _log.warning("published %s but could not mark it: %s", _ids(events), exc)
 
 
 class PublishMarker:
     """Marks published events in the store in batches (one UPDATE for many requests).
 
     :meth:`add` queues ids and returns at once; :meth:`run` writes everything queued
-    in one ``mark_published`` call per round. At most ``max_pending`` ids wait; when
-    full, :meth:`add` refuses (returns ``False``) and the caller marks its ids itself.
+    in one ``mark_published`` call per round, and after a round waits ``min_interval``
+    seconds (default 0.05) before the next one, so under load the marks of many
+    requests share one write instead of contending with the inserts for the store's
+    writer. At most ``max_pending`` ids wait; when full, :meth:`add` refuses (returns
+    ``False``) and the caller marks its ids itself.
     An id that is never marked (crash, store down) is published again by the relay:
     at-least-once, receivers drop duplicates by id.
     """
 
-    def __init__(self, ctx: IngestContext, *, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, ctx: IngestContext, *, max_pending: int = 10_000, min_interval: float = 0.05
+    ) -> None:
         self._ctx = ctx
         self._max = max_pending
+        self._min_interval = min_interval
         self._pending: list[str] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -181,6 +214,8 @@ class PublishMarker:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
+            if self._min_interval > 0:
+                await asyncio.sleep(self._min_interval)  # ids queued meanwhile: next round
 
     async def close(self) -> None:
         """Stop accepting ids and flush what is queued."""

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -26,7 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
+from sqlalchemy.util import greenlet_spawn
 
 from eventmill.errors import StoreError, StoreUnavailableError
 from eventmill.store.config import StoreConfig
@@ -42,6 +44,9 @@ MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 _WRITE_OPTION: Final = "eventmill_write"
 _WAIT_OPTION: Final = "eventmill_lock_wait_ms"
 _MIGRATION_WAIT_MS: Final = 120_000
+
+CHECKPOINT_EVERY: Final = 200
+"""Statements :meth:`Store.sqlite_write` runs inline between two WAL checkpoints."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -70,6 +75,13 @@ class Store:
         self.config = config
         self.engine = engine
         self._write_lock = asyncio.Lock() if config.dialect == "sqlite" else None
+        self._writer: PoolProxiedConnection | None = None
+        self._inline: sqlite3.Connection | None = None
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._queued = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._closed = False
         self.events = EventStore(self)
         """The event store."""
@@ -99,6 +111,16 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+        if self._writer is not None:
+            await self._drained.wait()
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(Exception):
+                await greenlet_spawn(writer.close)
         await self.engine.dispose()
 
     async def __aenter__(self) -> Self:
@@ -132,6 +154,8 @@ class Store:
             async with contextlib.AsyncExitStack() as stack:
                 if lock is not None:
                     await stack.enter_async_context(lock)
+                    if write:
+                        await self._drained.wait()  # statements queued by sqlite_write
                 conn = await stack.enter_async_context(self.engine.connect())
                 if self.config.dialect == "sqlite":
                     wait = self.config.busy_timeout_ms if lock_wait_ms is None else lock_wait_ms
@@ -142,6 +166,128 @@ class Store:
                 yield conn
         except (TimeoutError, sa_exc.SQLAlchemyError, OSError) as exc:
             raise self.translate(exc) from exc
+
+    async def sqlite_write(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """SQLite files only: run one writing statement in autocommit mode (it is its
+        own transaction, committed when it completes); return the rows it returns (its
+        ``RETURNING`` clause tells what it did).
+
+        With ``synchronous=normal`` (the default) the statement runs on the event loop's
+        thread, on a connection that never waits: its busy timeout is 0 and it never
+        checkpoints (a commit then only appends to the WAL, no fsync); checkpoints run
+        in a worker thread every :data:`CHECKPOINT_EVERY` statements. A round trip to
+        a driver thread costs more than such a statement whenever the CPUs are busy.
+        If the database is locked by another process, or with ``synchronous=full``, the
+        statement goes to the dedicated writer connection's thread instead (which waits
+        up to ``busy_timeout_ms``); statements queued there run in call order without
+        waiting for each other's answers. A :meth:`transaction` with ``write=True``
+        waits until every queued statement is done, and statements wait for it: writers
+        never meet at SQLite's file lock within this process. Errors are translated as
+        in :meth:`transaction`.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        if self._write_lock is None or self.config.memory:
+            raise StoreError("sqlite_write is only available on SQLite file stores")
+        try:
+            async with self._write_lock:
+                inline = self._inline_connection()
+                if inline is not None:
+                    await self._drained.wait()
+                    done = self._run_inline(inline, sql, args)
+                    if done is not None:
+                        return done
+                driver = await self._writer_connection()
+                self._queued += 1
+                self._drained.clear()
+                # The task starts on the next loop iteration, in creation order, and
+                # queues the statement on the connection's thread (FIFO).
+                pending = asyncio.ensure_future(driver.execute_fetchall(sql, list(args)))
+            try:
+                rows = await asyncio.shield(pending)
+            finally:
+                if pending.done():
+                    self._statement_done()
+                else:  # cancelled caller: the statement still runs; count it when it ends
+                    pending.add_done_callback(self._late_statement_done)
+            return list(rows)
+        except (TimeoutError, sa_exc.SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            raise self.translate(exc) from exc
+
+    def _inline_connection(self) -> sqlite3.Connection | None:
+        if self.config.synchronous != "normal":
+            return None
+        if self._inline is None:
+            con = sqlite3.connect(_sqlite_path(self.config), isolation_level=None)
+            try:
+                for pragma in (
+                    "PRAGMA busy_timeout = 0",
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA wal_autocheckpoint = 0",
+                ):
+                    con.execute(pragma).close()
+            except BaseException:
+                con.close()
+                raise
+            self._inline = con
+        return self._inline
+
+    def _run_inline(
+        self, con: sqlite3.Connection, sql: str, args: Sequence[Any]
+    ) -> list[Any] | None:
+        """Run the statement on ``con``; ``None`` if the database is locked (by another
+        process: in-process writers hold the write lock)."""
+        try:
+            cursor = con.execute(sql, args)
+            try:
+                result = cursor.fetchall()
+            finally:
+                cursor.close()
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                return None
+            raise
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpointing is None:
+            self._since_checkpoint = 0
+            self._checkpointing = asyncio.create_task(self._checkpoint())
+        return result
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never blocks writers or readers)."""
+        path = _sqlite_path(self.config)
+        try:
+            await asyncio.to_thread(_checkpoint_wal, path)
+        except sqlite3.Error:
+            pass  # the next one retries; readers and writers are unaffected
+        finally:
+            self._checkpointing = None
+
+    def _late_statement_done(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved: its caller is gone
+        self._statement_done()
+
+    def _statement_done(self) -> None:
+        self._queued -= 1
+        if self._queued == 0:
+            self._drained.set()
+
+    async def _writer_connection(self) -> Any:
+        """The dedicated writer connection (checked out of the pool on first use, under
+        the write lock, kept until :meth:`close`); its driver (aiosqlite) connection."""
+        if self._writer is None:
+            raw = await self.engine.raw_connection()
+            wait = self.config.busy_timeout_ms
+            if raw.info.get(_WAIT_OPTION) != wait:
+                driver: Any = raw.driver_connection
+                await driver.execute_fetchall(f"PRAGMA busy_timeout = {int(wait)}")
+                raw.info[_WAIT_OPTION] = wait
+            self._writer = raw
+        return self._writer.driver_connection
 
     def translate(self, exc: BaseException) -> StoreError:
         """Map a driver/SQLAlchemy error to StoreUnavailableError or StoreError (no secrets)."""
@@ -190,7 +336,7 @@ def _unavailable(exc: BaseException, orig: BaseException, dialect: str) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     if dialect == "sqlite":
-        if isinstance(exc, sa_exc.OperationalError):
+        if isinstance(exc, sa_exc.OperationalError | sqlite3.OperationalError):
             text = str(orig).lower()
             return any(marker in text for marker in _SQLITE_UNAVAILABLE)
         return False
@@ -210,11 +356,23 @@ def _upgrade(sync_conn: sa.Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+def _sqlite_path(config: StoreConfig) -> str:
+    return config.url.split(":///", 1)[1].split("?", 1)[0]
+
+
+def _checkpoint_wal(path: str) -> None:
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+    finally:
+        con.close()
+
+
 def _check_sqlite_directory(config: StoreConfig) -> None:
     """Fail early, and clearly, when a SQLite file's directory does not exist."""
     if config.dialect != "sqlite" or config.memory:
         return
-    path = Path(config.url.split(":///", 1)[1].split("?", 1)[0])
+    path = Path(_sqlite_path(config))
     if not path.parent.is_dir():
         raise StoreUnavailableError(
             f"cannot open the SQLite store: directory {str(path.parent)!r} does not exist"

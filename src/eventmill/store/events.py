@@ -143,7 +143,7 @@ def _values(
         "event_name": event.event_name,
         "user_id": event.user_id,
         "payload": event.payload,
-        "metadata": event.metadata.model_dump(mode="json"),
+        "metadata": event.to_dict()["metadata"],  # = metadata.model_dump(mode="json")
         "created_at": event.created_at,
         "processed_at": event.processed_at,
         "stored_at": now,
@@ -215,6 +215,29 @@ class _SqliteFastPath:
         return process(value) if process is not None else value
 
 
+def _resolve(
+    items: Sequence[tuple[Event, str | None]],
+    results: Sequence[tuple[StoredEvent, bool] | None],
+    by_key: dict[tuple[str, str], StoredEvent],
+    by_id: dict[str, StoredEvent],
+) -> list[tuple[StoredEvent, bool] | DuplicateEventError]:
+    """``insert_many``'s answer: each item's own result, else the event stored first
+    under its key, else DuplicateEventError (its id is taken by another key)."""
+    out: list[tuple[StoredEvent, bool] | DuplicateEventError] = []
+    for (event, ext), result in zip(items, results, strict=True):
+        if result is not None:
+            out.append(result)
+            continue
+        found = by_key.get((event.source, ext)) if ext is not None else by_id.get(event.id)
+        if found is None:
+            out.append(
+                DuplicateEventError(f"event id {event.id!r} is already used by another event")
+            )
+        else:
+            out.append((found, False))
+    return out
+
+
 def _row_to_stored(row: Any) -> StoredEvent:
     m = row._mapping
     event = Event.model_validate(
@@ -246,7 +269,8 @@ class EventStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock_key = advisory_key("eventmill-events", store.config.schema or "")
-        self._fast = _SqliteFastPath(store) if store.dialect == "sqlite" else None
+        fast = store.dialect == "sqlite" and not store.config.memory
+        self._fast = _SqliteFastPath(store) if fast else None
 
     # -- writes ---------------------------------------------------------------------
 
@@ -334,7 +358,7 @@ class EventStore:
             for i in range(0, len(params), _ID_CHUNK):
                 for row in await conn.execute(stmt, params[i : i + _ID_CHUNK]):
                     created[(row.id, row.source, row.external_id)] = int(row.position)
-            results: list[tuple[StoredEvent, bool] | DuplicateEventError | None] = []
+            results: list[tuple[StoredEvent, bool] | None] = []
             for event, ext in items:
                 position = created.pop((event.id, event.source, ext), None)
                 if position is None:
@@ -344,19 +368,7 @@ class EventStore:
                     results.append((stored, True))
             missing = [items[i] for i, r in enumerate(results) if r is None]
             by_key, by_id = await self._lookup(conn, missing) if missing else ({}, {})
-        out: list[tuple[StoredEvent, bool] | DuplicateEventError] = []
-        for (event, ext), result in zip(items, results, strict=True):
-            if result is not None:
-                out.append(result)
-                continue
-            found = by_key.get((event.source, ext)) if ext is not None else by_id.get(event.id)
-            if found is None:
-                out.append(
-                    DuplicateEventError(f"event id {event.id!r} is already used by another event")
-                )
-            else:
-                out.append((found, False))
-        return out
+        return _resolve(items, results, by_key, by_id)
 
     async def _insert_many_sqlite(
         self,
@@ -366,15 +378,14 @@ class EventStore:
         published: bool,
     ) -> list[tuple[StoredEvent, bool] | DuplicateEventError]:
         """SQLite: one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` in
-        autocommit, i.e. one statement, one transaction and one round trip to the
-        driver's thread; then (only if some were not inserted) one read of the rows
-        that were there first. Rows are never deleted, so that read finds them."""
+        autocommit, i.e. one statement and one transaction, run by
+        :meth:`Store.sqlite_write` (inline, without a round trip to a driver thread);
+        then, only if some rows were already there, one read of those."""
         assert self._fast is not None
-        async with self._store.sqlite_autocommit() as driver:
-            sql, args = self._fast.insert(params)
-            rows = await driver.execute_fetchall(sql, args)
+        sql, args = self._fast.insert(params)
+        rows = await self._store.sqlite_write(sql, args)
         created = {(r[0], r[2], r[3]): int(r[1]) for r in rows}
-        results: list[tuple[StoredEvent, bool] | DuplicateEventError | None] = []
+        results: list[tuple[StoredEvent, bool] | None] = []
         for event, ext in items:
             position = created.pop((event.id, event.source, ext), None)
             if position is None:
@@ -387,19 +398,7 @@ class EventStore:
             return [r for r in results if r is not None]
         async with self._store.transaction(write=False) as conn:
             by_key, by_id = await self._lookup(conn, missing)
-        out: list[tuple[StoredEvent, bool] | DuplicateEventError] = []
-        for (event, ext), result in zip(items, results, strict=True):
-            if result is not None:
-                out.append(result)
-                continue
-            found = by_key.get((event.source, ext)) if ext is not None else by_id.get(event.id)
-            if found is None:
-                out.append(
-                    DuplicateEventError(f"event id {event.id!r} is already used by another event")
-                )
-            else:
-                out.append((found, False))
-        return out
+        return _resolve(items, results, by_key, by_id)
 
     async def _lookup(
         self, conn: AsyncConnection, items: Sequence[tuple[Event, str | None]]
@@ -440,9 +439,7 @@ class EventStore:
         if self._fast is not None and len(ids) <= _ID_CHUNK:
             # one statement, one transaction, one round trip to the driver's thread
             args = [self._fast.timestamp(now), *ids]
-            async with self._store.sqlite_autocommit() as driver:
-                rows = await driver.execute_fetchall(self._fast.mark(len(ids)), args)
-            return len(list(rows))
+            return len(await self._store.sqlite_write(self._fast.mark(len(ids)), args))
         count = 0
         async with self._store.transaction(write=True) as conn:
             for i in range(0, len(ids), _ID_CHUNK):
