@@ -83,8 +83,11 @@ class GroupCommitInserter:
         """The writer: commit waiting inserts batch by batch until cancelled.
 
         Up to ``max_in_flight`` batches are being committed at once: the next batch is
-        taken while earlier ones are on their way (the store orders their writes), so
-        a batch does not wait for the previous one's answer to come back. When all
+        taken while earlier ones are on their way, so a batch does not wait for the
+        previous one's answer to come back. Batches in flight together may commit in
+        any order (on PostgreSQL their connections race for the store's lock): of two
+        concurrent requests with one dedup key, either may be the one stored; the
+        other gets that event back as a duplicate. When all
         slots are busy, requests keep gathering into the next batch. Cancelling
         ``run`` cancels the batches in flight (their callers get StoreUnavailableError).
         """
