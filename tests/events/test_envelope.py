@@ -193,3 +193,67 @@ def test_event_message_round_trip(event: Event) -> None:
     # a copy delivered by a backend decodes the same
     delivered = Message._received(msg.id, dict(msg.metadata), bytes(msg.payload), None)
     assert Event.from_message(delivered) == event
+
+
+def _ulid_reference(n: int) -> str:
+    """The ULID text of the 128-bit ``n``, five bits at a time (the plain algorithm)."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(n >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+@pytest.mark.parametrize("fill", [b"\x00" * 10, b"\xff" * 10, bytes(range(10))])
+def test_new_event_id_is_the_ulid_of_time_and_randomness(
+    fill: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eventmill.events.envelope as envelope
+
+    ms = 1_700_000_000_123
+    monkeypatch.setattr(envelope.os, "urandom", lambda size: fill[:size])
+    monkeypatch.setattr(envelope.time, "time_ns", lambda: ms * 1_000_000 + 999)
+    expected = _ulid_reference(ms << 80 | int.from_bytes(fill, "big"))
+    assert new_event_id() == "evt_" + expected
+
+
+_PART_VALUES: list[dict[str, object]] = [
+    {"event_name": "razorpay.payment.captured", "source": "razorpay", "user_id": "user_1"},
+    {"event_name": "a", "source": "gh-1_x", "user_id": None},
+    {"event_name": "x" * 200, "source": "a" * 64, "user_id": "é" * 256},
+    {"event_name": "bad name", "source": "razorpay", "user_id": None},
+    {"event_name": "x" * 201, "source": "razorpay", "user_id": None},
+    {"event_name": "ok", "source": "Razorpay", "user_id": None},
+    {"event_name": "ok", "source": "a" * 65, "user_id": None},
+    {"event_name": "ok", "source": "razorpay", "user_id": "line\nbreak"},
+    {"event_name": "ok", "source": "razorpay", "user_id": "x" * 257},
+    {"event_name": "ok", "source": "razorpay", "user_id": ""},
+    {"event_name": "ok", "source": EventSource.RAZORPAY, "user_id": None},
+]
+_PART_TIMES = [
+    datetime(2024, 1, 20, 10, 30, tzinfo=UTC),
+    datetime(2024, 1, 20, 10, 30),
+    datetime(2024, 1, 20, 10, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+]
+
+
+@pytest.mark.parametrize("created_at", _PART_TIMES)
+@pytest.mark.parametrize("parts", _PART_VALUES)
+@pytest.mark.parametrize("payload", [{"a": [1, {"b": None}]}, [], "text", PaymentProcessed])
+def test_from_parts_equals_the_validated_constructor(
+    parts: dict[str, object], created_at: datetime, payload: object
+) -> None:
+    if payload is PaymentProcessed:
+        payload = PaymentProcessed(
+            payment_id="p", user_id="u", amount=1.5, currency="INR", status="ok",
+            processed_at=created_at,
+        )  # fmt: skip
+    kwargs = {**parts, "created_at": created_at, "payload": payload}
+
+    def build(factory: object) -> object:
+        try:
+            event = factory(**kwargs)  # type: ignore[operator]
+        except Exception as exc:  # pydantic.ValidationError from both, or neither
+            return type(exc), str(exc)
+        dumped = event.model_dump()
+        dumped.pop("id")
+        return dumped, event.model_fields_set, event.created_at.tzinfo, type(event.source)
+
+    assert build(Event.from_parts) == build(Event)

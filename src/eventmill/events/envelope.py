@@ -50,6 +50,9 @@ SOURCE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 """Sources: 1-64 lowercase letters, digits, ``_`` and ``-`` (a source names a URL path)."""
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_PAIRS: Final = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+"""Every 10-bit value as two Crockford characters."""
+_PAIR_SHIFTS: Final = tuple(range(120, -10, -10))
 
 
 class EventSource(StrEnum):
@@ -73,11 +76,8 @@ def new_event_id() -> str:
     the remaining 80 bits are random.
     """
     n = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "evt_" + "".join(reversed(chars))
+    # 130 bits (the top two zero) as 13 pairs of characters, most significant first
+    return "evt_" + "".join([_CROCKFORD_PAIRS[n >> shift & 1023] for shift in _PAIR_SHIFTS])
 
 
 def _utc(value: datetime) -> datetime:
@@ -126,6 +126,11 @@ class EventMetadata(BaseModel):
     """How often processing was retried (default 0)."""
 
 
+_USER_ID_RE: Final = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+"""``Event.user_id``'s rule (its field pattern), for :meth:`Event.from_parts`."""
+_PARTS: Final = frozenset({"event_name", "source", "user_id", "payload", "created_at"})
+
+
 class Event(BaseModel):
     """One event: what happened (``event_name``), where it came from (``source``), for
     whom (``user_id``), with what data (``payload``).
@@ -142,7 +147,7 @@ class Event(BaseModel):
     id: str = Field(default_factory=new_event_id, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")
     event_name: Annotated[str, AfterValidator(_check_name)]
     source: Annotated[str, AfterValidator(_check_source)] = EventSource.INTERNAL.value
-    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")
+    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")  # _USER_ID_RE
     payload: Any = Field(default_factory=dict)
     metadata: EventMetadata = Field(default_factory=EventMetadata)
     created_at: UtcDatetime = Field(default_factory=_now)
@@ -161,6 +166,64 @@ class Event(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return value
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        event_name: str,
+        source: str,
+        user_id: str | None,
+        payload: Any,
+        created_at: datetime,
+    ) -> Event:
+        """Return ``Event(event_name=..., source=..., user_id=..., payload=..., created_at=...)``
+        (a new id, default metadata), built without pydantic's validation pass when every
+        value is already in the form validation would leave it in: exact ``str`` values
+        matching the field rules, a payload that is not a model (e.g. parsed JSON), a UTC
+        ``created_at``. Anything else is validated as usual (raising
+        :class:`pydantic.ValidationError`). The result is the same either way, down to
+        ``model_fields_set``.
+        """
+        if (
+            type(event_name) is str
+            and type(source) is str
+            and (user_id is None or type(user_id) is str)
+            and type(created_at) is datetime
+            and created_at.tzinfo is UTC
+            and not isinstance(payload, BaseModel)
+            and EVENT_NAME_RE.fullmatch(event_name) is not None
+            and SOURCE_RE.fullmatch(source) is not None
+            and (user_id is None or _USER_ID_RE.fullmatch(user_id) is not None)
+        ):
+            # what BaseModel.model_construct does, without its per-field loop
+            event = cls.__new__(cls)
+            _set = object.__setattr__
+            _set(
+                event,
+                "__dict__",
+                {
+                    "id": new_event_id(),
+                    "event_name": event_name,
+                    "source": source,
+                    "user_id": user_id,
+                    "payload": payload,
+                    "metadata": EventMetadata(),
+                    "created_at": created_at,
+                    "processed_at": None,
+                },
+            )
+            _set(event, "__pydantic_fields_set__", set(_PARTS))
+            _set(event, "__pydantic_extra__", None)
+            _set(event, "__pydantic_private__", None)
+            return event
+        return cls(
+            event_name=event_name,
+            source=source,
+            user_id=user_id,
+            payload=payload,
+            created_at=created_at,
+        )
 
     # -- JSON -----------------------------------------------------------------------
 

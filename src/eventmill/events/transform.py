@@ -112,7 +112,7 @@ def _build(inp: WebhookInput, name: str, user_id: str | None, created_at: dateti
             f"{inp.source} event name is not a valid event name", field="event_name"
         )
     try:
-        return Event(
+        return Event.from_parts(
             event_name=name,
             source=inp.source,
             user_id=user_id,

@@ -30,8 +30,10 @@ from eventmill.ingest.signatures import (
 )
 
 router = APIRouter()
-router.include_router(webhooks.router)
-router.include_router(api.router)
+# The sub-routers' routes themselves (each already carries its router's prefix and
+# tags), not the sub-routers: one level less of router nesting on every request.
+for _sub in (webhooks.router, api.router):
+    router.routes.extend(_sub.routes)
 
 __all__ = [
     "STORED_MARK",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from eventmill.web import ApiError
 
@@ -37,14 +37,25 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise ApiError(400, "bad_request", "Content-Length is not an integer") from None
         if size > limit:
             raise _too_large(limit)
+    # The ASGI messages themselves rather than ``request.stream()``: no async generator
+    # (and its registration with the event loop) per request.
+    receive = request.receive
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk: bytes = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                request._stream_consumed = True  # as stream() leaves it: read once
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
 
 
 def parse_json(body: bytes) -> Any:

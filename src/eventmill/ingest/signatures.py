@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from starlette.datastructures import Headers
+
 from eventmill.errors import ConfigurationError, SignatureError
 
 __all__ = [
@@ -69,11 +71,15 @@ def body_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+def _lower(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` readable by lower-case name: Starlette's (case-insensitive already)
+    as they are, without decoding every header; any other mapping copied."""
+    if isinstance(headers, Headers):
+        return headers
     return {k.lower(): v for k, v in headers.items()}
 
 
-def _require(headers: dict[str, str], name: str) -> str:
+def _require(headers: Mapping[str, str], name: str) -> str:
     value = headers.get(name.lower(), "").strip()
     if not value:
         raise SignatureError(f"missing {name} header")
@@ -85,6 +91,13 @@ def _keys(secrets: Sequence[str | bytes], what: str) -> tuple[bytes, ...]:
     if not keys or any(not k for k in keys):
         raise ConfigurationError(f"{what}: at least one non-empty secret is required")
     return keys
+
+
+def _hexdigest(keyed: hmac.HMAC, body: bytes) -> bytes:
+    """Hex HMAC of ``body`` from a copy of the keyed ``keyed`` (left unchanged)."""
+    mac = keyed.copy()
+    mac.update(body)
+    return mac.hexdigest().encode()
 
 
 def _any_match(candidates: Sequence[bytes], expected: Sequence[bytes]) -> bool:
@@ -117,13 +130,15 @@ class RazorpayScheme:
 
     def __init__(self, secrets: Sequence[str | bytes]) -> None:
         self._keys = _keys(secrets, "razorpay")
+        # one keyed HMAC per secret, set up once; each request hashes into a copy
+        self._macs = tuple(hmac.new(k, digestmod=hashlib.sha256) for k in self._keys)
 
     def verify(
         self, headers: Mapping[str, str], body: bytes, *, now: float | None = None
     ) -> Verified:
         h = _lower(headers)
         given = _require(h, "X-Razorpay-Signature").lower().encode()
-        expected = [hmac.new(k, body, hashlib.sha256).hexdigest().encode() for k in self._keys]
+        expected = [_hexdigest(mac, body) for mac in self._macs]
         if not _any_match([given], expected):
             raise SignatureError("X-Razorpay-Signature does not match")
         return Verified(delivery_id=h.get("x-razorpay-event-id") or None)
