@@ -309,7 +309,9 @@ def main() -> None:
     servers: list[tuple[str, list[str], dict[str, str]]] = [
         ("bare FastAPI 200", ["bare_app:app", "--app-dir", str(tmp)], {}),
     ]
-    for bus in ("memory://", f"sqlite:///{tmp}/bus.db"):
+    # The SQLite bus as `eventmill serve` configures it by default (synchronous=normal,
+    # like the store).
+    for bus in ("memory://", f"sqlite:///{tmp}/bus.db?synchronous=normal"):
         env = {
             "EVENTMILL_DATA_DIR": str(tmp / "data"),
             "EVENTMILL_BUS_URL": bus,

@@ -22,7 +22,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_are_embedded_under_the_data_dir() -> None:
     s = Settings.load()
     assert s.data_dir == Path("eventmill-data")
-    assert s.bus == "sqlite:///eventmill-data/bus.db"
+    assert s.bus == "sqlite:///eventmill-data/bus.db?synchronous=normal"
     assert s.store == "sqlite+aiosqlite:///eventmill-data/events.db"
     assert s.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 1024 * 1024
     assert s.razorpay_webhook_secret == []
@@ -36,7 +36,7 @@ def test_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EVENTMILL_SOURCES__GH__SECRETS", "a,b")
     monkeypatch.setenv("EVENTMILL_PORT", "9001")
     s = Settings.load()
-    assert s.bus == f"sqlite:///{tmp_path / 'bus.db'}"
+    assert s.bus == f"sqlite:///{tmp_path / 'bus.db'}?synchronous=normal"
     assert [x.get_secret_value() for x in s.razorpay_webhook_secret] == ["new-secret", "old-secret"]
     assert s.sources["gh"].scheme == "github"
     assert len(s.sources["gh"].secrets) == 2

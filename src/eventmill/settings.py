@@ -134,7 +134,11 @@ class Settings(BaseSettings):
     def _defaults(self) -> Settings:
         data_dir = self.data_dir
         if self.bus_url is None:
-            object.__setattr__(self, "bus_url", f"sqlite:///{data_dir / 'bus.db'}")
+            # Same durability as the default store (the source of truth the outbox relay
+            # re-publishes from): WAL with synchronous=normal survives a process kill; for
+            # power-loss durability set ?synchronous=full on both URLs.
+            bus = f"sqlite:///{data_dir / 'bus.db'}?synchronous=normal"
+            object.__setattr__(self, "bus_url", bus)
         if self.store_url is None:
             object.__setattr__(self, "store_url", f"sqlite+aiosqlite:///{data_dir / 'events.db'}")
         return self
