@@ -20,6 +20,7 @@ __all__ = [
     "Publisher",
     "Subscriber",
     "Subscription",
+    "check_messages",
     "validate_name",
 ]
 
@@ -37,6 +38,13 @@ def validate_name(kind: str, name: str) -> str:
             f"invalid {kind} name {name!r}: use 1-200 characters of letters, digits, '.', '_', '-'"
         )
     return name
+
+
+def check_messages(messages: tuple[object, ...]) -> None:
+    """Raise ``TypeError`` unless every item given to ``publish`` is a :class:`Message`."""
+    for m in messages:
+        if type(m) is not Message and not isinstance(m, Message):
+            raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ from eventmill.pubsub._kafka_consumer import (
     KafkaSubscription,
 )
 from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, validate_name
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["KafkaConfig", "KafkaPubSub"]
 
@@ -301,9 +301,7 @@ class KafkaPubSub(AsyncStartCloseable):
             raise ClosedError("kafka:// pubsub is closed")
         if topic not in self._topics:
             validate_name("topic", topic)
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        check_messages(messages)
         if not messages:
             return
         self._publishing += 1

@@ -30,7 +30,7 @@ from eventmill.pubsub._subscription import (
     ReaderQueue,
     TopicGroup,
 )
-from eventmill.pubsub.base import Capabilities, validate_name
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["MemoryConfig", "MemoryPubSub"]
 
@@ -211,9 +211,7 @@ class MemoryPubSub(AsyncStartCloseable):
         if t is None:
             validate_name("topic", topic)
             t = self._topics[topic] = _Topic()
-        for m in messages:
-            if type(m) is not Message and not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        check_messages(messages)
         n = len(messages)
         if not n:
             return

@@ -77,7 +77,7 @@ from eventmill.pubsub._nats_subscription import (
     TRANSIENT as _TRANSIENT,
 )
 from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, validate_name
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
 
@@ -220,9 +220,7 @@ class NatsPubSub(AsyncStartCloseable):
         stream = self._streams.get(topic)
         if stream is None:
             validate_name("topic", topic)
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        check_messages(messages)
         if not messages:
             return
         self._publishing += 1

@@ -70,7 +70,7 @@ from eventmill.pubsub._postgres_subscriptions import (
     Lease,
 )
 from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, validate_name
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.factory import redact_url
 
 __all__ = ["PostgresConfig", "PostgresPubSub"]
@@ -451,9 +451,7 @@ class PostgresPubSub(AsyncStartCloseable):
             raise ClosedError("postgresql:// pubsub is closed")
         if topic not in self._tids:
             validate_name("topic", topic)
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        check_messages(messages)
         if not messages:
             return
         if self._pool is None:
