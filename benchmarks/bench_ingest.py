@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _payloads import razorpay_payment_captured
+
 SECRET = "bench_webhook_secret"
 WARM_SECONDS = 1.0
 WRK_SCRIPT = """
@@ -84,33 +86,7 @@ def free_port() -> int:
 def webhook(i: int) -> bytes:
     """One distinct payment.captured webhook as an HTTP/1.1 request (keep-alive)."""
     body = json.dumps(
-        {
-            "entity": "event",
-            "account_id": "acc_BFQ7uQEaa7j2z7",
-            "event": "payment.captured",
-            "contains": ["payment"],
-            "payload": {
-                "payment": {
-                    "entity": {
-                        "id": f"pay_{i:014d}",
-                        "entity": "payment",
-                        "amount": 50000,
-                        "currency": "INR",
-                        "status": "captured",
-                        "order_id": "order_9A33XWu170gUtm",
-                        "method": "card",
-                        "captured": True,
-                        "email": "gaurav.kumar@example.com",
-                        "contact": "+919876543210",
-                        "notes": {"user_id": f"user_{i % 1000}"},
-                        "fee": 1180,
-                        "tax": 180,
-                        "created_at": 1567674599,
-                    }
-                }
-            },
-            "created_at": 1567674606,
-        },
+        razorpay_payment_captured(i, users=1000),
         separators=(",", ":"),
     ).encode()
     sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from _payloads import razorpay_payment_captured
 from eventmill.events import Event
 from eventmill.store import Store, open_store
 
@@ -37,33 +38,7 @@ PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def razorpay_body(i: int) -> dict[str, Any]:
-    return {
-        "entity": "event",
-        "account_id": "acc_BFQ7uQEaa7j2z7",
-        "event": "payment.captured",
-        "contains": ["payment"],
-        "payload": {
-            "payment": {
-                "entity": {
-                    "id": f"pay_{i:014d}",
-                    "entity": "payment",
-                    "amount": 50000,
-                    "currency": "INR",
-                    "status": "captured",
-                    "order_id": "order_9A33XWu170gUtm",
-                    "method": "card",
-                    "captured": True,
-                    "email": "gaurav.kumar@example.com",
-                    "contact": "+919876543210",
-                    "notes": {"user_id": f"user_{i % 100}"},
-                    "fee": 1180,
-                    "tax": 180,
-                    "created_at": 1567674599,
-                }
-            }
-        },
-        "created_at": 1567674606,
-    }
+    return razorpay_payment_captured(i, users=100)
 
 
 def make_event(i: int) -> Event:
