@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -28,7 +29,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from eventmill.errors import StoreError, StoreUnavailableError
 from eventmill.store.config import StoreConfig
@@ -220,14 +221,14 @@ class Store:
         if self._inline is None:
             con = sqlite3.connect(_sqlite_path(self.config), isolation_level=None)
             try:
-                for pragma in (
+                pragmas = (
                     "PRAGMA busy_timeout = 0",
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA journal_mode = WAL",
                     "PRAGMA synchronous = NORMAL",
                     "PRAGMA wal_autocheckpoint = 0",
-                ):
-                    con.execute(pragma).close()
+                )
+                apply_pragmas(con, pragmas, 0)  # on the loop: once (the file is WAL by now)
             except BaseException:
                 con.close()
                 raise
@@ -402,6 +403,45 @@ def _create_engine(config: StoreConfig) -> AsyncEngine:
     return engine
 
 
+def apply_pragmas(
+    con: Any,
+    pragmas: Sequence[str],
+    wait_ms: float,
+    sleep: Callable[[float], object] = time.sleep,
+) -> None:
+    """Run ``pragmas`` on a new SQLite connection (a DB-API one), retrying while the
+    database is locked, for up to ``wait_ms`` (``sleep`` waits between tries).
+
+    Switching a fresh file to WAL needs an exclusive lock, and SQLite can answer
+    "database is locked" at once, without its busy handler, while another connection
+    opens or initializes the same file; several processes (or stores) opening one
+    new database at the same time hit that window. ``journal_mode = WAL`` is only
+    asked for when the file is not in WAL mode already.
+    """
+    deadline = time.monotonic() + wait_ms / 1000
+    delay = 0.005
+    while True:
+        cursor = con.cursor()
+        try:
+            for pragma in pragmas:
+                if pragma == "PRAGMA journal_mode = WAL":
+                    cursor.execute("PRAGMA journal_mode")
+                    mode = cursor.fetchone()
+                    if mode is not None and str(mode[0]).lower() == "wal":
+                        continue
+                cursor.execute(pragma)
+            return
+        except Exception as exc:  # the DB-API's OperationalError, whichever module
+            text = str(exc).lower()
+            locked = "locked" in text or "busy" in text
+            if not locked or time.monotonic() + delay > deadline:
+                raise
+        finally:
+            cursor.close()
+        sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def _configure_sqlite(engine: AsyncEngine, config: StoreConfig) -> None:
     pragmas = [
         f"PRAGMA busy_timeout = {int(config.busy_timeout_ms)}",
@@ -417,12 +457,13 @@ def _configure_sqlite(engine: AsyncEngine, config: StoreConfig) -> None:
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Take over transaction control from the sqlite3 module (see _on_begin).
         dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        try:
-            for pragma in pragmas:
-                cursor.execute(pragma)
-        finally:
-            cursor.close()
+        # Runs in SQLAlchemy's greenlet on the event loop: wait without blocking it.
+        apply_pragmas(
+            dbapi_conn,
+            pragmas,
+            config.busy_timeout_ms,
+            lambda seconds: await_only(asyncio.sleep(seconds)),
+        )
         record.info[_WAIT_OPTION] = config.busy_timeout_ms
 
     @sa_event.listens_for(engine.sync_engine, "begin")
