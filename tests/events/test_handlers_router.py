@@ -7,7 +7,7 @@ import asyncio
 from eventmill import MemoryPubSub
 from eventmill.events import Event, EventHandlers, EventRegistry, RazorpayPaymentEvent
 from eventmill.router import Router
-from tests.events.payloads import payment_event
+from tests.payloads import payment_event
 
 
 async def test_typed_handler_consumes_and_produces_through_the_router() -> None:

@@ -15,7 +15,7 @@ from eventmill.events import (
     RazorpayWebhook,
     UserCreated,
 )
-from tests.events.payloads import (
+from tests.payloads import (
     SEED_FLAT_PAYMENT,
     order_paid,
     payment_event,
@@ -43,7 +43,7 @@ def test_payment_events(name: str) -> None:
 
 
 def test_order_paid() -> None:
-    parsed = RazorpayOrderPaidEvent.model_validate(order_paid({"user_id": "user_42"}))
+    parsed = RazorpayOrderPaidEvent.model_validate(order_paid(user_id="user_42"))
     assert parsed.order.status == "paid"
     assert parsed.order.notes == {"user_id": "user_42"}
     assert parsed.payment.id == "pay_DESlfW9H8K9uqM"

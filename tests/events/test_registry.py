@@ -19,7 +19,7 @@ from eventmill.events import (
     UserCreated,
     compile_pattern,
 )
-from tests.events.payloads import payment_event, refund_event
+from tests.payloads import payment_event, refund_event
 
 
 class Generic(BaseModel):

@@ -15,7 +15,7 @@ from eventmill.events import (
     resolve_path,
     transformer_for,
 )
-from tests.events.payloads import SEED_FLAT_PAYMENT, order_paid, payment_event, refund_event
+from tests.payloads import SEED_FLAT_PAYMENT, order_paid, payment_event, refund_event
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -43,7 +43,7 @@ def test_razorpay_falls_back_to_account_id() -> None:
 
 
 def test_razorpay_order_paid_uses_the_order_notes() -> None:
-    event = RazorpayTransformer()(rzp(order_paid({"user_id": "user_42"})))
+    event = RazorpayTransformer()(rzp(order_paid(user_id="user_42")))
     assert event.event_name == "razorpay.order.paid"
     assert event.user_id == "user_42"
 

@@ -1,4 +1,5 @@
-"""Helpers for service tests: the app with its lifespan, a real uvicorn process, bus counting."""
+"""Helpers for service tests: the app with its lifespan, a real uvicorn process, bus counting,
+a bus that stops answering, a store whose events table another client holds locked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +26,8 @@ from eventmill.app import create_app
 from eventmill.events import Event
 from eventmill.ingest import IngestContext
 from eventmill.message import Message
-from eventmill.pubsub.base import Subscription
+from eventmill.pubsub._subscription import AsyncCloseable
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.settings import Settings
 from tests.conftest import free_port, require_service
 
@@ -102,6 +105,77 @@ async def drain_until_sentinel(
             if msg.id == sentinel.id:
                 return seen
             seen.append(msg)
+
+
+class GatedBus(AsyncCloseable):
+    """A real bus whose ``publish`` waits while the gate is closed: a bus that does not
+    answer, for as long as a test wants. Everything else goes straight to ``inner``."""
+
+    def __init__(self, inner: PubSub) -> None:
+        self.inner = inner
+        self.attempts = 0
+        """How many ``publish`` calls were made (waiting or not)."""
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def close_gate(self) -> None:
+        self._open.clear()
+
+    def open_gate(self) -> None:
+        self._open.set()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        self.attempts += 1
+        await self._open.wait()
+        await self.inner.publish(topic, *messages)
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        return await self.inner.subscribe(topic, group=group)
+
+    async def close(self) -> None:
+        self._open.set()
+        await self.inner.close()
+
+
+def gate_bus(app: FastAPI) -> GatedBus:
+    """Put a :class:`GatedBus` around the running app's bus (the requests and the relay
+    publish through it; the audit handler keeps the real one) and return it."""
+    ctx = ingest_ctx(app)
+    assert ctx.bus is not None
+    gated = GatedBus(ctx.bus)
+    ctx.bus = gated
+    return gated
+
+
+@contextlib.asynccontextmanager
+async def events_table_locked(store_url: str) -> AsyncIterator[None]:
+    """Another client holds a write lock on the store's events table in an open
+    transaction (SQLite: ``BEGIN IMMEDIATE`` on the file; PostgreSQL: ``LOCK TABLE
+    events IN EXCLUSIVE MODE``): the store's inserts wait, its reads do not."""
+    if store_url.startswith("sqlite"):
+        path = store_url.split(":///", 1)[1].split("?", 1)[0]
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                con.execute("ROLLBACK")
+        finally:
+            con.close()
+        return
+    schema = store_url.split("schema=", 1)[1].split("&", 1)[0]
+    conn = await asyncpg.connect(PG_BASE)
+    try:
+        async with conn.transaction():
+            await conn.execute(f'LOCK TABLE "{schema}".events IN EXCLUSIVE MODE')
+            yield
+    finally:
+        await conn.close()
 
 
 async def drop_schema(schema: str) -> None:

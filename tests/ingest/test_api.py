@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ import pytest
 from fastapi import FastAPI
 
 from eventmill.events import Event
-from tests.ingest.support import drain_until_sentinel, ingest_ctx, running_app, settings_for
+from tests.ingest.support import (
+    drain_until_sentinel,
+    gate_bus,
+    ingest_ctx,
+    running_app,
+    settings_for,
+)
 
 
 async def _key(app: FastAPI, *scopes: str) -> dict[str, str]:
@@ -98,6 +105,49 @@ async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
         published = await drain_until_sentinel(ctx.bus, sub)
         expected = [*first.json()["ids"], *theirs.json()["ids"], *b1.json()["ids"]]
         assert [m.id for m in published] == expected
+        await sub.close()
+
+
+async def test_batch_on_a_slow_bus_is_503_and_every_event_is_relayed(
+    tmp_path: Path, store_url: str
+) -> None:
+    timeout = 0.3
+    settings = settings_for(
+        tmp_path,
+        store_url,
+        request_timeout_seconds=timeout,
+        relay_interval_seconds=0.1,
+        relay_grace_seconds=0.2,
+    )
+    async with running_app(settings) as (app, client):
+        ctx = ingest_ctx(app)
+        assert ctx.store is not None
+        bus = gate_bus(app)
+        sub = await bus.subscribe("events")
+        key = {**await _key(app, "publish"), "Idempotency-Key": "slow-bus-batch"}
+        batch = [_event(user=f"s{i}") for i in range(3)]
+
+        bus.close_gate()  # publish no longer returns
+        r = await client.post("/v1/events", json=batch, headers=key)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "bus_unavailable"
+        assert "stored" in r.json()["message"]
+        pending = await ctx.store.events.unpublished(limit=10, older_than=0)
+        stored = {str(p.event.user_id): p.id for p in pending}
+        assert sorted(stored) == ["s0", "s1", "s2"]  # the whole batch
+
+        # the retry (same Idempotency-Key) answers the stored events, bus or no bus
+        retry = await client.post("/v1/events", json=batch, headers=key)
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["ids"] == [stored[f"s{i}"] for i in range(3)]
+        assert all(e["duplicate"] for e in retry.json()["events"])
+
+        bus.open_gate()  # the relay publishes all three, in order
+        async with asyncio.timeout(30):  # hang guard
+            while await ctx.store.events.unpublished(limit=10, older_than=0):
+                await asyncio.sleep(0.05)
+        published = await drain_until_sentinel(bus, sub)
+        assert {m.id for m in published} == set(stored.values())  # at-least-once
         await sub.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from eventmill import open_pubsub
 from eventmill.store import open_store
-from tests.ingest import payloads
+from tests import payloads
 from tests.ingest.support import RAZORPAY_SECRET, Server, drain_until_sentinel
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from eventmill.ingest.signatures import (
     StripeScheme,
     body_digest,
 )
-from tests.ingest import payloads
+from tests import payloads
 
 SECRET = "rzp_webhook_s3cret"
 OLD_SECRET = "rzp_webhook_old"

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import standardwebhooks
+from fastapi import FastAPI
 
 from eventmill.events import Event
+from eventmill.settings import Settings
+from tests import payloads
 from tests.conftest import free_port
-from tests.ingest import payloads
 from tests.ingest.support import (
     GITHUB_SECRET,
     HMAC_SECRET,
@@ -23,6 +25,8 @@ from tests.ingest.support import (
     STANDARD_SECRET,
     STRIPE_SECRET,
     drain_until_sentinel,
+    events_table_locked,
+    gate_bus,
     ingest_ctx,
     running_app,
     settings_for,
@@ -350,6 +354,119 @@ async def test_bus_unreachable_is_503_and_event_stays_for_the_relay(
         # the provider's retry is a duplicate of the stored event: not stored twice
         again = await client.post("/webhooks/razorpay", content=body, headers=headers)
         assert again.json() == {"id": pending[0].id, "duplicate": True}
+
+
+TIMEOUT = 0.3
+"""``request_timeout_seconds`` of the slow-store and slow-bus tests."""
+
+
+def _timeout_settings(tmp_path: Path, store_url: str) -> Settings:
+    return settings_for(
+        tmp_path,
+        store_url,
+        request_timeout_seconds=TIMEOUT,
+        relay_interval_seconds=0.1,
+        relay_grace_seconds=0.2,
+    )
+
+
+async def _wait_published(app: FastAPI, event_id: str) -> None:
+    store = ingest_ctx(app).store
+    assert store is not None
+    events = store.events
+    async with asyncio.timeout(30):  # hang guard
+        while (got := await events.get(event_id)) is None or got.published_at is None:
+            await asyncio.sleep(0.05)
+
+
+async def test_slow_store_is_503_within_the_request_timeout(tmp_path: Path, store_url: str) -> None:
+    async with running_app(_timeout_settings(tmp_path, store_url)) as (app, client):
+        ctx = ingest_ctx(app)
+        assert ctx.bus is not None
+        assert ctx.store is not None
+        sub = await ctx.bus.subscribe("events")
+        warm_body, warm_headers = _razorpay(payment_id="pay_before_the_lock")
+        warm = await client.post("/webhooks/razorpay", content=warm_body, headers=warm_headers)
+        assert warm.status_code == 200, warm.text
+
+        body, headers = _razorpay(payment_id="pay_slow_store")
+        async with events_table_locked(store_url):
+            started = time.monotonic()
+            r = await client.post("/webhooks/razorpay", content=body, headers=headers)
+            elapsed = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.json() == {
+                "error": "store_unavailable",
+                "message": f"the event store did not answer within {TIMEOUT:g} s",
+            }
+            assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 2.0, elapsed
+            page = await ctx.store.events.query(source="razorpay", limit=10)
+            assert [s.id for s in page.events] == [warm.json()["id"]]  # nothing acknowledged
+
+        # The insert the request gave up on may still commit once the lock is gone
+        # (group commit); then it must not be stranded: the provider's retry is answered
+        # with it, and it reaches the bus (from the retry, or from the relay).
+        again = await client.post("/webhooks/razorpay", content=body, headers=headers)
+        assert again.status_code == 200, again.text
+        event_id = again.json()["id"]
+        await _wait_published(app, event_id)
+        published = await drain_until_sentinel(ctx.bus, sub)
+        assert {m.id for m in published} == {warm.json()["id"], event_id}  # at-least-once
+        stored = await ctx.store.events.get(event_id)
+        assert stored is not None
+        assert stored.external_id == headers["X-Razorpay-Event-Id"]
+        page = await ctx.store.events.query(source="razorpay", limit=10)
+        assert [s.id for s in page.events] == [warm.json()["id"], event_id]  # stored once
+        await sub.close()
+
+
+async def test_slow_bus_is_503_and_the_relay_publishes_the_event_when_it_answers(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with running_app(_timeout_settings(tmp_path, store_url)) as (app, client):
+        ctx = ingest_ctx(app)
+        assert ctx.store is not None
+        bus = gate_bus(app)
+        sub = await bus.subscribe("events")
+        warm_body, warm_headers = _razorpay(payment_id="pay_before_the_gate")
+        warm = await client.post("/webhooks/razorpay", content=warm_body, headers=warm_headers)
+        assert warm.status_code == 200, warm.text
+        warm_id = warm.json()["id"]
+        await _wait_published(app, warm_id)
+
+        bus.close_gate()  # publish no longer returns
+        attempts = bus.attempts
+        body, headers = _razorpay(payment_id="pay_slow_bus")
+        started = time.monotonic()
+        r = await client.post("/webhooks/razorpay", content=body, headers=headers)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "bus_unavailable"
+        assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 2.0, elapsed
+        assert bus.attempts > attempts  # it was stored, then the bus was tried
+
+        # stored, not yet published, and the 503 says so
+        [pending] = await ctx.store.events.unpublished(limit=10, older_than=0)
+        assert pending.external_id == headers["X-Razorpay-Event-Id"]
+        assert pending.id in r.json()["message"]
+        assert "will be published when the bus is back" in r.json()["message"]
+        # the provider's retry is answered as a duplicate, without waiting for the bus
+        again = await client.post("/webhooks/razorpay", content=body, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json() == {"id": pending.id, "duplicate": True}
+        got = await ctx.store.events.get(pending.id)
+        assert got is not None
+        assert got.published_at is None
+
+        bus.open_gate()  # the bus answers again: the relay publishes the stored event
+        await _wait_published(app, pending.id)
+        published = await drain_until_sentinel(bus, sub)
+        assert {m.id for m in published} == {warm_id, pending.id}  # at-least-once
+        relayed = Event.from_message(next(m for m in published if m.id == pending.id))
+        assert relayed.event_name == "razorpay.payment.captured"
+        assert relayed.payload == payloads.payment_captured(payment_id="pay_slow_bus")
+        assert relayed.user_id == "user_123"
+        await sub.close()
 
 
 async def test_wrong_method_is_a_json_405(tmp_path: Path, store_url: str) -> None:

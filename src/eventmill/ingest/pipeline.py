@@ -153,7 +153,7 @@ async def _send(ctx: IngestContext, events: Sequence[Event]) -> None:
         messages.append(msg)
     try:
         await ctx.require_bus().publish(ctx.config.topic, *messages)
-    except PubSubError as exc:
+    except (PubSubError, OSError) as exc:  # OSError: a client error left untranslated
         raise _pending(events, exc) from exc
 
 
