@@ -116,8 +116,12 @@ class TestPostgresConformance(ConformanceSuite):
 # -- correctness under concurrency ------------------------------------------------------
 
 
-async def test_message_committed_late_with_an_older_seq_is_delivered(schema: str) -> None:
-    """The out-of-order-commit hazard: seq N commits after seq N+1 was consumed."""
+async def test_message_committed_late_is_delivered_first_never_skipped(schema: str) -> None:
+    """The out-of-order-commit hazard: seq N commits after seq N+1.
+
+    A cursor on seq would hand out N+1 and skip N for good. Here N+1 waits until N's
+    transaction ends, then both arrive in commit-key order (N's transaction began first).
+    """
     bus = PostgresPubSub.from_url(url(schema, poll_interval=3600))
     await bus.start()
     topic, group = unique("t"), unique("g")
@@ -125,28 +129,71 @@ async def test_message_committed_late_with_an_older_seq_is_delivered(schema: str
     tid = bus._tids[topic]
     sql = bus.sql
     late = Message(b"late", {"who": "slow"})
+    early = Message(b"early")
     raw = await asyncpg.connect(bus.config.dsn)
     try:
         # A publisher that takes its seq now and commits later: the bus's own INSERT
-        # (its trigger fans out and notifies) in a transaction held open.
+        # (its trigger notifies at commit) in a transaction held open.
         tx = raw.transaction()
         await tx.start()
         await raw.execute(sql.publish, [tid], [late.id], ['{"who": "slow"}'], [late.payload])
         seq_of = f"SELECT seq FROM {sql.table('messages')} WHERE msg_id = $1"
         late_seq = await raw.fetchval(seq_of, late.id)
-        early = Message(b"early")
         await bus.publish(topic, early)
-        (got,) = await collect(sub, 1)
-        assert got.id == early.id
         early_seq = await raw.fetchval(seq_of, early.id)
         assert late_seq < early_seq, "the test did not build the hazard"
+        await nothing_arrives(sub, 0.5)
         await tx.commit()
     finally:
         await raw.close()
-    (again,) = await collect(sub, 1, timeout=10)
-    assert again.id == late.id
-    assert again.metadata == {"who": "slow"}
+    got = await collect(sub, 2, timeout=10)
+    assert [m.id for m in got] == [late.id, early.id]
+    assert got[0].metadata == {"who": "slow"}
     await bus.close()
+
+
+async def test_unrelated_open_transaction_delays_delivery_until_it_ends(
+    schema: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery waits behind any open writing transaction, resumes without a NOTIFY
+    once it ends, and a warning names the backend holding it back."""
+    from eventmill.pubsub import _postgres_subscriptions
+
+    monkeypatch.setattr(_postgres_subscriptions, "_HELD_BACK_WARN", 0.3)
+    bus = await open_pubsub(url(schema, poll_interval=3600))
+    topic = unique("t")
+    sub = await bus.subscribe(topic, group=unique("g"))
+    other = await asyncpg.connect(BASE)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        pid = await other.fetchval("SELECT pg_backend_pid()")
+        await other.fetchval("SELECT pg_current_xact_id()")  # now it holds the horizon
+        sent = Message(b"waits")
+        with caplog.at_level("WARNING", logger="eventmill.pubsub.postgres"):
+            await bus.publish(topic, sent)
+            await nothing_arrives(sub, 1.0)
+        assert f"pid {pid}" in caplog.text
+        await tx.commit()  # no NOTIFY for the topic: the consumer looks again by itself
+    finally:
+        await other.close()
+    (got,) = await collect(sub, 1, timeout=3)
+    assert got.id == sent.id
+    await bus.close()
+
+
+async def test_tables_of_an_incompatible_layout_are_refused(schema: str) -> None:
+    prefix = f"old{uuid.uuid4().hex[:6]}_"
+    conn = await asyncpg.connect(BASE)
+    try:
+        await conn.execute(
+            f'CREATE TABLE "{schema}"."{prefix}messages" (tid integer, seq bigint, '
+            "msg_id text, metadata text, payload bytea)"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(ConfigurationError, match="older eventmill"):
+        await open_pubsub(url(schema, table_prefix=prefix))
 
 
 async def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(
@@ -281,6 +328,52 @@ async def test_notify_feeds_ephemeral_subscribers_of_another_bus(schema: str) ->
     await publisher.close()
 
 
+async def test_ephemeral_subscription_misses_nothing_while_its_listen_connection_is_down(
+    schema: str,
+) -> None:
+    """NOTIFYs only wake: messages committed while no NOTIFY can arrive still come,
+    in order, once the LISTEN connection is back."""
+    bus = await open_pubsub(url(schema, poll_interval=3600))
+    publisher = await open_pubsub(url(schema))
+    assert isinstance(bus, PostgresPubSub)
+    topic = unique("t")
+    sub = await bus.subscribe(topic)
+    listen_pid = bus._listen_conn.get_server_pid()
+    killer = await asyncpg.connect(BASE)
+    try:
+        assert await killer.fetchval("SELECT pg_terminate_backend($1)", listen_pid)
+    finally:
+        await killer.close()
+    sent = msgs(20)
+    for m in sent:
+        await publisher.publish(topic, m)
+    got = await collect(sub, 20, timeout=15)
+    assert [m.id for m in got] == [m.id for m in sent]
+    assert bus._listen_conn is not None
+    assert bus._listen_conn.get_server_pid() != listen_pid, "LISTEN was not re-established"
+    await bus.close()
+    await publisher.close()
+
+
+async def test_ephemeral_subscription_sees_only_what_commits_after_subscribe(
+    schema: str,
+) -> None:
+    bus = await open_pubsub(url(schema))
+    topic = unique("t")
+    first = await bus.subscribe(topic)
+    before = msgs(5)
+    await bus.publish(topic, *before)
+    await collect(first, 5)
+    second = await bus.subscribe(topic)  # joins a topic reader already running
+    after = msgs(5)
+    await bus.publish(topic, *after)
+    got = await collect(second, 5)
+    assert [m.id for m in got] == [m.id for m in after]
+    await nothing_arrives(second, 0.3)
+    assert [m.id for m in await collect(first, 5)] == [m.id for m in after]
+    await bus.close()
+
+
 async def test_expired_lease_wakes_an_idle_consumer(schema: str) -> None:
     topic, group = unique("t"), unique("g")
     victim = await open_pubsub(url(schema, poll_interval=3600))
@@ -357,7 +450,7 @@ async def test_schema_creation_is_idempotent_under_concurrent_starts() -> None:
             "bus_topics",
             "bus_messages",
             "bus_groups",
-            "bus_deliveries",
+            "bus_leases",
         }
     finally:
         for b in buses:
@@ -383,6 +476,7 @@ def test_url_options_are_parsed() -> None:
         "postgres://app:s3cret@db.example:6543/bus?schema=ev&table_prefix=q_"
         "&visibility_timeout=45&poll_interval=0.5&prefetch=7&publish_batch=300"
         "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=none"
+        "&claim_linger=0"
         "&cleanup_interval=5&ephemeral_buffer=20&pool_min=0&pool_max=4&connect_timeout=3"
         "&reconnect_timeout=9&backoff_max=1&sslmode=disable&application_name=svc"
     )
@@ -398,6 +492,7 @@ def test_url_options_are_parsed() -> None:
         max_pending=900,
         ack_interval=0.01,
         ack_batch=50,
+        claim_linger=0.0,
         retention=None,
         cleanup_interval=5.0,
         ephemeral_buffer=20,
@@ -424,6 +519,7 @@ def test_url_options_are_parsed() -> None:
         "retention=-5",
         "pool_min=5&pool_max=2",
         "ack_interval=nan",
+        "claim_linger=-1",
     ],
 )
 def test_bad_options_are_configuration_errors(query: str) -> None:

@@ -3,31 +3,41 @@
 Tables (``<prefix>`` defaults to ``eventmill_``, in a configurable schema):
 
 * ``<prefix>topics``: one row per topic name, giving it a small integer id ``tid``.
-* ``<prefix>messages``: the durable log, keyed ``(tid, seq)`` (its only index: every
-  lookup knows the topic). ``seq`` is a bigint identity; it orders messages but is
-  *not* the commit order (sequence values are taken before commit, so concurrent
-  transactions commit them out of order). Tables created by earlier versions (key
-  ``seq`` plus an index on ``(tid, seq)``) work unchanged with these statements.
-* ``<prefix>groups``: one row per (topic, consumer group), id ``gid``.
-* ``<prefix>deliveries``: the work queue of every group: one row per (group,
-  message) not yet acknowledged, with its lease (``visible_at``, ``lease``).
+* ``<prefix>messages``: the durable log. Every row records the id of the transaction
+  that wrote it (``txid``, an ``xid8``) beside its ``seq`` (a bigint identity); its
+  only index is the primary key ``(tid, txid, seq)``, the *commit order* of the log.
+  Within a transaction seqs increase; across transactions they mean nothing (each
+  connection takes them from its own cached range).
+* ``<prefix>groups``: one row per (topic, consumer group), id ``gid``, with the
+  group's cursor ``(cur_txid, cur_seq)``: every message at or below it has been handed
+  to a member of the group (and is acknowledged, or covered by a lease).
+* ``<prefix>leases``: the batches members of a group hold: a key range of the log
+  (``lo`` .. ``hi``), a visibility deadline, a counter bumped each time the batch
+  changes hands, and the seqs of the range already acknowledged.
 
-Why per-group delivery rows instead of a per-group cursor: a cursor "seq > last"
-skips a row whose transaction took its seq early and committed late. Here every
-publish inserts its delivery rows in the same transaction as its messages, so a
-row becomes claimable exactly when it commits, whatever its seq. Members of a
-group claim rows with ``FOR UPDATE SKIP LOCKED`` and lease them; an ack deletes
-the row; a nack or an expired lease makes it claimable again.
+Why the cursor is safe (the approach of PgQ and Watermill's PostgreSQL adapter): a
+``seq`` is taken before commit, so concurrent transactions commit seqs out of order,
+and a cursor on ``seq`` alone would skip a row committed late. A consumer instead only
+reads rows whose ``txid`` is below ``pg_snapshot_xmin`` of its snapshot: every
+transaction with a smaller id has ended, so no row can ever appear below that bound
+again, and ``(txid, seq)`` order is final there. The price: a transaction that wrote
+and stays open (anywhere in the cluster) holds back delivery of rows committed after
+it started, until it ends.
+
+Claiming (:attr:`Sql.ddl`, function ``<prefix>claim``) hands a member either an
+expired lease (a crashed member's batch, a released one, or a nacked message) or
+the next ``prefetch`` rows after the cursor: it moves the cursor past them and
+records them as one new lease, in one statement. Acknowledging a whole batch deletes
+its lease; a nack moves the message into a lease of its own, visible at once. Members
+of one group take their turns on a transaction-level advisory lock per group.
 
 Publishing is one binary ``COPY`` into ``<prefix>messages`` (committed implicitly;
-:attr:`Sql.publish` is the same as an INSERT); the statement trigger
-``<prefix>fan_out`` (which fires for ``COPY`` as for ``INSERT``) inserts the delivery rows
-and sends the NOTIFY in the same transaction. Creating a group must not miss a
-message being published at the same moment: the trigger takes a *shared*
-transaction-level advisory lock on each topic before it reads the groups (in a
-new snapshot), and group creation an *exclusive* one before it backfills, so a
-publish either commits before the backfill reads the messages (and is copied) or
-sees the new group (and inserts its rows itself) - never neither, never both.
+:attr:`Sql.publish` is the same as an INSERT). The publishing process then wakes its
+own consumers of the topic directly, and other processes' with a NOTIFY on the
+topic's channel (coalesced: at most one per topic every few milliseconds). A NOTIFY
+is only a wake-up: what to read is always decided by the cursors above, so a NOTIFY
+lost (a process killed between commit and NOTIFY, a LISTEN connection down) delays
+delivery until the next wake-up or ``poll_interval``, and loses nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 __all__ = ["Sql", "lock_class"]
+
+_TABLES = ("topics", "messages", "groups", "leases")
 
 
 def lock_class(schema: str, prefix: str) -> int:
@@ -55,8 +67,13 @@ class Sql:
     def table(self, name: str) -> str:
         return f'"{self.schema}"."{self.prefix}{name}"'
 
+    def function(self, name: str) -> str:
+        return f'"{self.schema}"."{self.prefix}{name}"'
+
     @cached_property
     def lock_class(self) -> int:
+        """Advisory-lock class: key 0 guards DDL, ``lock_class ^ 1`` retention,
+        ``lock_class ^ 2`` the claims of each group (key ``gid``)."""
         return lock_class(self.schema, self.prefix)
 
     @cached_property
@@ -71,7 +88,7 @@ class Sql:
 
     @cached_property
     def ddl(self) -> str:
-        t, m, g, d = (self.table(x) for x in ("topics", "messages", "groups", "deliveries"))
+        t, m, g, le = (self.table(x) for x in _TABLES)
         p = self.prefix
         return f"""
 CREATE SCHEMA IF NOT EXISTS "{self.schema}";
@@ -82,68 +99,118 @@ CREATE TABLE IF NOT EXISTS {t} (
 );
 CREATE TABLE IF NOT EXISTS {m} (
     tid integer NOT NULL,
-    seq bigint GENERATED ALWAYS AS IDENTITY,
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq bigint GENERATED ALWAYS AS IDENTITY (CACHE 1000),
     msg_id text NOT NULL,
     metadata text NOT NULL,
     payload bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (tid, seq)
+    PRIMARY KEY (tid, txid, seq)
 );
 CREATE TABLE IF NOT EXISTS {g} (
     gid integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tid integer NOT NULL,
     name text NOT NULL,
+    cur_txid xid8 NOT NULL DEFAULT '0',
+    cur_seq bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (tid, name)
 );
-CREATE TABLE IF NOT EXISTS {d} (
+CREATE TABLE IF NOT EXISTS {le} (
+    lid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     gid integer NOT NULL,
-    seq bigint NOT NULL,
-    visible_at timestamptz NOT NULL DEFAULT now(),
-    lease integer NOT NULL DEFAULT 0,
-    PRIMARY KEY (gid, seq)
-) WITH (fillfactor = 80);
-CREATE OR REPLACE FUNCTION "{self.schema}"."{p}fan_out"() RETURNS trigger
+    lo_txid xid8 NOT NULL,
+    lo_seq bigint NOT NULL,
+    hi_txid xid8 NOT NULL,
+    hi_seq bigint NOT NULL,
+    visible_at timestamptz NOT NULL,
+    lease integer NOT NULL DEFAULT 1,
+    acked bigint[] NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS "{p}leases_gid" ON {le} (gid);
+CREATE OR REPLACE FUNCTION {self.function("claim")}(
+    p_gid integer, p_tid integer, p_limit integer, p_secs float8
+) RETURNS TABLE (
+    lid bigint, lease integer, txid xid8, seq bigint, msg_id text, metadata text, payload bytea
+)
 LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
 DECLARE
-    r record;
+    l record;
+    c_txid xid8;
+    c_seq bigint;
+    horizon xid8;
 BEGIN
-    FOR r IN
-        SELECT n.tid, min(n.seq) AS lo, max(n.seq) AS hi, count(*) AS cnt
-        FROM new_rows AS n GROUP BY n.tid ORDER BY n.tid
+    -- 1. An expired lease: a crashed or closed member's batch, or a nacked message.
     LOOP
-        -- Shared lock per topic; group creation takes it exclusively (see module doc).
-        PERFORM pg_advisory_xact_lock_shared({self.lock_class}, r.tid);
-        -- NOTIFY (sent at commit) names the committed seqs: a range, or lists of <= 300.
-        IF r.hi - r.lo + 1 = r.cnt THEN
-            PERFORM pg_notify(
-                '{self.channel_prefix}' || r.tid, r.tid || ':' || r.lo || '-' || r.hi
-            );
-        ELSE
-            PERFORM pg_notify('{self.channel_prefix}' || r.tid, r.tid || ':' || x.seqs)
-            FROM (
-                SELECT string_agg(n.seq::text, ',') AS seqs FROM new_rows AS n
-                WHERE n.tid = r.tid GROUP BY (n.seq - r.lo) / 300
-            ) AS x;
+        UPDATE {le} AS x
+        SET visible_at = now() + make_interval(secs => p_secs), lease = x.lease + 1
+        WHERE x.lid = (
+            SELECT y.lid FROM {le} AS y
+            WHERE y.gid = p_gid AND y.visible_at <= now()
+            ORDER BY y.visible_at LIMIT 1 FOR UPDATE SKIP LOCKED
+        )
+        RETURNING x.lid, x.lease, x.lo_txid, x.lo_seq, x.hi_txid, x.hi_seq, x.acked INTO l;
+        EXIT WHEN NOT FOUND;
+        RETURN QUERY
+        SELECT l.lid, l.lease, m.txid, m.seq, m.msg_id, m.metadata, m.payload
+        FROM {m} AS m
+        WHERE (m.tid, m.txid, m.seq) >= (p_tid, l.lo_txid, l.lo_seq)
+          AND (m.tid, m.txid, m.seq) <= (p_tid, l.hi_txid, l.hi_seq)
+          AND m.seq <> ALL (l.acked)
+        ORDER BY m.txid, m.seq;
+        IF FOUND THEN
+            RETURN;
         END IF;
+        DELETE FROM {le} AS x WHERE x.lid = l.lid;  -- nothing left in it
     END LOOP;
-    -- A new statement: its snapshot includes every group committed before the locks.
-    INSERT INTO {d} (gid, seq)
-    SELECT g.gid, n.seq FROM new_rows AS n JOIN {g} AS g ON g.tid = n.tid;
-    RETURN NULL;
+    -- 2. The next rows after the group's cursor, one member of the group at a time.
+    PERFORM pg_advisory_xact_lock({self.lock_class ^ 2}, p_gid);
+    SELECT g.cur_txid, g.cur_seq INTO c_txid, c_seq FROM {g} AS g WHERE g.gid = p_gid;
+    -- Every transaction below the horizon has ended: no row can appear below it.
+    horizon := pg_snapshot_xmin(pg_current_snapshot());
+    RETURN QUERY
+    WITH b AS (
+        SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
+        FROM {m} AS m
+        WHERE (m.tid, m.txid, m.seq) > (p_tid, c_txid, c_seq) AND m.tid = p_tid
+          AND m.txid < horizon
+        ORDER BY m.tid, m.txid, m.seq
+        LIMIT p_limit
+    ), lo AS (
+        SELECT b.txid, b.seq FROM b ORDER BY b.txid, b.seq LIMIT 1
+    ), hi AS (
+        SELECT b.txid, b.seq FROM b ORDER BY b.txid DESC, b.seq DESC LIMIT 1
+    ), moved AS (
+        UPDATE {g} AS g SET cur_txid = hi.txid, cur_seq = hi.seq FROM hi WHERE g.gid = p_gid
+    ), fresh AS (
+        INSERT INTO {le} (gid, lo_txid, lo_seq, hi_txid, hi_seq, visible_at)
+        SELECT p_gid, lo.txid, lo.seq, hi.txid, hi.seq, now() + make_interval(secs => p_secs)
+        FROM lo, hi
+        RETURNING {le}.lid
+    )
+    SELECT fresh.lid, 1, b.txid, b.seq, b.msg_id, b.metadata, b.payload
+    FROM b, fresh ORDER BY b.txid, b.seq;
 END
 $fn$;
-CREATE OR REPLACE TRIGGER "{p}fan_out" AFTER INSERT ON {m}
-REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION "{self.schema}"."{p}fan_out"();
 """
 
     @cached_property
+    def check_layout(self) -> str:
+        """Whether the messages table has this version's layout (a ``txid`` column)."""
+        return (
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2 AND column_name = 'txid'"
+        )
+
+    @cached_property
     def drop(self) -> str:
-        """Drop the four tables (tests and tools; not used by the backend)."""
-        names = ", ".join(self.table(x) for x in ("topics", "messages", "groups", "deliveries"))
-        fn = f'"{self.schema}"."{self.prefix}fan_out"()'
-        return f"DROP TABLE IF EXISTS {names}; DROP FUNCTION IF EXISTS {fn}"
+        """Drop the tables and functions (tests and tools; not used by the backend)."""
+        names = ", ".join(self.table(x) for x in _TABLES)
+        return (
+            f"DROP TABLE IF EXISTS {names}; "
+            f"DROP FUNCTION IF EXISTS {self.function('claim')}(integer, integer, integer, float8)"
+        )
 
     # -- topics and groups --------------------------------------------------------------
 
@@ -164,17 +231,10 @@ FOR EACH STATEMENT EXECUTE FUNCTION "{self.schema}"."{p}fan_out"();
 
     @cached_property
     def insert_group(self) -> str:
+        """A new group's cursor is at the start: it replays every retained message."""
         return (
             f"INSERT INTO {self.table('groups')} (tid, name) VALUES ($1, $2) "
             "ON CONFLICT (tid, name) DO NOTHING RETURNING gid"
-        )
-
-    @cached_property
-    def backfill_group(self) -> str:
-        """Give a new group a delivery row for every retained message (``replay``)."""
-        return (
-            f"INSERT INTO {self.table('deliveries')} (gid, seq) "
-            f"SELECT $1, seq FROM {self.table('messages')} WHERE tid = $2"
         )
 
     # -- publish ------------------------------------------------------------------------
@@ -189,11 +249,11 @@ FOR EACH STATEMENT EXECUTE FUNCTION "{self.schema}"."{p}fan_out"();
 
     @cached_property
     def publish(self) -> str:
-        """Insert messages of any topics (the ``fan_out`` trigger does the rest).
+        """Insert messages of any topics.
 
         The backend itself publishes with a binary ``COPY`` into the same columns,
-        which fires the same trigger and numbers rows in the same order (cheaper to
-        encode); this statement is the equivalent in SQL.
+        which numbers rows in the same order (cheaper to encode); this statement is
+        the equivalent in SQL.
         """
         return f"""
 INSERT INTO {self.table("messages")} (tid, msg_id, metadata, payload)
@@ -205,84 +265,135 @@ ORDER BY u.o"""
 
     @cached_property
     def claim(self) -> str:
-        """Lease up to $2 visible deliveries of group $1 (of topic $4) for $3 seconds.
+        """Lease up to $3 messages of group $1 (topic $2) for $4 seconds.
 
-        Returns ``(seq, lease, msg_id, metadata, payload)`` rows, oldest seq first.
-
-        Walks the primary key (gid, seq) in order, skipping rows leased by others
-        (future ``visible_at``: at most the prefetch of the group's live members) and
-        rows being claimed right now (SKIP LOCKED). ``visible_at`` is not indexed, so
-        leasing and renewing are HOT updates.
+        Returns ``(lid, lease, txid, seq, msg_id, metadata, payload)`` rows of one
+        lease, in commit order (see the module docstring and ``<prefix>claim``).
         """
-        m, d = self.table("messages"), self.table("deliveries")
+        return f"SELECT * FROM {self.function('claim')}($1, $2, $3, $4)"
+
+    @cached_property
+    def idle_state(self) -> str:
+        """For a group $1 whose claim found nothing: seconds until its earliest lease
+        expires (NULL when none), and whether committed messages wait behind the
+        horizon (an older transaction still open)."""
+        m, g, le = self.table("messages"), self.table("groups"), self.table("leases")
         return f"""
-WITH c AS (
-    SELECT seq FROM {d}
-    WHERE gid = $1 AND visible_at <= now()
-    ORDER BY seq
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), u AS (
-    UPDATE {d} AS d
-    SET visible_at = now() + make_interval(secs => $3), lease = d.lease + 1
-    WHERE d.gid = $1 AND d.seq = ANY(ARRAY(SELECT seq FROM c))
-    RETURNING d.seq, d.lease
-)
-SELECT u.seq, u.lease, m.msg_id, m.metadata, m.payload
-FROM u LEFT JOIN {m} AS m ON m.tid = $4 AND m.seq = u.seq
-ORDER BY u.seq"""
+SELECT
+    (SELECT EXTRACT(EPOCH FROM min(l.visible_at) - now())::float8 FROM {le} AS l
+     WHERE l.gid = $1),
+    EXISTS (
+        SELECT 1 FROM {g} AS g JOIN {m} AS m
+          ON (m.tid, m.txid, m.seq) > (g.tid, g.cur_txid, g.cur_seq) AND m.tid = g.tid
+        WHERE g.gid = $1
+    )"""
 
     @cached_property
-    def next_visible(self) -> str:
-        """Seconds until the earliest lease of group $1 expires (NULL when none)."""
+    def oldest_writer(self) -> str:
+        """The backend holding the horizon back: pid, seconds open, state (no query text)."""
         return (
-            "SELECT EXTRACT(EPOCH FROM min(visible_at) - now())::float8 "
-            f"FROM {self.table('deliveries')} WHERE gid = $1"
+            "SELECT pid, EXTRACT(EPOCH FROM now() - xact_start)::float8, state "
+            "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+            "ORDER BY age(backend_xid) DESC LIMIT 1"
         )
 
     @cached_property
-    def ack(self) -> str:
-        """Delete the deliveries $2 (seqs) of group $1."""
-        return f"DELETE FROM {self.table('deliveries')} WHERE gid = $1 AND seq = ANY($2::bigint[])"
+    def delete_leases(self) -> str:
+        """Delete leases ($1 lids, $2 lease counters) still held under those counters."""
+        return (
+            f"DELETE FROM {self.table('leases')} "
+            "WHERE lid = ANY($1::bigint[]) "
+            "AND (lid, lease) IN (SELECT * FROM unnest($1::bigint[], $2::int[]))"
+        )
 
     @cached_property
-    def set_visibility(self) -> str:
-        """Make leases of group $1 ($2 seqs, $3 leases) visible again in $4 seconds (0: now).
+    def update_leases(self) -> str:
+        """For leases ($1 lids, $2 counters) still held: add acked seqs ($3 lids, $4
+        seqs) and set the deadline $5 seconds from now (0: visible again at once)."""
+        return f"""
+UPDATE {self.table("leases")} AS l
+SET visible_at = now() + make_interval(secs => $5),
+    acked = l.acked || coalesce(
+        (SELECT array_agg(a.s) FROM unnest($3::bigint[], $4::bigint[]) AS a(id, s)
+         WHERE a.id = l.lid), '{{}}')
+WHERE l.lid = ANY($1::bigint[])
+  AND (l.lid, l.lease) IN (SELECT * FROM unnest($1::bigint[], $2::int[]))"""
 
-        Used for nack and release (0) and to renew live leases (the visibility
-        timeout). A lease that changed hands meanwhile (``lease`` differs) is left alone.
+    @cached_property
+    def nack(self) -> str:
+        """Move nacked messages into leases of their own, visible at once.
+
+        $1 lids, $2 lease counters, $3 txids, $4 seqs, one entry per message; only
+        messages of leases still held under those counters move (a lease that changed
+        hands is redelivered whole). The old lease records them as settled.
         """
+        le = self.table("leases")
+        return f"""
+WITH n AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::xid8[], $4::bigint[])
+        AS n(lid, lease, txid, seq)
+), held AS (
+    UPDATE {le} AS l SET acked = l.acked || (SELECT array_agg(n.seq) FROM n WHERE n.lid = l.lid)
+    WHERE l.lid = ANY($1::bigint[]) AND (l.lid, l.lease) IN (SELECT n.lid, n.lease FROM n)
+    RETURNING l.lid, l.gid
+)
+INSERT INTO {le} (gid, lo_txid, lo_seq, hi_txid, hi_seq, visible_at)
+SELECT held.gid, n.txid, n.seq, n.txid, n.seq, now()
+FROM n JOIN held ON held.lid = n.lid"""
+
+    @cached_property
+    def snapshot(self) -> str:
+        """The current snapshot as (xmin, xmax, in-progress txids)."""
         return (
-            f"UPDATE {self.table('deliveries')} "
-            "SET visible_at = now() + make_interval(secs => $4) "
-            "WHERE gid = $1 AND seq = ANY($2::bigint[]) "
-            "AND (seq, lease) IN (SELECT * FROM unnest($2::bigint[], $3::int[]))"
+            "SELECT pg_snapshot_xmin(s), pg_snapshot_xmax(s), ARRAY(SELECT pg_snapshot_xip(s)) "
+            "FROM (SELECT pg_current_snapshot() AS s) AS x"
         )
 
     @cached_property
-    def fetch_messages(self) -> str:
-        """The messages (topic $1[i], seq $2[i]) (ephemeral subscriptions), in seq order."""
+    def read_after(self) -> str:
+        """Up to $4 messages of topic $1 after key ($2 txid, $3 seq), below the horizon
+        (ephemeral subscriptions): ``(txid, seq, msg_id, metadata, payload)``."""
+        return f"""
+SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
+FROM {self.table("messages")} AS m
+WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3) AND m.tid = $1
+  AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY m.tid, m.txid, m.seq
+LIMIT $4"""
+
+    @cached_property
+    def exists_after(self) -> str:
+        """Whether committed messages of topic $1 follow key ($2 txid, $3 seq)."""
         return (
-            f"SELECT m.seq, m.msg_id, m.metadata, m.payload "
-            f"FROM unnest($1::int[], $2::bigint[]) AS w(t, s) "
-            f"JOIN {self.table('messages')} AS m ON m.tid = w.t AND m.seq = w.s "
-            "ORDER BY m.seq"
+            f"SELECT EXISTS (SELECT 1 FROM {self.table('messages')} AS m "
+            "WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3) AND m.tid = $1)"
         )
 
     # -- retention ----------------------------------------------------------------------
 
     @cached_property
     def retention(self) -> str:
-        """Delete up to $2 messages older than $1 seconds that no group still has to consume."""
-        m, g, d = self.table("messages"), self.table("groups"), self.table("deliveries")
+        """Delete up to $2 messages older than $1 seconds that no group still has to consume.
+
+        A message is done for a group once the group's cursor is past it and no lease
+        of the group covers it unacknowledged.
+        """
+        m, g, le = self.table("messages"), self.table("groups"), self.table("leases")
         return f"""
-DELETE FROM {m} WHERE (tid, seq) IN (
-    SELECT x.tid, x.seq FROM {m} AS x
+DELETE FROM {m} WHERE (tid, txid, seq) IN (
+    SELECT x.tid, x.txid, x.seq FROM {m} AS x
     WHERE x.created_at < now() - make_interval(secs => $1)
       AND NOT EXISTS (
-          SELECT 1 FROM {d} AS d JOIN {g} AS g ON g.gid = d.gid
-          WHERE g.tid = x.tid AND d.seq = x.seq
+          SELECT 1 FROM {g} AS g
+          WHERE g.tid = x.tid AND (x.txid, x.seq) > (g.cur_txid, g.cur_seq)
       )
-    ORDER BY x.tid, x.seq
+      AND NOT EXISTS (
+          SELECT 1 FROM {le} AS l JOIN {g} AS g ON g.gid = l.gid
+          WHERE g.tid = x.tid
+            AND (x.txid, x.seq) >= (l.lo_txid, l.lo_seq)
+            AND (x.txid, x.seq) <= (l.hi_txid, l.hi_seq)
+            AND x.seq <> ALL (l.acked)
+      )
+    ORDER BY x.tid, x.txid, x.seq
     LIMIT $2
 )"""

@@ -4,27 +4,56 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 import orjson
 
-from eventmill.errors import ClosedError
+from eventmill.errors import ClosedError, PubSubError
 from eventmill.message import Message
 from eventmill.pubsub._subscription import AsyncCloseable, BufferedSubscription, TopicGroup
 
 if TYPE_CHECKING:
     from eventmill.pubsub.postgres import PostgresPubSub
 
-__all__ = ["EphemeralSubscription", "GroupSubscription", "Lease", "Row"]
+__all__ = [
+    "EphemeralSubscription",
+    "GroupSubscription",
+    "Lease",
+    "Row",
+    "Snapshot",
+    "TopicReader",
+]
 
 log = logging.getLogger("eventmill.pubsub.postgres")
 
-#: (gid, seq, lease) of one delivery row held by a consumer.
-Lease = tuple[int, int, int]
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """A batch of the log held by one subscription (a row of ``<prefix>leases``)."""
+
+    lid: int
+    counter: int
+    """Bumped by the server each time the batch changes hands: a write guarded by a
+    stale counter is ignored (the batch went to someone else)."""
+    open: int
+    """Messages of the batch handed out or buffered and not yet settled."""
+    acked: list[int] = field(default_factory=list)
+    """Seqs acknowledged and not yet written to the server."""
+    acked_at: float = 0.0
+    """``time.monotonic()`` of the oldest ack in :attr:`acked`."""
+
 
 #: (id, metadata, payload) of a message waiting in an ephemeral subscription.
 Row = tuple[str, dict[str, str], bytes]
+
+
+_HELD_BACK_MIN = 0.01  # first re-look when messages wait behind an open transaction
+_HELD_BACK_MAX = 0.25  # backoff cap of those re-looks
+_HELD_BACK_WARN = 10.0  # seconds held back before a warning names the blocking backend
+_EPHEMERAL_FETCH = 1000  # messages per read of a topic reader
 
 
 def _retrieve(task: asyncio.Task[float | None]) -> None:
@@ -35,11 +64,12 @@ def _retrieve(task: asyncio.Task[float | None]) -> None:
 class GroupSubscription(TopicGroup, AsyncCloseable):
     """One member of a consumer group.
 
-    Claims up to ``prefetch`` deliveries at a time (``FOR UPDATE SKIP LOCKED``,
-    leased for ``visibility_timeout``), hands them out in seq order, and sleeps
-    when there is no work until a NOTIFY for its topic, a lease expiring, or
-    ``poll_interval`` wakes it. Leases of messages it holds are renewed while it
-    is open; ``close()`` flushes settlements and releases what it still holds.
+    Claims a batch of up to ``prefetch`` messages at a time (one lease, for
+    ``visibility_timeout``), hands them out in commit order, and sleeps when there
+    is no work until a NOTIFY for its topic, a lease expiring, or ``poll_interval``
+    wakes it (or, while committed messages wait behind an open transaction, a short
+    backoff). Leases it holds are renewed while it is open; ``close()`` flushes
+    settlements and releases what it still holds.
     """
 
     def __init__(self, owner: PostgresPubSub, topic: str, group: str, tid: int, gid: int) -> None:
@@ -49,8 +79,12 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self.tid = tid
         self.gid = gid
         self._buffer: deque[Message] = deque()
-        self.inflight: dict[Message, Lease] = {}
+        self.inflight: dict[Message, tuple[Lease, int, int]] = {}  # -> (lease, txid, seq)
+        self.held: dict[int, Lease] = {}  # lid -> lease with messages not yet settled
         self.wake = asyncio.Event()
+        self._held_back_since: float | None = None
+        self._backoff = _HELD_BACK_MIN
+        self._linger_until = 0.0  # loop time before which the next claim waits
         self._fetch_lock = asyncio.Lock()
         self._claim_task: asyncio.Task[float | None] | None = None
         self._closed = False
@@ -67,6 +101,11 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             async with self._fetch_lock:
                 if self._buffer or self._closed:
                     continue
+                linger = self._linger_until - asyncio.get_running_loop().time()
+                if linger > 0:  # a stream: let the next batch gather a little
+                    await asyncio.sleep(linger)
+                    if self._closed:
+                        continue
                 self.wake.clear()
                 task = asyncio.create_task(self._claim())
                 task.add_done_callback(_retrieve)  # a cancelled waiter must not leak errors
@@ -88,38 +127,76 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
                     timer.cancel()
 
     async def _claim(self) -> float | None:
-        """Lease a batch into the buffer; if none, return seconds to the next lease expiry."""
-        cfg = self._owner.config
-        sql = self._owner.sql
+        """Lease a batch into the buffer; if none, return seconds until it is worth
+        looking again (a lease expiring, or messages held back by an open transaction)."""
+        owner = self._owner
+        cfg = owner.config
+        sql = owner.sql
 
-        async def op(conn: Any) -> tuple[list[Any], float | None]:
+        async def op(conn: Any) -> tuple[list[Any], float | None, bool]:
             rows = await conn.fetch(
-                sql.claim, self.gid, cfg.prefetch, cfg.visibility_timeout, self.tid
+                sql.claim, self.gid, self.tid, cfg.prefetch, cfg.visibility_timeout
             )
             if rows:
-                return rows, None
-            return rows, await conn.fetchval(sql.next_visible, self.gid)
+                return rows, None, False
+            next_visible, held_back = await conn.fetchrow(sql.idle_state, self.gid)
+            if held_back and self._held_back_too_long():
+                blocker = await conn.fetchrow(sql.oldest_writer)
+                owner.warn_held_back(self._topic, self._group, blocker)
+            return rows, next_visible, held_back
 
-        rows, next_visible = await self._owner.run(
+        rows, next_visible, held_back = await owner.run(
             op, what="claim", deadline=None, stop=lambda: self._closed
         )
-        gid, settle = self.gid, self._settle
-        for seq, lease, msg_id, metadata, payload in rows:
-            if msg_id is None:
-                # Its message was deleted (retention racing a new group's backfill):
-                # nothing to deliver, so drop the orphaned delivery row.
-                self._owner.queue_settlement(self, (gid, seq, lease), True)
-                continue
-            msg = Message._received(msg_id, orjson.loads(metadata), payload, settle)
-            self.inflight[msg] = (gid, seq, lease)
-            self._buffer.append(msg)
-        return next_visible
+        if not rows:
+            if not held_back:
+                self._held_back_since = None
+                self._backoff = _HELD_BACK_MIN
+                return next_visible
+            # Committed messages wait behind an older transaction still open (see the
+            # module docstring of _postgres_sql): look again soon, backing off.
+            wait = self._backoff
+            self._backoff = min(self._backoff * 2, _HELD_BACK_MAX)
+            return wait if next_visible is None else min(wait, next_visible)
+        self._held_back_since = None
+        self._backoff = _HELD_BACK_MIN
+        if len(rows) < cfg.prefetch:
+            self._linger_until = asyncio.get_running_loop().time() + cfg.claim_linger
+        lid, counter = rows[0][0], rows[0][1]
+        lease = Lease(lid, counter, len(rows))
+        self.held[lid] = lease
+        settle, inflight, buffer = self._settle, self.inflight, self._buffer
+        loads, received = orjson.loads, Message._received
+        for _, _, txid, seq, msg_id, metadata, payload in rows:
+            msg = received(msg_id, loads(metadata) if metadata != "{}" else {}, payload, settle)
+            inflight[msg] = (lease, txid, seq)
+            buffer.append(msg)
+        return None
+
+    def _held_back_too_long(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if self._held_back_since is None:
+            self._held_back_since = now
+            return False
+        return now - self._held_back_since >= _HELD_BACK_WARN
 
     def _settle(self, msg: Message, ok: bool) -> None:
-        lease = self.inflight.pop(msg, None)
-        if lease is None or self._closed:
+        entry = self.inflight.pop(msg, None)
+        if entry is None or self._closed:
             return
-        self._owner.queue_settlement(self, lease, ok)
+        lease, txid, seq = entry
+        lease.open -= 1
+        if ok:
+            if not lease.acked:
+                lease.acked_at = time.monotonic()
+            lease.acked.append(seq)
+        else:
+            self._owner.queue_nack(self, lease, txid, seq)
+        if lease.open == 0:
+            del self.held[lease.lid]
+            self._owner.queue_done(lease)
+        elif ok:
+            self._owner.ack_pending()
 
     async def close(self) -> None:
         """Flush settlements, release unsettled messages (redelivered at once), stop."""
@@ -134,13 +211,14 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
                 task.cancel()
         self._owner.forget(self)
         await self._owner.flush_settlements()
-        held = list(self.inflight.items())
+        held = list(self.held.values())
+        self.held.clear()
+        for msg in self.inflight:
+            msg._on_settle = None
         self.inflight.clear()
         self._buffer.clear()
-        for msg, _ in held:
-            msg._on_settle = None
         if held:
-            await self._owner.release([lease for _, lease in held], self.tid)
+            await self._owner.release(held, self.tid)
 
     def abort(self) -> None:
         """Stop without flushing or releasing anything (a crash)."""
@@ -149,23 +227,123 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         for msg in self.inflight:
             msg._on_settle = None
         self.inflight.clear()
+        self.held.clear()
         self._buffer.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A server snapshot: which transactions had committed when it was taken."""
+
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+
+    def sees(self, txid: int) -> bool:
+        """Whether transaction ``txid`` had ended (committed) before the snapshot."""
+        if txid < self.xmin:
+            return True
+        if txid >= self.xmax:
+            return False
+        return txid not in self.running
+
+
+class TopicReader:
+    """Reads one topic's log, in commit order, for this process's ephemeral subscriptions.
+
+    An in-memory cursor (nothing stored server-side) that follows the same horizon
+    as group claims; woken by local publishes and NOTIFYs, and while messages wait
+    behind an open transaction, by a short backoff. Each subscription keeps only
+    messages its subscribe-time :class:`Snapshot` did not see committed.
+    """
+
+    def __init__(self, owner: PostgresPubSub, topic: str, tid: int, start: Snapshot) -> None:
+        self._owner = owner
+        self._topic = topic
+        self.tid = tid
+        self.subs: set[EphemeralSubscription] = set()
+        self.lock = asyncio.Lock()  # a fetch, or a subscription joining
+        self.wake = asyncio.Event()
+        self._cursor = (start.xmin, 0)
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self._task = self._owner._spawn(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        owner = self._owner
+        backoff = _HELD_BACK_MIN
+        timeout = owner.config.poll_interval
+        while True:
+            timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
+            try:
+                await self.wake.wait()
+            finally:
+                timer.cancel()
+            self.wake.clear()
+            try:
+                held_back = await owner.run(
+                    self._fetch, what="ephemeral read", deadline=None, stop=lambda: not self.subs
+                )
+            except ClosedError:
+                return
+            except PubSubError as exc:  # not transient: say so, and try again later
+                log.warning("postgresql:// reading topic %r failed: %s", self._topic, exc)
+                held_back = False
+            if held_back:
+                timeout = backoff
+                backoff = min(backoff * 2, _HELD_BACK_MAX)
+            else:
+                timeout = owner.config.poll_interval
+                backoff = _HELD_BACK_MIN
+
+    async def _fetch(self, conn: Any) -> bool:
+        """Hand every message past the cursor to the subscriptions; True when
+        committed messages wait behind the horizon."""
+        sql = self._owner.sql
+        limit = _EPHEMERAL_FETCH
+        async with self.lock:
+            while True:
+                rows = await conn.fetch(sql.read_after, self.tid, *self._cursor, limit)
+                if rows:
+                    subs = tuple(self.subs)
+                    loads = orjson.loads
+                    for txid, _, msg_id, metadata, payload in rows:
+                        targets = [sub for sub in subs if not sub.since.sees(txid)]
+                        if targets:
+                            item = (msg_id, loads(metadata), payload)
+                            for sub in targets:
+                                sub.push(item)
+                    last = rows[-1]
+                    self._cursor = (last[0], last[1])
+                if len(rows) < limit:
+                    break
+            held: bool = await conn.fetchval(sql.exists_after, self.tid, *self._cursor)
+            return held
 
 
 class EphemeralSubscription(BufferedSubscription[Row]):
     """A group-less subscription: messages committed after ``subscribe`` returned.
 
-    Fed by the bus's LISTEN connection (the NOTIFY of each publish names the seqs it
-    committed). Holds at most ``ephemeral_buffer`` messages; when full the oldest is
-    dropped. They wait as :data:`Row` s; a reader taking one gets a new
-    :class:`Message` with its own copy of the metadata. Nack puts the message back
-    at the front of this subscription only; nothing is stored server-side for it.
+    Fed by the process's :class:`TopicReader` of the topic (in commit order; a
+    LISTEN connection going down only delays it). Holds at most ``ephemeral_buffer``
+    messages; when full the oldest is dropped. They wait as :data:`Row` s; a reader
+    taking one gets a new :class:`Message` with its own copy of the metadata. Nack
+    puts the message back at the front of this subscription only; nothing is stored
+    server-side for it.
     """
 
-    def __init__(self, owner: PostgresPubSub, topic: str, tid: int, limit: int) -> None:
+    def __init__(
+        self, owner: PostgresPubSub, topic: str, tid: int, limit: int, since: Snapshot
+    ) -> None:
         super().__init__(topic, None)
         self._owner = owner
         self.tid = tid
+        self.since = since
         self._limit = limit
         self.dropped = 0
 

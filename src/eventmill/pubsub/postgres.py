@@ -9,21 +9,30 @@ Delivery model (see :mod:`eventmill.pubsub._postgres_sql` for the tables):
   commits while the next one's publishers run); each call returns when the
   transaction holding its messages commits. Messages of one call are never split
   between transactions.
-* Consumer groups are durable. Each group has one delivery row per message not yet
-  acknowledged; members claim rows with ``FOR UPDATE SKIP LOCKED`` and lease them for
-  ``visibility_timeout`` (renewed while the member is alive), so a message goes to
-  one member at a time, and a message committed late (with an older seq) is never
-  skipped. A new group starts at the oldest retained message (``replay``).
-* ack deletes the delivery row; nack makes it claimable at once; acks and nacks are
-  flushed in batches every ``ack_interval`` (and on ``close``). A consumer that dies
-  holding messages loses its leases after ``visibility_timeout``.
-* An idle consumer sleeps: the publishing transaction sends a NOTIFY on the topic's
-  channel, which wakes it within milliseconds of the commit; ``poll_interval`` is only
-  a fallback.
-* Ephemeral subscriptions (no group) are fed from those NOTIFYs, which carry the
-  committed seqs: they see what is committed after ``subscribe`` returns, nothing is
-  stored for them, and they miss what is published while the LISTEN connection is
-  down (e.g. during a server restart).
+* Consumer groups are durable. Each group has a cursor in the log's commit order;
+  a member claims the next batch (up to ``prefetch`` messages) by moving the cursor
+  past it and leasing it for ``visibility_timeout`` (renewed while the member is
+  alive), so a message goes to one member at a time, and a message committed late
+  is never skipped (see :mod:`eventmill.pubsub._postgres_sql`). A new group starts
+  at the oldest retained message (``replay``).
+* A batch whose messages are all acknowledged is deleted; a nacked message moves
+  into a lease of its own, claimable at once; these are flushed every
+  ``ack_interval`` (and on ``close``). Acks of a batch still in progress are written
+  into its lease once 50 ms old (and by :meth:`PostgresPubSub.flush_settlements`). A
+  consumer that dies holding a batch loses it after ``visibility_timeout``; the
+  batch's messages not yet written as acknowledged are delivered again.
+* Delivery follows commit order, so a transaction that wrote to the database and
+  stays open holds back messages committed after it began, until it ends (a
+  warning names its backend pid after 10 s); keep write transactions short.
+* An idle consumer sleeps. A publish wakes the consumers of its topic in the same
+  process at once, and those of other processes with a NOTIFY on the topic's channel
+  right after the commit (coalesced to one per topic every 5 ms), so a new message
+  arrives within milliseconds; ``poll_interval`` is only a fallback. A NOTIFY is only
+  a wake-up: one that is lost delays delivery and loses nothing.
+* Ephemeral subscriptions (no group) see every message committed after ``subscribe``
+  returns, in commit order, through an in-memory cursor per topic and process
+  (nothing is stored for them server-side; a LISTEN connection going down only
+  delays them).
 * Reconnect: every operation retries connection failures with capped exponential
   backoff; publishes give up after ``reconnect_timeout`` (raising
   :class:`~eventmill.BackendUnavailableError`), consumers and the LISTEN connection
@@ -44,8 +53,10 @@ import contextlib
 import functools
 import itertools
 import logging
+import time
+import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,6 +79,8 @@ from eventmill.pubsub._postgres_subscriptions import (
     EphemeralSubscription,
     GroupSubscription,
     Lease,
+    Snapshot,
+    TopicReader,
 )
 from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
@@ -79,7 +92,8 @@ log = logging.getLogger("eventmill.pubsub.postgres")
 
 T = TypeVar("T")
 
-_EPHEMERAL_QUEUE = 10_000  # most NOTIFYs waiting to be fetched for ephemeral subscriptions
+_NOTIFY_WINDOW = 0.005  # at most one NOTIFY per topic this often (seconds)
+_PARTIAL_AFTER = 0.05  # acks of a batch in progress are written once this old (seconds)
 _RETENTION_CHUNK = 5000
 _COPY_MIN = 8  # publish batches this large use COPY, smaller ones one INSERT (see _insert)
 
@@ -108,21 +122,48 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
-def _parse_ranges(text: str) -> list[int]:
-    seqs: list[int] = []
-    for item in text.split(","):
-        a, _, b = item.partition("-")
-        if b:
-            seqs.extend(range(int(a), int(b) + 1))
-        elif a:
-            seqs.append(int(a))
-    return seqs
+@dataclass(slots=True)
+class LeaseUpdate:
+    """Leases to renew (or release) with the acks of each not yet written."""
+
+    leases: list[Lease]
+    taken: list[list[int]]
+    lids: list[int]
+    counters: list[int]
+    ack_lids: list[int]
+    seqs: list[int]
+
+    @classmethod
+    def take(cls, leases: Iterable[Lease]) -> LeaseUpdate:
+        """Take the pending acks out of ``leases`` (see :meth:`restore`)."""
+        held = list(leases)
+        taken = []
+        ack_lids: list[int] = []
+        seqs: list[int] = []
+        for lease in held:
+            acked, lease.acked = lease.acked, []
+            taken.append(acked)
+            ack_lids.extend(itertools.repeat(lease.lid, len(acked)))
+            seqs.extend(acked)
+        lids = [lease.lid for lease in held]
+        return cls(held, taken, lids, [lease.counter for lease in held], ack_lids, seqs)
+
+    def restore(self) -> None:
+        """Put the taken acks back (the write did not happen)."""
+        for lease, acked in zip(self.leases, self.taken, strict=True):
+            lease.acked[:0] = acked
+
+    async def execute(self, conn: Any, sql: Sql, seconds: float) -> None:
+        await conn.execute(
+            sql.update_leases, self.lids, self.counters, self.ack_lids, self.seqs, seconds
+        )
 
 
 @dataclass(slots=True)
 class _Pending:
     """One publish call waiting for its group commit."""
 
+    tid: int
     rows: list[tuple[int, str, str, bytes]]
     fut: asyncio.Future[None]
 
@@ -159,7 +200,7 @@ class PostgresPubSub(AsyncStartCloseable):
         self._tids: dict[str, int] = {}
         self._gids: dict[tuple[int, str], int] = {}
         self._group_subs: dict[int, set[GroupSubscription]] = {}
-        self._ephemeral: dict[int, set[EphemeralSubscription]] = {}
+        self._readers: dict[int, TopicReader] = {}  # tid -> reader of its ephemeral subs
         # group commit
         self._pending: deque[_Pending] = deque()
         self._pending_count = 0
@@ -168,10 +209,10 @@ class PostgresPubSub(AsyncStartCloseable):
         self._workers = 0
         self._collecting = False  # a worker is about to take a batch (see _publish_worker)
         # settlements
-        self._ack_gids: list[int] = []
-        self._ack_seqs: list[int] = []
-        self._nacks: list[Lease] = []
+        self._done: list[Lease] = []
+        self._nacks: list[tuple[Lease, int, int]] = []  # (lease, txid, seq)
         self._nack_tids: set[int] = set()
+        self._held_back_warned = -3600.0
         self._settle_wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         # LISTEN/NOTIFY
@@ -180,8 +221,9 @@ class PostgresPubSub(AsyncStartCloseable):
         self._listen_lock = asyncio.Lock()
         self._channels: dict[str, int] = {}
         self._relisten_task: asyncio.Task[None] | None = None
-        self._eph_queue: deque[tuple[int, tuple[EphemeralSubscription, ...], list[int]]] = deque()
-        self._eph_wake = asyncio.Event()
+        self._token = uuid.uuid4().hex[:12]  # marks this bus's own NOTIFYs
+        self._notify_tids: set[int] = set()
+        self._notify_wake = asyncio.Event()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresPubSub:
@@ -220,6 +262,7 @@ class PostgresPubSub(AsyncStartCloseable):
                         await conn.execute(
                             f"SELECT pg_advisory_xact_lock({self.sql.lock_class}, 0)"
                         )
+                        await self._check_layout(conn)
                         await conn.execute(self.sql.ddl)
                     await self._connect_listener()
                     break
@@ -238,9 +281,22 @@ class PostgresPubSub(AsyncStartCloseable):
             self._pool, self._cpool = pool, cpool
             self._spawn(self._settle_loop())
             self._spawn(self._keepalive_loop())
-            self._spawn(self._dispatch_loop())
+            self._spawn(self._notify_loop())
             if cfg.retention is not None:
                 self._spawn(self._retention_loop(cfg.retention))
+
+    async def _check_layout(self, conn: Any) -> None:
+        """Refuse tables an earlier, incompatible version created (rather than mix)."""
+        sql = self.sql
+        exists = await conn.fetchval("SELECT to_regclass($1)", sql.table("messages"))
+        if exists is None:
+            return
+        if not await conn.fetchval(sql.check_layout, sql.schema, sql.messages_table):
+            raise ConfigurationError(
+                f"postgresql:// tables {sql.schema}.{sql.prefix}* were created by an older "
+                "eventmill with another layout: drain and drop them, or choose another "
+                "table_prefix"
+            )
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -258,6 +314,8 @@ class PostgresPubSub(AsyncStartCloseable):
                 fut.set_result(None)
         while self._publishers:  # they exit once every queued call is committed
             await asyncio.wait(list(self._publishers))
+        with contextlib.suppress(Exception):  # wake consumers elsewhere for the last ones
+            await self._send_notifies()
         for sub in self._all_subs():
             with contextlib.suppress(Exception):
                 await sub.close()
@@ -289,7 +347,9 @@ class PostgresPubSub(AsyncStartCloseable):
         for sub in self._all_subs():
             sub.abort()
         self._group_subs.clear()
-        self._ephemeral.clear()
+        for reader in self._readers.values():
+            reader.stop()
+        self._readers.clear()
         for pool in (self._pool, self._cpool):
             if pool is not None:
                 pool.terminate()
@@ -315,8 +375,8 @@ class PostgresPubSub(AsyncStartCloseable):
         subs: list[GroupSubscription | EphemeralSubscription] = []
         for gs in self._group_subs.values():
             subs.extend(gs)
-        for es in self._ephemeral.values():
-            subs.extend(es)
+        for reader in self._readers.values():
+            subs.extend(reader.subs)
         return subs
 
     def forget(self, sub: GroupSubscription | EphemeralSubscription) -> None:
@@ -324,7 +384,12 @@ class PostgresPubSub(AsyncStartCloseable):
         if isinstance(sub, GroupSubscription):
             self._group_subs.get(sub.tid, set()).discard(sub)
         else:
-            self._ephemeral.get(sub.tid, set()).discard(sub)
+            reader = self._readers.get(sub.tid)
+            if reader is not None:
+                reader.subs.discard(sub)
+                if not reader.subs:
+                    reader.stop()
+                    del self._readers[sub.tid]
 
     # -- running statements with reconnect ----------------------------------------------
 
@@ -426,16 +491,10 @@ class PostgresPubSub(AsyncStartCloseable):
 
         async def op(conn: Any) -> int:
             found = await conn.fetchval(sql.select_group, tid, group)
-            if found is not None:
-                return int(found)
-            async with conn.transaction():
-                # Exclusive: waits for publishes in flight on this topic, blocks new ones.
-                await conn.execute(f"SELECT pg_advisory_xact_lock({sql.lock_class}, {tid})")
+            if found is None:
                 found = await conn.fetchval(sql.insert_group, tid, group)
-                if found is None:
-                    found = await conn.fetchval(sql.select_group, tid, group)
-                else:
-                    await conn.execute(sql.backfill_group, found, tid)
+            if found is None:
+                found = await conn.fetchval(sql.select_group, tid, group)
             return int(found)
 
         gid = await self.run(
@@ -460,7 +519,10 @@ class PostgresPubSub(AsyncStartCloseable):
         if tid is None:
             tid = await self._topic_id(topic)
         dumps = orjson.dumps
-        rows = [(tid, m.id, dumps(m.metadata).decode(), m.payload) for m in messages]
+        rows = [
+            (tid, m.id, dumps(m.metadata).decode() if m.metadata else "{}", m.payload)
+            for m in messages
+        ]
         n = len(rows)
         loop = asyncio.get_running_loop()
         while self._pending_count and self._pending_count + n > self.config.max_pending:
@@ -470,7 +532,7 @@ class PostgresPubSub(AsyncStartCloseable):
             if self._closed:
                 raise ClosedError("postgresql:// pubsub is closed")
         fut: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Pending(rows, fut))
+        self._pending.append(_Pending(tid, rows, fut))
         self._pending_count += n
         if not self._collecting and self._workers < self.config.publish_workers:
             self._start_worker()
@@ -538,6 +600,7 @@ class PostgresPubSub(AsyncStartCloseable):
                     for item in batch:
                         if not item.fut.done():
                             item.fut.set_result(None)
+                    self._announce({item.tid for item in batch})
         finally:
             self._workers -= 1
 
@@ -580,9 +643,7 @@ class PostgresPubSub(AsyncStartCloseable):
             # every NOTIFY of a commit that happened before this call has then been
             # read and bound to the subscriptions that existed then, not this one.
             await self._listen(tid)
-            eph = EphemeralSubscription(self, topic, tid, self.config.ephemeral_buffer)
-            self._ephemeral.setdefault(tid, set()).add(eph)
-            return eph
+            return await self._subscribe_ephemeral(topic, tid)
         gid = await self._group_id(tid, group)
         await self._listen(tid)
         sub = GroupSubscription(self, topic, group, tid, gid)
@@ -624,9 +685,8 @@ class PostgresPubSub(AsyncStartCloseable):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max)
         # NOTIFYs sent while we were away are lost: let every consumer look for work.
-        for subs in self._group_subs.values():
-            for sub in subs:
-                sub.wake.set()
+        for tid in {*self._group_subs, *self._readers}:
+            self._wake_local(tid)
 
     async def _listen(self, tid: int) -> None:
         channel = self.sql.channel(tid)
@@ -659,171 +719,238 @@ class PostgresPubSub(AsyncStartCloseable):
             await asyncio.sleep(0.05)
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        head, _, ranges = payload.partition(":")
+        # "tid:token": messages of topic tid were committed (or released) by the bus
+        # whose token it is. This bus wakes its own consumers without a NOTIFY.
+        head, _, token = payload.partition(":")
+        if token == self._token:
+            return
         try:
             tid = int(head)
         except ValueError:
             return
+        self._wake_local(tid)
+
+    def _wake_local(self, tid: int) -> None:
         for sub in self._group_subs.get(tid, ()):
             sub.wake.set()
-        eph = self._ephemeral.get(tid)
-        if eph and ranges:
-            if len(self._eph_queue) >= _EPHEMERAL_QUEUE:
-                self._eph_queue.popleft()
-                log.warning("postgresql:// ephemeral fetch queue full: dropped a NOTIFY")
-            self._eph_queue.append((tid, tuple(eph), _parse_ranges(ranges)))
-            self._eph_wake.set()
+        reader = self._readers.get(tid)
+        if reader is not None:
+            reader.wake.set()
 
-    async def _dispatch_loop(self) -> None:
-        """Fetch the messages named by NOTIFYs and hand them to ephemeral subscriptions."""
+    def _announce(self, tids: Iterable[int]) -> None:
+        """Messages of ``tids`` became claimable: wake local consumers now, other
+        processes' with a NOTIFY (see :meth:`_notify_loop`)."""
+        for tid in tids:
+            self._wake_local(tid)
+            self._notify_tids.add(tid)
+        self._notify_wake.set()
+
+    async def _notify_loop(self) -> None:
+        """Send the NOTIFYs :meth:`_announce` asks for: the first at once, then at most
+        one per topic every ``_NOTIFY_WINDOW`` (a NOTIFY is only a wake-up)."""
         while True:
-            await self._eph_wake.wait()
-            self._eph_wake.clear()
-            while self._eph_queue:
-                entries = []
-                wanted: list[int] = []
-                topics: list[int] = []
-                while self._eph_queue and len(wanted) < 5000:
-                    entry = self._eph_queue.popleft()
-                    entries.append(entry)
-                    wanted.extend(entry[2])
-                    topics.extend(itertools.repeat(entry[0], len(entry[2])))
-                try:
-                    rows = await self.run(
-                        functools.partial(self._fetch_seqs, topics, wanted),
-                        what="ephemeral fetch",
-                        deadline=self.config.reconnect_timeout,
-                    )
-                except ClosedError:
-                    return
-                except Exception as exc:
-                    log.warning(
-                        "postgresql:// ephemeral fetch failed, %d messages not delivered: %s",
-                        len(wanted),
-                        exc,
-                    )
-                    continue
-                by_seq = {
-                    seq: (mid, orjson.loads(meta), payload) for seq, mid, meta, payload in rows
-                }
-                for _, targets, seqs in entries:
-                    for seq in seqs:
-                        found = by_seq.get(seq)
-                        if found is None:
-                            continue
-                        for sub in targets:
-                            sub.push(found)
+            await self._notify_wake.wait()
+            self._notify_wake.clear()
+            try:
+                await self._send_notifies()
+            except ClosedError:
+                return
+            except PubSubError as exc:
+                log.warning("postgresql:// NOTIFY failed (consumers elsewhere wake later): %s", exc)
+            await asyncio.sleep(_NOTIFY_WINDOW)
 
-    async def _fetch_seqs(self, tids: list[int], seqs: list[int], conn: Any) -> list[Any]:
-        rows: list[Any] = await conn.fetch(self.sql.fetch_messages, tids, seqs)
-        return rows
+    async def _send_notifies(self) -> None:
+        tids, self._notify_tids = self._notify_tids, set()
+        if not tids:
+            return
+        token = self._token
+        notes = ", ".join(f"pg_notify('{self.sql.channel(t)}', '{t}:{token}')" for t in tids)
+        await self.run(
+            lambda conn: conn.execute(f"SELECT {notes}"),
+            what="notify",
+            deadline=self.config.reconnect_timeout,
+        )
+
+    async def _subscribe_ephemeral(self, topic: str, tid: int) -> EphemeralSubscription:
+        reader = self._readers.get(tid)
+        if reader is None:
+            start = await self._snapshot()
+            reader = self._readers.get(tid)  # another subscribe may have made one
+            if reader is None:
+                reader = self._readers[tid] = TopicReader(self, topic, tid, start)
+                reader.start()
+        # No read in progress while the snapshot is taken and the subscription joins:
+        # a read that ran before saw only what committed before the snapshot.
+        async with reader.lock:
+            since = await self._snapshot()
+            eph = EphemeralSubscription(self, topic, tid, self.config.ephemeral_buffer, since)
+            reader.subs.add(eph)
+        return eph
+
+    async def _snapshot(self) -> Snapshot:
+        async def op(conn: Any) -> Snapshot:
+            xmin, xmax, running = await conn.fetchrow(self.sql.snapshot)
+            return Snapshot(xmin, xmax, frozenset(running))
+
+        return await self.run(op, what="subscribe", deadline=self.config.reconnect_timeout)
 
     # -- settlements --------------------------------------------------------------------
 
-    def queue_settlement(self, sub: GroupSubscription, lease: Lease, ok: bool) -> None:
-        """Record an ack (``ok``) or nack; flushed in the next batch."""
-        if ok:
-            self._ack_gids.append(lease[0])
-            self._ack_seqs.append(lease[1])
-        else:
-            self._nacks.append(lease)
-            self._nack_tids.add(sub.tid)
+    def queue_done(self, lease: Lease) -> None:
+        """Every message of ``lease`` is settled: delete it in the next flush."""
+        self._done.append(lease)
+        self._settle_wake.set()
+
+    def ack_pending(self) -> None:
+        """An ack of a batch still in progress waits to be written (next flush)."""
+        self._settle_wake.set()
+
+    def queue_nack(self, sub: GroupSubscription, lease: Lease, txid: int, seq: int) -> None:
+        """Record a nack: the message moves to a lease of its own in the next flush."""
+        self._nacks.append((lease, txid, seq))
+        self._nack_tids.add(sub.tid)
         self._settle_wake.set()
 
     async def _settle_loop(self) -> None:
         cfg = self.config
         while True:
             await self._settle_wake.wait()
-            if len(self._ack_seqs) + len(self._nacks) < cfg.ack_batch and cfg.ack_interval:
+            if len(self._done) + len(self._nacks) < cfg.ack_batch and cfg.ack_interval:
                 await asyncio.sleep(cfg.ack_interval)
             self._settle_wake.clear()
             with contextlib.suppress(PubSubError):
-                await self.flush_settlements()
+                await self._flush(_PARTIAL_AFTER)
+            if any(lease.acked for sub in self._group_members() for lease in sub.held.values()):
+                self._settle_wake.set()  # acks of batches in progress: written when due
 
     async def flush_settlements(self) -> None:
         """Write every ack and nack made so far (returns when they are committed).
 
-        If the server stays unreachable for ``reconnect_timeout`` the batch is dropped
-        (with a warning): the messages are then delivered again (at-least-once).
+        A batch fully settled is deleted, nacked messages move to leases of their own,
+        and the acks of batches still in progress are added to their leases. If the
+        server stays unreachable for ``reconnect_timeout`` the writes are dropped (with
+        a warning): the messages are then delivered again (at-least-once).
         """
+        await self._flush(0.0)
+
+    async def _flush(self, min_age: float) -> None:
+        """:meth:`flush_settlements`, writing the acks of a batch in progress only once
+        the oldest is ``min_age`` seconds old (most batches finish before: then only
+        their deletion is written)."""
         async with self._flush_lock:
-            while self._ack_seqs or self._nacks:
-                gids, seqs = self._ack_gids, self._ack_seqs
-                nacks, tids = self._nacks, self._nack_tids
-                self._ack_gids, self._ack_seqs, self._nacks, self._nack_tids = [], [], [], set()
+            while True:
+                done, nacks, tids = self._done, self._nacks, self._nack_tids
+                self._done, self._nacks, self._nack_tids = [], [], set()
+                due = time.monotonic() - min_age
+                partial = LeaseUpdate.take(
+                    lease
+                    for sub in self._group_members()
+                    for lease in sub.held.values()
+                    if lease.acked and lease.acked_at <= due
+                )
+                if not (done or nacks or partial.lids):
+                    return
                 try:
                     await self.run(
-                        functools.partial(self._settle, gids, seqs, nacks, tids),
+                        functools.partial(self._settle, done, nacks, tids, partial),
                         what="ack",
                         deadline=self.config.reconnect_timeout,
                     )
                 except ClosedError:
+                    partial.restore()
                     return
                 except PubSubError as exc:
                     log.warning(
                         "postgresql:// %d settlements not written (messages will be "
                         "delivered again): %s",
-                        len(seqs) + len(nacks),
+                        len(done) + len(nacks) + len(partial.seqs),
                         exc,
                     )
                     continue
                 if nacks:
-                    self._wake_groups({lease[0] for lease in nacks})
+                    self._announce(tids)
 
     async def _settle(
-        self, gids: list[int], seqs: list[int], nacks: list[Lease], tids: set[int], conn: Any
+        self,
+        done: list[Lease],
+        nacks: list[tuple[Lease, int, int]],
+        tids: set[int],
+        partial: LeaseUpdate,
+        conn: Any,
     ) -> None:
-        if seqs:
-            by_gid: dict[int, list[int]] = {}
-            for gid, seq in zip(gids, seqs, strict=True):
-                by_gid.setdefault(gid, []).append(seq)
-            for gid, group_seqs in by_gid.items():
-                await conn.execute(self.sql.ack, gid, group_seqs)
+        sql = self.sql
+        if partial.lids:
+            await partial.execute(conn, sql, self.config.visibility_timeout)
         if nacks:
-            await self._set_visibility(nacks, 0.0, tids, conn)
+            async with conn.transaction():
+                await conn.execute(
+                    sql.nack,
+                    [lease.lid for lease, _, _ in nacks],
+                    [lease.counter for lease, _, _ in nacks],
+                    [txid for _, txid, _ in nacks],
+                    [seq for _, _, seq in nacks],
+                )
+                if done:
+                    await conn.execute(
+                        sql.delete_leases, [x.lid for x in done], [x.counter for x in done]
+                    )
+        elif done:
+            await conn.execute(sql.delete_leases, [x.lid for x in done], [x.counter for x in done])
 
-    async def _set_visibility(
-        self, leases: list[Lease], seconds: float, notify: set[int], conn: Any
-    ) -> None:
-        by_gid: dict[int, tuple[list[int], list[int]]] = {}
-        for gid, seq, lease in leases:
-            entry = by_gid.setdefault(gid, ([], []))
-            entry[0].append(seq)
-            entry[1].append(lease)
-        for gid, (seqs, held) in by_gid.items():
-            await conn.execute(self.sql.set_visibility, gid, seqs, held, seconds)
-        if notify:
-            notes = ", ".join(f"pg_notify('{self.sql.channel(t)}', '{t}:')" for t in notify)
-            await conn.execute(f"SELECT {notes}")
-
-    async def release(self, leases: list[Lease], tid: int) -> None:
-        """Make held messages claimable again at once (subscription close)."""
+    async def _update_leases(self, leases: list[Lease], seconds: float, deadline: float) -> None:
+        """Write the pending acks of ``leases`` and set their deadline ``seconds`` from
+        now (0: claimable again at once). Acks not written stay pending."""
+        update = LeaseUpdate.take(leases)
         try:
             await self.run(
-                functools.partial(self._set_visibility, leases, 0.0, {tid}),
-                what="release",
-                deadline=self.config.reconnect_timeout,
+                lambda conn: update.execute(conn, self.sql, seconds),
+                what="lease update",
+                deadline=deadline,
             )
+        except BaseException:
+            update.restore()
+            raise
+
+    async def release(self, leases: list[Lease], tid: int) -> None:
+        """Make the unsettled messages of ``leases`` claimable again at once (close)."""
+        try:
+            await self._update_leases(leases, 0.0, self.config.reconnect_timeout)
         except PubSubError as exc:
             log.warning(
-                "postgresql:// could not release %d messages (they come back after the "
+                "postgresql:// could not release %d batches (they come back after the "
                 "visibility timeout): %s",
                 len(leases),
                 exc,
             )
             return
-        self._wake_groups({lease[0] for lease in leases})
+        self._announce((tid,))
 
-    def _wake_groups(self, gids: set[int]) -> None:
-        for subs in self._group_subs.values():
-            for sub in subs:
-                if sub.gid in gids:
-                    sub.wake.set()
+    def _group_members(self) -> list[GroupSubscription]:
+        return [sub for subs in self._group_subs.values() for sub in subs]
+
+    def warn_held_back(self, topic: str, group: str | None, blocker: Any) -> None:
+        """Log (once per minute) that delivery waits behind an open transaction."""
+        now = asyncio.get_running_loop().time()
+        if now - self._held_back_warned < 60:
+            return
+        self._held_back_warned = now
+        if blocker is None:
+            who = "an open transaction"
+        else:
+            pid, age, state = blocker
+            who = f"the transaction of backend pid {pid} (open {age or 0:.0f} s, {state})"
+        log.warning(
+            "postgresql:// delivery of topic %r to group %r is held back by %s: messages "
+            "committed after it began wait until it ends",
+            topic,
+            group,
+            who,
+        )
 
     # -- background upkeep --------------------------------------------------------------
 
     async def _keepalive_loop(self) -> None:
-        """Renew the leases of messages held by live subscriptions; revive LISTEN."""
+        """Renew the leases held by live subscriptions (writing their acks); revive LISTEN."""
         cfg = self.config
         period = cfg.visibility_timeout / 3
         while True:
@@ -831,20 +958,11 @@ class PostgresPubSub(AsyncStartCloseable):
             conn = self._listen_conn
             if conn is not None and conn.is_closed():
                 self._on_listener_lost(conn)
-            leases = [
-                lease
-                for subs in self._group_subs.values()
-                for sub in subs
-                for lease in sub.inflight.values()
-            ]
+            leases = [lease for sub in self._group_members() for lease in sub.held.values()]
             if not leases:
                 continue
             try:
-                await self.run(
-                    functools.partial(self._set_visibility, leases, cfg.visibility_timeout, set()),
-                    what="lease renewal",
-                    deadline=period,
-                )
+                await self._update_leases(leases, cfg.visibility_timeout, period)
             except ClosedError:
                 return
             except PubSubError as exc:
