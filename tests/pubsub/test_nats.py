@@ -193,6 +193,40 @@ async def test_term_drops_the_message_for_good(prefix: str) -> None:
     await bus.close()
 
 
+async def test_messages_arriving_while_closing_reach_the_next_member_once(prefix: str) -> None:
+    # publish() returns on the PubAcks, so the deliveries to the first member's pull
+    # request often arrive once close() began. Were they nacked at once while that
+    # request still waited on the server without its inbox, nats-server 2.9 would
+    # send the last message again as new and hold one back until ack_wait.
+    options = "&fetch_timeout=1"
+
+    async def handover() -> None:
+        topic = unique("t")
+        first = await _open(prefix, options)
+        await first.subscribe(topic, group="g")
+        sent = msgs(30)
+        await first.publish(topic, *sent)
+        await first.close()
+        second = await _open(prefix, options)
+        sub = await second.subscribe(topic, group="g")
+        got = await collect(sub, 30)
+        assert sorted(m.id for m in got) == sorted(m.id for m in sent)
+        await second.close()  # flushes the acks
+        info = await _group_info(prefix, topic)
+        assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+
+    for _ in range(5):  # a round catches the old behaviour only some of the time
+        await handover()
+
+
+async def _group_info(prefix: str, topic: str) -> api.ConsumerInfo:
+    nc = await nats.connect(SHARED)
+    try:
+        return await nc.jetstream().consumer_info(stream_name(prefix, topic), "g")
+    finally:
+        await nc.close()
+
+
 async def test_streams_and_consumers_are_named_by_the_documented_scheme(prefix: str) -> None:
     bus = await _open(prefix)
     topic = f"orders.created_{uuid.uuid4().hex[:6]}"

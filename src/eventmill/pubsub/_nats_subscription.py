@@ -20,6 +20,18 @@ since the server delivers no more while that many messages are unsettled.
 handed out or buffered but not settled (so the group gets them again without
 waiting for ``ack_wait``), and flushes the connection, so the settlements have
 reached the server when it returns.
+
+Those naks carry a delay that outlasts every pull request of ours still waiting
+on the server (the server cannot be told to drop one), messages that arrive
+while closing included. A request stays queued on the server after its inbox is
+gone until it expires or the consumer next looks at it; a message that becomes
+due for redelivery while such a dead request is the only one waiting makes
+nats-server (2.9.x) step its stream pointer back as if it had not sent a new
+message: the last message delivered goes out once more as new (a duplicate) and
+the redelivery is dropped until ``ack_wait`` (seen as delivery counts jumping
+by two). The server received a request before it answered it and before it
+received a later nak, so a request expires at most ``fetch_timeout`` after the
+first message it brought, or else after the nak is sent.
 """
 
 from __future__ import annotations
@@ -62,8 +74,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     nats.js.errors.ServerError,
     OSError,
 )
-_PULL_MARGIN = 0.05
+_PULL_MARGIN = 0.1  # seconds: server-side queueing between a pull request and a nak
 _SILENCE = 1.0  # seconds past a pull request's expiry without word from the server
+_NEVER = float("inf")
 ID_HEADER = "Eventmill-Id"
 ID_JSON_HEADER = "Eventmill-Id-Json"  # ids that cannot be a header value as they are
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -147,7 +160,9 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._nak_delay = cfg.nak_delay
         self._nak = _nak_payload(0.0, cfg.nak_delay)
         self._half = max(1, cfg.batch // 2)
-        # outstanding pull requests: reply subject -> [messages still owed, expiry (loop time)]
+        # outstanding pull requests: reply subject ->
+        # [messages still owed, expiry (loop time at issue + fetch_timeout),
+        #  loop time its first message arrived (the server had it by then) or inf]
         self._requests: dict[str, list[float]] = {}
         self._owed = 0
         self._pull_wanted = asyncio.Event()
@@ -158,6 +173,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._next_subject = ""
         # reply subject of every delivered message not settled yet (buffered or handed out)
         self._unsettled: dict[Message, str] = {}
+        self._late: list[str] = []  # reply subjects of messages that arrived while closing
         self._terminate: set[Message] = set()
         self._settlements: list[tuple[str, bytes]] = []
         self._settle_wanted = asyncio.Event()
@@ -193,21 +209,26 @@ class NatsSubscription(BufferedSubscription[Message]):
         await self._stop_tasks()
         loop = asyncio.get_running_loop()
         nc = self._owner._nc
-        # A pull request of ours may still wait on the server; naks are delayed until
-        # the last one expired, or the server would deliver them to it again.
-        pull_until = max((r[1] + _PULL_MARGIN for r in self._requests.values()), default=0.0)
+        requests = list(self._requests.values())
         self._requests.clear()
         try:
             if self._isub is not None:
-                await self._isub.unsubscribe()
+                await self._isub.unsubscribe()  # no _on_message after this
         except Exception as exc:
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
-        if self._group is not None and self._unsettled:
-            # Hand unsettled messages back to the group now, not after ack_wait.
-            nak = _nak_payload(max(pull_until - loop.time(), 0.0), self._nak_delay)
-            for reply in self._unsettled.values():
+        if self._group is not None and (self._unsettled or self._late):
+            # Hand unsettled messages back to the group now, not after ack_wait, but
+            # only once no pull request of ours can still wait on the server (see the
+            # module docstring): the latest such request expires by pull_until.
+            now = loop.time()
+            timeout = self._owner.config.fetch_timeout
+            pull_until = max((min(r[2], now) + timeout for r in requests), default=None)
+            wait = 0.0 if pull_until is None else pull_until + _PULL_MARGIN - now
+            nak = _nak_payload(wait, self._nak_delay)
+            for reply in itertools.chain(self._unsettled.values(), self._late):
                 self._settlements.append((reply, nak))
         self._unsettled.clear()
+        self._late.clear()
         self._buffer.clear()
         try:
             await self._send_settlements()
@@ -245,6 +266,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._wake_all()
         await self._stop_tasks()
         self._unsettled.clear()
+        self._late.clear()
         self._settlements.clear()
         self._buffer.clear()
         self._owner._subs.discard(self)
@@ -366,7 +388,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             try:
                 while self._batch - len(self._buffer) - self._owed >= self._half:
                     subject = self._inbox + str(next(self._tokens))
-                    requests[subject] = [self._half, now + cfg.fetch_timeout]
+                    requests[subject] = [self._half, now + cfg.fetch_timeout, _NEVER]
                     self._owed += self._half
                     await publish(self._next_subject, request, reply=subject)
                     delay = cfg.reconnect_wait
@@ -413,14 +435,17 @@ class NatsSubscription(BufferedSubscription[Message]):
             # serves waiting requests oldest first, so it counts against the oldest.
             oldest = next(iter(requests))
             req = requests[oldest]
+            if req[2] == _NEVER:
+                req[2] = asyncio.get_running_loop().time()
             req[0] -= 1
             self._owed -= 1
             if req[0] <= 0:
                 del requests[oldest]
         reply = m.reply
         if self._closed:
+            # Nacked by close() with the others (not at once: see the module docstring).
             if self._group is not None and reply:
-                self._settlements.append((reply, _NAK))
+                self._late.append(reply)
             return
         mid, metadata = decode(m, self._stream)
         msg = Message._received(mid, metadata, m.data, self._settle)

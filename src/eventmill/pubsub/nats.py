@@ -18,9 +18,11 @@ process dies.
 Settling: ``ack()`` sends ``+ACK``, ``nack()`` ``-NAK`` (with ``nak_delay``), and
 ``NatsSubscription.term(msg)`` ``+TERM``; a message not settled within ``ack_wait``
 is redelivered, and after ``max_deliver`` deliveries the server stops delivering it.
-``close()`` naks what was received but not settled; those naks are delayed until
-the subscription's last pull request expired on the server (at most
-``fetch_timeout``), since the server would otherwise hand them back to it.
+``close()`` naks what was received but not settled (messages still arriving while
+it closes included); those naks are delayed until no pull request of the
+subscription can still wait on the server (at most ``fetch_timeout`` and a
+margin), since a request left there without its inbox makes the server (2.9.x)
+deliver a message twice when a nacked one comes due (see ``_nats_subscription``).
 
 Publishing: every message gets its PubAck before ``publish`` returns; many
 concurrent calls share the connection and their PubAcks are awaited together.
