@@ -17,8 +17,9 @@ means a redelivery). eventmill's publish batches are at most 100 messages (100
 publishers, each waiting for its commit); the raw producer commits 1,000 at a time.
 
 The raw queue keeps one row per message and no consumer groups, fan-out, leases or
-NOTIFY; eventmill writes a message row plus a delivery row per group and keeps the
-message for replay. Uses the PostgreSQL at ``--url`` (default the shared
+NOTIFY, and deletes what it consumed; eventmill keeps the log for replay and other
+groups, and per claimed batch moves the group's cursor and writes (then deletes) a
+lease row. Uses the PostgreSQL at ``--url`` (default the shared
 127.0.0.1:5432/test) in a schema of its own, dropped afterwards.
 
 Each figure is the best of ``--rounds`` alternating rounds (all rounds printed), since
