@@ -124,6 +124,23 @@ async def test_the_wal_is_checkpointed_as_inline_writes_go_on(file_store: Store)
     assert len(rows(file_store)) == CHECKPOINT_EVERY
 
 
+def wal_restarts(store: Store) -> int:
+    """How many times the WAL was started over (its header's checkpoint sequence)."""
+    with open(db_path(store) + "-wal", "rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
+
+
+async def test_the_wal_starts_over_while_inline_writes_go_on(file_store: Store) -> None:
+    # Writes never stop here: a checkpoint running beside them alone never copies the
+    # whole WAL, so it would grow for ever. The store finishes each checkpoint between
+    # two statements, and the next statement starts the WAL over.
+    for i in range(3 * CHECKPOINT_EVERY):
+        await file_store.events.insert_many([(make_event(), f"busy-{i}")])
+        await asyncio.sleep(0)  # let the checkpoint task and its thread run
+    assert wal_restarts(file_store) >= 1
+    assert len(rows(file_store)) == 3 * CHECKPOINT_EVERY
+
+
 async def test_synchronous_full_goes_through_the_writer_thread(tmp_path: Path) -> None:
     store = await open_store(f"sqlite:///{tmp_path / 'full.db'}?synchronous=full")
     try:

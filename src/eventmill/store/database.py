@@ -258,10 +258,26 @@ class Store:
         return result
 
     async def _checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: never blocks writers or readers)."""
+        """Copy the WAL into the database, so that the next write starts it over.
+
+        SQLite rewinds the WAL (the next writer starts again at its beginning) only
+        once every frame in it has been copied, and a PASSIVE checkpoint copies only
+        the frames there when it began: one that runs while statements keep appending
+        never finishes the WAL, which then grows without bound under steady load (and
+        every write and checkpoint gets slower). So the first checkpoint copies the bulk
+        in a worker thread while writes go on (PASSIVE: it blocks neither writers nor
+        readers); a second one then runs with the write lock held, so nothing is
+        appended meanwhile (the event loop keeps serving; writers wait), and copies only
+        what was appended during the first: then the WAL is all copied, and the next
+        statement rewinds it.
+        """
         path = _sqlite_path(self.config)
+        assert self._write_lock is not None
         try:
             await asyncio.to_thread(_checkpoint_wal, path)
+            async with self._write_lock:
+                await self._drained.wait()  # statements queued on the writer thread
+                await asyncio.to_thread(_checkpoint_wal, path)
         except sqlite3.Error:
             pass  # the next one retries; readers and writers are unaffected
         finally:
