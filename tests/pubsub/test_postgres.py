@@ -374,6 +374,36 @@ async def test_ephemeral_subscription_sees_only_what_commits_after_subscribe(
     await bus.close()
 
 
+async def test_ephemeral_subscription_joining_as_the_last_one_leaves_still_gets_messages(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The topic's reader must not stop while a subscription is joining it."""
+    bus = await open_pubsub(url(schema))
+    assert isinstance(bus, PostgresPubSub)
+    topic = unique("t")
+    leaving = await bus.subscribe(topic)
+    taking_snapshot = asyncio.Event()
+    proceed = asyncio.Event()
+    real_snapshot = bus._snapshot
+
+    async def slow_snapshot() -> object:
+        taking_snapshot.set()
+        await proceed.wait()
+        return await real_snapshot()
+
+    monkeypatch.setattr(bus, "_snapshot", slow_snapshot)
+    joining = asyncio.create_task(bus.subscribe(topic))
+    await taking_snapshot.wait()
+    await leaving.close()  # the last member leaves while the next one joins
+    proceed.set()
+    sub = await joining
+    sent = Message(b"for the newcomer")
+    await bus.publish(topic, sent)
+    (got,) = await collect(sub, 1, timeout=10)
+    assert got.id == sent.id
+    await bus.close()
+
+
 async def test_expired_lease_wakes_an_idle_consumer(schema: str) -> None:
     topic, group = unique("t"), unique("g")
     victim = await open_pubsub(url(schema, poll_interval=3600))

@@ -266,11 +266,14 @@ class TopicReader:
         self.wake = asyncio.Event()
         self._cursor = (start.xmin, 0)
         self._task: asyncio.Task[Any] | None = None
+        self.joining = 0  # subscriptions between "found this reader" and joining it
+        self.stopped = False
 
     def start(self) -> None:
         self._task = self._owner._spawn(self._run())
 
     def stop(self) -> None:
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
 
@@ -287,7 +290,7 @@ class TopicReader:
             self.wake.clear()
             try:
                 held_back = await owner.run(
-                    self._fetch, what="ephemeral read", deadline=None, stop=lambda: not self.subs
+                    self._fetch, what="ephemeral read", deadline=None, stop=lambda: self.stopped
                 )
             except ClosedError:
                 return

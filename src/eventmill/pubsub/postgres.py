@@ -387,7 +387,7 @@ class PostgresPubSub(AsyncStartCloseable):
             reader = self._readers.get(sub.tid)
             if reader is not None:
                 reader.subs.discard(sub)
-                if not reader.subs:
+                if not reader.subs and not reader.joining:
                     reader.stop()
                     del self._readers[sub.tid]
 
@@ -779,12 +779,21 @@ class PostgresPubSub(AsyncStartCloseable):
             if reader is None:
                 reader = self._readers[tid] = TopicReader(self, topic, tid, start)
                 reader.start()
-        # No read in progress while the snapshot is taken and the subscription joins:
-        # a read that ran before saw only what committed before the snapshot.
-        async with reader.lock:
-            since = await self._snapshot()
-            eph = EphemeralSubscription(self, topic, tid, self.config.ephemeral_buffer, since)
-            reader.subs.add(eph)
+        # Counted as joining, the reader is not stopped if its last subscription leaves
+        # meanwhile. No read runs while the snapshot is taken and the subscription
+        # joins: a read that ran before saw only what committed before the snapshot.
+        reader.joining += 1
+        try:
+            async with reader.lock:
+                since = await self._snapshot()
+                eph = EphemeralSubscription(self, topic, tid, self.config.ephemeral_buffer, since)
+                reader.subs.add(eph)
+        finally:
+            reader.joining -= 1
+            if not reader.subs and not reader.joining and not reader.stopped:
+                reader.stop()  # the snapshot failed and nobody else uses it
+                if self._readers.get(tid) is reader:
+                    del self._readers[tid]
         return eph
 
     async def _snapshot(self) -> Snapshot:
