@@ -56,7 +56,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -829,7 +829,7 @@ class PostgresPubSub(AsyncStartCloseable):
             self._settle_wake.clear()
             with contextlib.suppress(PubSubError):
                 await self._flush(_PARTIAL_AFTER)
-            if any(lease.acked for sub in self._group_members() for lease in sub.held.values()):
+            if any(lease.acked for lease in self._held_leases()):
                 self._settle_wake.set()  # acks of batches in progress: written when due
 
     async def flush_settlements(self) -> None:
@@ -852,10 +852,7 @@ class PostgresPubSub(AsyncStartCloseable):
                 self._done, self._nacks, self._nack_tids = [], [], set()
                 due = time.monotonic() - min_age
                 partial = LeaseUpdate.take(
-                    lease
-                    for sub in self._group_members()
-                    for lease in sub.held.values()
-                    if lease.acked and lease.acked_at <= due
+                    lease for lease in self._held_leases() if lease.acked and lease.acked_at <= due
                 )
                 if not (done or nacks or partial.lids):
                     return
@@ -934,8 +931,11 @@ class PostgresPubSub(AsyncStartCloseable):
             return
         self._announce((tid,))
 
-    def _group_members(self) -> list[GroupSubscription]:
-        return [sub for subs in self._group_subs.values() for sub in subs]
+    def _held_leases(self) -> Iterator[Lease]:
+        """The leases every group subscription of this bus holds."""
+        for subs in self._group_subs.values():
+            for sub in subs:
+                yield from sub.held.values()
 
     def warn_held_back(self, topic: str, group: str | None, blocker: Any) -> None:
         """Log (once per minute) that delivery waits behind an open transaction."""
@@ -967,7 +967,7 @@ class PostgresPubSub(AsyncStartCloseable):
             conn = self._listen_conn
             if conn is not None and conn.is_closed():
                 self._on_listener_lost(conn)
-            leases = [lease for sub in self._group_members() for lease in sub.held.values()]
+            leases = list(self._held_leases())
             if not leases:
                 continue
             try:
