@@ -257,17 +257,24 @@ class TopicReader:
     messages its subscribe-time :class:`Snapshot` did not see committed.
     """
 
-    def __init__(self, owner: PostgresPubSub, topic: str, tid: int, start: Snapshot) -> None:
+    def __init__(self, owner: PostgresPubSub, topic: str, tid: int) -> None:
         self._owner = owner
         self._topic = topic
         self.tid = tid
         self.subs: set[EphemeralSubscription] = set()
         self.lock = asyncio.Lock()  # a fetch, or a subscription joining
         self.wake = asyncio.Event()
-        self._cursor = (start.xmin, 0)
+        self._cursor: tuple[int, int] | None = None  # set by the first join
         self._task: asyncio.Task[Any] | None = None
         self.joining = 0  # subscriptions between "found this reader" and joining it
         self.stopped = False
+
+    def join(self, sub: EphemeralSubscription) -> None:
+        """Add ``sub`` (call holding :attr:`lock`); the first one places the cursor at
+        its snapshot's horizon (nothing below it committed after the snapshot)."""
+        if self._cursor is None:
+            self._cursor = (sub.since.xmin, 0)
+        self.subs.add(sub)
 
     def start(self) -> None:
         self._task = self._owner._spawn(self._run())
@@ -310,6 +317,8 @@ class TopicReader:
         sql = self._owner.sql
         limit = _EPHEMERAL_FETCH
         async with self.lock:
+            if self._cursor is None:
+                return False  # no subscription joined yet
             while True:
                 rows = await conn.fetch(sql.read_after, self.tid, *self._cursor, limit)
                 if rows:

@@ -774,11 +774,8 @@ class PostgresPubSub(AsyncStartCloseable):
     async def _subscribe_ephemeral(self, topic: str, tid: int) -> EphemeralSubscription:
         reader = self._readers.get(tid)
         if reader is None:
-            start = await self._snapshot()
-            reader = self._readers.get(tid)  # another subscribe may have made one
-            if reader is None:
-                reader = self._readers[tid] = TopicReader(self, topic, tid, start)
-                reader.start()
+            reader = self._readers[tid] = TopicReader(self, topic, tid)
+            reader.start()
         # Counted as joining, the reader is not stopped if its last subscription leaves
         # meanwhile. No read runs while the snapshot is taken and the subscription
         # joins: a read that ran before saw only what committed before the snapshot.
@@ -787,7 +784,7 @@ class PostgresPubSub(AsyncStartCloseable):
             async with reader.lock:
                 since = await self._snapshot()
                 eph = EphemeralSubscription(self, topic, tid, self.config.ephemeral_buffer, since)
-                reader.subs.add(eph)
+                reader.join(eph)
         finally:
             reader.joining -= 1
             if not reader.subs and not reader.joining and not reader.stopped:
