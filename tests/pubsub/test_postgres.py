@@ -8,6 +8,7 @@ test runs against a throwaway cluster (``_postgres_server.PostgresServer``).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -458,6 +459,54 @@ async def test_retention_deletes_only_fully_consumed_messages(schema: str) -> No
     async with bus._pool.acquire() as conn:
         assert await conn.fetchval(count, bus._tids[topic]) == 0
     await bus.close()
+
+
+async def _blocks_touched(conn: asyncpg.Connection, query: str, *args: object) -> int:
+    """Shared buffers the statement touches (its plan's total, nested SQL included)."""
+    plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}", *args)
+    top = json.loads(plan)[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+async def test_reads_past_a_long_consumed_log_touch_only_its_end(schema: str) -> None:
+    """A claim, an ephemeral read and the idle checks start at the cursor, not at the
+    topic's first retained message: they touch the same few pages however long the
+    log behind the cursor is (before, each scanned every index entry of the topic, and
+    the first plans of a session sorted the whole topic)."""
+    bus = PostgresPubSub.from_url(url(schema))
+    await bus.start()
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    behind = 40_000  # ~180 leaf pages of the log's index
+    for _ in range(behind // 5_000):
+        await bus.publish(topic, *(Message(b"x") for _i in range(5_000)))
+    await collect(sub, behind, timeout=60)
+    await sub.close()
+    await bus.publish(topic, Message(b"new"))
+    tid, sql = bus._tids[topic], bus.sql
+    gid = bus._gids[(tid, group)]
+    async with bus._pool.acquire() as conn:
+        last = await conn.fetchrow(
+            f"SELECT txid, seq FROM {sql.table('messages')} WHERE tid = $1 "
+            "ORDER BY txid DESC, seq DESC OFFSET 1 LIMIT 1",
+            tid,
+        )
+    dsn = bus.config.dsn
+    await bus.close()
+    for statement, args in (
+        (sql.claim, (gid, tid, 500, 30.0)),
+        (sql.idle_state, (gid,)),
+        (sql.read_after, (tid, last["txid"], last["seq"], 1000)),
+        (sql.exists_after, (tid, last["txid"], last["seq"])),
+    ):
+        # A new session: custom plans, then (from the 6th run) the generic one. The
+        # first run also reads the catalogs (compiling, planning): not counted.
+        conn = await asyncpg.connect(dsn)
+        try:
+            touched = [await _blocks_touched(conn, statement, *args) for _ in range(8)][1:]
+        finally:
+            await conn.close()
+        assert max(touched) < 40, (statement.split("(")[0], touched)
 
 
 async def test_schema_creation_is_idempotent_under_concurrent_starts() -> None:

@@ -24,6 +24,14 @@ again, and ``(txid, seq)`` order is final there. The price: a transaction that w
 and stays open (anywhere in the cluster) holds back delivery of rows committed after
 it started, until it ends.
 
+Every read of the log bounds the whole key ``(tid, txid, seq)`` at both ends with row
+comparisons (``> (tid, cursor)`` and ``< (tid, horizon)`` or ``< (tid + 1, ...)``),
+never ``tid = $1`` beside a row comparison: given an equality on the first column, a
+btree scan starts at the topic's first retained message and filters its way to the
+cursor, and the planner's estimates for that form chose to sort the whole topic. Reads
+past a long consumed log then cost as much as reads of a short one (test:
+``test_reads_past_a_long_consumed_log_touch_only_its_end``).
+
 Claiming (:attr:`Sql.ddl`, function ``<prefix>claim``) hands a member either an
 expired lease (a crashed member's batch, a released one, or a nacked message) or
 the next ``prefetch`` rows after the cursor: it moves the cursor past them and
@@ -173,8 +181,8 @@ BEGIN
     WITH b AS (
         SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
         FROM {m} AS m
-        WHERE (m.tid, m.txid, m.seq) > (p_tid, c_txid, c_seq) AND m.tid = p_tid
-          AND m.txid < horizon
+        WHERE (m.tid, m.txid, m.seq) > (p_tid, c_txid, c_seq)
+          AND (m.tid, m.txid, m.seq) < (p_tid, horizon, 0::bigint)
         ORDER BY m.tid, m.txid, m.seq
         LIMIT p_limit
     ), lo AS (
@@ -283,8 +291,12 @@ SELECT
     (SELECT EXTRACT(EPOCH FROM min(l.visible_at) - now())::float8 FROM {le} AS l
      WHERE l.gid = $1),
     EXISTS (
-        SELECT 1 FROM {g} AS g JOIN {m} AS m
-          ON (m.tid, m.txid, m.seq) > (g.tid, g.cur_txid, g.cur_seq) AND m.tid = g.tid
+        SELECT 1 FROM {g} AS g CROSS JOIN LATERAL (
+            SELECT 1 FROM {m} AS m
+            WHERE (m.tid, m.txid, m.seq) > (g.tid, g.cur_txid, g.cur_seq)
+              AND (m.tid, m.txid, m.seq) < (g.tid + 1, '0'::xid8, 0::bigint)
+            ORDER BY m.tid, m.txid, m.seq LIMIT 1
+        ) AS after_cursor
         WHERE g.gid = $1
     )"""
 
@@ -356,18 +368,21 @@ FROM n JOIN held ON held.lid = n.lid"""
         return f"""
 SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
 FROM {self.table("messages")} AS m
-WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3) AND m.tid = $1
-  AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
+WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3)
+  AND (m.tid, m.txid, m.seq) < ($1, pg_snapshot_xmin(pg_current_snapshot()), 0::bigint)
 ORDER BY m.tid, m.txid, m.seq
 LIMIT $4"""
 
     @cached_property
     def exists_after(self) -> str:
         """Whether committed messages of topic $1 follow key ($2 txid, $3 seq)."""
-        return (
-            f"SELECT EXISTS (SELECT 1 FROM {self.table('messages')} AS m "
-            "WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3) AND m.tid = $1)"
-        )
+        return f"""
+SELECT count(*) > 0 FROM (
+    SELECT 1 FROM {self.table("messages")} AS m
+    WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3)
+      AND (m.tid, m.txid, m.seq) < ($1 + 1, '0'::xid8, 0::bigint)
+    ORDER BY m.tid, m.txid, m.seq LIMIT 1
+) AS after_cursor"""
 
     # -- retention ----------------------------------------------------------------------
 
