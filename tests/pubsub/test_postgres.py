@@ -238,6 +238,43 @@ async def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(
         await b.close()
 
 
+async def test_publishing_goes_on_when_the_connections_it_keeps_are_killed(schema: str) -> None:
+    """Publish workers keep their connection between batches; killing those backends
+    mid-stream costs a retry on a new connection, not a publish error or a message."""
+    bus = PostgresPubSub.from_url(url(schema))
+    await bus.start()
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    table = bus.sql.table("messages")
+    sent: set[str] = set()
+    killed = 0
+
+    async def produce(p: int) -> None:
+        for i in range(100):
+            msg = Message(f"{p}-{i}".encode())
+            sent.add(msg.id)
+            await bus.publish(topic, msg)
+
+    async def kill_publishing_backends() -> None:
+        nonlocal killed
+        while len(sent) < 1000:
+            await asyncio.sleep(0.005)
+        admin = await asyncpg.connect(BASE)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND query LIKE $1",
+                f"COPY {table}%",
+            )
+        finally:
+            await admin.close()
+
+    await asyncio.gather(kill_publishing_backends(), *(produce(p) for p in range(20)))
+    assert killed >= 1, "no publishing backend was found to kill"
+    assert await collect_ids(sub, sent, timeout=30) >= sent
+    await bus.close()
+
+
 async def test_large_and_small_publish_calls_arrive_intact_and_in_order(schema: str) -> None:
     """Both insert paths (COPY for big batches, INSERT for small ones) keep every field.
 
