@@ -35,6 +35,7 @@ from eventmill.ingest import (
 )
 from eventmill.ingest import router as ingest_router
 from eventmill.ingest._group_commit import GroupCommitInserter
+from eventmill.ingest.audit import AuditSubscriber
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
 from eventmill.router import Router, RouterConfig
@@ -212,7 +213,9 @@ class _Runtime:
         ctx.marker = marker
         self.tasks.append(asyncio.create_task(marker.run()))
         if s.audit_enabled:
-            router = Router(subscriber=ctx.bus, publisher=ctx.bus, config=RouterConfig())
+            # On sqlite:// the bus itself passes over the events the ingest path stored.
+            subscriber = AuditSubscriber(ctx.bus)
+            router = Router(subscriber=subscriber, publisher=ctx.bus, config=RouterConfig())
             router.add_handler("audit", EVENTS_TOPIC, audit_handler(ctx), group="audit")
             self.router = router
             self.tasks.append(asyncio.create_task(router.run()))

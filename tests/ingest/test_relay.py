@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import pytest
+
 from eventmill import Message, open_pubsub
 from eventmill.events import Event
 from eventmill.store import open_store
@@ -64,8 +66,14 @@ async def test_relay_publishes_what_the_bus_missed_while_running(
         await sub.close()
 
 
-async def test_audit_stores_events_published_by_other_paths(tmp_path: Path, store_url: str) -> None:
-    async with running_app(settings_for(tmp_path, store_url)) as (app, _):
+@pytest.mark.parametrize("bus", ["memory", "sqlite"])
+async def test_audit_stores_events_published_by_other_paths(
+    tmp_path: Path, store_url: str, bus: str
+) -> None:
+    bus_url = (
+        f"sqlite:///{tmp_path / 'bus.db'}?synchronous=normal" if bus == "sqlite" else "memory://"
+    )
+    async with running_app(settings_for(tmp_path, store_url, bus_url=bus_url)) as (app, _):
         ctx = ingest_ctx(app)
         assert ctx.bus is not None
         assert ctx.store is not None

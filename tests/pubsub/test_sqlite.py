@@ -23,7 +23,7 @@ from eventmill import (
     PublishError,
     open_pubsub,
 )
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.sqlite import SQLiteConfig, SQLitePubSub
 from tests.pubsub.conformance import (
     ConformanceSuite,
@@ -50,9 +50,10 @@ async def open_bus(path: Path, **options: Any) -> SQLitePubSub:
 class SQLiteHarness(Harness):
     redelivery_timeout = VISIBILITY
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "full") -> None:
         super().__init__()
         self.path = path
+        self.synchronous = synchronous
 
     @property
     def capabilities(self) -> Capabilities:
@@ -60,7 +61,12 @@ class SQLiteHarness(Harness):
 
     async def _open(self) -> PubSub:
         ps = SQLitePubSub(
-            SQLiteConfig(path=str(self.path), visibility_timeout=VISIBILITY, poll_interval=0.05)
+            SQLiteConfig(
+                path=str(self.path),
+                visibility_timeout=VISIBILITY,
+                poll_interval=0.05,
+                synchronous=self.synchronous,  # type: ignore[arg-type]
+            )
         )
         await ps.start()
         return ps
@@ -74,6 +80,16 @@ class TestSQLiteConformance(ConformanceSuite):
     @pytest.fixture
     async def harness(self, tmp_path: Path) -> AsyncIterator[Harness]:
         h = SQLiteHarness(tmp_path / "bus.db")
+        yield h
+        await h.aclose()
+
+
+class TestSQLiteConformanceSynchronousNormal(ConformanceSuite):
+    """``synchronous=normal`` publishes on the event loop's thread (inline commits)."""
+
+    @pytest.fixture
+    async def harness(self, tmp_path: Path) -> AsyncIterator[Harness]:
+        h = SQLiteHarness(tmp_path / "bus.db", synchronous="normal")
         yield h
         await h.aclose()
 
@@ -184,9 +200,12 @@ async def test_live_consumer_keeps_its_lease_past_the_visibility_timeout(
 # -- group commit ------------------------------------------------------------------------
 
 
-async def test_group_commit_coalesces_and_returns_only_after_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_group_commit_coalesces_and_returns_only_after_commit(
+    tmp_path: Path, synchronous: str
+) -> None:
     path = tmp_path / "gc.db"
-    bus = await open_bus(path, busy_timeout=60)
+    bus = await open_bus(path, busy_timeout=60, synchronous=synchronous)
     topic = unique("t")
     await bus.publish(topic, Message(b"warm-up"))
     before = bus.stats.transactions
@@ -222,9 +241,12 @@ async def test_group_commit_coalesces_and_returns_only_after_commit(tmp_path: Pa
     await bus.close()
 
 
-async def test_publish_waits_when_max_pending_messages_are_queued(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_publish_waits_when_max_pending_messages_are_queued(
+    tmp_path: Path, synchronous: str
+) -> None:
     path = tmp_path / "pending.db"
-    bus = await open_bus(path, max_pending=10, busy_timeout=60)
+    bus = await open_bus(path, max_pending=10, busy_timeout=60, synchronous=synchronous)
     topic = unique("t")
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
@@ -247,9 +269,12 @@ async def test_publish_waits_when_max_pending_messages_are_queued(tmp_path: Path
     await bus.close()
 
 
-async def test_each_publish_call_is_committed_contiguously_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_each_publish_call_is_committed_contiguously_in_order(
+    tmp_path: Path, synchronous: str
+) -> None:
     path = tmp_path / "order.db"
-    bus = await open_bus(path)
+    bus = await open_bus(path, synchronous=synchronous)
     topic = unique("t")
     calls = [msgs(10, f"c{c}") for c in range(50)]
     await asyncio.gather(*(bus.publish(topic, *batch) for batch in calls))
@@ -265,9 +290,10 @@ async def test_each_publish_call_is_committed_contiguously_in_order(tmp_path: Pa
         assert ids[start : start + 10] == [m.id for m in batch]
 
 
-async def test_close_waits_for_publishes_in_progress(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_close_waits_for_publishes_in_progress(tmp_path: Path, synchronous: str) -> None:
     path = tmp_path / "graceful.db"
-    bus = await open_bus(path)
+    bus = await open_bus(path, synchronous=synchronous)
     topic = unique("t")
     tasks = [asyncio.create_task(bus.publish(topic, *msgs(5, f"p{i}"))) for i in range(40)]
     await asyncio.sleep(0)  # every publish is handed to the writer
@@ -451,9 +477,12 @@ async def test_file_that_is_not_a_database_is_backend_unavailable(tmp_path: Path
         await open_pubsub(f"sqlite:///{path}")
 
 
-async def test_locked_database_fails_publish_with_publish_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_locked_database_fails_publish_with_publish_error(
+    tmp_path: Path, synchronous: str
+) -> None:
     path = tmp_path / "locked.db"
-    bus = await open_bus(path, busy_timeout=0.2)
+    bus = await open_bus(path, busy_timeout=0.2, synchronous=synchronous)
     topic = unique("t")
     await bus.publish(topic, Message(b"before"))
     blocker = sqlite3.connect(path, isolation_level=None)
@@ -467,4 +496,204 @@ async def test_locked_database_fails_publish_with_publish_error(tmp_path: Path) 
         blocker.close()
     await bus.publish(topic, Message(b"after"))  # the backend recovers
     assert _count(path, topic) == 2
+    await bus.close()
+
+
+# -- synchronous=normal: publishes committed on the event loop's thread ------------------
+
+
+async def test_normal_publishes_of_one_loop_turn_share_one_inline_transaction(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "inline.db"
+    bus = await open_bus(path, synchronous="normal")
+    topic = unique("t")
+    await bus.publish(topic, Message(b"warm-up"))
+    before = bus.stats.transactions
+    observer = sqlite3.connect(path, isolation_level=None)
+    seen_at_return: dict[str, int] = {}
+
+    async def publisher(i: int) -> None:
+        m = Message(f"m{i}".encode(), id=f"{topic}-{i}")
+        await bus.publish(topic, m)
+        sql = "SELECT COUNT(*) FROM eventmill_messages WHERE id = ?"
+        seen_at_return[m.id] = observer.execute(sql, (m.id,)).fetchall()[0][0]
+
+    await asyncio.gather(*(publisher(i) for i in range(100)))
+    assert seen_at_return == {f"{topic}-{i}": 1 for i in range(100)}
+    # One transaction, committed by the loop itself: no hand-off, so none is split.
+    assert bus.stats.transactions - before == 1
+    assert bus.stats.inline_transactions == 2
+    assert bus.stats.messages_committed == 101
+    observer.close()
+    await bus.close()
+
+
+async def test_full_publishes_are_committed_by_the_writer_thread(tmp_path: Path) -> None:
+    bus = await open_bus(tmp_path / "full.db")  # synchronous=full: fsynced off the loop
+    await asyncio.gather(*(bus.publish(unique("t"), Message(b"x")) for _ in range(10)))
+    assert bus.stats.transactions >= 1
+    assert bus.stats.inline_transactions == 0
+    await bus.close()
+
+
+async def test_locked_file_sends_normal_publishes_to_the_writer_thread(tmp_path: Path) -> None:
+    path = tmp_path / "fallback.db"
+    bus = await open_bus(path, synchronous="normal", busy_timeout=60)
+    topic = unique("t")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # the loop must not wait for it: the writer does
+        task = asyncio.create_task(bus.publish(topic, Message(b"waits", id="waits")))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        blocker.execute("COMMIT")
+        await asyncio.wait_for(task, 60)
+    finally:
+        blocker.close()
+    assert _count(path, topic) == 1
+    assert (bus.stats.transactions, bus.stats.inline_transactions) == (1, 0)
+    await bus.publish(topic, Message(b"inline again"))
+    assert (bus.stats.transactions, bus.stats.inline_transactions) == (2, 1)
+    await bus.close()
+
+
+async def test_inline_publishes_keep_the_wal_from_growing(tmp_path: Path) -> None:
+    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
+
+    path = tmp_path / "wal.db"
+    bus = await open_bus(path, synchronous="normal")
+    topic = unique("t")
+    payload = os.urandom(16_384)  # each commit appends more than this to the log
+    commits = 12 * CHECKPOINT_EVERY
+    for i in range(commits):
+        await bus.publish(topic, Message(payload, id=f"w{i}"))
+    wal = Path(f"{path}-wal").stat().st_size
+    assert bus.stats.checkpoints >= 5
+    # Never checkpointed, the log would hold every commit (> commits * 16 KiB); it is
+    # rewound after each checkpoint instead, and stays well below that.
+    assert wal < commits * 16_384 // 2, wal
+    await bus.close()
+    assert _count(path, topic) == commits
+
+
+def _wal_restarts(path: Path) -> int:
+    """The WAL header's checkpoint sequence number: how often the log was rewound."""
+    with open(f"{path}-wal", "rb") as wal:
+        return int.from_bytes(wal.read(16)[12:16], "big")
+
+
+async def test_the_writer_rewinds_the_wal_after_a_checkpoint(tmp_path: Path) -> None:
+    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
+
+    path = tmp_path / "rewind.db"
+    bus = await open_bus(path, synchronous="normal")
+    topic = unique("t")
+    await bus.publish(topic, Message(b"first"))
+    before = _wal_restarts(path)
+    for i in range(CHECKPOINT_EVERY - 1):  # the last of these asks for a checkpoint
+        await bus.publish(topic, Message(b"x", id=f"r{i}"))
+    await _wait_until(lambda: bus.stats.checkpoints == 1, "the checkpoint ran")
+    # Rewound by the writer thread (whose write syncs the log's header), before any
+    # inline commit on the event loop needs to.
+    assert _wal_restarts(path) == before + 1
+    assert bus.stats.inline_transactions == CHECKPOINT_EVERY
+    await bus.publish(topic, Message(b"after"))
+    assert _count(path, topic) == CHECKPOINT_EVERY + 1
+    await bus.close()
+
+
+# -- skip: messages a group passes over --------------------------------------------------
+
+
+def _group_state(path: Path, topic: str, group: str) -> tuple[int, int, int]:
+    """(cursor, leases held, highest seq of the topic)."""
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        cursor = con.execute(
+            "SELECT cursor FROM eventmill_groups WHERE topic = ? AND grp = ?", (topic, group)
+        ).fetchall()[0][0]
+        leases = con.execute(
+            "SELECT COUNT(*) FROM eventmill_leases WHERE topic = ? AND grp = ?", (topic, group)
+        ).fetchall()[0][0]
+        top = con.execute(
+            "SELECT MAX(seq) FROM eventmill_messages WHERE topic = ?", (topic,)
+        ).fetchall()[0][0]
+    return int(cursor), int(leases), int(top)
+
+
+def _marked(n: int, prefix: str) -> list[Message]:
+    return [Message(b"x", {"done": "1"}, id=f"{prefix}-{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+async def test_skip_passes_over_marked_messages_without_leasing_them(
+    tmp_path: Path, synchronous: str
+) -> None:
+    path = tmp_path / "skip.db"
+    bus = await open_bus(path, synchronous=synchronous)
+    topic = unique("t")
+    skipping = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    everyone = await bus.subscribe(topic, group="other")
+    plain = [Message(b"p", id=f"plain-{i}") for i in range(3)]
+    await bus.publish(topic, *_marked(5, "a"))
+    await bus.publish(topic, plain[0])
+    await bus.publish(topic, Message(b"y", {"done": "0"}, id="not-done"), *_marked(2, "b"))
+    await bus.publish(topic, *plain[1:])
+    await bus.publish(topic, *_marked(4, "c"))
+    got = await collect(skipping, 4)
+    assert [m.id for m in got] == ["plain-0", "not-done", "plain-1", "plain-2"]
+    await skipping.flush()
+    await nothing_arrives(skipping, 0.3)
+    cursor, leases, top = _group_state(path, topic, "audit")
+    assert (cursor, leases) == (top, 0), "every marked message counts as acked by the group"
+    # other groups get everything
+    assert len(await collect(everyone, 15)) == 15
+    await bus.close()
+
+
+async def test_skip_applies_to_a_group_behind_its_backlog(tmp_path: Path) -> None:
+    path = tmp_path / "behind.db"
+    bus = await open_bus(path, prefetch=4)
+    topic = unique("t")
+    first = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    await first.close()  # the group exists, with no member: a backlog builds up
+    await bus.publish(topic, Message(b"p", id="p-0"), *_marked(10, "a"))
+    await bus.publish(topic, *_marked(10, "b"), Message(b"p", id="p-1"))
+    sub = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    assert [m.id for m in await collect(sub, 2)] == ["p-0", "p-1"]
+    await sub.flush()
+    assert _group_state(path, topic, "audit")[1] == 0
+    await bus.close()
+
+
+async def test_skip_is_off_while_members_of_the_group_disagree(tmp_path: Path) -> None:
+    path = tmp_path / "disagree.db"
+    bus = await open_bus(path)
+    topic = unique("t")
+    skipping = await bus.subscribe(topic, group="g", skip=("done", "1"))
+    plain = await bus.subscribe(topic, group="g")  # wants everything
+    await bus.publish(topic, *_marked(4, "a"))
+    seen: list[str] = []
+
+    async def read(sub: Subscription) -> None:
+        async for msg in sub:
+            seen.append(msg.id)
+            msg.ack()
+
+    readers = [asyncio.create_task(read(sub)) for sub in (skipping, plain)]
+    await _wait_until(lambda: len(seen) == 4, "the marked messages were delivered")
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    assert sorted(seen) == [f"a-{i}" for i in range(4)]
+    await plain.close()
+    await bus.publish(topic, *_marked(3, "b"), Message(b"p", id="p"))
+    assert [m.id for m in await collect(skipping, 1)] == ["p"]
+    await bus.close()
+
+
+async def test_skip_needs_a_group(tmp_path: Path) -> None:
+    bus = await open_bus(tmp_path / "nogroup.db")
+    with pytest.raises(ValueError, match="group"):
+        await bus.subscribe(unique("t"), skip=("done", "1"))
     await bus.close()

@@ -7,6 +7,9 @@ the library directly are stored here, marked published, so the store holds every
 event that crossed the bus. A message that is not a valid event is logged and acked
 (it can never become valid; redelivering it forever would block the group). A store
 failure raises, so the message is nacked and redelivered.
+
+:class:`AuditSubscriber` opens the handler's subscription so that a bus which can
+pass over messages by metadata (sqlite://) does not hand the skipped ones out at all.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from eventmill.events import Event
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.pipeline import STORED_MARK
 from eventmill.message import Message
+from eventmill.pubsub.base import Subscriber, Subscription
+from eventmill.pubsub.sqlite import SQLitePubSub
 
-__all__ = ["audit_handler"]
+__all__ = ["AuditSubscriber", "audit_handler"]
 
 _log = logging.getLogger("eventmill.ingest.audit")
 
@@ -43,3 +48,25 @@ def audit_handler(ctx: IngestContext) -> Callable[[Message], Awaitable[None]]:
             )
 
     return audit
+
+
+class AuditSubscriber:
+    """The audit handler's :class:`~eventmill.Subscriber`: ``bus``, except that on a
+    :class:`~eventmill.pubsub.sqlite.SQLitePubSub` a group subscription skips the
+    messages marked ``eventmill_stored`` in the bus itself (they count as acked by
+    the group, never leased nor handed out). Messages without the mark, i.e. from
+    other paths, are delivered as before. ``close()`` closes nothing: the bus has
+    its owner, and the Router closes the subscriptions it opened.
+    """
+
+    def __init__(self, bus: Subscriber) -> None:
+        self._bus = bus
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        bus = self._bus
+        if isinstance(bus, SQLitePubSub) and group is not None:
+            return await bus.subscribe(topic, group=group, skip=(STORED_MARK, "1"))
+        return await bus.subscribe(topic, group=group)
+
+    async def close(self) -> None:
+        return None

@@ -33,6 +33,8 @@ class SQLiteConfig:
     fsynced only at checkpoints; a returned ``publish`` survives a process kill,
     but the last commits before an OS crash or power loss may be rolled back (the
     file stays consistent). Group commit makes ``full`` cheap enough to be the default.
+    With ``normal``, publishes are committed on the event loop's thread (no hand-off
+    to the writer thread) unless the file is locked.
     It applies to transactions that hold publishes; the others (leases, acks, nacks,
     releases, cursors) always use ``normal``: an OS crash can only make them
     forget recent settlements, which means redelivery, never loss, and the next

@@ -52,7 +52,7 @@ CREATE INDEX IF NOT EXISTS eventmill_leases_owner ON eventmill_leases (owner)
 
 INSERT_MESSAGE = "INSERT INTO eventmill_messages (topic, id, metadata, payload) VALUES (?, ?, ?, ?)"
 #: Row counts of the multi-row INSERTs a batch is cut into (largest first).
-INSERT_CHUNKS = (128, 32, 8, 1)
+INSERT_CHUNKS = (128, 32, 8, 4, 2, 1)
 
 
 def insert_messages(rows: int) -> str:
@@ -103,6 +103,13 @@ TAKE_LEASE = (
     "UPDATE eventmill_leases SET owner = ?, lease_until = ? WHERE topic = ? AND grp = ? AND seq = ?"
 )
 HEAD = "SELECT COALESCE(MAX(seq), 0) FROM eventmill_messages"
+#: Move a group's cursor to the end of messages it skips, if nothing of the topic
+#: lies between its cursor and the first of them: (end, topic, grp, end, topic, first).
+SKIP_AHEAD = (
+    "UPDATE eventmill_groups SET cursor = ? WHERE topic = ? AND grp = ? AND cursor < ?"
+    " AND NOT EXISTS (SELECT 1 FROM eventmill_messages m"
+    " WHERE m.topic = ? AND m.seq > eventmill_groups.cursor AND m.seq < ?)"
+)
 
 # -- retention --------------------------------------------------------------------------
 

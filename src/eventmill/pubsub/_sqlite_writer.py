@@ -9,6 +9,11 @@ single ``call_soon_threadsafe``. While one transaction waits for its fsync, new
 operations pile up and ride the next one: that is the group commit, and a publish
 future is resolved only after the commit that holds its rows returned.
 
+With ``synchronous=normal`` the owner commits publishes on the event loop's thread
+itself, through :meth:`Writer.insert_publishes` on a connection of its own, and
+hands them here only when the file is locked; it asks for a WAL checkpoint
+(``CHECKPOINT``) every so many commits.
+
 Settlements (ack/nack) do not carry futures: they go into a thread-safe deque
 that every batch drains first, so acks are flushed in batches and a later
 operation (a fetch, a release, a flush) always sees the settlements made before it.
@@ -47,11 +52,13 @@ from eventmill.pubsub import _sqlite_schema as sql
 __all__ = [
     "Batch",
     "Fetched",
+    "Publish",
     "Writer",
     "WriterStats",
     "decode_metadata",
     "encode_metadata",
     "is_busy",
+    "translate",
 ]
 
 log = logging.getLogger("eventmill.pubsub.sqlite")
@@ -61,7 +68,7 @@ _SWEEP_CHUNK = 5_000
 _MAX_OPS = 5_000
 
 # Operation kinds (first element of an op tuple).
-PUB = 0  # (PUB, topic, rows, fut)
+PUB = 0  # (PUB, topic, rows, skippers, fut): skippers = groups that may skip all rows
 FETCH = 1  # (FETCH, topic, group, owner, limit, fut)
 READ = 2  # (READ, topic, after_seq, limit, fut)
 JOIN = 3  # (JOIN, topic, group, fut)
@@ -70,6 +77,10 @@ RELEASE = 5  # (RELEASE, topic, owner, fut)
 FLUSH = 6  # (FLUSH, fut | None)
 STOP = 7  # (STOP, fut)
 ABORT = 8  # (ABORT,)
+CHECKPOINT = 9  # (CHECKPOINT, final, fut): PRAGMA wal_checkpoint(PASSIVE) after the batch
+
+#: One publish call as the writer commits it: (topic, rows, skippers).
+Publish = tuple[str, list[tuple[str, str, bytes | None, bytes]], frozenset[str]]
 
 #: (seq, message) pairs handed to a subscription.
 Fetched = list[tuple[int, Message]]
@@ -98,6 +109,12 @@ class WriterStats:
     """Committed batch transactions (upkeep transactions are not counted)."""
     messages_committed: int = 0
     """Published messages committed."""
+    inline_transactions: int = 0
+    """Of the transactions, those committed on the event loop's thread (publishes
+    with ``synchronous=normal``, see :meth:`SQLitePubSub.publish`)."""
+    checkpoints: int = 0
+    """WAL checkpoints that copied the whole log, run for inline publishing (about
+    one per ``CHECKPOINT_EVERY`` commits)."""
     sweeps: int = 0
     """Retention sweeps completed."""
     messages_deleted: int = 0
@@ -113,6 +130,9 @@ class Batch:
     published_count: int
     requeued_topics: set[str]
     """Topics where messages became available again (nack or release)."""
+    skipped: frozenset[tuple[str, str]] = frozenset()
+    """(topic, group) pairs whose cursor this batch moved past every message it
+    published to the topic (see :attr:`Writer.skips`): nothing new for them."""
 
 
 class Writer(threading.Thread):
@@ -149,7 +169,12 @@ class Writer(threading.Thread):
         self.nudged = False
         #: Lease owners (subscription tokens) to renew; replaced, never mutated.
         self.owners: frozenset[str] = frozenset()
+        #: topic -> {group: (key, value)}: groups whose subscriptions here skip the
+        #: messages with that metadata (they count as acked by the group, undelivered).
+        #: Replaced, never mutated.
+        self.skips: dict[str, dict[str, tuple[str, str]]] = {}
         self.stats = WriterStats()
+        self._stats_lock = threading.Lock()  # committed() runs on both threads
         self.ready: asyncio.Future[None] = loop.create_future()
         self._aborted = False
         #: Set once the thread no longer takes operations.
@@ -266,6 +291,9 @@ class Writer(threading.Thread):
                     stop = op[1]
             if ops or self.settlements:
                 self._run_batch(ops)
+                for op in ops:
+                    if op[0] == CHECKPOINT:
+                        self._checkpoint(op[1], op[2])
             now = time.monotonic()
             if now >= next_renew:
                 self._upkeep(self._renew)
@@ -280,6 +308,38 @@ class Writer(threading.Thread):
                 rest.append(self.ops.get_nowait())
         self._fail_all(rest, ClosedError("sqlite:// pubsub is closed"))
         return stop
+
+    def _checkpoint(self, final: bool, fut: asyncio.Future[bool]) -> None:
+        """Copy the WAL into the database (PASSIVE: blocks nobody); resolve ``fut``
+        with whether the whole log was copied. Asked for by the owner's inline
+        publishes: first while they go on; if they appended meanwhile, once more
+        (``final``) while they are paused, so that it copies the whole log. A log
+        copied whole is rewound here (by a no-op write) instead of growing without
+        bound under steady load, and its header is synced on this thread rather
+        than by an inline commit on the event loop."""
+        con = self._con
+        assert con is not None
+        try:
+            self._sync(con, "normal")
+            busy, logged, copied = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            whole = not busy and logged == copied
+            if whole:
+                # The next write rewinds the log and syncs its header: make it this
+                # thread's (a no-op write), not an inline commit on the event loop.
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    version = int(con.execute("PRAGMA user_version").fetchone()[0])
+                    con.execute(f"PRAGMA user_version = {version}")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                self.stats.checkpoints += 1
+        except sqlite3.Error as exc:
+            log.warning("sqlite:// checkpoint failed: %s", exc)
+            whole = False
+        batch = Batch([(fut, whole, None)], set(), 0, set())
+        self._post(lambda: self.on_batch(batch))
 
     def _post(self, callback: Callable[[], None]) -> None:
         try:
@@ -311,6 +371,7 @@ class Writer(threading.Thread):
         published: set[str] = set()
         requeued: set[str] = set()
         new_topics: list[str] = []
+        skipped: frozenset[tuple[str, str]] = frozenset()
         n_published = 0
         try:
             # Publishes get the configured durability. Everything else (leases,
@@ -322,24 +383,18 @@ class Writer(threading.Thread):
             try:
                 if settled:
                     self._apply_settlements(con, settled, requeued)
-                rows: list[tuple[str, str, bytes | None, bytes]] = []
+                pubs: list[Publish] = []
                 fetches: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
                 for op in ops:
                     kind = op[0]
                     if kind == PUB:
-                        topic = op[1]
-                        if topic not in self._known_topics and topic not in published:
-                            new_topics.append(topic)
-                        published.add(topic)
-                        rows.extend(op[2])
-                        results.append((op[3], None, None))
+                        pubs.append((op[1], op[2], op[3]))
+                        results.append((op[4], None, None))
                     elif kind == FETCH:
                         fetches.setdefault((op[1], op[2]), []).append(op)
-                if new_topics:
-                    con.executemany(sql.INSERT_TOPIC, [(t,) for t in new_topics])
-                if rows:
-                    self._insert(con, rows)
-                    n_published = len(rows)
+                if pubs:
+                    new_topics, n_published, skipped = self.insert_publishes(con, pubs)
+                    published = {p[0] for p in pubs}
                 for op in ops:
                     kind = op[0]
                     if kind == JOIN:
@@ -351,6 +406,8 @@ class Writer(threading.Thread):
                         results.append((op[4], self._read(con, op[1], op[2], op[3]), None))
                     elif kind == FLUSH and op[1] is not None:
                         results.append((op[1], None, None))
+                    elif kind == CHECKPOINT:
+                        pass  # after the commit (see _serve)
                     elif kind == STOP:
                         pass
                 if fetches:
@@ -375,29 +432,80 @@ class Writer(threading.Thread):
             # Settlements are retried with the next batch; every operation fails.
             self.settlements.extendleft(reversed(settled))
             results = [
-                (op[-1], None, _translate(op[0], exc))
+                (op[-1], None, translate(op[0], exc))
                 for op in ops
                 if op[0] != STOP and _has_future(op)
             ]
             batch = Batch(results, set(), 0, set())
             self._post(lambda: self.on_batch(batch))
             return
-        self._known_topics.update(new_topics)
-        self.stats.transactions += 1
-        self.stats.messages_committed += n_published
-        batch = Batch(results, published, n_published, requeued)
+        self.committed(new_topics, n_published)
+        batch = Batch(results, published, n_published, requeued, skipped)
         self._post(lambda: self.on_batch(batch))
 
-    def _insert(
-        self, con: sqlite3.Connection, rows: list[tuple[str, str, bytes | None, bytes]]
-    ) -> None:
-        """Insert messages in order with a few multi-row statements.
+    def committed(self, new_topics: list[str], n_published: int, *, inline: bool = False) -> None:
+        """Count a committed batch transaction (the writer's or an inline one)."""
+        self._known_topics.update(new_topics)
+        with self._stats_lock:
+            self.stats.transactions += 1
+            self.stats.inline_transactions += inline
+            self.stats.messages_committed += n_published
 
-        ``executemany`` steps once per row and releases the GIL at every step;
-        when the event loop is busy the thread then waits for the GIL each time.
-        A few big statements keep the commit path short.
+    def insert_publishes(
+        self, con: sqlite3.Connection, pubs: list[Publish]
+    ) -> tuple[list[str], int, frozenset[tuple[str, str]]]:
+        """Insert the rows of ``pubs`` in order, inside the transaction open on ``con``
+        (the writer's, or the owner's inline connection on the event loop's thread).
+
+        Then each group of :attr:`skips` that is caught up on a topic (no message of
+        the topic beyond its cursor before these) has its cursor moved past the
+        leading calls whose messages it skips: what its fetch would do, without a
+        fetch. Returns the topics new to this writer, the rows inserted, and the
+        (topic, group) pairs moved past every row published to their topic here.
         """
-        self._chunked(con, sql.insert_messages, rows, ())
+        new_topics: list[str] = []
+        seen: set[str] = set()
+        rows: list[tuple[str, str, bytes | None, bytes]] = []
+        for topic, op_rows, _ in pubs:
+            if topic not in seen:
+                seen.add(topic)
+                if topic not in self._known_topics:
+                    new_topics.append(topic)
+            rows.extend(op_rows)
+        if new_topics:
+            con.executemany(sql.INSERT_TOPIC, [(t,) for t in new_topics])
+        if not rows:
+            return new_topics, 0, frozenset()
+        last = self._chunked(con, sql.insert_messages, rows, ())
+        skips = self.skips
+        if not skips or not seen & skips.keys():
+            return new_topics, len(rows), frozenset()
+        # Seqs are contiguous in a write transaction (AUTOINCREMENT, one writer).
+        seq = last - len(rows)
+        first: dict[str, int] = {}
+        upto: dict[tuple[str, str], int] = {}
+        blocked: set[tuple[str, str]] = set()
+        ends: dict[str, int] = {}
+        for topic, op_rows, skippers in pubs:
+            start, seq = seq + 1, seq + len(op_rows)
+            if not op_rows:
+                continue
+            first.setdefault(topic, start)
+            ends[topic] = seq
+            for group in skips.get(topic, ()):
+                key = (topic, group)
+                if key in blocked:
+                    continue
+                if group in skippers:
+                    upto[key] = seq
+                else:
+                    blocked.add(key)
+        done: set[tuple[str, str]] = set()
+        for (topic, group), end in upto.items():
+            cur = con.execute(sql.SKIP_AHEAD, (end, topic, group, end, topic, first[topic]))
+            if cur.rowcount and end == ends[topic]:
+                done.add((topic, group))
+        return new_topics, len(rows), frozenset(done)
 
     def _chunked(
         self,
@@ -405,10 +513,12 @@ class Writer(threading.Thread):
         make: Callable[[int], str],
         rows: list[Any],
         prefix: tuple[Any, ...],
-    ) -> None:
+    ) -> int:
         """Run ``make(n)`` over ``rows`` in chunks of the sizes in ``INSERT_CHUNKS``,
         with ``prefix`` before the flattened parameters of each chunk (rows may be
-        tuples, flattened, or single values)."""
+        tuples, flattened, or single values). Returns the last statement's
+        ``lastrowid`` (0 if none ran)."""
+        last = 0
         start, total = 0, len(rows)
         cache = self._chunk_sql
         for size in sql.INSERT_CHUNKS:
@@ -423,8 +533,9 @@ class Writer(threading.Thread):
                     params = [*prefix, *(v for row in chunk for v in row)]
                 else:
                     params = [*prefix, *chunk]
-                con.execute(stmt, params)
+                last = con.execute(stmt, params).lastrowid or 0
                 start += size
+        return last
 
     def _sync(self, con: sqlite3.Connection, level: str) -> None:
         """Set ``PRAGMA synchronous`` for the next transaction (outside any transaction)."""
@@ -479,9 +590,24 @@ class Writer(threading.Thread):
                 cursor = 0
             else:
                 cursor = row[0]
-            fresh = con.execute(sql.NEW_MESSAGES, (topic, cursor, total - len(due))).fetchall()
-            if fresh:
-                con.execute(sql.SET_CURSOR, (fresh[-1][0], topic, group))
+            start_cursor = cursor
+            want = total - len(due)
+            skip = self.skips.get(topic, {}).get(group)
+            while True:
+                ask = want - len(fresh)
+                found = con.execute(sql.NEW_MESSAGES, (topic, cursor, ask)).fetchall()
+                if not found:
+                    break
+                cursor = found[-1][0]
+                if skip is None:
+                    fresh = found
+                    break
+                # Skipped messages are passed over: no lease, as if acked at once.
+                fresh.extend(r for r in found if not _skipped(r[2], skip))
+                if len(found) < ask or len(fresh) >= want:
+                    break
+            if cursor != start_cursor:
+                con.execute(sql.SET_CURSOR, (cursor, topic, group))
         rows = due + fresh
         n_due = len(due)
         until = now + self.visibility_ms
@@ -566,6 +692,10 @@ class Writer(threading.Thread):
         self.stats.sweeps += 1
 
 
+def _skipped(raw: bytes | None, skip: tuple[str, str]) -> bool:
+    return bool(raw) and decode_metadata(raw).get(skip[0]) == skip[1]
+
+
 def _has_future(op: tuple[Any, ...]) -> bool:
     return isinstance(op[-1], asyncio.Future)
 
@@ -577,7 +707,8 @@ def is_busy(exc: BaseException) -> bool:
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _translate(kind: int, exc: Exception) -> PubSubError:
+def translate(kind: int, exc: Exception) -> PubSubError:
+    """The eventmill error for a failed operation of ``kind`` (``exc`` as its cause)."""
     err: PubSubError
     if kind == PUB:
         err = PublishError(f"sqlite:// publish failed, nothing was committed: {exc}")

@@ -4,7 +4,19 @@ Publishing: ``publish`` hands its rows to the writer thread and returns once the
 transaction holding them is committed (fsynced with ``synchronous=full``, the
 default). Concurrent publishes are coalesced into one transaction (group commit),
 so throughput grows with concurrency instead of stopping at one fsync per call.
-Messages of one call are committed together, in order, or not at all.
+Messages of one call are committed together, in order, or not at all. With
+``synchronous=normal`` (no fsync at commit) the publishes made during one turn of
+the event loop are committed in one transaction on the loop's own thread instead,
+which costs less than the hand-off to the writer thread and back; if the file is
+locked (by the writer thread or another process) they go to the writer thread,
+which waits for the lock. Every ``CHECKPOINT_EVERY`` such commits the writer
+checkpoints the WAL, so the log is rewound instead of growing under steady load.
+
+Skipping: a group subscription made with ``skip=(key, value)`` passes over the
+messages whose metadata has that value: they count as acked by the group without
+being leased or handed out. A publish of only such messages moves a group that is
+caught up past them in its own transaction (no fetch, no wake-up); a group behind
+passes over them when it fetches.
 
 Consuming: a consumer group has a position (``cursor``) per topic; a new group
 starts at the oldest retained message. A fetched message is *leased* to the
@@ -42,6 +54,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import uuid
 import weakref
 from collections import deque
@@ -53,6 +66,7 @@ from eventmill.errors import BackendUnavailableError, ClosedError, PubSubError
 from eventmill.message import Message
 from eventmill.pubsub._sqlite_config import SQLiteConfig
 from eventmill.pubsub._sqlite_writer import (
+    CHECKPOINT,
     FETCH,
     FLUSH,
     HEAD,
@@ -63,9 +77,11 @@ from eventmill.pubsub._sqlite_writer import (
     STOP,
     Batch,
     Fetched,
+    Publish,
     Writer,
     WriterStats,
     is_busy,
+    translate,
 )
 from eventmill.pubsub._subscription import AsyncStartCloseable, BufferedSubscription
 from eventmill.pubsub.base import Capabilities, validate_name
@@ -81,6 +97,9 @@ log = logging.getLogger("eventmill.pubsub.sqlite")
 #: wakes the subscriptions of the others at once instead of at their next poll.
 _INSTANCES: dict[str, weakref.WeakSet[SQLitePubSub]] = {}
 
+#: Inline commits (``synchronous=normal``) between two WAL checkpoints by the writer.
+CHECKPOINT_EVERY = 200
+
 
 class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
     """An open subscription of :class:`SQLitePubSub` (see :class:`~eventmill.Subscription`).
@@ -89,9 +108,17 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
     messages leased ahead of the readers and refills when half are handed out.
     """
 
-    def __init__(self, owner: SQLitePubSub, topic: str, group: str | None, head: int) -> None:
+    def __init__(
+        self,
+        owner: SQLitePubSub,
+        topic: str,
+        group: str | None,
+        head: int,
+        skip: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__(topic, group)
         self._owner = owner
+        self._skip = skip
         self._token = uuid.uuid4().hex
         self._after = head  # ephemeral: last seq seen
         self._held: dict[Message, int] = {}
@@ -242,6 +269,13 @@ class SQLitePubSub(AsyncStartCloseable):
         self._closed = False
         self._abandoned = False
         self._key = os.path.abspath(config.path)  # peers on the same file wake each other
+        # Inline publishing (synchronous=normal): see _flush_inline.
+        self._inline_con: sqlite3.Connection | None = None
+        self._inline_on = config.synchronous == "normal"
+        self._inline_queue: list[tuple[Publish, asyncio.Future[None]]] = []
+        self._inline_paused = False  # the final step of a checkpoint is running
+        self._checkpointing = False
+        self._since_checkpoint = 0
 
     @classmethod
     def from_url(cls, url: str) -> SQLitePubSub:
@@ -315,6 +349,12 @@ class SQLitePubSub(AsyncStartCloseable):
             await self.start()
             writer = self._writer
             assert writer is not None
+        skips = writer.skips.get(topic)
+        skippers: frozenset[str] = frozenset()
+        if skips:
+            skippers = frozenset(
+                g for g, (k, v) in skips.items() if all(m.metadata.get(k) == v for m in messages)
+            )
         n = len(rows)
         while self._pending and self._pending + n > self.config.max_pending:
             room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -324,15 +364,120 @@ class SQLitePubSub(AsyncStartCloseable):
                 raise ClosedError("sqlite:// pubsub is closed")
         if writer.done or self._abandoned:
             raise ClosedError("sqlite:// pubsub is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._pending += n
         try:
-            writer.ops.put((PUB, topic, rows, fut))
+            if self._inline_on and not self._inline_paused:
+                if not self._inline_queue:
+                    loop.call_soon(self._flush_inline)
+                self._inline_queue.append(((topic, rows, skippers), fut))
+            else:
+                writer.ops.put((PUB, topic, rows, skippers, fut))
             await fut
         finally:
             self._pending -= n
             if self._room:
                 self._wake_room()
+
+    def _flush_inline(self) -> None:
+        """Commit the publishes queued during one turn of the event loop, on the
+        loop's own thread (``synchronous=normal`` only: a commit then appends to the
+        WAL without an fsync, cheaper than a hand-off to the writer thread and back).
+
+        The connection never waits for a lock (busy timeout 0) and never
+        checkpoints; if the file is locked (by the writer thread or another
+        process) the publishes go to the writer thread, which waits up to
+        ``busy_timeout``. Every ``CHECKPOINT_EVERY`` commits the writer runs a WAL
+        checkpoint while inline commits go on; if they appended meanwhile, it copies
+        the rest with inline publishing paused, so that the whole log is copied and
+        rewound. Inline publishing is paused as well when the first step has not
+        run after another ``CHECKPOINT_EVERY`` commits (a busy loop can starve the
+        writer thread of the GIL): the log stays bounded.
+        """
+        queued, self._inline_queue = self._inline_queue, []
+        writer = self._writer
+        if self._abandoned or writer is None or writer.done:
+            for _, fut in queued:
+                if not fut.done():
+                    fut.set_exception(ClosedError("sqlite:// pubsub is closed"))
+            return
+        max_batch = self.config.max_batch
+        start = 0
+        while start < len(queued):
+            end, n = start, 0
+            while end < len(queued) and (end == start or n + len(queued[end][0][1]) <= max_batch):
+                n += len(queued[end][0][1])
+                end += 1
+            part = queued[start:end]
+            start = end
+            if self._inline_paused or not self._commit_inline(writer, part):
+                for (topic, rows, skippers), fut in part:
+                    writer.ops.put((PUB, topic, rows, skippers, fut))
+
+    def _commit_inline(
+        self, writer: Writer, part: list[tuple[Publish, asyncio.Future[None]]]
+    ) -> bool:
+        """One transaction for ``part``; ``False`` if the database was locked."""
+        con = self._inline_con
+        try:
+            if con is None:
+                con = sqlite3.connect(self.config.path, isolation_level=None)
+                con.execute("PRAGMA busy_timeout = 0")
+                con.execute("PRAGMA synchronous = NORMAL")
+                con.execute("PRAGMA wal_autocheckpoint = 0")
+                self._inline_con = con
+            con.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if is_busy(exc):
+                return False
+            log.warning("sqlite:// inline publishing is off: %s", exc)
+            self._inline_on = False  # the writer thread takes over
+            return False
+        try:
+            new_topics, n, skipped = writer.insert_publishes(con, [p for p, _ in part])
+            con.execute("COMMIT")
+        except Exception as exc:  # sqlite3.Error: nothing of this transaction is committed
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+            if is_busy(exc):
+                return False
+            log.warning("sqlite:// transaction failed: %s", exc)
+            err = translate(PUB, exc)
+            self._on_batch(Batch([(f, None, err) for _, f in part], set(), 0, set()))
+            return True
+        writer.committed(new_topics, n, inline=True)
+        published = {p[0] for p, _ in part}
+        self._on_batch(Batch([(f, None, None) for _, f in part], published, n, set(), skipped))
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            if not self._checkpointing:
+                self._checkpointing = True
+                self._checkpoint_step(writer, final=False)
+            else:  # still waiting for the writer: let it run
+                self._inline_paused = True
+        return True
+
+    def _checkpoint_step(self, writer: Writer, *, final: bool) -> None:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(lambda f: self._checkpointed(writer, f, final))
+        writer.ops.put((CHECKPOINT, final, done))
+
+    def _checkpointed(self, writer: Writer, done: asyncio.Future[bool], final: bool) -> None:
+        failed = done.cancelled() or done.exception() is not None  # (a closed writer)
+        if final or failed or writer.done or done.result():
+            self._inline_paused = False
+            self._checkpointing = False
+        else:  # inline commits appended to the log meanwhile: copy the rest, paused
+            self._inline_paused = True
+            self._checkpoint_step(writer, final=True)
+
+    def _close_inline(self) -> None:
+        con, self._inline_con = self._inline_con, None
+        if con is not None:
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
 
     def _wake_room(self) -> None:
         while self._room:
@@ -342,14 +487,30 @@ class SQLitePubSub(AsyncStartCloseable):
 
     # -- subscribing ---------------------------------------------------------------------
 
-    async def subscribe(self, topic: str, *, group: str | None = None) -> SQLiteSubscription:
+    async def subscribe(
+        self, topic: str, *, group: str | None = None, skip: tuple[str, str] | None = None
+    ) -> SQLiteSubscription:
         """Join ``group`` on ``topic`` (created at the oldest retained message if new),
-        or, without a group, follow the messages published from now on."""
+        or, without a group, follow the messages published from now on.
+
+        ``skip=(key, value)`` (with a group only): messages whose metadata has
+        ``key`` set to ``value`` are not delivered to the group; they count as acked
+        by it at once (no lease, no hand-out). Use it for messages every member of
+        the group would ack unhandled. It applies while every subscription of the
+        group on the topic in this process asks for the same ``skip``.
+        """
         if self._closed:
             raise ClosedError("sqlite:// pubsub is closed")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
+        if skip is not None:
+            if group is None:
+                raise ValueError("skip needs a consumer group")
+            if not (
+                isinstance(skip, tuple) and len(skip) == 2 and all(isinstance(x, str) for x in skip)
+            ):
+                raise TypeError("skip must be a (key, value) pair of strings")
         if self._writer is None:
             await self.start()
         if group is None:
@@ -359,13 +520,36 @@ class SQLitePubSub(AsyncStartCloseable):
             head = 0
         if self._closed:
             raise ClosedError("sqlite:// pubsub is closed")
-        sub = SQLiteSubscription(self, topic, group, head)
+        sub = SQLiteSubscription(self, topic, group, head, skip)
         self._subs.setdefault(topic, set()).add(sub)
         if group is not None:
             writer = self._writer
             assert writer is not None
             writer.owners = writer.owners | {sub._token}
+            self._update_skips(topic)
         return sub
+
+    def _update_skips(self, topic: str) -> None:
+        """Tell the writer which groups on ``topic`` skip which messages (those whose
+        subscriptions in this process all ask for the same ``skip``)."""
+        writer = self._writer
+        if writer is None:
+            return
+        asked: dict[str, set[tuple[str, str] | None]] = {}
+        for sub in self._subs.get(topic, ()):
+            if sub.group is not None:
+                asked.setdefault(sub.group, set()).add(sub._skip)
+        groups: dict[str, tuple[str, str]] = {}
+        for group, wanted in asked.items():
+            only = next(iter(wanted))
+            if len(wanted) == 1 and only is not None:
+                groups[group] = only
+        skips = dict(writer.skips)
+        if groups:
+            skips[topic] = groups
+        else:
+            skips.pop(topic, None)
+        writer.skips = skips
 
     def _forget(self, sub: SQLiteSubscription) -> None:
         subs = self._subs.get(sub.topic)
@@ -373,6 +557,8 @@ class SQLitePubSub(AsyncStartCloseable):
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.topic]
+        if sub.group is not None:
+            self._update_skips(sub.topic)
         writer = self._writer
         if writer is not None and sub._token in writer.owners:
             writer.owners = writer.owners - {sub._token}
@@ -405,16 +591,26 @@ class SQLitePubSub(AsyncStartCloseable):
         if topics:
             loop = self._loop
             for other in list(_INSTANCES.get(self._key, ())):
-                if other is self or other._loop is loop:
+                if other is self:
+                    # A group moved past everything published here has nothing new.
+                    skipped = batch.skipped
+                    if skipped and batch.requeued_topics:  # requeued: wake them all
+                        skipped = frozenset(p for p in skipped if p[0] not in batch.requeued_topics)
+                    other._wake_topics(topics, skipped)
+                elif other._loop is loop:
                     other._wake_topics(topics)
                 elif other._loop is not None and not other._closed:
                     with contextlib.suppress(RuntimeError):
                         other._loop.call_soon_threadsafe(other._wake_topics, topics)
 
-    def _wake_topics(self, topics: set[str]) -> None:
+    def _wake_topics(
+        self, topics: set[str], skipped: frozenset[tuple[str, str]] | None = None
+    ) -> None:
         subs = self._subs
         for topic in topics:
             for sub in subs.get(topic, ()):
+                if skipped and (topic, sub.group) in skipped:
+                    continue
                 sub._notify()
 
     # -- closing -------------------------------------------------------------------------
@@ -428,11 +624,14 @@ class SQLitePubSub(AsyncStartCloseable):
         subs = [sub for topic_subs in self._subs.values() for sub in topic_subs]
         await asyncio.gather(*(sub.close() for sub in subs))  # releases share a commit
         self._wake_room()
+        if self._inline_queue:  # publishes in progress: commit them before STOP
+            self._flush_inline()
         writer = self._writer
         if writer is not None and writer.is_alive():
             with contextlib.suppress(ClosedError):
                 await self._call(STOP)
             await asyncio.to_thread(writer.join, 30)
+        self._close_inline()
         self._unregister()
 
     async def _abandon(self) -> None:
@@ -452,6 +651,7 @@ class SQLitePubSub(AsyncStartCloseable):
         if writer is not None:
             writer.abort()
             await asyncio.to_thread(writer.join, 30)
+        self._close_inline()
         self._unregister()
 
     def _unregister(self) -> None:
