@@ -24,13 +24,16 @@ again, and ``(txid, seq)`` order is final there. The price: a transaction that w
 and stays open (anywhere in the cluster) holds back delivery of rows committed after
 it started, until it ends.
 
-Every read of the log bounds the whole key ``(tid, txid, seq)`` at both ends with row
-comparisons (``> (tid, cursor)`` and ``< (tid, horizon)`` or ``< (tid + 1, ...)``),
-never ``tid = $1`` beside a row comparison: given an equality on the first column, a
-btree scan starts at the topic's first retained message and filters its way to the
-cursor, and the planner's estimates for that form chose to sort the whole topic. Reads
-past a long consumed log then cost as much as reads of a short one (test:
-``test_reads_past_a_long_consumed_log_touch_only_its_end``).
+Every read of the log has the form ``tid = $1 AND (txid, seq) > cursor`` (claims and
+ephemeral reads add ``AND txid < horizon``; retention bounds it by the slowest group's
+cursor instead). With the equality on the key's first column, PostgreSQL's btree starts
+the scan at the cursor (the row comparison on the next two columns) and ends it at the
+horizon, so a read behind a long retained log costs what it costs on a short one. Two
+forms that look equivalent are not: a row comparison over the whole key beside
+``tid = $1`` starts the scan at the topic's first message (the equality wins the start
+position) and made the first plans of a session sort the whole topic; and a row
+comparison as an upper bound ends a scan only when its first column decides. Test:
+``test_reads_past_a_long_consumed_log_touch_only_its_end``.
 
 Claiming (:attr:`Sql.ddl`, function ``<prefix>claim``) hands a member either an
 expired lease (a crashed member's batch, a released one, or a nacked message) or
@@ -57,6 +60,8 @@ from functools import cached_property
 __all__ = ["Sql", "lock_class"]
 
 _TABLES = ("topics", "messages", "groups", "leases")
+_XID8_MAX = 2**64 - 1  # bounds meaning "no bound" in row comparisons
+_BIGINT_MAX = 2**63 - 1
 
 
 def lock_class(schema: str, prefix: str) -> int:
@@ -163,8 +168,9 @@ BEGIN
         RETURN QUERY
         SELECT l.lid, l.lease, m.txid, m.seq, m.msg_id, m.metadata, m.payload
         FROM {m} AS m
-        WHERE (m.tid, m.txid, m.seq) >= (p_tid, l.lo_txid, l.lo_seq)
-          AND (m.tid, m.txid, m.seq) <= (p_tid, l.hi_txid, l.hi_seq)
+        WHERE m.tid = p_tid
+          AND (m.txid, m.seq) >= (l.lo_txid, l.lo_seq)
+          AND (m.txid, m.seq) <= (l.hi_txid, l.hi_seq)
           AND m.seq <> ALL (l.acked)
         ORDER BY m.txid, m.seq;
         IF FOUND THEN
@@ -181,8 +187,7 @@ BEGIN
     WITH b AS (
         SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
         FROM {m} AS m
-        WHERE (m.tid, m.txid, m.seq) > (p_tid, c_txid, c_seq)
-          AND (m.tid, m.txid, m.seq) < (p_tid, horizon, 0::bigint)
+        WHERE m.tid = p_tid AND (m.txid, m.seq) > (c_txid, c_seq) AND m.txid < horizon
         ORDER BY m.tid, m.txid, m.seq
         LIMIT p_limit
     ), lo AS (
@@ -293,8 +298,7 @@ SELECT
     EXISTS (
         SELECT 1 FROM {g} AS g CROSS JOIN LATERAL (
             SELECT 1 FROM {m} AS m
-            WHERE (m.tid, m.txid, m.seq) > (g.tid, g.cur_txid, g.cur_seq)
-              AND (m.tid, m.txid, m.seq) < (g.tid + 1, '0'::xid8, 0::bigint)
+            WHERE m.tid = g.tid AND (m.txid, m.seq) > (g.cur_txid, g.cur_seq)
             ORDER BY m.tid, m.txid, m.seq LIMIT 1
         ) AS after_cursor
         WHERE g.gid = $1
@@ -368,8 +372,8 @@ FROM n JOIN held ON held.lid = n.lid"""
         return f"""
 SELECT m.txid, m.seq, m.msg_id, m.metadata, m.payload
 FROM {self.table("messages")} AS m
-WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3)
-  AND (m.tid, m.txid, m.seq) < ($1, pg_snapshot_xmin(pg_current_snapshot()), 0::bigint)
+WHERE m.tid = $1 AND (m.txid, m.seq) > ($2::xid8, $3)
+  AND m.txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY m.tid, m.txid, m.seq
 LIMIT $4"""
 
@@ -379,8 +383,7 @@ LIMIT $4"""
         return f"""
 SELECT count(*) > 0 FROM (
     SELECT 1 FROM {self.table("messages")} AS m
-    WHERE (m.tid, m.txid, m.seq) > ($1, $2::xid8, $3)
-      AND (m.tid, m.txid, m.seq) < ($1 + 1, '0'::xid8, 0::bigint)
+    WHERE m.tid = $1 AND (m.txid, m.seq) > ($2::xid8, $3)
     ORDER BY m.tid, m.txid, m.seq LIMIT 1
 ) AS after_cursor"""
 
@@ -391,24 +394,45 @@ SELECT count(*) > 0 FROM (
         """Delete up to $2 messages older than $1 seconds that no group still has to consume.
 
         A message is done for a group once the group's cursor is past it and no lease
-        of the group covers it unacknowledged.
+        of the group covers it unacknowledged. Per topic, only the start of the log is
+        read: up to the slowest group's cursor and the first message still within
+        retention, whichever comes first (a pass over a long log with nothing to
+        delete reads a few index pages per topic, not the log).
         """
-        m, g, le = self.table("messages"), self.table("groups"), self.table("leases")
+        t, m, g, le = (self.table(x) for x in _TABLES)
         return f"""
 DELETE FROM {m} WHERE (tid, txid, seq) IN (
-    SELECT x.tid, x.txid, x.seq FROM {m} AS x
-    WHERE x.created_at < now() - make_interval(secs => $1)
-      AND NOT EXISTS (
-          SELECT 1 FROM {g} AS g
-          WHERE g.tid = x.tid AND (x.txid, x.seq) > (g.cur_txid, g.cur_seq)
-      )
-      AND NOT EXISTS (
-          SELECT 1 FROM {le} AS l JOIN {g} AS g ON g.gid = l.gid
-          WHERE g.tid = x.tid
-            AND (x.txid, x.seq) >= (l.lo_txid, l.lo_seq)
-            AND (x.txid, x.seq) <= (l.hi_txid, l.hi_seq)
-            AND x.seq <> ALL (l.acked)
-      )
-    ORDER BY x.tid, x.txid, x.seq
+    SELECT x.tid, x.txid, x.seq
+    FROM {t} AS t
+    LEFT JOIN LATERAL (  -- the topic's slowest group: nothing after its cursor may go
+        SELECT g.cur_txid, g.cur_seq FROM {g} AS g WHERE g.tid = t.tid
+        ORDER BY g.cur_txid, g.cur_seq LIMIT 1
+    ) AS slow ON true
+    LEFT JOIN LATERAL (  -- the first message before it that is still within retention
+        SELECT y.txid, y.seq FROM {m} AS y
+        WHERE y.tid = t.tid
+          AND (y.txid, y.seq) <= (coalesce(slow.cur_txid, '{_XID8_MAX}'::xid8),
+                                  coalesce(slow.cur_seq, {_BIGINT_MAX}))
+          AND y.created_at >= now() - make_interval(secs => $1)
+        ORDER BY y.tid, y.txid, y.seq LIMIT 1
+    ) AS young ON true
+    CROSS JOIN LATERAL (
+        SELECT x.tid, x.txid, x.seq FROM {m} AS x
+        WHERE x.tid = t.tid
+          AND (x.txid, x.seq) <= (coalesce(slow.cur_txid, '{_XID8_MAX}'::xid8),
+                                  coalesce(slow.cur_seq, {_BIGINT_MAX}))
+          AND (x.txid, x.seq) < (coalesce(young.txid, '{_XID8_MAX}'::xid8),
+                                 coalesce(young.seq, {_BIGINT_MAX}))
+          AND x.created_at < now() - make_interval(secs => $1)
+          AND NOT EXISTS (
+              SELECT 1 FROM {le} AS l JOIN {g} AS g ON g.gid = l.gid
+              WHERE g.tid = x.tid
+                AND (x.txid, x.seq) >= (l.lo_txid, l.lo_seq)
+                AND (x.txid, x.seq) <= (l.hi_txid, l.hi_seq)
+                AND x.seq <> ALL (l.acked)
+          )
+        ORDER BY x.tid, x.txid, x.seq
+        LIMIT $2
+    ) AS x
     LIMIT $2
 )"""

@@ -101,11 +101,14 @@ _COPY_MIN = 8  # publish batches this large use COPY, smaller ones one INSERT (s
 #: only ever risk a redelivery if lost in a server crash, so their commits need not
 #: wait for the WAL flush. Every statement it runs is built for an index (a queue
 #: table's statistics are always stale: a scan+sort plan chosen for "49 rows" on a
-#: 100,000-row backlog is 10x slower), so the planner is kept on indexes.
+#: 100,000-row backlog is 10x slower), so the planner is kept on indexes; and JIT
+#: compilation, which the retention pass's estimates trigger, costs ~300 ms for a
+#: statement that runs in ~1 ms.
 _CONSUMER_SETTINGS = {
     "synchronous_commit": "off",
     "enable_seqscan": "off",
     "enable_bitmapscan": "off",
+    "jit": "off",
 }
 
 
@@ -119,6 +122,11 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc).lower()
         return "connection" in text and ("closed" in text or "lost" in text)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # A connection the server ended while it sat idle (pg_terminate_backend, a
+        # restart) is left mid-protocol until its end is read: the next statement on
+        # it fails with this. run() closes it; the retry takes another.
+        return "cannot switch to state" in str(exc)
     return False
 
 
@@ -183,13 +191,23 @@ class _Held:
         self.conn: Any = None
         self.pool: Any = None
 
-    async def give_back(self) -> None:
+    async def give_back(self, *, broken: bool = False) -> None:
+        """Return the connection to its pool (closed first if ``broken``)."""
         conn, pool, self.conn, self.pool = self.conn, self.pool, None, None
         if conn is not None:
-            try:
-                await pool.release(conn)  # a broken connection is terminated there
-            except Exception:
-                conn.terminate()
+            await _release(pool, conn, broken=broken)
+
+
+async def _release(pool: Any, conn: Any, *, broken: bool) -> None:
+    """Return ``conn`` to ``pool``; a ``broken`` one (its statement failed with a
+    connection error) is closed first, so nobody gets it half-way through a protocol
+    exchange: the pool's cheap reset (:func:`_reset`) does not test the connection."""
+    # Either call fails once the connection's loss was seen: asyncpg has then
+    # closed it and returned it to the pool itself.
+    with contextlib.suppress(Exception):
+        if broken:
+            conn.terminate()
+        await pool.release(conn)
 
 
 async def _reset(conn: Any) -> None:
@@ -448,16 +466,20 @@ class PostgresPubSub(AsyncStartCloseable):
             if end is None and self._closed:
                 raise ClosedError("postgresql:// pubsub is closed")
             pool = self._pool if durable else self._cpool
+            conn: Any = None
             try:
                 if held is None:
-                    async with pool.acquire() as conn:
-                        return await op(conn)
-                if held.conn is None:
+                    conn = await pool.acquire()
+                elif held.conn is None:
                     held.conn, held.pool = await pool.acquire(), pool
-                return await op(held.conn)
+                result = await op(conn if held is None else held.conn)
             except Exception as exc:
+                broken = _transient(exc)
                 if held is not None:
-                    await held.give_back()
+                    await held.give_back(broken=broken)
+                elif conn is not None:
+                    await _release(pool, conn, broken=broken)
+                    conn = None
                 if self._aborted:
                     raise ClosedError("postgresql:// pubsub was aborted") from exc
                 if not _transient(exc):
@@ -477,6 +499,14 @@ class PostgresPubSub(AsyncStartCloseable):
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max)
+            except BaseException:  # cancelled: the pool waits for the server to cancel
+                if conn is not None:
+                    await _release(pool, conn, broken=False)
+                raise
+            else:
+                if conn is not None:
+                    await pool.release(conn)
+                return result
 
     def _translate(self, exc: BaseException, what: str) -> EventmillError:
         text = f"postgresql:// {what} failed on {self._where}: {type(exc).__name__}: {exc}"
