@@ -82,6 +82,15 @@ def test_bad_scope_and_bad_config_exit_2(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr
 
 
+def test_error_messages_keep_long_paths_and_brackets_whole(tmp_path: Path) -> None:
+    """An error is one unwrapped line: a long path stays copyable, and text in [brackets]
+    is printed, not taken for markup."""
+    missing = tmp_path / ("a-rather-long-directory-name-" * 4) / "[prod] settings.toml"
+    result = runner.invoke(app, ["keys", "list", "--config", str(missing)], env={})
+    assert result.exit_code == 2
+    assert f"'{missing}' does not exist" in result.stderr
+
+
 @pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["keys", "create", "--help"]])
 def test_installed_entry_point(args: list[str]) -> None:
     proc = subprocess.run(

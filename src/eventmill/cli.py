@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eventmill.errors import ConfigurationError, EventmillError
@@ -36,6 +37,13 @@ app.add_typer(keys_app, name="keys")
 _out = Console()
 _err = Console(stderr=True)
 
+
+def _error(text: str) -> None:
+    """Print ``error: text`` on stderr: unwrapped (a path stays copyable) and with any
+    ``[...]`` in it shown as is, not read as markup."""
+    _err.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML settings file (else $EVENTMILL_CONFIG)."),
@@ -46,7 +54,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
     try:
         return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigurationError as exc:
-        _err.print(f"[red]error:[/red] {exc}")
+        _error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -54,7 +62,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
     except EventmillError as exc:
-        _err.print(f"[red]error:[/red] {exc}")
+        _error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -91,9 +99,7 @@ def _scopes_ok(scopes: list[str]) -> list[str]:
 
     bad = sorted(set(scopes) - set(SCOPES))
     if bad:
-        _err.print(
-            f"[red]error:[/red] unknown scope(s) {', '.join(bad)}; use {', '.join(sorted(SCOPES))}"
-        )
+        _error(f"unknown scope(s) {', '.join(bad)}; use {', '.join(sorted(SCOPES))}")
         raise typer.Exit(2)
     return scopes
 
@@ -164,7 +170,7 @@ def keys_revoke(
             return bool(await keys.revoke(key_id))
 
     if not _run(revoke):
-        _err.print(f"[red]error:[/red] no active key with id {key_id!r}")
+        _error(f"no active key with id {key_id!r}")
         raise typer.Exit(1)
     _out.print(f"revoked {key_id}")
 
