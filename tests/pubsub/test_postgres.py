@@ -275,6 +275,32 @@ async def test_publishing_goes_on_when_the_connections_it_keeps_are_killed(schem
     await bus.close()
 
 
+async def test_a_new_topic_is_created_while_every_pool_connection_publishes(schema: str) -> None:
+    """With pool_max=1, a stream of publishes must not keep the only connection from
+    the creation of a new topic (workers keep no connection then)."""
+    bus = PostgresPubSub.from_url(
+        url(schema, pool_max=1, pool_min=1, publish_workers=1, publish_batch=5)
+    )
+    await bus.start()
+    busy, fresh = unique("t"), unique("t")
+    stop = asyncio.Event()
+
+    async def stream() -> None:
+        while not stop.is_set():
+            await bus.publish(busy, Message(b"x"))
+
+    streams = [asyncio.create_task(stream()) for _ in range(10)]
+    try:
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(bus.publish(fresh, Message(b"new")), 10)  # hang guard
+    finally:
+        stop.set()
+        await asyncio.gather(*streams)
+    sub = await bus.subscribe(fresh, group=unique("g"))
+    assert [m.payload for m in await collect(sub, 1)] == [b"new"]
+    await bus.close()
+
+
 async def test_large_and_small_publish_calls_arrive_intact_and_in_order(schema: str) -> None:
     """Both insert paths (COPY for big batches, INSERT for small ones) keep every field.
 

@@ -182,7 +182,8 @@ class _Held:
     asyncpg's pool costs ~55 µs of CPU per acquire and release, as much as the
     client side of a 50-row ``COPY``; a publish worker commits batch after batch, so
     it keeps one connection while it runs (see :meth:`PostgresPubSub.run`) and gives
-    it back when it stops or the connection fails.
+    it back when it stops or the connection fails. Workers keep connections only
+    while ``publish_workers < pool_max``, so topic and group creation always find one.
     """
 
     __slots__ = ("conn", "pool")
@@ -616,7 +617,8 @@ class PostgresPubSub(AsyncStartCloseable):
         time, so concurrent calls gather into its batch instead of starting workers.
         """
         cfg = self.config
-        held = _Held()
+        # Keep a connection only if that leaves one for topic and group creation.
+        held = _Held() if cfg.publish_workers < cfg.pool_max else None
         try:
             while self._pending and not self._aborted:
                 # Publishers woken by the last commit queue their next call first.
@@ -669,7 +671,8 @@ class PostgresPubSub(AsyncStartCloseable):
                     self._announce({item.tid for item in batch})
         finally:
             self._workers -= 1
-            await held.give_back()
+            if held is not None:
+                await held.give_back()
 
     async def _insert(self, batch: list[_Pending], conn: Any) -> None:
         """One statement, committed on its own (the caller then wakes consumers).
