@@ -483,7 +483,7 @@ class PostgresPubSub(AsyncStartCloseable):
                     conn = None
                 if self._aborted:
                     raise ClosedError("postgresql:// pubsub was aborted") from exc
-                if not _transient(exc):
+                if not broken:
                     raise self._translate(exc, what) from exc
                 if end is not None and loop.time() + delay > end:
                     raise BackendUnavailableError(
@@ -505,8 +505,8 @@ class PostgresPubSub(AsyncStartCloseable):
                     await _release(pool, conn, broken=False)
                 raise
             else:
-                if conn is not None:
-                    await pool.release(conn)
+                if conn is not None:  # a failed release must not fail what was done
+                    await _release(pool, conn, broken=False)
                 return result
 
     def _translate(self, exc: BaseException, what: str) -> EventmillError:
