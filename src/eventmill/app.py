@@ -41,7 +41,7 @@ from eventmill.pubsub.factory import open_pubsub, redact_url
 from eventmill.router import Router, RouterConfig
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
-from eventmill.web import install_error_handlers
+from eventmill.web.errors import install_error_handlers
 
 __all__ = ["EVENTS_TOPIC", "create_app", "open_key_store"]
 

@@ -1,6 +1,9 @@
 """The one exception tree of eventmill.
 
-Every error eventmill raises on purpose derives from :class:`EventmillError`.
+Every error eventmill raises on purpose derives from :class:`EventmillError`. This
+module holds the library's errors (layers 1-3: messages, pub/sub, router, events);
+the store's errors live in :mod:`eventmill.store.errors` and the service's HTTP
+errors in :mod:`eventmill.web.errors`, both below the same root.
 Client-library errors (redis, asyncpg, nats, aiokafka, sqlite3, httpx) are
 translated at the boundary with ``raise ... from exc``; their messages never
 carry passwords or secrets.
@@ -9,30 +12,22 @@ carry passwords or secrets.
 from __future__ import annotations
 
 __all__ = [
-    "AuthenticationError",
     "BackendUnavailableError",
     "BufferFullError",
     "CircuitOpenError",
     "ClosedError",
     "ConfigurationError",
-    "DuplicateEventError",
     "EventValidationError",
     "EventmillError",
     "HandlerError",
     "HandlerTimeoutError",
-    "InvalidCursorError",
     "InvalidNameError",
     "MessageStateError",
-    "PayloadTooLargeError",
     "PubSubError",
     "PublishError",
     "RouterError",
-    "SignatureError",
-    "StoreError",
-    "StoreUnavailableError",
     "SubscribeError",
     "UnknownEventError",
-    "UnknownSourceError",
 ]
 
 
@@ -124,38 +119,3 @@ class EventValidationError(EventmillError):
 
 class UnknownEventError(EventValidationError):
     """An event name has no registered model and the registry rejects unknown names."""
-
-
-# -- layers 4-5: store and ingestion -----------------------------------------------------
-
-
-class StoreError(EventmillError):
-    """Base of event store errors."""
-
-
-class StoreUnavailableError(StoreError):
-    """The store's database cannot be reached."""
-
-
-class InvalidCursorError(StoreError, ValueError):
-    """A pagination cursor is malformed or was made for a different query order."""
-
-
-class DuplicateEventError(StoreError):
-    """An event with the same (source, external id) is already stored."""
-
-
-class AuthenticationError(EventmillError):
-    """A request carried no credentials, or wrong ones (API key, JWT)."""
-
-
-class SignatureError(AuthenticationError):
-    """A webhook's signature is missing, malformed, stale or does not match."""
-
-
-class UnknownSourceError(EventmillError):
-    """A webhook arrived for a source that is not configured."""
-
-
-class PayloadTooLargeError(EventmillError):
-    """A request body is larger than the configured limit."""

@@ -11,7 +11,7 @@ import razorpay
 import standardwebhooks
 from razorpay.errors import SignatureVerificationError
 
-from eventmill.errors import ConfigurationError, SignatureError
+from eventmill.errors import ConfigurationError
 from eventmill.ingest.signatures import (
     GitHubScheme,
     HmacScheme,
@@ -20,6 +20,7 @@ from eventmill.ingest.signatures import (
     StripeScheme,
     body_digest,
 )
+from eventmill.web.errors import SignatureError
 from tests import payloads
 
 SECRET = "rzp_webhook_s3cret"

@@ -9,10 +9,11 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from eventmill.errors import ConfigurationError, StoreError, StoreUnavailableError
+from eventmill.errors import ConfigurationError
 from eventmill.events import Event
 from eventmill.store import Store, StoreConfig, open_store
 from eventmill.store.database import VERSION_TABLE
+from eventmill.store.errors import StoreError, StoreUnavailableError
 from tests.conftest import free_port
 from tests.store.conftest import PG_BASE
 

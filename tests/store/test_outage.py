@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventmill.errors import StoreUnavailableError
 from eventmill.events import Event
 from eventmill.store import open_store
+from eventmill.store.errors import StoreUnavailableError
 from tests.conftest import REQUIRE_SERVICES
 from tests.pubsub._postgres_server import PostgresServer, available
 

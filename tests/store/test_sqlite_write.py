@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from eventmill.errors import StoreError
 from eventmill.events import Event
 from eventmill.store import Store, open_store
 from eventmill.store.database import CHECKPOINT_EVERY
+from eventmill.store.errors import StoreError
 
 
 def make_event() -> Event:

@@ -14,7 +14,6 @@ from eventmill.ingest.pipeline import (
     STORED_MARK,
     Accepted,
     PublishMarker,
-    PublishPendingError,
     ingest,
     publish_stored,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "IngestContext",
     "OutboxRelay",
     "PublishMarker",
-    "PublishPendingError",
     "RazorpayScheme",
     "Receiver",
     "SignatureScheme",

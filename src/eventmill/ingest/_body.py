@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from eventmill.web import ApiError
+from eventmill.web.errors import ApiError
 
 __all__ = ["parse_json", "read_limited"]
 

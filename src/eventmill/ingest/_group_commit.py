@@ -7,8 +7,8 @@ waiting (up to ``max_batch``) and stores them with one
 :meth:`~eventmill.store.EventStore.insert_many` call, i.e. one transaction: SQLite
 commits once per batch instead of once per request. A few batches may be in flight
 at once (``max_in_flight``), so one batch's round trip does not hold up the next.
-Each caller gets its own item's result, or its :class:`~eventmill.DuplicateEventError`
-raised; an error of the whole batch (e.g. :class:`~eventmill.StoreUnavailableError`)
+Each caller gets its own item's result, or its :class:`~eventmill.store.errors.DuplicateEventError`
+raised; an error of the whole batch (e.g. :class:`~eventmill.store.errors.StoreUnavailableError`)
 is raised to every caller in it.
 
 Waiting requests are bounded by ``max_pending``; when full, ``insert`` waits for room
@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from eventmill.errors import ConfigurationError, DuplicateEventError, StoreUnavailableError
+from eventmill.errors import ConfigurationError
 from eventmill.events import Event
 from eventmill.store import Store, StoredEvent
+from eventmill.store.errors import DuplicateEventError, StoreUnavailableError
 from eventmill.store.events import check_external_id
 
 __all__ = ["GroupCommitInserter"]

@@ -28,7 +28,7 @@ from eventmill.ingest.auth import PublishKey, ReadKey
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.pipeline import ingest
 from eventmill.store import StoredEvent
-from eventmill.web import ApiError, error_responses
+from eventmill.web.errors import ApiError, error_responses
 
 __all__ = ["MAX_BATCH", "router"]
 

@@ -9,7 +9,8 @@ event that crossed the bus. A message that is not a valid event is logged and ac
 failure raises, so the message is nacked and redelivered.
 
 :class:`AuditSubscriber` opens the handler's subscription so that a bus which can
-pass over messages by metadata (sqlite://) does not hand the skipped ones out at all.
+pass over messages by metadata (the ``SkippingSubscriber`` capability, sqlite://) does
+not hand the skipped ones out at all.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from eventmill.events import Event
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.pipeline import STORED_MARK
 from eventmill.message import Message
-from eventmill.pubsub.base import Subscriber, Subscription
-from eventmill.pubsub.sqlite import SQLitePubSub
+from eventmill.pubsub.base import SkippingSubscriber, Subscriber, Subscription
 
 __all__ = ["AuditSubscriber", "audit_handler"]
 
@@ -52,11 +52,11 @@ def audit_handler(ctx: IngestContext) -> Callable[[Message], Awaitable[None]]:
 
 class AuditSubscriber:
     """The audit handler's :class:`~eventmill.Subscriber`: ``bus``, except that on a
-    :class:`~eventmill.pubsub.sqlite.SQLitePubSub` a group subscription skips the
-    messages marked ``eventmill_stored`` in the bus itself (they count as acked by
-    the group, never leased nor handed out). Messages without the mark, i.e. from
-    other paths, are delivered as before. ``close()`` closes nothing: the bus has
-    its owner, and the Router closes the subscriptions it opened.
+    bus with the :class:`~eventmill.pubsub.base.SkippingSubscriber` capability a group
+    subscription skips the messages marked ``eventmill_stored`` in the bus itself
+    (they count as acked by the group, never leased nor handed out). Messages without
+    the mark, i.e. from other paths, are delivered as before. ``close()`` closes
+    nothing: the bus has its owner, and the Router closes the subscriptions it opened.
     """
 
     def __init__(self, bus: Subscriber) -> None:
@@ -64,8 +64,8 @@ class AuditSubscriber:
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
         bus = self._bus
-        if isinstance(bus, SQLitePubSub) and group is not None:
-            return await bus.subscribe(topic, group=group, skip=(STORED_MARK, "1"))
+        if isinstance(bus, SkippingSubscriber) and group is not None:
+            return await bus.subscribe_skipping(topic, group=group, skip=(STORED_MARK, "1"))
         return await bus.subscribe(topic, group=group)
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from eventmill.ingest.context import IngestContext
 from eventmill.store import ApiKeyRecord
-from eventmill.web import ApiError
+from eventmill.web.errors import ApiError
 
 __all__ = ["PublishKey", "ReadKey", "require_scope"]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from eventmill.errors import BackendUnavailableError, StoreUnavailableError
+from eventmill.errors import BackendUnavailableError
 from eventmill.events import EventRegistry, Transformer
 from eventmill.ingest.signatures import SignatureScheme
 from eventmill.pubsub.base import PubSub
+from eventmill.store.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from eventmill.ingest._group_commit import GroupCommitInserter

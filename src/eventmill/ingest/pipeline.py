@@ -17,20 +17,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventmill.errors import (
-    BackendUnavailableError,
-    PubSubError,
-    StoreError,
-    StoreUnavailableError,
-)
+from eventmill.errors import PubSubError
 from eventmill.events import Event
 from eventmill.ingest.context import IngestContext
+from eventmill.store.errors import StoreError, StoreUnavailableError
+from eventmill.web.errors import PublishPendingError
 
 __all__ = [
     "STORED_MARK",
     "Accepted",
     "PublishMarker",
-    "PublishPendingError",
     "ingest",
     "publish_stored",
 ]
@@ -43,10 +39,6 @@ CRASH_EXIT_CODE = 70
 STORED_MARK = "eventmill_stored"
 """Metadata key (value ``"1"``) on messages the ingest path publishes: the event is in
 the store already, so the audit handler skips it."""
-
-
-class PublishPendingError(BackendUnavailableError):
-    """The events are stored but the bus did not accept them; the relay will publish them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +57,7 @@ async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) 
     """Store ``(event, external_id)`` pairs in order, then publish the new ones together.
 
     Storing and publishing share one ``request_timeout``. Raises
-    :class:`~eventmill.StoreUnavailableError` when the store cannot commit in time
+    :class:`~eventmill.store.errors.StoreUnavailableError` when the store cannot commit in time
     (nothing new is then acknowledged), :class:`PublishPendingError` when the bus
     fails or times out after the store committed.
     """

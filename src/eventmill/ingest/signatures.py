@@ -3,7 +3,7 @@
 A scheme's :meth:`~SignatureScheme.verify` takes the request headers and the raw
 body, and either returns a :class:`Verified` (the provider's delivery id, used as
 the dedup key, and an event type when the provider sends one in a header) or raises
-:class:`~eventmill.SignatureError` whose message names what is wrong (missing
+:class:`~eventmill.web.errors.SignatureError` whose message names what is wrong (missing
 header, malformed, stale timestamp, no match) and never carries a secret or the
 expected signature. Every comparison is constant-time (:func:`hmac.compare_digest`),
 and every configured secret is tried (key rotation).
@@ -25,7 +25,8 @@ from typing import Literal, Protocol
 
 from starlette.datastructures import Headers
 
-from eventmill.errors import ConfigurationError, SignatureError
+from eventmill.errors import ConfigurationError
+from eventmill.web.errors import SignatureError
 
 __all__ = [
     "GitHubScheme",
@@ -62,7 +63,7 @@ class SignatureScheme(Protocol):
     def verify(
         self, headers: Mapping[str, str], body: bytes, *, now: float | None = None
     ) -> Verified:
-        """Return what the request proves, or raise :class:`~eventmill.SignatureError`."""
+        """Return what the request proves, or raise :class:`~.web.errors.SignatureError`."""
         ...
 
 

@@ -25,7 +25,7 @@ from eventmill.ingest._body import parse_json, read_limited
 from eventmill.ingest.context import IngestContext, Receiver
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
-from eventmill.web import ApiError, error_responses
+from eventmill.web.errors import ApiError, error_responses
 
 __all__ = ["WebhookAccepted", "router"]
 

@@ -18,6 +18,7 @@ __all__ = [
     "Capabilities",
     "PubSub",
     "Publisher",
+    "SkippingSubscriber",
     "Subscriber",
     "Subscription",
     "check_messages",
@@ -151,6 +152,24 @@ class Subscriber(Protocol):
     async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SkippingSubscriber(Protocol):
+    """Optional capability (ask with ``isinstance(bus, SkippingSubscriber)``): a group
+    subscription that passes over marked messages inside the backend.
+
+    ``subscribe_skipping(topic, group=g, skip=(key, value))`` is ``subscribe(topic,
+    group=g)``, except that messages whose metadata has ``key`` set to ``value`` count
+    as acked by the group at once: never leased, never handed out. Use it for messages
+    every member of the group would ack unhandled; every member of the group should
+    ask for the same ``skip``. A backend without it offers plain ``subscribe``, and the
+    caller skips such messages itself.
+    """
+
+    async def subscribe_skipping(
+        self, topic: str, *, group: str, skip: tuple[str, str]
+    ) -> Subscription: ...
 
 
 @runtime_checkable

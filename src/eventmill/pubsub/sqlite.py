@@ -529,6 +529,13 @@ class SQLitePubSub(AsyncStartCloseable):
             self._update_skips(topic)
         return sub
 
+    async def subscribe_skipping(
+        self, topic: str, *, group: str, skip: tuple[str, str]
+    ) -> SQLiteSubscription:
+        """The :class:`~eventmill.pubsub.base.SkippingSubscriber` capability:
+        ``subscribe(topic, group=group, skip=skip)``."""
+        return await self.subscribe(topic, group=group, skip=skip)
+
     def _update_skips(self, topic: str) -> None:
         """Tell the writer which groups on ``topic`` skip which messages (those whose
         subscriptions in this process all ask for the same ``skip``)."""

@@ -8,16 +8,26 @@ the hashed API keys.
 from eventmill.store.api_keys import SCOPES, ApiKeyRecord, ApiKeyStore
 from eventmill.store.config import StoreConfig
 from eventmill.store.database import Store, open_store
+from eventmill.store.errors import (
+    DuplicateEventError,
+    InvalidCursorError,
+    StoreError,
+    StoreUnavailableError,
+)
 from eventmill.store.events import EventPage, EventStore, StoredEvent
 
 __all__ = [
     "SCOPES",
     "ApiKeyRecord",
     "ApiKeyStore",
+    "DuplicateEventError",
     "EventPage",
     "EventStore",
+    "InvalidCursorError",
     "Store",
     "StoreConfig",
+    "StoreError",
+    "StoreUnavailableError",
     "StoredEvent",
     "open_store",
 ]

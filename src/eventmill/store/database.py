@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from eventmill.errors import StoreError, StoreUnavailableError
 from eventmill.store.config import StoreConfig
+from eventmill.store.errors import StoreError, StoreUnavailableError
 
 __all__ = ["VERSION_TABLE", "Store", "open_store"]
 
@@ -65,8 +65,8 @@ class Store:
 
     Create it with :func:`open_store` (or ``await Store.open(url)``); close it with
     :meth:`close` or ``async with``. Every database error is translated:
-    :class:`~eventmill.StoreUnavailableError` when the database cannot be reached or
-    is busy past its timeouts, :class:`~eventmill.StoreError` otherwise.
+    :class:`~eventmill.store.errors.StoreUnavailableError` when the database cannot be reached or
+    is busy past its timeouts, :class:`~eventmill.store.errors.StoreError` otherwise.
     """
 
     def __init__(self, config: StoreConfig, engine: AsyncEngine) -> None:

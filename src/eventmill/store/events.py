@@ -13,16 +13,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from eventmill.errors import (
-    ConfigurationError,
-    DuplicateEventError,
-    EventValidationError,
-    InvalidCursorError,
-    StoreError,
-)
+from eventmill.errors import ConfigurationError, EventValidationError
 from eventmill.events.envelope import Event
 from eventmill.events.registry import validate_pattern
 from eventmill.store.database import advisory_key
+from eventmill.store.errors import (
+    DuplicateEventError,
+    InvalidCursorError,
+    StoreError,
+)
 from eventmill.store.tables import events as t
 
 if TYPE_CHECKING:
@@ -126,7 +125,7 @@ class EventPage:
 
 
 def check_external_id(external_id: str | None) -> None:
-    """Raise :class:`~eventmill.StoreError` unless ``external_id`` is ``None`` or 1-256
+    """Raise :class:`~eventmill.store.errors.StoreError` unless ``external_id`` is ``None`` or 1-256
     characters (what :meth:`EventStore.insert` and :meth:`EventStore.insert_many` accept)."""
     if external_id is not None and not (0 < len(external_id) <= 256):
         raise StoreError("external_id must be 1-256 characters")
@@ -289,8 +288,8 @@ class EventStore:
         ``created=False``. Without it the key is ``event.id``. ``published=True`` stores
         the event as already published (not in the outbox).
 
-        Raises :class:`~eventmill.DuplicateEventError` when ``event.id`` is taken by an
-        event with another key, :class:`~eventmill.StoreUnavailableError` when the
+        Raises :class:`~eventmill.store.errors.DuplicateEventError` when ``event.id`` is taken by an
+        event with another key, :class:`~eventmill.store.errors.StoreUnavailableError` when the
         database is unreachable.
         """
         now = _now()
@@ -333,7 +332,7 @@ class EventStore:
         """Insert many ``(event, external_id)`` pairs in one transaction (group commit).
 
         Each item gets what :meth:`insert` would give it, in input order: ``(stored,
-        created)``, or a :class:`~eventmill.DuplicateEventError` *returned* (not raised)
+        created)``, or a :class:`~.errors.DuplicateEventError` *returned* (not raised)
         when its event id is taken by another key. Items with the same key in one call
         behave like concurrent inserts: the first creates, the others get it back.
         Raises only for errors of the whole batch (e.g. StoreUnavailableError).
@@ -498,7 +497,7 @@ class EventStore:
         UTC). ``after`` is a cursor from a previous page (or :attr:`StoredEvent.cursor`
         for ascending order). ``limit`` is 1-1000. ``order="asc"`` reads oldest first
         (resumable reads), ``"desc"`` newest first. Raises
-        :class:`~eventmill.InvalidCursorError` for a bad cursor.
+        :class:`~eventmill.store.errors.InvalidCursorError` for a bad cursor.
         """
         if order not in ("asc", "desc"):
             raise StoreError("order must be 'asc' or 'desc'")

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by the service's feature packages (layer 5): one JSON error body.
+"""The service's errors and its one JSON error body (layer 4, shared by every feature).
 
 Every error the service answers has the body :class:`ErrorBody`::
 
@@ -24,29 +24,54 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventmill.errors import (
-    AuthenticationError,
     BackendUnavailableError,
     ClosedError,
-    DuplicateEventError,
     EventmillError,
     EventValidationError,
-    InvalidCursorError,
-    PayloadTooLargeError,
     PublishError,
-    StoreUnavailableError,
-    UnknownSourceError,
 )
+from eventmill.store.errors import DuplicateEventError, InvalidCursorError, StoreUnavailableError
 
 __all__ = [
     "ApiError",
+    "AuthenticationError",
     "ErrorBody",
     "FieldError",
+    "PayloadTooLargeError",
+    "PublishPendingError",
+    "ServiceError",
+    "SignatureError",
+    "UnknownSourceError",
     "error_responses",
     "install_error_handlers",
     "status_for",
 ]
 
 _log = logging.getLogger("eventmill.web")
+
+
+class ServiceError(EventmillError):
+    """Base of the service's own errors (HTTP requests), below the one root."""
+
+
+class AuthenticationError(ServiceError):
+    """A request carried no credentials, or wrong ones (API key, JWT)."""
+
+
+class SignatureError(AuthenticationError):
+    """A webhook's signature is missing, malformed, stale or does not match."""
+
+
+class UnknownSourceError(ServiceError):
+    """A webhook arrived for a source that is not configured."""
+
+
+class PayloadTooLargeError(ServiceError):
+    """A request body is larger than the configured limit."""
+
+
+class PublishPendingError(BackendUnavailableError):
+    """Events are stored but the bus did not accept them; the outbox relay will publish them."""
 
 
 class FieldError(BaseModel):
