@@ -69,7 +69,7 @@ def _run(factory: Callable[[], Awaitable[T]]) -> T:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind (default 8000).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8080).")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the gateway (HTTP API, webhook receivers, outbox relay, audit handler)."""

@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     # -- HTTP ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Address ``eventmill serve`` binds (default ``127.0.0.1``)."""
-    port: int = Field(default=8000, ge=0, le=65535)
-    """Port ``eventmill serve`` binds (default 8000)."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port ``eventmill serve`` binds (default 8080, as in the system description)."""
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
     """Largest accepted request body on ingest routes; larger → 413 (default 1 MiB)."""
     request_timeout_seconds: float = Field(default=4.0, gt=0)
