@@ -17,6 +17,9 @@ from eventmill.store.errors import StoreError, StoreUnavailableError
 from tests.conftest import free_port
 from tests.store.conftest import PG_BASE
 
+HEAD = "0002"
+"""The newest migration."""
+
 
 async def _tables(store: Store) -> set[str]:
     async with store.transaction(write=False) as conn:
@@ -33,7 +36,7 @@ async def _version(store: Store) -> list[str]:
 async def test_fresh_database_is_migrated_to_head(store_url: str) -> None:
     async with await open_store(store_url) as store:
         assert {"events", "api_keys", VERSION_TABLE} <= await _tables(store)
-        assert await _version(store) == ["0001"]
+        assert await _version(store) == [HEAD]
 
 
 async def test_reopening_a_migrated_database_keeps_data(store_url: str) -> None:
@@ -41,10 +44,47 @@ async def test_reopening_a_migrated_database_keeps_data(store_url: str) -> None:
     async with await open_store(store_url) as store:
         await store.events.insert(event, "k1")
     async with await open_store(store_url) as store:
-        assert await _version(store) == ["0001"]
+        assert await _version(store) == [HEAD]
         got = await store.events.get(event.id)
         assert got is not None
         assert got.event == event
+
+
+async def _migrate(store: Store, target: str, *, down: bool = False) -> None:
+    """Run Alembic to ``target`` on the store's database, as ``open_store`` does."""
+    from alembic import command
+    from alembic.config import Config
+
+    from eventmill.store.database import MIGRATIONS_DIR
+
+    def run(sync_conn: sa.Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = sync_conn
+        (command.downgrade if down else command.upgrade)(cfg, target)
+
+    async with store.transaction(write=True) as conn:
+        await conn.run_sync(run)
+
+
+async def _indexes(store: Store) -> set[str]:
+    async with store.transaction(write=False) as conn:
+        found = await conn.run_sync(lambda c: sa.inspect(c).get_indexes("events"))
+    return {index["name"] for index in found if index["name"]}
+
+
+async def test_a_database_at_0001_is_upgraded_with_its_events(store_url: str) -> None:
+    async with await open_store(store_url) as store:
+        await _migrate(store, "0001", down=True)
+        assert await _version(store) == ["0001"]
+        assert "ix_events_source_event_name_position" not in await _indexes(store)
+        event = Event(event_name="razorpay.payment.captured", source="razorpay", user_id="u1")
+        await store.events.insert(event, "pay_1")
+    async with await open_store(store_url) as store:
+        assert await _version(store) == [HEAD]
+        assert "ix_events_source_event_name_position" in await _indexes(store)
+        page = await store.events.query(user_id="u1", event_name="razorpay.payment.*")
+        assert [s.event for s in page.events] == [event]
 
 
 async def test_many_concurrent_opens_of_fresh_sqlite_files_all_succeed(tmp_path: Path) -> None:
@@ -61,7 +101,7 @@ async def test_concurrent_opens_of_a_fresh_database_all_succeed(store_url: str) 
     stores = await asyncio.gather(*(open_store(store_url) for _ in range(3)))
     try:
         for store in stores:
-            assert await _version(store) == ["0001"]
+            assert await _version(store) == [HEAD]
     finally:
         for store in stores:
             await store.close()
