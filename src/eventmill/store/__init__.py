@@ -11,6 +11,7 @@ from eventmill.store.database import Store, open_store
 from eventmill.store.errors import (
     DuplicateEventError,
     InvalidCursorError,
+    InvalidValueError,
     StoreError,
     StoreUnavailableError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "EventPage",
     "EventStore",
     "InvalidCursorError",
+    "InvalidValueError",
     "Store",
     "StoreConfig",
     "StoreError",
