@@ -295,6 +295,68 @@ async def test_insert_many_dedups_within_the_batch_and_against_the_store(store: 
     assert await store.events.insert_many([]) == []
 
 
+async def _retry_storm(store: Store) -> list[tuple[Event, str]]:
+    """Store 20 events, then send them all again as new Event objects (a provider
+    retrying) until insert_many reads keys before inserting."""
+    keys = [f"storm-{i}" for i in range(20)]
+    await store.events.insert_many([(make_event(source="razorpay"), k) for k in keys])
+    again = [(make_event(source="razorpay"), k) for k in keys]
+    for _ in range(4):
+        results = await store.events.insert_many(again)
+        assert all(isinstance(r, tuple) and not r[1] for r in results)
+    assert store.events._duplicates > 0.5  # the read-first mode (see insert_many)
+    return again
+
+
+async def test_insert_many_during_a_retry_storm_answers_as_usual(store: Store) -> None:
+    again = await _retry_storm(store)
+    earlier = (await store.events.query(source="razorpay", limit=1)).events[0]
+    taken = make_event(source="razorpay")
+    await store.events.insert(taken, "taken-key")
+    a, b, d = (make_event(source="razorpay") for _ in range(3))
+    results = await store.events.insert_many(
+        [
+            again[0],  # stored: the first event of its key
+            (a, "k1"),
+            (b, "k1"),  # same key as a, in the same batch
+            (d, None),  # no key: dedup by id
+            (d, None),
+            (taken, "another-key"),  # id taken by another key
+        ]
+    )
+    assert isinstance(results[5], DuplicateEventError)
+    ok = [r for r in results[:5] if isinstance(r, tuple)]
+    assert [created for _, created in ok] == [False, True, False, True, False]
+    assert ok[0][0].id == earlier.id
+    assert ok[0][0].event == earlier.event
+    assert ok[1][0].id == ok[2][0].id == a.id
+    assert ok[3][0].id == ok[4][0].id == d.id
+    assert (await store.events.get(a.id)) is not None
+
+
+async def test_concurrent_insert_many_calls_during_a_retry_storm_create_each_key_once(
+    store: Store,
+) -> None:
+    await _retry_storm(store)
+    keys = [f"new-{i}" for i in range(20)]
+    calls = [[(make_event(source="razorpay"), k) for k in keys] for _ in range(5)]
+    all_results = await asyncio.gather(*(store.events.insert_many(c) for c in calls))
+    created = [r for results in all_results for r in results if isinstance(r, tuple) and r[1]]
+    assert len(created) == len(keys)
+    winners = {r[0].external_id: r[0].id for r in created}
+    for results in all_results:
+        assert all(isinstance(r, tuple) and winners[r[0].external_id] == r[0].id for r in results)
+
+
+async def test_the_read_first_mode_ends_with_the_storm(store: Store) -> None:
+    await _retry_storm(store)
+    for round_ in range(4):
+        fresh = [(make_event(source="razorpay"), f"after-{round_}-{i}") for i in range(10)]
+        results = await store.events.insert_many(fresh)
+        assert all(isinstance(r, tuple) and r[1] for r in results)
+    assert store.events._duplicates < 0.5
+
+
 async def test_insert_many_larger_than_one_chunk(store: Store) -> None:
     batch = [(make_event(user_id="bulk"), f"bulk-{i}") for i in range(1100)]
     results = await store.events.insert_many(batch, published=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventmill.errors import ConfigurationError, EventValidationError
-from eventmill.events.envelope import Event
+from eventmill.events.envelope import Event, EventMetadata
 from eventmill.events.registry import compile_pattern, validate_pattern
 from eventmill.store.database import advisory_key
 from eventmill.store.errors import (
@@ -52,8 +52,8 @@ _COLUMNS = (
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+    if value is None or value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -208,11 +208,28 @@ def check_event(event: Event, external_id: str | None = None) -> None:
     :data:`LIMITS` (an Event built by validation always passes these; one built with
     ``model_construct`` or changed afterwards may not). The payload and metadata are
     checked when they are written (they must be JSON-serializable)."""
-    _check_text("id", event.id)
-    _check_text("source", event.source)
-    _check_text("event_name", event.event_name)
-    if event.user_id is not None:
-        _check_text("user_id", event.user_id)
+    event_id, source, name, user_id = event.id, event.source, event.event_name, event.user_id
+    # one pass for the usual case (all fine), field by field only to name a failure
+    if (
+        type(event_id) is str
+        and type(source) is str
+        and type(name) is str
+        and (user_id is None or type(user_id) is str)
+        and (external_id is None or type(external_id) is str)
+        and 0 < len(event_id) <= 128
+        and 0 < len(source) <= 64
+        and 0 < len(name) <= 200
+        and (user_id is None or 0 < len(user_id) <= 256)
+        and (external_id is None or 0 < len(external_id) <= 256)
+    ):
+        text = f"{event_id}{source}{name}{user_id or ''}{external_id or ''}"
+        if _CONTROL.search(text) is None and (text.isascii() or _encodable(text)):
+            return
+    _check_text("id", event_id)
+    _check_text("source", source)
+    _check_text("event_name", name)
+    if user_id is not None:
+        _check_text("user_id", user_id)
     if external_id is not None:
         _check_text("external_id", external_id)
 
@@ -237,7 +254,7 @@ def _raise_if_unserializable(
 def _values(
     event: Event, external_id: str | None, now: datetime, published: bool
 ) -> dict[str, Any]:
-    check_event(event, external_id)
+    """The row of a checked event (:func:`check_event`)."""
     return {
         "id": event.id,
         "source": event.source,
@@ -281,9 +298,12 @@ class _SqliteFastPath:
             column_type = t.c[name].type
             processors.append(column_type.dialect_impl(dialect).bind_processor(dialect))
         self._processors = tuple(processors)
-        self._results = tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in _COLUMNS
-        )
+        json = t.c.payload.type.dialect_impl(dialect).result_processor(dialect, None)
+        when = t.c.created_at.type.dialect_impl(dialect).result_processor(dialect, None)
+        assert json is not None
+        assert when is not None
+        self._json: Callable[[Any], Any] = json
+        self._datetime: Callable[[Any], Any] = when
         self._insert_sql: dict[int, str] = {}
         names = ", ".join(f'"{name}"' for name in _INSERT_COLUMNS)
         self._insert_head = f'INSERT INTO "{t.name}" ({names}) VALUES '
@@ -326,9 +346,43 @@ class _SqliteFastPath:
         return self._select_head + " OR ".join(terms), args
 
     def stored(self, row: Sequence[Any]) -> StoredEvent:
-        """A row of :meth:`lookup` as a StoredEvent."""
-        return _row_to_stored(
-            [v if p is None or v is None else p(v) for v, p in zip(row, self._results, strict=True)]
+        """A row of :meth:`lookup` as a StoredEvent (what ``_row_to_stored`` makes of
+        the row SQLAlchemy would return, in fewer steps: a retry storm reads many)."""
+        (
+            position,
+            event_id,
+            source,
+            external_id,
+            event_name,
+            user_id,
+            payload,
+            meta,
+            created_at,
+            processed_at,
+            stored_at,
+            published_at,
+        ) = row
+        json, when = self._json, self._datetime
+        event = _stored_event(
+            {
+                "id": event_id,
+                "event_name": event_name,
+                "source": source,
+                "user_id": user_id,
+                "payload": json(payload),
+                "metadata": json(meta),
+                "created_at": when(created_at).replace(tzinfo=UTC),
+                "processed_at": (
+                    None if processed_at is None else when(processed_at).replace(tzinfo=UTC)
+                ),
+            }
+        )
+        return StoredEvent(
+            event,
+            position,
+            external_id,
+            when(stored_at).replace(tzinfo=UTC),
+            None if published_at is None else when(published_at).replace(tzinfo=UTC),
         )
 
     def mark(self, count: int) -> str:
@@ -415,6 +469,45 @@ def _resolve(
     return out
 
 
+_EVENT_FIELDS: Final = frozenset(Event.model_fields)
+_METADATA_FIELDS: Final = frozenset(EventMetadata.model_fields)
+
+
+def _stored_event(values: dict[str, Any]) -> Event:
+    """The Event of a stored row's ``values`` (``Event.model_fields``, times UTC).
+
+    The row was validated when it was stored: it is built as ``model_validate`` would
+    build it (the same fields, fields set and equality) without validating it again,
+    which costs more than the rest of reading it (as ``Event.from_parts`` does for
+    values already in validated form). Metadata not in the stored form (all of its
+    fields, none other) and times that are not UTC datetimes are validated instead.
+    """
+    meta = values["metadata"]
+    created_at = values["created_at"]
+    processed_at = values["processed_at"]
+    if (
+        type(meta) is not dict
+        or meta.keys() != _METADATA_FIELDS
+        or type(created_at) is not datetime
+        or created_at.tzinfo is not UTC
+        or not (processed_at is None or type(processed_at) is datetime)
+        or (processed_at is not None and processed_at.tzinfo is not UTC)
+    ):
+        return Event.model_validate(values)
+    setattr_ = object.__setattr__
+    metadata = EventMetadata.__new__(EventMetadata)
+    setattr_(metadata, "__dict__", meta)
+    setattr_(metadata, "__pydantic_fields_set__", set(_METADATA_FIELDS))
+    setattr_(metadata, "__pydantic_extra__", None)
+    setattr_(metadata, "__pydantic_private__", None)
+    event = Event.__new__(Event)
+    setattr_(event, "__dict__", {**values, "metadata": metadata})
+    setattr_(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+    setattr_(event, "__pydantic_extra__", None)
+    setattr_(event, "__pydantic_private__", None)
+    return event
+
+
 def _row_to_stored(row: Sequence[Any]) -> StoredEvent:
     """A row of ``_COLUMNS`` (a SQLAlchemy Row or a sequence in that order)."""
     (
@@ -431,7 +524,7 @@ def _row_to_stored(row: Sequence[Any]) -> StoredEvent:
         stored_at,
         published_at,
     ) = row
-    event = Event.model_validate(
+    event = _stored_event(
         {
             "id": event_id,
             "event_name": event_name,
@@ -439,8 +532,8 @@ def _row_to_stored(row: Sequence[Any]) -> StoredEvent:
             "user_id": user_id,
             "payload": payload,
             "metadata": meta,
-            "created_at": created_at,
-            "processed_at": processed_at,
+            "created_at": _utc(created_at),
+            "processed_at": _utc(processed_at),
         }
     )
     stored = _utc(stored_at)
@@ -453,6 +546,12 @@ def _row_to_stored(row: Sequence[Any]) -> StoredEvent:
         published_at=_utc(published_at),
     )
 
+
+_STORM: Final = 0.5
+"""When more than this share of recent ``insert_many`` items were already stored, it
+reads the keys before inserting (see ``EventStore.insert_many``)."""
+_STORM_WEIGHT: Final = 0.25
+"""Weight of the latest call in that moving average."""
 
 _NAMES_WALKED: Final = 1000
 """The most distinct stored names a pattern's prefix range is walked for; past it a
@@ -540,6 +639,8 @@ class EventStore:
         self._lock_key = advisory_key("eventmill-events", store.config.schema or "")
         fast = store.dialect == "sqlite" and not store.config.memory
         self._fast = _SqliteFastPath(store) if fast else None
+        self._duplicates = 0.0
+        """Moving average of the share of insert_many's items that were stored before."""
 
     # -- writes ---------------------------------------------------------------------
 
@@ -565,6 +666,7 @@ class EventStore:
         :class:`~eventmill.store.errors.StoreUnavailableError` when the database is
         unreachable.
         """
+        check_event(event, external_id)
         now = _now()
         values = _values(event, external_id, now, published)
         dialect = self._store.dialect
@@ -617,11 +719,52 @@ class EventStore:
         store cannot hold (then nothing of the batch is stored; check items one by one
         with :func:`check_event` first to keep one caller's error its own).
 
-        An item already stored costs one index seek (by its key) in one read after the
-        insert, whatever the size of the store.
+        An item already stored costs one index seek by its key, whatever the size of
+        the store: in one read after the insert, or, while most items of recent calls
+        were already stored (a provider's retry storm), in one read *before* it, so
+        that a batch of duplicates writes nothing (and on PostgreSQL takes no lock).
         """
         if not items:
             return []
+        for event, ext in items:
+            check_event(event, ext)
+        if self._duplicates < _STORM:
+            results = await self._insert_items(items, published)
+        else:
+            results = await self._insert_absent(items, published)
+        stored_before = sum(1 for r in results if not isinstance(r, tuple) or not r[1])
+        self._duplicates += _STORM_WEIGHT * (stored_before / len(items) - self._duplicates)
+        return results
+
+    async def _insert_absent(
+        self, items: Sequence[tuple[Event, str | None]], published: bool
+    ) -> list[tuple[StoredEvent, bool] | DuplicateEventError]:
+        """``insert_many`` for a batch expected to be mostly stored: read the items'
+        keys first, insert only the others."""
+        pairs, ids = _keys(items)
+        if self._fast is not None and len(pairs) + len(ids) <= _ID_CHUNK:
+            sql, args = self._fast.lookup(pairs, ids)
+            rows = await self._store.sqlite_write(sql, args)  # a read, inline: see below
+            by_key, by_id = _index([self._fast.stored(row) for row in rows], pairs, ids)
+        else:
+            async with self._store.transaction(write=False) as conn:
+                by_key, by_id = await self._lookup(conn, items)
+        results: list[tuple[StoredEvent, bool] | DuplicateEventError | None] = []
+        for event, ext in items:
+            found = by_key.get((event.source, ext)) if ext is not None else by_id.get(event.id)
+            results.append(None if found is None else (found, False))
+        absent = [i for i, result in enumerate(results) if result is None]
+        if absent:
+            inserted = await self._insert_items([items[i] for i in absent], published)
+            for i, result in zip(absent, inserted, strict=True):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    async def _insert_items(
+        self, items: Sequence[tuple[Event, str | None]], published: bool
+    ) -> list[tuple[StoredEvent, bool] | DuplicateEventError]:
+        """``insert_many`` of checked items: insert, then read the keys of those that
+        were not inserted."""
         now = _now()
         params = [_values(event, ext, now, published) for event, ext in items]
         if self._fast is not None and len(params) <= _ID_CHUNK:
