@@ -12,12 +12,15 @@ one bulk SQL statement, not through the API) and each backend (SQLite temp file 
   ``(source, external_id)`` is that of a distinct event stored in the round before, in
   shuffled order: every item of every batch is answered with the stored event.
 
-Prints events/s of each (median over ``--rounds``, default 3) and the ratio
-duplicate / new. A duplicate lookup that scanned the store would cost more at every
-size step; one that seeks costs the same at 10k and at 1M.
+Prints events/s of each (median over ``--rounds``, default 5) and the ratio
+duplicate / new: the median of each round's ratio (new and duplicate measured back to
+back), and the same by this process's CPU time, which other load on a shared machine
+disturbs less (for SQLite it is nearly all the work; PostgreSQL's server works outside
+it). A duplicate lookup that scanned the store would cost more at every size step; one
+that seeks costs the same at 10k and at 1M.
 
     .venv/bin/python benchmarks/bench_duplicates.py [--stored 10000 1000000]
-        [--events 20000] [--batch 100] [--rounds 3] [--postgres]
+        [--events 20000] [--batch 100] [--rounds 5] [--postgres]
 """
 
 from __future__ import annotations
@@ -88,11 +91,14 @@ def make_event(i: int, key: str) -> tuple[Event, str]:
     return event, key
 
 
-async def timed_batches(store: Store, items: list[tuple[Event, str]], batch: int) -> float:
-    t = time.perf_counter()
+async def timed_batches(
+    store: Store, items: list[tuple[Event, str]], batch: int
+) -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds to store ``items`` in batches."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(items), batch):
         await store.events.insert_many(items[start : start + batch])
-    return time.perf_counter() - t
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 async def bench(label: str, store: Store, stored: int, n: int, batch: int, rounds: int) -> None:
@@ -100,22 +106,41 @@ async def bench(label: str, store: Store, stored: int, n: int, batch: int, round
     print(f"{label}, {stored:,} events stored (filled in {seconds:.1f} s)")
     new_rates: list[float] = []
     dup_rates: list[float] = []
+    new_cpus: list[float] = []
+    dup_cpus: list[float] = []
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
     rng = random.Random(7)
     for r in range(rounds):
         fresh = [make_event(i, f"round{r}-{i}") for i in range(n)]
-        elapsed = await timed_batches(store, fresh, batch)
-        new_rates.append(n / elapsed)
+        new_wall, new_cpu = await timed_batches(store, fresh, batch)
         keys = [key for _, key in fresh]
         rng.shuffle(keys)
         again = [make_event(i, key) for i, key in enumerate(keys)]
-        elapsed = await timed_batches(store, again, batch)
-        dup_rates.append(n / elapsed)
+        dup_wall, dup_cpu = await timed_batches(store, again, batch)
+        new_rates.append(n / new_wall)
+        dup_rates.append(n / dup_wall)
+        new_cpus.append(new_cpu / n * 1e6)
+        dup_cpus.append(dup_cpu / n * 1e6)
+        ratios.append(new_wall / dup_wall)
+        cpu_ratios.append(new_cpu / dup_cpu)
         check = await store.events.insert_many(again[:batch])
         assert all(isinstance(x, tuple) and not x[1] for x in check), "not duplicates"
     new, dup = statistics.median(new_rates), statistics.median(dup_rates)
-    print(f"  new        {new:>10,.0f} events/s   (rounds: {_rates(new_rates)})")
-    print(f"  duplicate  {dup:>10,.0f} events/s   (rounds: {_rates(dup_rates)})")
-    print(f"  duplicate / new = {dup / new:.2f}   (batches of {batch}, {n:,} events a round)")
+    new_us, dup_us = statistics.median(new_cpus), statistics.median(dup_cpus)
+    print(
+        f"  new        {new:>10,.0f} events/s  {new_us:5.1f} us CPU/event"
+        f"   (rounds: {_rates(new_rates)})"
+    )
+    print(
+        f"  duplicate  {dup:>10,.0f} events/s  {dup_us:5.1f} us CPU/event"
+        f"   (rounds: {_rates(dup_rates)})"
+    )
+    print(
+        f"  duplicate / new = {statistics.median(ratios):.2f} (median of the rounds' ratios; "
+        f"by this process's CPU time {statistics.median(cpu_ratios):.2f})"
+        f"   batches of {batch}, {n:,} events a round"
+    )
 
 
 def _rates(rates: list[float]) -> str:
@@ -155,6 +180,6 @@ if __name__ == "__main__":
     parser.add_argument("--stored", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--events", type=int, default=20_000, help="events per round")
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--postgres", action="store_true", help="also PostgreSQL")
     asyncio.run(main(parser.parse_args()))

@@ -223,7 +223,10 @@ def check_event(event: Event, external_id: str | None = None) -> None:
         and (external_id is None or 0 < len(external_id) <= 256)
     ):
         text = f"{event_id}{source}{name}{user_id or ''}{external_id or ''}"
-        if _CONTROL.search(text) is None and (text.isascii() or _encodable(text)):
+        if text.isascii():
+            if text.isprintable():  # ASCII without control characters
+                return
+        elif _CONTROL.search(text) is None and _encodable(text):
             return
     _check_text("id", event_id)
     _check_text("source", source)
