@@ -477,7 +477,8 @@ _METADATA_FIELDS: Final = frozenset(EventMetadata.model_fields)
 
 
 def _stored_event(values: dict[str, Any]) -> Event:
-    """The Event of a stored row's ``values`` (``Event.model_fields``, times UTC).
+    """The Event of a stored row's ``values`` (``Event.model_fields``, times UTC; the
+    dict becomes the event's own).
 
     The row was validated when it was stored: it is built as ``model_validate`` would
     build it (the same fields, fields set and equality) without validating it again,
@@ -503,8 +504,9 @@ def _stored_event(values: dict[str, Any]) -> Event:
     setattr_(metadata, "__pydantic_fields_set__", set(_METADATA_FIELDS))
     setattr_(metadata, "__pydantic_extra__", None)
     setattr_(metadata, "__pydantic_private__", None)
+    values["metadata"] = metadata
     event = Event.__new__(Event)
-    setattr_(event, "__dict__", {**values, "metadata": metadata})
+    setattr_(event, "__dict__", values)
     setattr_(event, "__pydantic_fields_set__", set(_EVENT_FIELDS))
     setattr_(event, "__pydantic_extra__", None)
     setattr_(event, "__pydantic_private__", None)
