@@ -69,6 +69,27 @@ async def test_publish_one_and_a_batch(tmp_path: Path, store_url: str) -> None:
         await sub.close()
 
 
+async def test_published_messages_carry_their_store_position(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        ctx = resources_of(app)
+        assert ctx.bus is not None
+        sub = await ctx.bus.subscribe("events")
+        key = await _key(app, "publish", "read")
+        r = await client.post(
+            "/v1/events", json=[_event(user=f"p{i}") for i in range(3)], headers=key
+        )
+        assert r.status_code == 200, r.text
+        published = await drain_until_sentinel(ctx.bus, sub)
+        page = await client.get("/v1/events", params={"limit": 10}, headers=key)
+        positions = {e["id"]: e["position"] for e in page.json()["events"]}
+        assert [int(m.metadata["eventmill_position"]) for m in published] == [
+            positions[i] for i in r.json()["ids"]
+        ]
+        await sub.close()
+
+
 async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
         ctx = resources_of(app)

@@ -1,7 +1,7 @@
 """The seam between the composition root and the service's features (layer 4).
 
 The root (:mod:`eventmill.app`) owns one :class:`Resources`: the bus, the store, the
-event registry and the JWT verifier, shared by every feature. A feature package
+event registry, the JWT verifier and the metrics registry, shared by every feature. A feature package
 (``ingest/``, ``delivery/``, ``realtime/``) hands the root one object satisfying
 :class:`Feature`: its name, its routes, and its lifespan (the workers it runs while
 the bus and the store are open). Features never import each other: they meet on the
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends
+from prometheus_client import CollectorRegistry
 from starlette.requests import HTTPConnection
 
 from eventmill.errors import BackendUnavailableError
@@ -57,6 +58,9 @@ class Resources:
     """The topic events are published to and read from (default ``events``)."""
     jwt: JwtVerifier | None = None
     """Verifies end users' JWTs; ``None`` when no JWT key is configured."""
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    """The app's Prometheus registry: features register their metrics here (one
+    registry per app, so several apps in one process never share counters)."""
     bus: PubSub | None = None
     """The open bus, once connected."""
     store: Store | None = None
