@@ -1,8 +1,9 @@
 """The seam between the composition root and the service's features (layer 4).
 
 The root (:mod:`eventmill.app`) owns one :class:`Resources`: the bus, the store, the
-event registry, the JWT verifier and the metrics registry, shared by every feature. A feature package
-(``ingest/``, ``delivery/``, ``realtime/``) hands the root one object satisfying
+event registry, the JWT verifier and the metrics registry, shared by every feature. A
+feature package (``ingest/``, ``delivery/``, ``realtime/``) hands the root one object
+satisfying
 :class:`Feature`: its name, its routes, and its lifespan (the workers it runs while
 the bus and the store are open). Features never import each other: they meet on the
 bus (topic ``events``) and in the store. Adding a feature is a package plus one line
