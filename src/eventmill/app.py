@@ -139,6 +139,7 @@ class _Runtime:
 
         def set_store(store: Store) -> None:
             res.store = store
+            self.tasks.append(asyncio.create_task(store.journal.run()))
             store_ready.set()
 
         bus_tried, store_tried = asyncio.Event(), asyncio.Event()
@@ -187,6 +188,9 @@ class _Runtime:
             await self._stack.aclose()
         except Exception:
             _log.exception("a feature failed to stop cleanly")
+        if self.resources.store is not None:
+            with contextlib.suppress(Exception):
+                await self.resources.store.journal.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
