@@ -9,8 +9,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from eventmill import ClosedError, Message
+from eventmill.app import resources_of
 from tests.conftest import free_port
-from tests.ingest.support import ingest_ctx, running_app, settings_for, store_url
+from tests.ingest.support import running_app, settings_for, store_url
 
 __all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
 
@@ -49,7 +50,7 @@ async def test_health_and_readiness(tmp_path: Path, store_url: str) -> None:
         assert ready.json()["status"] == "ready"
         assert ready.json()["bus"] == {"ok": True, "url": "memory://", "error": None}
         assert ready.json()["store"]["ok"] is True
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
     # the lifespan closed what it opened
     assert ctx.store is not None
     assert ctx.bus is not None

@@ -85,7 +85,7 @@ def serve(
     # Alembic narrates every plugin it loads at INFO; only its problems matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_gc=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

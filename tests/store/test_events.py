@@ -7,14 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from eventmill.errors import (
-    DuplicateEventError,
-    EventValidationError,
-    InvalidCursorError,
-    StoreError,
-)
+from eventmill.errors import EventValidationError
 from eventmill.events import Event, EventMetadata
 from eventmill.store import Store, StoredEvent
+from eventmill.store.errors import DuplicateEventError, InvalidCursorError, StoreError
 
 
 def make_event(name: str = "user.created", **kwargs: object) -> Event:
