@@ -19,7 +19,8 @@ fails ``test_every_block_says_how_it_is_checked``, so no example slips in untest
     directory holds a symlink to every top-level entry of the checkout (``.venv``,
     ``Makefile``, ``pyproject.toml``, ...), so ``.venv/bin/eventmill`` is there but not
     on ``PATH``, and ``./eventmill-data`` is the session's own; no ``EVENTMILL_*`` or
-    ``RAZORPAY_*`` variable is set. Variables a block sets are seen by the page's next
+    ``RAZORPAY_*`` variable (nor any other the service reads: ``PUBSUB_BACKEND``, ``REDIS_URL``,
+    ...) is set. Variables a block sets are seen by the page's next
     blocks (the runner exports them and carries them over, with the working directory).
 ``<!-- run: shell, service -->``
     The same, and the page's service must be running: if no ``run: serve`` block started
@@ -78,7 +79,10 @@ _PORT_8080 = re.compile(r"(127\.0\.0\.1|localhost|0\.0\.0\.0):8080")
 _SERVERS = {"redis", "postgres", "nats", "kafka"}
 _SHELL_LANGS = {"sh", "bash", "shell"}
 _PARSERS = {"toml", "yaml", "yml", "json", "python", "py"}
-_DROPPED_ENV = ("EVENTMILL_", "RAZORPAY_", "VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+_DROPPED_ENV = (
+    *("EVENTMILL_", "RAZORPAY_", "PUBSUB_BACKEND", "KAFKA_BROKERS", "REDIS_URL", "NATS_URL"),
+    *("VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"),
+)
 _NOT_LINKED = {".git", "eventmill-data", "site", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 
 
