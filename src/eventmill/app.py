@@ -19,7 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from pydantic import BaseModel
 
 from eventmill import __version__
@@ -238,6 +244,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         topic=EVENTS_TOPIC,
         jwt=JwtVerifier(settings.jwt) if settings.jwt.configured else None,
     )
+    ProcessCollector(registry=resources.metrics)
+    PlatformCollector(registry=resources.metrics)
     feats = features(settings, resources)
 
     @contextlib.asynccontextmanager
@@ -283,6 +291,11 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         state: Readiness = request.app.state.runtime.readiness()
         code = 200 if state.status == "ready" else 503
         return JSONResponse(state.model_dump(mode="json"), status_code=code)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (text exposition format)."""
+        return Response(generate_latest(resources.metrics), media_type=CONTENT_TYPE_LATEST)
 
     for feature in feats:
         app.include_router(feature.router)
