@@ -25,6 +25,9 @@ EXPECTED_ERRORS = {
     ("GET", "/readyz"): {"503"},
     ("GET", "/healthz"): set(),
     ("GET", "/metrics"): set(),
+    ("POST", "/v1/replay"): {"401", "403", "422", "503"},
+    ("GET", "/v1/events/{event_id}/trace"): {"401", "403", "404", "503"},
+    ("GET", "/v1/rejected-webhooks"): {"401", "403", "422", "503"},
 }
 
 

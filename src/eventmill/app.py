@@ -32,6 +32,7 @@ from eventmill import __version__
 from eventmill.errors import EventmillError
 from eventmill.events import EventRegistry
 from eventmill.ingest import Ingest
+from eventmill.operations import Operations
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
 from eventmill.settings import Settings
@@ -51,6 +52,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
+        Operations(resources),
     ]
 
 
