@@ -53,10 +53,9 @@ METRICS: dict[str, str] = {
     "eventmill_ingest_request_duration_seconds": "histogram",
     "eventmill_bus_publishes_total": "counter",
     "eventmill_bus_publish_duration_seconds": "histogram",
-    "eventmill_router_messages_handled_total": "counter",
-    "eventmill_router_handler_duration_seconds": "histogram",
-    "eventmill_router_retries_total": "counter",
-    "eventmill_router_poison_queued_total": "counter",
+    "eventmill_handler_messages_total": "counter",
+    "eventmill_handler_duration_seconds": "histogram",
+    "eventmill_handler_retries_total": "counter",
     "eventmill_delivery_attempts_total": "counter",
     "eventmill_delivery_attempt_duration_seconds": "histogram",
     "eventmill_delivery_dead_lettered_total": "counter",
@@ -68,6 +67,23 @@ METRICS: dict[str, str] = {
 }
 """The metrics the dashboard and the alerts read: name -> Prometheus type. The service's
 ``/metrics`` must expose exactly these names (docs/operations/deployment.md#metrics)."""
+
+PENDING = {
+    "eventmill_ingest_webhooks_received_total",
+    "eventmill_ingest_request_duration_seconds",
+    "eventmill_bus_publishes_total",
+    "eventmill_bus_publish_duration_seconds",
+    "eventmill_delivery_attempts_total",
+    "eventmill_delivery_attempt_duration_seconds",
+    "eventmill_delivery_dead_lettered_total",
+    "eventmill_delivery_due_deliveries",
+    "eventmill_realtime_connections",
+    "eventmill_realtime_messages_sent_total",
+    "eventmill_bus_reconnects_total",
+    "eventmill_store_reconnects_total",
+}
+"""Metrics of :data:`METRICS` the service does not expose yet (issue 13, item 1). The
+test below fails when one of them appears: take it off this list as it lands."""
 
 
 def _tool(name: str) -> str:
@@ -619,7 +635,7 @@ def test_the_dashboard_and_alerts_read_exactly_the_documented_metrics(
     alerts = {n for g in rules["groups"] for r in g["rules"] for n in _metric_names(r["expr"])}
     assert alerts <= set(METRICS)
     for name, kind in METRICS.items():
-        assert re.fullmatch(r"eventmill_(ingest|bus|store|router|delivery|realtime)_[a-z_]+", name)
+        assert re.fullmatch(r"eventmill_(ingest|bus|store|handler|delivery|realtime)_[a-z_]+", name)
         assert name.endswith("_total") == (kind == "counter"), name
         if kind == "histogram":
             assert name.endswith("_seconds"), name
@@ -675,19 +691,27 @@ def test_the_dashboard_is_well_formed(dashboard: dict[str, Any]) -> None:
 
 
 def test_the_service_exposes_the_dashboards_metrics(live: Server) -> None:
-    response = httpx.get(f"{live.url}/metrics", timeout=30)
-    if response.status_code == 404:
-        pytest.skip("this build has no /metrics yet (issue 13, item 1)")
     from prometheus_client.parser import text_string_to_metric_families
 
+    response = httpx.get(f"{live.url}/metrics", timeout=30)
+    assert response.status_code == 200
     families = {f.name: f.type for f in text_string_to_metric_families(response.text)}
     present = {"delivery": _feature("delivery"), "realtime": _feature("realtime")}
+    missing, early = [], []
     for name, kind in METRICS.items():
-        area = name.split("_")[1]
-        if not present.get(area, True):
-            continue  # that feature is not in this build
         family = name.removesuffix("_total") if kind == "counter" else name
-        assert families.get(family) == kind, f"{name} ({kind}) is not exposed"
+        exposed = families.get(family)
+        if name in PENDING:
+            if exposed is not None:
+                early.append(name)
+            continue
+        if not present.get(name.split("_")[1], True):
+            continue  # that feature is not in this build
+        if exposed != kind:
+            missing.append(f"{name} ({kind}; exposed: {exposed})")
+    assert missing == [], "the dashboard reads metrics /metrics does not expose"
+    assert early == [], "exposed now: take these off PENDING"
+    assert "process_resident_memory_bytes" in families  # the dashboard's process panels
 
 
 def _feature(name: str) -> bool:
