@@ -7,15 +7,18 @@ write lock, so the service cannot store within its request timeout.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -420,33 +423,118 @@ async def test_async_connection_errors_are_bounded() -> None:
 # -- the delivery API (issue 11) ------------------------------------------------------------
 
 
-def _has_delivery_routes(url: str) -> bool:
-    paths = httpx.get(f"{url}/openapi.json", timeout=30).json().get("paths", {})
-    return "/v1/endpoints" in paths and "/v1/deliveries" in paths
+class Receiver:
+    """A webhook receiver on 127.0.0.1 answering 200, recording each ``webhook-id``."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        seen = self.ids
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                seen.append(self.headers.get("webhook-id", ""))
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(10)
 
 
-def test_endpoints_and_deliveries(service: Service, tmp_path: Path) -> None:
-    if not _has_delivery_routes(service.url):
+def _until(condition: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def delivery_service(tmp_path: Path) -> Iterator[Service]:
+    if importlib.util.find_spec("eventmill.delivery") is None:
         pytest.skip("this build has no /v1/endpoints or /v1/deliveries (issue 11 not merged)")
-    admin = asyncio.run(_create_key(f"sqlite:///{service.db}", "admin"))
+    svc = _start_service(
+        tmp_path,
+        EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]',
+        EVENTMILL_DELIVERY__RETRY_SCHEDULE="[0.2, 0.5]",
+        EVENTMILL_DELIVERY__POLL_INTERVAL_SECONDS="0.1",
+    )
+    svc.key = asyncio.run(_create_key(f"sqlite:///{svc.db}", "admin"))
+    svc.server.start()
+    try:
+        yield svc
+    finally:
+        svc.server.stop()
+
+
+def test_endpoints_and_deliveries(delivery_service: Service) -> None:
+    receiver = Receiver()
     user = f"user_{uuid.uuid4().hex[:8]}"
-    with Client(service.url, admin) as client:
-        created = client.create_endpoint(
-            "http://127.0.0.1:9/hook", user_id=user, event_types=["client.test.*"]
-        )
-        assert created.secret is not None
-        assert created.secret.startswith("whsec_")
-        assert client.endpoint(created.id).secret in (None, created.secret)
-        assert created.id in [e.id for e in client.endpoints(user_id=user)]
-        changed = client.update_endpoint(created.id, description="changed", disabled=True)
-        assert changed.description == "changed"
-        assert changed.disabled is True
-        rotated = client.rotate_endpoint_secret(created.id)
-        assert rotated.secret is not None
-        assert rotated.secret != created.secret
-        assert list(client.deliveries(endpoint_id=created.id)) == []
-        client.recover_endpoint(created.id, since=datetime.now(UTC) - timedelta(hours=1))
-        client.delete_endpoint(created.id)
-        with pytest.raises(ClientError) as gone:
-            client.endpoint(created.id)
-    assert gone.value.status == 404
+    try:
+        with Client(delivery_service.url, delivery_service.key) as client:
+            created = client.create_endpoint(
+                receiver.url, user_id=user, event_types=["client.test.*"], description="mine"
+            )
+            assert created.secret is not None
+            assert created.secret.startswith("whsec_")
+            assert client.endpoint(created.id).secret is None  # shown once
+            assert [e.id for e in client.endpoints(user_id=user)] == [created.id]
+
+            [event_id] = client.publish(_name(), {"n": 1}, user_id=user).ids
+            [delivery] = _until(
+                lambda: [
+                    d for d in client.deliveries(endpoint_id=created.id) if d.status == "succeeded"
+                ]
+            )
+            assert delivery.event_id == event_id
+            detail = client.delivery(delivery.id)
+            assert detail.history is not None
+            assert [a.status_code for a in detail.history] == [200]
+            assert receiver.ids == [delivery.id]  # webhook-id: the delivery's id
+
+            again = client.retry_delivery(delivery.id)
+            assert again.status == "pending"
+            _until(lambda: len(receiver.ids) == 2)
+            assert receiver.ids == [delivery.id, delivery.id]
+
+            changed = client.update_endpoint(created.id, description="changed", disabled=True)
+            assert (changed.description, changed.disabled) == ("changed", True)
+            assert [e.id for e in client.endpoints(user_id=user, disabled=True)] == [created.id]
+            rotated = client.rotate_endpoint_secret(created.id, overlap_seconds=60)
+            assert rotated.secret.startswith("whsec_")
+            assert rotated.secret != created.secret
+            assert rotated.previous_secret_expires_at is not None
+            since = datetime.now(UTC) - timedelta(hours=1)
+            assert client.recover_endpoint(created.id, since=since) == 0  # none failed
+            client.delete_endpoint(created.id)
+            with pytest.raises(ClientError) as gone:
+                client.endpoint(created.id)
+            assert gone.value.status == 404
+    finally:
+        receiver.close()
+
+
+async def test_async_endpoints(delivery_service: Service) -> None:
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    async with AsyncClient(delivery_service.url, delivery_service.key) as client:
+        created = await client.create_endpoint("http://127.0.0.1:9/hook", user_id=user)
+        listed = [e.id async for e in client.endpoints(user_id=user)]
+        assert listed == [created.id]
+        assert [d async for d in client.deliveries(endpoint_id=created.id)] == []
+        with pytest.raises(ClientError) as invalid:
+            await client.create_endpoint("ftp://127.0.0.1/x", user_id=user)
+        assert invalid.value.status == 422
+        await client.delete_endpoint(created.id)

@@ -13,8 +13,8 @@ connection fails. Only calls that are safe to repeat are retried after a request
 reached the service: reads, updates, deletes and :meth:`Client.publish`, whose
 ``Idempotency-Key`` (generated per call unless given) is sent unchanged with every
 attempt, so the service stores the events once however often the call is retried. Other
-calls (creating an endpoint, rotating its secret, recovering or retrying deliveries) are
-retried only when the connection could not be made at all. A ``Retry-After`` header is
+calls (creating an endpoint, rotating its secret, retrying a delivery) are retried only
+when the connection could not be made at all. A ``Retry-After`` header is
 honoured, up to :attr:`RetryPolicy.max_backoff`.
 
 **Errors.** Every failure is a :class:`ClientError` (an :class:`~eventmill.EventmillError`)
@@ -54,6 +54,7 @@ __all__ = [
     "DeliveryPage",
     "Endpoint",
     "EndpointPage",
+    "EndpointSecret",
     "EventPage",
     "EventRecord",
     "PublishResult",
@@ -236,17 +237,25 @@ class EventPage(_Model):
 
 
 class Endpoint(_Model):
-    """A user's webhook endpoint. ``secret`` is only present when the endpoint was
-    created or its secret rotated (``whsec_…``, shown once)."""
+    """A user's webhook endpoint. ``secret`` is only present in the answer that created
+    it (``whsec_…``, shown once; :meth:`Client.rotate_endpoint_secret` makes a new one)."""
 
     id: str
     url: str
     user_id: str | None = None
+    """Whose events it receives (``None``: every user's, set by an admin key)."""
     event_types: list[str] = Field(default_factory=list)
-    description: str | None = None
+    """Event names or patterns (``razorpay.payment.*``); empty: every event."""
+    description: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
-    rate_limit: int | None = None
+    rate_limit: float | None = None
+    """Most attempts per second (``None``: no limit)."""
     disabled: bool = False
+    disabled_reason: str | None = None
+    failing_since: datetime | None = None
+    previous_secret_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
     secret: str | None = None
 
 
@@ -258,29 +267,59 @@ class EndpointPage(_Model):
     has_more: bool = False
 
 
-class DeliveryAttempt(_Model):
-    """One attempt of a delivery: when, the answer's status, latency and error."""
+class EndpointSecret(_Model):
+    """An endpoint's new signing secret; the previous one signs beside it until
+    ``previous_secret_expires_at``."""
 
+    id: str
+    secret: str
+    previous_secret_expires_at: datetime | None = None
+
+
+class DeliveryAttempt(_Model):
+    """One attempt of a delivery: when, the answer's status, latency, outcome and error,
+    and the first 1 KiB of the answer's body."""
+
+    attempt: int
+    started_at: datetime
     status_code: int | None = None
+    latency_ms: float | None = None
+    outcome: str = ""
     error: str | None = None
+    response_body: str | None = None
 
 
 class Delivery(_Model):
-    """One event sent to one endpoint, with its attempts (when asked for one delivery)."""
+    """One event sent to one endpoint. ``history`` (its attempts, oldest first) is only
+    filled by :meth:`Client.delivery`."""
 
     id: str
     event_id: str
     endpoint_id: str
-    status: str
-    attempts: list[DeliveryAttempt] | None = None
+    user_id: str | None = None
+    event_name: str = ""
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int = 0
+    """How many attempts were made."""
+    next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    history: list[DeliveryAttempt] | None = None
 
 
 class DeliveryPage(_Model):
-    """One page of deliveries."""
+    """One page of deliveries (newest first)."""
 
     deliveries: list[Delivery]
     next_cursor: str | None = None
     has_more: bool = False
+
+
+class _Requeued(_Model):
+    requeued: int
 
 
 # -- requests (no I/O: both clients build the same ones) -----------------------------------
@@ -450,6 +489,30 @@ def _event_page_call(
 
 def _endpoint_fields(**values: Any) -> dict[str, Any]:
     return {k: (list(v) if k == "event_types" else v) for k, v in values.items() if v is not None}
+
+
+def _rotate_call(endpoint_id: str, overlap_seconds: float | None) -> _Call[EndpointSecret]:
+    body = {} if overlap_seconds is None else {"overlap_seconds": overlap_seconds}
+    return _Call(
+        "POST",
+        f"/v1/endpoints/{_path_id(endpoint_id)}/rotate-secret",
+        _parser(EndpointSecret),
+        body=_body(body),
+        headers=_JSON,
+        idempotent=False,  # twice would replace the first new secret
+    )
+
+
+def _recover_call(endpoint_id: str, since: datetime, until: datetime | None) -> _Call[int]:
+    body = {"since": _time(since)} | ({} if until is None else {"until": _time(until)})
+    parse = _parser(_Requeued)
+    return _Call(
+        "POST",
+        f"/v1/endpoints/{_path_id(endpoint_id)}/recover",
+        lambda response: parse(response).requeued,
+        body=_body(body),
+        headers=_JSON,
+    )
 
 
 def _path_id(value: str) -> str:
@@ -679,7 +742,7 @@ class Client(_Base):
         event_types: Sequence[str] = (),
         description: str | None = None,
         headers: Mapping[str, str] | None = None,
-        rate_limit: int | None = None,
+        rate_limit: float | None = None,
         disabled: bool | None = None,
     ) -> Endpoint:
         """``POST /v1/endpoints``: a new endpoint; its ``secret`` is in the answer only."""
@@ -706,12 +769,14 @@ class Client(_Base):
         """``GET /v1/endpoints/{id}``."""
         return self._send(_Call("GET", f"/v1/endpoints/{_path_id(endpoint_id)}", _parser(Endpoint)))
 
-    def endpoints(self, *, user_id: str | None = None, page_size: int = 100) -> Iterator[Endpoint]:
+    def endpoints(
+        self, *, user_id: str | None = None, disabled: bool | None = None, page_size: int = 100
+    ) -> Iterator[Endpoint]:
         """``GET /v1/endpoints``, every page in turn (an end user's JWT sees their own)."""
         cursor: str | None = None
         size = _check_page_size(page_size)
         while True:
-            params = _params(user_id=user_id, cursor=cursor, limit=size)
+            params = _params(user_id=user_id, disabled=disabled, cursor=cursor, limit=size)
             page = self._send(_Call("GET", "/v1/endpoints", _parser(EndpointPage), params=params))
             yield from page.endpoints
             if not page.has_more or page.next_cursor is None:
@@ -734,20 +799,19 @@ class Client(_Base):
         """``DELETE /v1/endpoints/{id}``."""
         self._send(_Call("DELETE", f"/v1/endpoints/{_path_id(endpoint_id)}", _nothing))
 
-    def rotate_endpoint_secret(self, endpoint_id: str) -> Endpoint:
-        """``POST /v1/endpoints/{id}/rotate-secret``: the answer carries the new secret;
-        the old one keeps signing for the service's overlap period."""
-        path = f"/v1/endpoints/{_path_id(endpoint_id)}/rotate-secret"
-        return self._send(_Call("POST", path, _parser(Endpoint), idempotent=False))
+    def rotate_endpoint_secret(
+        self, endpoint_id: str, *, overlap_seconds: float | None = None
+    ) -> EndpointSecret:
+        """``POST /v1/endpoints/{id}/rotate-secret``: a new secret; the current one keeps
+        signing beside it for ``overlap_seconds`` (default: the service's setting)."""
+        return self._send(_rotate_call(endpoint_id, overlap_seconds))
 
-    def recover_endpoint(self, endpoint_id: str, since: datetime) -> dict[str, Any]:
-        """``POST /v1/endpoints/{id}/recover``: resend every failed delivery since then."""
-        path = f"/v1/endpoints/{_path_id(endpoint_id)}/recover"
-        body = _body({"since": _time(since)})
-        result: dict[str, Any] = self._send(
-            _Call("POST", path, _json, body=body, headers=_JSON, idempotent=False)
-        )
-        return result
+    def recover_endpoint(
+        self, endpoint_id: str, since: datetime, until: datetime | None = None
+    ) -> int:
+        """``POST /v1/endpoints/{id}/recover``: every failed delivery created since
+        ``since`` (and before ``until``) is due again; answers how many."""
+        return self._send(_recover_call(endpoint_id, since, until))
 
     # -- deliveries ---------------------------------------------------------------------------
 
@@ -757,10 +821,10 @@ class Client(_Base):
         endpoint_id: str | None = None,
         event_id: str | None = None,
         user_id: str | None = None,
-        status: str | None = None,
+        status: Literal["pending", "succeeded", "failed"] | None = None,
         page_size: int = 100,
     ) -> Iterator[Delivery]:
-        """``GET /v1/deliveries`` with filters, every page in turn."""
+        """``GET /v1/deliveries`` with filters, newest first, every page in turn."""
         cursor: str | None = None
         size = _check_page_size(page_size)
         while True:
@@ -779,12 +843,13 @@ class Client(_Base):
             cursor = page.next_cursor
 
     def delivery(self, delivery_id: str) -> Delivery:
-        """``GET /v1/deliveries/{id}``, with its attempts."""
+        """``GET /v1/deliveries/{id}``, with its attempts in ``history``."""
         path = f"/v1/deliveries/{_path_id(delivery_id)}"
         return self._send(_Call("GET", path, _parser(Delivery)))
 
     def retry_delivery(self, delivery_id: str) -> Delivery:
-        """``POST /v1/deliveries/{id}/retry``: send it again now."""
+        """``POST /v1/deliveries/{id}/retry``: due again now, with a new round of the
+        schedule (also after a success: the receiver gets it again, same webhook-id)."""
         path = f"/v1/deliveries/{_path_id(delivery_id)}/retry"
         return self._send(_Call("POST", path, _parser(Delivery), idempotent=False))
 
@@ -958,7 +1023,7 @@ class AsyncClient(_Base):
         event_types: Sequence[str] = (),
         description: str | None = None,
         headers: Mapping[str, str] | None = None,
-        rate_limit: int | None = None,
+        rate_limit: float | None = None,
         disabled: bool | None = None,
     ) -> Endpoint:
         """See :meth:`Client.create_endpoint`."""
@@ -987,13 +1052,13 @@ class AsyncClient(_Base):
         return await self._send(_Call("GET", path, _parser(Endpoint)))
 
     async def endpoints(
-        self, *, user_id: str | None = None, page_size: int = 100
+        self, *, user_id: str | None = None, disabled: bool | None = None, page_size: int = 100
     ) -> AsyncIterator[Endpoint]:
         """See :meth:`Client.endpoints`."""
         cursor: str | None = None
         size = _check_page_size(page_size)
         while True:
-            params = _params(user_id=user_id, cursor=cursor, limit=size)
+            params = _params(user_id=user_id, disabled=disabled, cursor=cursor, limit=size)
             page = await self._send(
                 _Call("GET", "/v1/endpoints", _parser(EndpointPage), params=params)
             )
@@ -1018,19 +1083,17 @@ class AsyncClient(_Base):
         """See :meth:`Client.delete_endpoint`."""
         await self._send(_Call("DELETE", f"/v1/endpoints/{_path_id(endpoint_id)}", _nothing))
 
-    async def rotate_endpoint_secret(self, endpoint_id: str) -> Endpoint:
+    async def rotate_endpoint_secret(
+        self, endpoint_id: str, *, overlap_seconds: float | None = None
+    ) -> EndpointSecret:
         """See :meth:`Client.rotate_endpoint_secret`."""
-        path = f"/v1/endpoints/{_path_id(endpoint_id)}/rotate-secret"
-        return await self._send(_Call("POST", path, _parser(Endpoint), idempotent=False))
+        return await self._send(_rotate_call(endpoint_id, overlap_seconds))
 
-    async def recover_endpoint(self, endpoint_id: str, since: datetime) -> dict[str, Any]:
+    async def recover_endpoint(
+        self, endpoint_id: str, since: datetime, until: datetime | None = None
+    ) -> int:
         """See :meth:`Client.recover_endpoint`."""
-        path = f"/v1/endpoints/{_path_id(endpoint_id)}/recover"
-        body = _body({"since": _time(since)})
-        result: dict[str, Any] = await self._send(
-            _Call("POST", path, _json, body=body, headers=_JSON, idempotent=False)
-        )
-        return result
+        return await self._send(_recover_call(endpoint_id, since, until))
 
     # -- deliveries -------------------------------------------------------------------------
 
@@ -1040,7 +1103,7 @@ class AsyncClient(_Base):
         endpoint_id: str | None = None,
         event_id: str | None = None,
         user_id: str | None = None,
-        status: str | None = None,
+        status: Literal["pending", "succeeded", "failed"] | None = None,
         page_size: int = 100,
     ) -> AsyncIterator[Delivery]:
         """See :meth:`Client.deliveries`."""
