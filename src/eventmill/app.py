@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from eventmill import __version__
+from eventmill.delivery import Delivery
 from eventmill.errors import EventmillError
 from eventmill.events import EventRegistry
 from eventmill.ingest import Ingest
@@ -45,6 +46,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
+        Delivery(settings.delivery, resources),
     ]
 
 
