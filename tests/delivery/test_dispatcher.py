@@ -222,3 +222,39 @@ async def test_rotation_signs_with_both_secrets(tmp_path: Path, store_url: str) 
         Webhook(newest).verify(got.body, got.headers)
         with pytest.raises(Exception, match="No matching signature"):
             Webhook(rotated["secret"]).verify(got.body, got.headers)
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_and_announced(
+    tmp_path: Path, store_url: str
+) -> None:
+    settings = delivery_settings(
+        tmp_path, store_url, retry_schedule=[0, 0.2, 0.2, 0.2, 0.2, 0.2], disable_after_seconds=0.5
+    )
+    async with (
+        receiver(lambda r, n: Response(b"no", status_code=500)) as rec,
+        service(settings) as svc,
+    ):
+        bus = resources_of(svc.app).require_bus()
+        events = await bus.subscribe("events", group=f"watch-{uuid.uuid4().hex[:8]}")
+        ep = await svc.create_endpoint(url=rec.url(), user_id="user_1")
+        await svc.publish(_event())
+        async with asyncio.timeout(20):
+            while True:
+                msg = await events.__anext__()
+                msg.ack()
+                if msg.metadata.get("event_name") == "endpoint.disabled":
+                    break
+        announced = orjson.loads(msg.payload)
+        assert announced["user_id"] == "user_1"
+        assert announced["source"] == "system"
+        assert announced["payload"]["endpoint_id"] == ep["id"]
+        await events.close()
+        got = await svc.get(f"/v1/endpoints/{ep['id']}")
+        assert got["disabled"] is True
+        assert "failed since" in got["disabled_reason"]
+        # re-enabling by PATCH clears the failure state
+        response = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}", json={"disabled": False}, headers=svc.auth
+        )
+        assert response.json()["failing_since"] is None
+        assert len(rec.received) >= 2
