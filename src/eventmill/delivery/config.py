@@ -36,7 +36,7 @@ class DeliverySettings(BaseModel):
     timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     """Total time one attempt may take: connect, send, read the answer (default 15 s)."""
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
-    """Time to open the connection, within the total (default 5 s)."""
+    """Time to open the connection, within the total (default 5 s; at most the total)."""
     max_retry_after_seconds: float = Field(default=3600.0, ge=0)
     """Cap on a ``Retry-After`` answered with 429 or 503 (default 1 h)."""
     disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
@@ -101,6 +101,4 @@ class DeliverySettings(BaseModel):
     def _lease(self) -> DeliverySettings:
         if self.lease_seconds < self.timeout_seconds + 5:
             raise ValueError("lease_seconds must exceed timeout_seconds by at least 5 s")
-        if self.connect_timeout_seconds > self.timeout_seconds:
-            raise ValueError("connect_timeout_seconds must not exceed timeout_seconds")
         return self

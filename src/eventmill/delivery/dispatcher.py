@@ -11,7 +11,7 @@ Work flows through three bounded stages:
   hanging endpoint fills only its own lane;
 * the **recorder** writes outcomes in batches (one transaction for many attempts).
 
-An attempt starts only while its lease has at least ``timeout_seconds`` + 5 s left
+An attempt starts only while its lease has at least ``timeout_seconds`` + 2 s left
 (else it is released for another round), and is cut off at ``timeout_seconds``:
 so no other dispatcher can claim a delivery while an attempt of it is in flight, and
 no attempt is sent twice. A dispatcher killed mid-attempt leaves the delivery to be
@@ -63,7 +63,8 @@ DEAD_LETTER_TOPIC: Final = "deliveries.dead"
 RESPONSE_BODY_BYTES: Final = 1024
 """How much of a response body an attempt keeps."""
 
-_LEASE_MARGIN: Final = 5.0
+_LEASE_MARGIN: Final = 2.0
+"""An attempt starts only while its lease has ``timeout_seconds`` + this left."""
 _BODY_CACHE: Final = 1024
 _RECORD_BATCH: Final = 500
 _SWEEP_SECONDS: Final = 15.0
@@ -226,7 +227,9 @@ class Dispatcher:
         )
         self._client = httpx.AsyncClient(
             transport=transport,
-            timeout=httpx.Timeout(s.timeout_seconds, connect=s.connect_timeout_seconds),
+            timeout=httpx.Timeout(
+                s.timeout_seconds, connect=min(s.connect_timeout_seconds, s.timeout_seconds)
+            ),
             follow_redirects=False,
             trust_env=False,
         )
