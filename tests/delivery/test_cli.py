@@ -44,7 +44,8 @@ def test_endpoint_lifecycle(env: dict[str, str]) -> None:
     assert endpoint_id in listed.output
     assert "whsec_" not in listed.output
     rotated = runner.invoke(app, ["endpoints", "rotate-secret", endpoint_id], env=env)
-    assert rotated.exit_code == 0 and "secret: whsec_" in rotated.output
+    assert rotated.exit_code == 0
+    assert "secret: whsec_" in rotated.output
     assert runner.invoke(app, ["endpoints", "disable", endpoint_id], env=env).exit_code == 0
     assert runner.invoke(app, ["endpoints", "enable", endpoint_id], env=env).exit_code == 0
     recovered = runner.invoke(
@@ -56,7 +57,8 @@ def test_endpoint_lifecycle(env: dict[str, str]) -> None:
         == 0
     )
     missing = runner.invoke(app, ["deliveries", "show", "dlv_nope"], env=env)
-    assert missing.exit_code == 1 and "no delivery" in missing.output
+    assert missing.exit_code == 1
+    assert "no delivery" in missing.output
     assert runner.invoke(app, ["endpoints", "delete", endpoint_id], env=env).exit_code == 0
     again = runner.invoke(app, ["endpoints", "delete", endpoint_id], env=env)
     assert again.exit_code == 1
