@@ -11,7 +11,7 @@ For each, eventmill (SQLite store and bus, in this process: fan-out, dispatcher,
 recorder) is timed from the first publish until the receiver has every delivery, and a
 bare ``httpx.AsyncClient`` posts the same bodies to the same receiver with the same
 concurrency. Printed: deliveries/s of both, their ratio, and event→delivery latency
-p50/p99 (publish → arrival at the receiver). Target: ≥ 0.5× bare, ≥ 2,000/s.
+p50/p99 (publish → arrival at the receiver). Target: ≥ 0.5x bare, ≥ 2,000/s.
 """
 
 from __future__ import annotations
