@@ -86,16 +86,21 @@ async def test_openapi_documents_every_route_with_its_errors(
         assert "swagger" in docs.text.lower()
 
         routes = _api_routes(app)
-        assert routes == set(EXPECTED_ERRORS)
-        for (method, path), codes in EXPECTED_ERRORS.items():
+        assert set(EXPECTED_ERRORS) <= routes
+        for method, path in routes:
             op = spec["paths"][path][method.lower()]
             assert op.get("description") or op.get("summary"), path
-            assert "200" in op["responses"], path
+            assert any(c.startswith("2") for c in op["responses"]), (method, path)
             errors = {c for c in op["responses"] if c.startswith(("4", "5"))}
-            assert codes <= errors, (method, path, codes - errors)
-            for code in codes - {"503"} if path == "/readyz" else codes:
+            expected = EXPECTED_ERRORS.get((method, path), set())
+            if path.startswith("/v1/"):  # every API route needs credentials and the store
+                expected = expected | {"401", "503"}
+            assert expected <= errors, (method, path, expected - errors)
+            for code in errors - {"503"} if path == "/readyz" else errors:
+                if code == "422" and "content" not in op["responses"][code]:
+                    continue
                 ref = op["responses"][code]["content"]["application/json"]["schema"]["$ref"]
-                assert ref.endswith("/ErrorBody"), (path, code)
+                assert ref.endswith(("/ErrorBody", "/HTTPValidationError")), (path, code)
         assert "ErrorBody" in spec["components"]["schemas"]
         assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
         webhook = spec["paths"]["/webhooks/razorpay"]["post"]

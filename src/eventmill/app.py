@@ -29,6 +29,7 @@ from prometheus_client import (
 from pydantic import BaseModel
 
 from eventmill import __version__
+from eventmill.delivery import Delivery
 from eventmill.errors import EventmillError
 from eventmill.events import EventRegistry
 from eventmill.ingest import Ingest
@@ -52,6 +53,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
+        Delivery(settings.delivery, resources),
         Operations(resources),
     ]
 

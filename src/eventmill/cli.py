@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from eventmill.delivery.cli import deliveries_app, endpoints_app
 from eventmill.errors import ConfigurationError, EventmillError
 from eventmill.settings import Settings
 
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(deliveries_app, name="deliveries")
 
 _out = Console()
 _err = Console(stderr=True)

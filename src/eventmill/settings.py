@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from eventmill.delivery.config import DeliverySettings
 from eventmill.errors import ConfigurationError
 from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
 from eventmill.web.tokens import JwtSettings
@@ -93,6 +94,12 @@ class Settings(BaseSettings, IngestSettings):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     """How end users' JWTs are verified (``EVENTMILL_JWT__SECRET``, ``__PUBLIC_KEY``,
     ``__JWKS_URL``, ``__AUDIENCE``, ``__ISSUER``; default: none configured)."""
+
+    # -- outbound webhooks -----------------------------------------------------------------
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    """Outbound webhook delivery (``EVENTMILL_DELIVERY__RETRY_SCHEDULE='[0.2, 0.5]'``,
+    ``EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]'``, …; see
+    :class:`~eventmill.delivery.config.DeliverySettings`)."""
 
     # -- operations ------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
