@@ -262,7 +262,8 @@ async def setup_nats(tmp: Path) -> Setup:
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     nc = await nats.connect(NATS_URL)
-    server = nc.connected_server_version
+    v = nc.connected_server_version
+    server = f"{v.major}.{v.minor}.{v.patch}"
     await nc.close()
 
     async def drop() -> None:
@@ -505,7 +506,7 @@ def main() -> None:
         "faststream": _version("faststream"),
     }
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-brokers-", dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-brokers-") as tmp:
         try:
             if args.backend == "kafka":
                 with tansu() as bootstrap:
