@@ -127,7 +127,7 @@ def keys_create(
     key_id, secret = _run(create)
     _out.print(f"id:     {key_id}")
     _out.print(f"scopes: {', '.join(scopes)}")
-    _out.print(f"key:    {secret}")
+    _out.print(f"key:    {secret}", soft_wrap=True)  # one line, whatever the width
     _err.print("Store the key now: it cannot be shown again.")
 
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,6 +59,26 @@ class Settings(BaseSettings, IngestSettings):
     """Event store database URL (default ``sqlite+aiosqlite:///<data_dir>/events.db``;
     PostgreSQL: ``postgresql+asyncpg://user@host/db``)."""
 
+    # -- the system description's names (used only when bus_url is not set) ---------------
+    pubsub_backend: (
+        Literal["memory", "sqlite", "postgres", "postgresql", "redis", "nats", "kafka"] | None
+    ) = Field(default=None, validation_alias=AliasChoices("pubsub_backend", "PUBSUB_BACKEND"))
+    """``PUBSUB_BACKEND``: picks the bus when ``bus_url`` is unset — ``kafka`` with
+    ``KAFKA_BROKERS``, ``redis`` with ``REDIS_URL``, ``nats`` with ``NATS_URL``,
+    ``postgres`` with the store's PostgreSQL URL, ``sqlite`` / ``memory`` embedded."""
+    kafka_brokers: str | None = Field(
+        default=None, validation_alias=AliasChoices("kafka_brokers", "KAFKA_BROKERS")
+    )
+    """``KAFKA_BROKERS``: ``host:port[,host:port]`` for ``PUBSUB_BACKEND=kafka``."""
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("redis_url", "REDIS_URL")
+    )
+    """``REDIS_URL`` for ``PUBSUB_BACKEND=redis`` (default ``redis://127.0.0.1:6379``)."""
+    nats_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("nats_url", "NATS_URL")
+    )
+    """``NATS_URL`` for ``PUBSUB_BACKEND=nats`` (default ``nats://127.0.0.1:4222``)."""
+
     # -- HTTP ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Address ``eventmill serve`` binds (default ``127.0.0.1``)."""
@@ -81,15 +101,38 @@ class Settings(BaseSettings, IngestSettings):
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         data_dir = self.data_dir
-        if self.bus_url is None:
-            # Same durability as the default store (the source of truth the outbox relay
-            # re-publishes from): WAL with synchronous=normal survives a process kill; for
-            # power-loss durability set ?synchronous=full on both URLs.
-            bus = f"sqlite:///{data_dir / 'bus.db'}?synchronous=normal"
-            object.__setattr__(self, "bus_url", bus)
         if self.store_url is None:
             object.__setattr__(self, "store_url", f"sqlite+aiosqlite:///{data_dir / 'events.db'}")
+        if self.bus_url is None:
+            object.__setattr__(self, "bus_url", self._bus_from_backend())
         return self
+
+    def _bus_from_backend(self) -> str:
+        """The bus URL named by ``PUBSUB_BACKEND`` and its companion, else the default."""
+        backend = self.pubsub_backend
+        if backend == "kafka":
+            if not self.kafka_brokers:
+                raise ValueError("PUBSUB_BACKEND=kafka needs KAFKA_BROKERS (host:port,...)")
+            brokers = ",".join(b.strip() for b in self.kafka_brokers.split(",") if b.strip())
+            return f"kafka://{brokers}"
+        if backend == "redis":
+            return self.redis_url or "redis://127.0.0.1:6379"
+        if backend == "nats":
+            return self.nats_url or "nats://127.0.0.1:4222"
+        if backend == "memory":
+            return "memory://"
+        if backend in ("postgres", "postgresql"):
+            store = self.store
+            if not store.startswith(("postgresql", "postgres")):
+                raise ValueError(
+                    "PUBSUB_BACKEND=postgres uses the store's database: set "
+                    "EVENTMILL_STORE_URL=postgresql://… (or EVENTMILL_BUS_URL)"
+                )
+            return "postgresql://" + store.split("://", 1)[1]
+        # sqlite, or nothing set. Same durability as the default store (the source of
+        # truth the outbox relay re-publishes from): WAL with synchronous=normal survives
+        # a process kill; for power-loss durability set ?synchronous=full on both URLs.
+        return f"sqlite:///{self.data_dir / 'bus.db'}?synchronous=normal"
 
     @property
     def bus(self) -> str:

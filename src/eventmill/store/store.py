@@ -8,13 +8,14 @@ from eventmill.store.api_keys import ApiKeyStore
 from eventmill.store.config import StoreConfig
 from eventmill.store.database import Database
 from eventmill.store.events import EventStore
+from eventmill.store.journal import Journal
 
 __all__ = ["Store", "open_store"]
 
 
 class Store(Database):
-    """An open store: :attr:`events`, :attr:`api_keys`, and the engine for features'
-    own tables (see :class:`~eventmill.store.database.Database`)."""
+    """An open store: :attr:`events`, :attr:`api_keys`, the :attr:`journal`, and the
+    engine for features' own tables (see :class:`~eventmill.store.database.Database`)."""
 
     def __init__(self, config: StoreConfig, engine: AsyncEngine) -> None:
         super().__init__(config, engine)
@@ -22,6 +23,8 @@ class Store(Database):
         """The event store."""
         self.api_keys = ApiKeyStore(self)
         """The API key store."""
+        self.journal = Journal(self)
+        """Event hops and rejected webhooks (written while its ``run()`` task runs)."""
 
 
 async def open_store(url: str | StoreConfig) -> Store:

@@ -34,6 +34,8 @@ from eventmill.web.tokens import JwtVerifier
 
 __all__ = [
     "EVENTS_TOPIC",
+    "POSITION_KEY",
+    "STORED_MARK",
     "Feature",
     "Resources",
     "ResourcesDep",
@@ -42,6 +44,14 @@ __all__ = [
 
 EVENTS_TOPIC = "events"
 """The topic every event crosses: ingest publishes to it, features subscribe to it."""
+
+POSITION_KEY = "eventmill_position"
+"""Metadata key on messages of events already stored: the event's store position (the
+one order every client and replay sees)."""
+
+STORED_MARK = "eventmill_stored"
+"""Metadata key (value ``"1"``) on messages of events already in the store (published
+by ingest, the relay or a replay): the audit handler does not store them again."""
 
 
 @dataclass(slots=True)
