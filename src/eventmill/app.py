@@ -1,10 +1,12 @@
 """The composition root: ``create_app(settings)`` builds the eventmill ASGI application.
 
-The lifespan opens the bus (:func:`eventmill.open_pubsub`) and the event store,
-then starts the outbox relay and the audit handler (a Router handler in group
-``audit`` on topic ``events``). A bus or store that cannot be reached on start does
-not stop the service: it is retried in the background, ``/readyz`` answers 503
-naming it, and ingest routes answer 503 until it is back (providers retry).
+It owns the shared :class:`~eventmill.web.seam.Resources` (bus, store, event registry,
+JWT verifier) and lists the features (:func:`features`). The lifespan opens the bus
+(:func:`eventmill.open_pubsub`) and the store, then enters each feature's lifespan
+(ingest: the outbox relay and the audit handler, ...). A bus or store that cannot be
+reached on start does not stop the service: it is retried in the background,
+``/readyz`` answers 503 naming it, routes that need it answer 503 until it is back
+(providers retry), and the features start once both are open.
 """
 
 from __future__ import annotations
@@ -17,38 +19,43 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from pydantic import BaseModel
 
 from eventmill import __version__
-from eventmill.errors import EventmillError, RouterError
-from eventmill.events import EventRegistry, transformer_for
-from eventmill.ingest import (
-    IngestConfig,
-    IngestContext,
-    OutboxRelay,
-    PublishMarker,
-    RazorpayScheme,
-    Receiver,
-    audit_handler,
-    receiver_for,
-)
-from eventmill.ingest import router as ingest_router
-from eventmill.ingest._group_commit import GroupCommitInserter
-from eventmill.ingest.audit import AuditSubscriber
+from eventmill.delivery import Delivery
+from eventmill.errors import EventmillError
+from eventmill.events import EventRegistry
+from eventmill.ingest import Ingest
+from eventmill.operations import Operations
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
-from eventmill.router import Router, RouterConfig
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
+from eventmill.web.seam import EVENTS_TOPIC, Feature, Resources
+from eventmill.web.tokens import JwtVerifier
 
-__all__ = ["EVENTS_TOPIC", "create_app", "open_key_store"]
+__all__ = ["EVENTS_TOPIC", "create_app", "features", "open_key_store", "resources_of"]
 
-EVENTS_TOPIC = "events"
 _log = logging.getLogger("eventmill.app")
 _RECONNECT_MAX_SECONDS = 10.0
 _FIRST_ATTEMPT_SECONDS = 30.0
+
+
+def features(settings: Settings, resources: Resources) -> list[Feature]:
+    """The service's features, in start order (stopped in reverse): one line each."""
+    return [
+        Ingest(settings, resources),
+        Delivery(settings.delivery, resources),
+        Operations(resources),
+    ]
 
 
 class Health(BaseModel):
@@ -69,29 +76,13 @@ class ComponentState(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Readiness: the bus and the store are both usable."""
+    """Readiness: the bus and the store are both usable, and no feature reports a problem."""
 
     status: Literal["ready", "unavailable"]
     bus: ComponentState
     store: ComponentState
-
-
-def _ingest_config(settings: Settings) -> IngestConfig:
-    receivers = {name: receiver_for(cfg) for name, cfg in settings.sources.items()}
-    if settings.razorpay_webhook_secret:
-        paths = settings.razorpay_user_id_paths
-        receivers["razorpay"] = Receiver(
-            scheme=RazorpayScheme([s.get_secret_value() for s in settings.razorpay_webhook_secret]),
-            transformer=transformer_for("razorpay", tuple(paths) if paths is not None else None),
-        )
-    return IngestConfig(
-        topic=EVENTS_TOPIC,
-        max_body_bytes=settings.max_body_bytes,
-        request_timeout=settings.request_timeout_seconds,
-        receivers=receivers,
-        registry=EventRegistry.default(allow_unknown=settings.accept_unknown_events),
-        crash_after_store=settings.fault == "crash_after_store",
-    )
+    features: dict[str, dict[str, str]] = {}
+    """Problems reported by features' workers, by feature name (empty when all is well)."""
 
 
 async def _connect(
@@ -127,56 +118,51 @@ async def _connect(
 
 
 class _Runtime:
-    """What the lifespan opens and closes; the routes reach it through ``IngestContext``."""
+    """What the lifespan opens and closes: the shared resources, then the features."""
 
-    def __init__(self, settings: Settings, ctx: IngestContext) -> None:
+    def __init__(self, settings: Settings, resources: Resources, feats: list[Feature]) -> None:
         self.settings = settings
-        self.ctx = ctx
-        self.errors: dict[str, str] = {}
+        self.resources = resources
+        self.features = feats
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
-        self.router: Router | None = None
-        self.relay: OutboxRelay | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._started: list[str] = []
 
     async def start(self) -> None:
-        s = self.settings
-        self.relay = OutboxRelay(
-            self.ctx,
-            interval=s.relay_interval_seconds,
-            grace=s.relay_grace_seconds,
-            batch_size=s.relay_batch_size,
-        )
+        s, res = self.settings, self.resources
         if s.uses_data_dir():
             s.data_dir.mkdir(parents=True, exist_ok=True)
         _log.info(
-            "eventmill %s: bus %s, store %s, webhook sources: %s",
+            "eventmill %s: bus %s, store %s, features: %s",
             __version__,
             redact_url(s.bus),
             redact_url(s.store),
-            ", ".join(sorted(self.ctx.config.receivers)) or "none",
+            ", ".join(f.name for f in self.features),
         )
         bus_ready = asyncio.Event()
         store_ready = asyncio.Event()
 
         def set_bus(bus: PubSub) -> None:
-            self.ctx.bus = bus
+            res.bus = bus
             bus_ready.set()
 
         def set_store(store: Store) -> None:
-            self.ctx.store = store
+            res.store = store
+            self.tasks.append(asyncio.create_task(store.journal.run()))
             store_ready.set()
 
         bus_tried, store_tried = asyncio.Event(), asyncio.Event()
         connectors = (
             _connect(
-                "bus", s.bus, lambda: open_pubsub(s.bus), set_bus, self.errors, self.stop, bus_tried
+                "bus", s.bus, lambda: open_pubsub(s.bus), set_bus, res.errors, self.stop, bus_tried
             ),
             _connect(
                 "store",
                 s.store,
                 lambda: open_store(s.store),
                 set_store,
-                self.errors,
+                res.errors,
                 self.stop,
                 store_tried,
             ),
@@ -189,92 +175,93 @@ class _Runtime:
                 timeout=_FIRST_ATTEMPT_SECONDS,
             )
         if bus_ready.is_set() and store_ready.is_set():
-            await self._start_workers()
+            await self._start_features()
         else:
             self.tasks.append(asyncio.create_task(self._background(bus_ready, store_ready)))
 
     async def _background(self, bus_ready: asyncio.Event, store_ready: asyncio.Event) -> None:
-        """Start the workers once the bus and the store are both open."""
+        """Start the features once the bus and the store are both open."""
         await bus_ready.wait()
         await store_ready.wait()
-        await self._start_workers()
+        await self._start_features()
 
-    async def _start_workers(self) -> None:
-        """Run the relay and the audit handler (its subscription open before returning)."""
-        ctx, s = self.ctx, self.settings
-        assert ctx.bus is not None
-        assert ctx.store is not None
-        assert self.relay is not None
-        self.tasks.append(asyncio.create_task(self.relay.run()))
-        inserter = GroupCommitInserter(ctx.store)
-        ctx.inserter = inserter
-        self.tasks.append(asyncio.create_task(inserter.run()))
-        marker = PublishMarker(ctx)
-        ctx.marker = marker
-        self.tasks.append(asyncio.create_task(marker.run()))
-        if s.audit_enabled:
-            # On sqlite:// the bus itself passes over the events the ingest path stored.
-            subscriber = AuditSubscriber(ctx.bus)
-            router = Router(subscriber=subscriber, publisher=ctx.bus, config=RouterConfig())
-            router.add_handler("audit", EVENTS_TOPIC, audit_handler(ctx), group="audit")
-            self.router = router
-            self.tasks.append(asyncio.create_task(router.run()))
-            try:
-                await router.running()
-            except RouterError as exc:
-                _log.error("the audit handler could not start: %s", exc.__cause__ or exc)
+    async def _start_features(self) -> None:
+        """Enter each feature's lifespan, in list order."""
+        for feature in self.features:
+            await self._stack.enter_async_context(feature.lifespan())
+            self._started.append(feature.name)
 
     async def close(self) -> None:
+        """Leave the features' lifespans (reverse order), then close the bus and the store."""
         self.stop.set()
-        if self.router is not None:
+        try:
+            await self._stack.aclose()
+        except Exception:
+            _log.exception("a feature failed to stop cleanly")
+        if self.resources.store is not None:
             with contextlib.suppress(Exception):
-                await self.router.close()
-        if self.relay is not None:
-            self.relay.stop()
-        if self.ctx.inserter is not None:
-            await self.ctx.inserter.close()
-        if self.ctx.marker is not None:
-            with contextlib.suppress(Exception):
-                await self.ctx.marker.close()
+                await self.resources.store.journal.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.ctx.bus is not None:
+        res = self.resources
+        if res.bus is not None:
             with contextlib.suppress(Exception):
-                await self.ctx.bus.close()
-        if self.ctx.store is not None:
+                await res.bus.close()
+        if res.store is not None:
             with contextlib.suppress(Exception):
-                await self.ctx.store.close()
+                await res.store.close()
 
     def readiness(self) -> Readiness:
-        s = self.settings
+        s, res = self.settings, self.resources
         bus = ComponentState(
-            ok=self.ctx.bus is not None, url=redact_url(s.bus), error=self.errors.get("bus")
+            ok=res.bus is not None, url=redact_url(s.bus), error=res.errors.get("bus")
         )
         store = ComponentState(
-            ok=self.ctx.store is not None, url=redact_url(s.store), error=self.errors.get("store")
+            ok=res.store is not None, url=redact_url(s.store), error=res.errors.get("store")
         )
-        status: Literal["ready", "unavailable"] = "ready" if bus.ok and store.ok else "unavailable"
-        return Readiness(status=status, bus=bus, store=store)
+        problems = {f.name: dict(h) for f in self.features if (h := f.health())}
+        ready = bus.ok and store.ok and not problems
+        return Readiness(
+            status="ready" if ready else "unavailable", bus=bus, store=store, features=problems
+        )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def resources_of(app: FastAPI) -> Resources:
+    """The shared resources of an app built by :func:`create_app`."""
+    resources = app.state.resources
+    assert isinstance(resources, Resources)
+    return resources
+
+
+def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
     """Build the ASGI application (routes, error handlers, lifespan) for ``settings``.
 
     ``settings`` defaults to :meth:`Settings.load` (environment and config file).
+    ``freeze_gc``: once started, move everything allocated so far out of the cyclic
+    garbage collector's reach (``gc.freeze()``); only for a process the service owns
+    (``eventmill serve`` sets it), since it changes collection for the whole process.
     """
     settings = settings if settings is not None else Settings.load()
-    ctx = IngestContext(config=_ingest_config(settings))
+    resources = Resources(
+        registry=EventRegistry.default(allow_unknown=settings.accept_unknown_events),
+        topic=EVENTS_TOPIC,
+        jwt=JwtVerifier(settings.jwt) if settings.jwt.configured else None,
+    )
+    ProcessCollector(registry=resources.metrics)
+    PlatformCollector(registry=resources.metrics)
+    feats = features(settings, resources)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = _Runtime(settings, ctx)
+        runtime = _Runtime(settings, resources, feats)
         app.state.runtime = runtime
         await runtime.start()
-        # What exists now (modules, app, open resources) lives as long as the process:
-        # keep it out of the cyclic GC's full collections, which otherwise re-scan it
-        # about once a second under load (several % of the CPU at a thousand req/s).
-        gc.freeze()
+        if freeze_gc:
+            # What exists now (modules, app, open resources) lives as long as the process:
+            # keep it out of the cyclic GC's full collections, which otherwise re-scan it
+            # about once a second under load (several % of the CPU at a thousand req/s).
+            gc.freeze()
         try:
             yield
         finally:
@@ -288,7 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.ingest = ctx
+    app.state.resources = resources
     install_error_handlers(app)
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
@@ -303,12 +290,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={503: {"model": Readiness, "description": "Bus or store unavailable"}},
     )
     async def readyz(request: Request) -> JSONResponse:
-        """Readiness: 200 when the bus and the store are open, else 503 naming which is not."""
+        """Readiness: 200 when the bus and the store are open and every feature runs,
+        else 503 naming what is not."""
         state: Readiness = request.app.state.runtime.readiness()
         code = 200 if state.status == "ready" else 503
         return JSONResponse(state.model_dump(mode="json"), status_code=code)
 
-    app.include_router(ingest_router)
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (text exposition format)."""
+        return Response(generate_latest(resources.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    for feature in feats:
+        app.include_router(feature.router)
     return app
 
 

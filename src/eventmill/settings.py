@@ -14,32 +14,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
+from eventmill.delivery.config import DeliverySettings
 from eventmill.errors import ConfigurationError
-from eventmill.ingest.config import (
-    RESERVED_SOURCES,
-    SourceConfig,
-    split_secrets,
-    valid_source_name,
-)
+from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
+from eventmill.web.tokens import JwtSettings
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings", "SourceConfig"]
 
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
+class Settings(BaseSettings, IngestSettings):
+    """Everything ``eventmill serve`` reads. Every field documents its default.
 
-class Settings(BaseSettings):
-    """Everything ``eventmill serve`` reads. Every field documents its default."""
+    The service's own fields are below; each feature adds its section: ingest's fields
+    sit at the top level (:class:`~eventmill.ingest.config.IngestSettings`:
+    ``max_body_bytes``, ``request_timeout_seconds``, ``razorpay_webhook_secret``,
+    ``sources``, the relay and audit settings), later features nest theirs
+    (``EVENTMILL_JWT__SECRET``).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="EVENTMILL_",
@@ -59,89 +60,86 @@ class Settings(BaseSettings):
     """Event store database URL (default ``sqlite+aiosqlite:///<data_dir>/events.db``;
     PostgreSQL: ``postgresql+asyncpg://user@host/db``)."""
 
+    # -- the system description's names (used only when bus_url is not set) ---------------
+    pubsub_backend: (
+        Literal["memory", "sqlite", "postgres", "postgresql", "redis", "nats", "kafka"] | None
+    ) = Field(default=None, validation_alias=AliasChoices("pubsub_backend", "PUBSUB_BACKEND"))
+    """``PUBSUB_BACKEND``: picks the bus when ``bus_url`` is unset — ``kafka`` with
+    ``KAFKA_BROKERS``, ``redis`` with ``REDIS_URL``, ``nats`` with ``NATS_URL``,
+    ``postgres`` with the store's PostgreSQL URL, ``sqlite`` / ``memory`` embedded."""
+    kafka_brokers: str | None = Field(
+        default=None, validation_alias=AliasChoices("kafka_brokers", "KAFKA_BROKERS")
+    )
+    """``KAFKA_BROKERS``: ``host:port[,host:port]`` for ``PUBSUB_BACKEND=kafka``."""
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("redis_url", "REDIS_URL")
+    )
+    """``REDIS_URL`` for ``PUBSUB_BACKEND=redis`` (default ``redis://127.0.0.1:6379``)."""
+    nats_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("nats_url", "NATS_URL")
+    )
+    """``NATS_URL`` for ``PUBSUB_BACKEND=nats`` (default ``nats://127.0.0.1:4222``)."""
+
     # -- HTTP ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Address ``eventmill serve`` binds (default ``127.0.0.1``)."""
     port: int = Field(default=8080, ge=0, le=65535)
     """Port ``eventmill serve`` binds (default 8080, as in the system description)."""
-    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
-    """Largest accepted request body on ingest routes; larger → 413 (default 1 MiB)."""
-    request_timeout_seconds: float = Field(default=4.0, gt=0)
-    """Budget for storing and then publishing one request, together; over it → 503,
-    inside Razorpay's 5-second window (default 4 s)."""
 
-    # -- sources ---------------------------------------------------------------------------
-    razorpay_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list,
-        validation_alias=AliasChoices(
-            "razorpay_webhook_secret",
-            "EVENTMILL_RAZORPAY_WEBHOOK_SECRET",
-            "RAZORPAY_WEBHOOK_SECRET",
-        ),
-    )
-    """Razorpay webhook secret(s), comma-separated for rotation; read from
-    ``RAZORPAY_WEBHOOK_SECRET`` or ``EVENTMILL_RAZORPAY_WEBHOOK_SECRET``. Empty: the
-    Razorpay route answers 404 (source not configured)."""
-    razorpay_user_id_paths: list[str] | None = None
-    """Dotted JSON paths (relative to the payload entity) tried in order for ``user_id``
-    (default: the transformer's own, ``notes.user_id`` then ``account_id``)."""
-    sources: dict[str, SourceConfig] = Field(default_factory=dict)
-    """Generic webhook sources by name, served at ``POST /webhooks/{name}`` (default none)."""
+    # -- events ----------------------------------------------------------------------------
     accept_unknown_events: bool = True
     """Whether events whose name has no registered model are accepted (default yes)."""
 
-    # -- background work -------------------------------------------------------------------
-    relay_interval_seconds: float = Field(default=5.0, gt=0)
-    """How often the outbox relay publishes stored-but-unpublished events (default 5 s)."""
-    relay_grace_seconds: float = Field(default=10.0, ge=0)
-    """The periodic relay leaves events younger than this to the request that stored
-    them (default 10 s); the pass on start takes all of them."""
-    relay_batch_size: int = Field(default=500, ge=1)
-    """Most events the relay publishes per round (default 500)."""
-    audit_enabled: bool = True
-    """Run the audit handler (group ``audit`` on topic ``events``) that stores events
-    published on the bus by other paths (default yes)."""
+    # -- end users -------------------------------------------------------------------------
+    jwt: JwtSettings = Field(default_factory=JwtSettings)
+    """How end users' JWTs are verified (``EVENTMILL_JWT__SECRET``, ``__PUBLIC_KEY``,
+    ``__JWKS_URL``, ``__AUDIENCE``, ``__ISSUER``; default: none configured)."""
+
+    # -- outbound webhooks -----------------------------------------------------------------
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    """Outbound webhook delivery (``EVENTMILL_DELIVERY__RETRY_SCHEDULE='[0.2, 0.5]'``,
+    ``EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]'``, …; see
+    :class:`~eventmill.delivery.config.DeliverySettings`)."""
 
     # -- operations ------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service (default ``info``)."""
-    fault: Literal["crash_after_store"] | None = None
-    """Fault injection for tests only: ``crash_after_store`` kills the process
-    (``os._exit``) after an event is stored and before it is published (default none)."""
-
-    @field_validator("razorpay_webhook_secret", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return split_secrets(value)
-
-    @field_validator("fault", mode="before")
-    @classmethod
-    def _empty_fault(cls, value: Any) -> Any:
-        return None if value == "" else value
-
-    @field_validator("sources")
-    @classmethod
-    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
-        for name in value:
-            if not valid_source_name(name):
-                raise ValueError(
-                    f"source name {name!r}: use 1-64 of a-z, 0-9, '_', '-' "
-                    f"(not one of {', '.join(sorted(RESERVED_SOURCES))})"
-                )
-        return value
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         data_dir = self.data_dir
-        if self.bus_url is None:
-            # Same durability as the default store (the source of truth the outbox relay
-            # re-publishes from): WAL with synchronous=normal survives a process kill; for
-            # power-loss durability set ?synchronous=full on both URLs.
-            bus = f"sqlite:///{data_dir / 'bus.db'}?synchronous=normal"
-            object.__setattr__(self, "bus_url", bus)
         if self.store_url is None:
             object.__setattr__(self, "store_url", f"sqlite+aiosqlite:///{data_dir / 'events.db'}")
+        if self.bus_url is None:
+            object.__setattr__(self, "bus_url", self._bus_from_backend())
         return self
+
+    def _bus_from_backend(self) -> str:
+        """The bus URL named by ``PUBSUB_BACKEND`` and its companion, else the default."""
+        backend = self.pubsub_backend
+        if backend == "kafka":
+            if not self.kafka_brokers:
+                raise ValueError("PUBSUB_BACKEND=kafka needs KAFKA_BROKERS (host:port,...)")
+            brokers = ",".join(b.strip() for b in self.kafka_brokers.split(",") if b.strip())
+            return f"kafka://{brokers}"
+        if backend == "redis":
+            return self.redis_url or "redis://127.0.0.1:6379"
+        if backend == "nats":
+            return self.nats_url or "nats://127.0.0.1:4222"
+        if backend == "memory":
+            return "memory://"
+        if backend in ("postgres", "postgresql"):
+            store = self.store
+            if not store.startswith(("postgresql", "postgres")):
+                raise ValueError(
+                    "PUBSUB_BACKEND=postgres uses the store's database: set "
+                    "EVENTMILL_STORE_URL=postgresql://… (or EVENTMILL_BUS_URL)"
+                )
+            return "postgresql://" + store.split("://", 1)[1]
+        # sqlite, or nothing set. Same durability as the default store (the source of
+        # truth the outbox relay re-publishes from): WAL with synchronous=normal survives
+        # a process kill; for power-loss durability set ?synchronous=full on both URLs.
+        return f"sqlite:///{self.data_dir / 'bus.db'}?synchronous=normal"
 
     @property
     def bus(self) -> str:

@@ -22,9 +22,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from eventmill.app import create_app
+from eventmill.app import create_app, resources_of
 from eventmill.events import Event
-from eventmill.ingest import IngestContext
 from eventmill.message import Message
 from eventmill.pubsub._subscription import AsyncCloseable
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
@@ -80,11 +79,6 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://eventmill.test") as c:
             yield app, c
-
-
-def ingest_ctx(app: FastAPI) -> IngestContext:
-    ctx: IngestContext = app.state.ingest
-    return ctx
 
 
 async def drain_until_sentinel(
@@ -144,7 +138,7 @@ class GatedBus(AsyncCloseable):
 def gate_bus(app: FastAPI) -> GatedBus:
     """Put a :class:`GatedBus` around the running app's bus (the requests and the relay
     publish through it; the audit handler keeps the real one) and return it."""
-    ctx = ingest_ctx(app)
+    ctx = resources_of(app)
     assert ctx.bus is not None
     gated = GatedBus(ctx.bus)
     ctx.bus = gated

@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from eventmill.app import resources_of
 from eventmill.events import Event
 from tests.ingest.support import (
     drain_until_sentinel,
     gate_bus,
-    ingest_ctx,
     running_app,
     settings_for,
 )
 
 
 async def _key(app: FastAPI, *scopes: str) -> dict[str, str]:
-    ctx = ingest_ctx(app)
+    ctx = resources_of(app)
     assert ctx.store is not None
     _, plaintext = await ctx.store.api_keys.create(f"test-{uuid.uuid4().hex[:6]}", set(scopes))
     return {"Authorization": f"Bearer {plaintext}"}
@@ -39,7 +39,7 @@ def _event(name: str = "user.created", user: str = "u1", **extra: Any) -> dict[s
 
 async def test_publish_one_and_a_batch(tmp_path: Path, store_url: str) -> None:
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         sub = await ctx.bus.subscribe("events")
         key = await _key(app, "publish", "read")
@@ -69,9 +69,30 @@ async def test_publish_one_and_a_batch(tmp_path: Path, store_url: str) -> None:
         await sub.close()
 
 
+async def test_published_messages_carry_their_store_position(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        ctx = resources_of(app)
+        assert ctx.bus is not None
+        sub = await ctx.bus.subscribe("events")
+        key = await _key(app, "publish", "read")
+        r = await client.post(
+            "/v1/events", json=[_event(user=f"p{i}") for i in range(3)], headers=key
+        )
+        assert r.status_code == 200, r.text
+        published = await drain_until_sentinel(ctx.bus, sub)
+        page = await client.get("/v1/events", params={"limit": 10}, headers=key)
+        positions = {e["id"]: e["position"] for e in page.json()["events"]}
+        assert [int(m.metadata["eventmill_position"]) for m in published] == [
+            positions[i] for i in r.json()["ids"]
+        ]
+        await sub.close()
+
+
 async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         sub = await ctx.bus.subscribe("events")
         key = await _key(app, "publish")
@@ -120,7 +141,7 @@ async def test_batch_on_a_slow_bus_is_503_and_every_event_is_relayed(
         relay_grace_seconds=0.2,
     )
     async with running_app(settings) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.store is not None
         bus = gate_bus(app)
         sub = await bus.subscribe("events")
@@ -190,7 +211,7 @@ async def test_bad_input(tmp_path: Path, store_url: str) -> None:
         r = await client.post("/v1/events", json=big, headers=key)
         assert r.status_code == 413
 
-        store = ingest_ctx(app).store
+        store = resources_of(app).store
         assert store is not None
         assert (await store.events.query(limit=10)).events == []
 

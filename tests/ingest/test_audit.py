@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from eventmill import Message, open_pubsub
+from eventmill.app import resources_of
 from eventmill.events import Event
 from eventmill.ingest.audit import AuditSubscriber
-from eventmill.ingest.pipeline import STORED_MARK
+from eventmill.web.seam import STORED_MARK
 from tests import payloads
-from tests.ingest.support import RAZORPAY_SECRET, ingest_ctx, running_app, settings_for
+from tests.ingest.support import RAZORPAY_SECRET, running_app, settings_for
 
 
 def _stored(i: int) -> Message:
@@ -66,7 +67,7 @@ async def test_audit_on_the_sqlite_bus_never_leases_ingested_events(tmp_path: Pa
         )
     store_url = f"sqlite:///{tmp_path / 'events.db'}"
     async with running_app(settings_for(tmp_path, store_url, bus_url=bus_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         for _ in range(5):

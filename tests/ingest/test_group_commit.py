@@ -8,15 +8,11 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from eventmill.errors import (
-    ConfigurationError,
-    DuplicateEventError,
-    StoreError,
-    StoreUnavailableError,
-)
+from eventmill.errors import ConfigurationError
 from eventmill.events import Event
 from eventmill.ingest._group_commit import GroupCommitInserter
 from eventmill.store import Store, StoredEvent, open_store
+from eventmill.store.errors import DuplicateEventError, StoreError, StoreUnavailableError
 
 
 def make_event() -> Event:

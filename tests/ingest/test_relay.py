@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from eventmill import Message, open_pubsub
+from eventmill.app import resources_of
 from eventmill.events import Event
 from eventmill.store import open_store
-from tests.ingest.support import drain_until_sentinel, ingest_ctx, running_app, settings_for
+from tests.ingest.support import drain_until_sentinel, running_app, settings_for
 
 
 def _event(i: int) -> Event:
@@ -29,7 +30,7 @@ async def test_relay_publishes_events_stored_before_start(tmp_path: Path, store_
         tmp_path, store_url, bus_url=bus_url, audit_enabled=False, relay_batch_size=2
     )
     async with running_app(settings) as (app, _):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         # a new group replays the topic from its oldest message: everything the relay sent
@@ -50,7 +51,7 @@ async def test_relay_publishes_what_the_bus_missed_while_running(
         tmp_path, store_url, relay_interval_seconds=0.1, relay_grace_seconds=0.0
     )
     async with running_app(settings) as (app, _):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         sub = await ctx.bus.subscribe("events")
@@ -74,7 +75,7 @@ async def test_audit_stores_events_published_by_other_paths(
         f"sqlite:///{tmp_path / 'bus.db'}?synchronous=normal" if bus == "sqlite" else "memory://"
     )
     async with running_app(settings_for(tmp_path, store_url, bus_url=bus_url)) as (app, _):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         # a microservice using the library publishes straight to the bus
@@ -96,7 +97,7 @@ async def test_audit_is_off_when_disabled(tmp_path: Path, store_url: str) -> Non
     bus_url = f"sqlite:///{tmp_path / 'bus.db'}"
     settings = settings_for(tmp_path, store_url, bus_url=bus_url, audit_enabled=False)
     async with running_app(settings) as (app, _):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         direct = Event(event_name="inventory.reserved", source="inventory", payload={})

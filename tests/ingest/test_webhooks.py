@@ -14,6 +14,7 @@ import pytest
 import standardwebhooks
 from fastapi import FastAPI
 
+from eventmill.app import resources_of
 from eventmill.events import Event
 from eventmill.settings import Settings
 from tests import payloads
@@ -27,7 +28,6 @@ from tests.ingest.support import (
     drain_until_sentinel,
     events_table_locked,
     gate_bus,
-    ingest_ctx,
     running_app,
     settings_for,
 )
@@ -51,7 +51,7 @@ async def test_razorpay_event_is_stored_and_published_once(
     tmp_path: Path, store_url: str, event: str, user_id: str
 ) -> None:
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         sub = await ctx.bus.subscribe("events")
         body, headers = _razorpay(event)
@@ -85,7 +85,7 @@ async def test_ten_concurrent_deliveries_store_one_and_publish_one(
     tmp_path: Path, store_url: str
 ) -> None:
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         sub = await ctx.bus.subscribe("events")
@@ -125,7 +125,7 @@ async def test_razorpay_signature_failures_are_401(tmp_path: Path, store_url: st
         rotated = payloads.razorpay_headers(body, "rzp_rotated_secret", "evt_rot")
         r = await client.post("/webhooks/razorpay", content=body, headers=rotated)
         assert r.status_code == 200
-        assert (await app.state.ingest.store.events.query(limit=10)).events[0].id == r.json()["id"]
+        assert (await resources_of(app).store.events.query(limit=10)).events[0].id == r.json()["id"]
 
 
 async def test_unknown_source_is_404_and_unconfigured_razorpay_too(
@@ -174,8 +174,8 @@ async def test_malformed_json_is_400_and_schema_violation_is_422(
         )
         assert r.status_code == 422
         assert r.json()["details"][0]["field"] == "event"
-        assert app.state.ingest.store is not None
-        assert (await app.state.ingest.store.events.query(limit=10)).events == []
+        assert resources_of(app).store is not None
+        assert (await resources_of(app).store.events.query(limit=10)).events == []
 
 
 async def _stream(chunks: int, size: int, counter: list[int]) -> Any:
@@ -216,7 +216,7 @@ async def test_github_receiver(tmp_path: Path, store_url: str) -> None:
         headers = payloads.github_headers(body, GITHUB_SECRET, delivery, event="release")
         r = await client.post("/webhooks/github", content=body, headers=headers)
         assert r.status_code == 200, r.text
-        stored = await app.state.ingest.store.events.get(r.json()["id"])
+        stored = await resources_of(app).store.events.get(r.json()["id"])
         assert stored.event.event_name == "github.release.created"
         assert stored.external_id == delivery
         again = await client.post("/webhooks/github", content=body, headers=headers)
@@ -240,7 +240,7 @@ async def test_stripe_receiver(tmp_path: Path, store_url: str) -> None:
             "/webhooks/stripe", content=body, headers=payloads.stripe_headers(body, STRIPE_SECRET)
         )
         assert r.status_code == 200, r.text
-        stored = await app.state.ingest.store.events.get(r.json()["id"])
+        stored = await resources_of(app).store.events.get(r.json()["id"])
         assert stored.event.event_name == "stripe.payment_intent.succeeded"
         assert stored.event.user_id == "user_789"
         assert stored.external_id == evt_id
@@ -277,7 +277,7 @@ async def test_standard_webhooks_receiver(tmp_path: Path, store_url: str) -> Non
         now = datetime.now(UTC)
         r = await client.post("/webhooks/std", content=body, headers=headers(now))
         assert r.status_code == 200, r.text
-        stored = await app.state.ingest.store.events.get(r.json()["id"])
+        stored = await resources_of(app).store.events.get(r.json()["id"])
         assert stored.event.event_name == "std.invoice.paid"
         assert stored.external_id == msg_id
 
@@ -307,7 +307,7 @@ async def test_plain_hmac_receiver(tmp_path: Path, store_url: str) -> None:
             "/webhooks/acme", content=body, headers={**sig, "X-Acme-Delivery": "dlv_1"}
         )
         assert r.status_code == 200, r.text
-        stored = await app.state.ingest.store.events.get(r.json()["id"])
+        stored = await resources_of(app).store.events.get(r.json()["id"])
         assert stored.event.event_name == "acme.order.shipped"
         assert stored.event.user_id == "cus_42"
         assert stored.external_id == "dlv_1"
@@ -348,7 +348,7 @@ async def test_bus_unreachable_is_503_and_event_stays_for_the_relay(
         r = await client.post("/webhooks/razorpay", content=body, headers=headers)
         assert r.status_code == 503
         assert r.json()["error"] == "bus_unavailable"
-        events = app.state.ingest.store.events
+        events = resources_of(app).store.events
         pending = await events.unpublished(limit=10, older_than=0)
         assert [p.external_id for p in pending] == [headers["X-Razorpay-Event-Id"]]
         # the provider's retry is a duplicate of the stored event: not stored twice
@@ -371,7 +371,7 @@ def _timeout_settings(tmp_path: Path, store_url: str) -> Settings:
 
 
 async def _wait_published(app: FastAPI, event_id: str) -> None:
-    store = ingest_ctx(app).store
+    store = resources_of(app).store
     assert store is not None
     events = store.events
     async with asyncio.timeout(30):  # hang guard
@@ -381,7 +381,7 @@ async def _wait_published(app: FastAPI, event_id: str) -> None:
 
 async def test_slow_store_is_503_within_the_request_timeout(tmp_path: Path, store_url: str) -> None:
     async with running_app(_timeout_settings(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.bus is not None
         assert ctx.store is not None
         sub = await ctx.bus.subscribe("events")
@@ -424,7 +424,7 @@ async def test_slow_bus_is_503_and_the_relay_publishes_the_event_when_it_answers
     tmp_path: Path, store_url: str
 ) -> None:
     async with running_app(_timeout_settings(tmp_path, store_url)) as (app, client):
-        ctx = ingest_ctx(app)
+        ctx = resources_of(app)
         assert ctx.store is not None
         bus = gate_bus(app)
         sub = await bus.subscribe("events")

@@ -23,22 +23,20 @@ from pydantic import BaseModel, Field
 
 from eventmill.errors import EventValidationError
 from eventmill.events import Event, EventMetadata
-from eventmill.ingest._body import parse_json, read_limited
-from eventmill.ingest.auth import PublishKey, ReadKey
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.pipeline import ingest
 from eventmill.store import StoredEvent
+from eventmill.web.auth import PublishKey, ReadKey
+from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, error_responses
 
-__all__ = ["MAX_BATCH", "router"]
+__all__ = ["MAX_BATCH", "routes"]
 
 MAX_BATCH = 500
 """Most events one ``POST /v1/events`` may carry."""
 _IDEMPOTENCY_KEY_MAX = 200
 
 _DEFAULTED = frozenset({"id", "created_at", "metadata", "processed_at"})
-
-router = APIRouter(prefix="/v1", tags=["events"])
 
 
 class EventIn(BaseModel):
@@ -141,130 +139,143 @@ def _same(a: Event, b: Event) -> bool:
     )
 
 
-@router.post(
-    "/events",
-    response_model=PublishResult,
-    responses=error_responses(400, 401, 403, 409, 413, 422, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": f"One event, or a JSON array of up to {MAX_BATCH} events.",
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "oneOf": [
-                            _event_in_schema(),
-                            {"type": "array", "items": _event_in_schema(), "maxItems": MAX_BATCH},
-                        ]
+def routes(ctx: IngestContext) -> APIRouter:
+    """The publish and query routes, bound to the ingest feature's context."""
+    router = APIRouter(prefix="/v1", tags=["events"])
+
+    @router.post(
+        "/events",
+        response_model=PublishResult,
+        responses=error_responses(400, 401, 403, 409, 413, 422, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": f"One event, or a JSON array of up to {MAX_BATCH} events.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                _event_in_schema(),
+                                {
+                                    "type": "array",
+                                    "items": _event_in_schema(),
+                                    "maxItems": MAX_BATCH,
+                                },
+                            ]
+                        }
                     }
-                }
-            },
-        }
-    },
-    summary="Publish one event or a batch",
-)
-async def publish_events(
-    request: Request,
-    key: PublishKey,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            max_length=_IDEMPOTENCY_KEY_MAX,
-            description="Makes retries safe: the same key answers the first result.",
-        ),
-    ] = None,
-) -> Response:
-    """Validate the events against the registry, store them, publish them to topic
-    `events` (keyed by user id) and answer their ids. Scope `publish`."""
-    ctx: IngestContext = request.app.state.ingest
-    raw = await read_limited(request, ctx.config.max_body_bytes)
-    body = parse_json(raw)
-    batch = isinstance(body, list)
-    items: list[Any] = body if batch else [body]
-    if not items:
-        raise ApiError(422, "validation_failed", "the batch is empty")
-    if len(items) > MAX_BATCH:
-        raise ApiError(422, "validation_failed", f"a batch holds at most {MAX_BATCH} events")
-    events = [_validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)]
-    pairs: list[tuple[Event, str | None]] = []
-    for i, event in enumerate(events):
-        external = None
+                },
+            }
+        },
+        summary="Publish one event or a batch",
+    )
+    async def publish_events(
+        request: Request,
+        key: PublishKey,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                max_length=_IDEMPOTENCY_KEY_MAX,
+                description="Makes retries safe: the same key answers the first result.",
+            ),
+        ] = None,
+    ) -> Response:
+        """Validate the events against the registry, store them, publish them to topic
+        `events` (keyed by user id) and answer their ids. Scope `publish`."""
+        raw = await read_limited(request, ctx.config.max_body_bytes)
+        body = parse_json(raw)
+        batch = isinstance(body, list)
+        items: list[Any] = body if batch else [body]
+        if not items:
+            raise ApiError(422, "validation_failed", "the batch is empty")
+        if len(items) > MAX_BATCH:
+            raise ApiError(422, "validation_failed", f"a batch holds at most {MAX_BATCH} events")
+        events = [
+            _validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
+        ]
+        pairs: list[tuple[Event, str | None]] = []
+        for i, event in enumerate(events):
+            external = None
+            if idempotency_key:
+                external = f"{key.id}:{idempotency_key}" + (f":{i}" if batch else "")
+            pairs.append((event, external))
+        results = await ingest(ctx, pairs)
         if idempotency_key:
-            external = f"{key.id}:{idempotency_key}" + (f":{i}" if batch else "")
-        pairs.append((event, external))
-    results = await ingest(ctx, pairs)
-    if idempotency_key:
-        for event, result in zip(events, results, strict=True):
-            if result.duplicate and not _same(event, result.event):
-                raise ApiError(
-                    409,
-                    "idempotency_conflict",
-                    "Idempotency-Key was already used with different events",
-                )
-    out = PublishResult(
-        ids=[r.id for r in results],
-        events=[AcceptedEvent(id=r.id, duplicate=r.duplicate) for r in results],
+            for event, result in zip(events, results, strict=True):
+                if result.duplicate and not _same(event, result.event):
+                    raise ApiError(
+                        409,
+                        "idempotency_conflict",
+                        "Idempotency-Key was already used with different events",
+                    )
+        out = PublishResult(
+            ids=[r.id for r in results],
+            events=[AcceptedEvent(id=r.id, duplicate=r.duplicate) for r in results],
+        )
+        return Response(out.model_dump_json(), media_type="application/json")
+
+    @router.get(
+        "/events",
+        response_model=EventPageOut,
+        responses=error_responses(400, 401, 403, 422, 503),
+        summary="Query stored events",
     )
-    return Response(out.model_dump_json(), media_type="application/json")
+    async def list_events(
+        request: Request,
+        key: ReadKey,
+        user_id: Annotated[str | None, Query(description="Only this user's events.")] = None,
+        event_name: Annotated[
+            str | None, Query(description="Exact name or pattern with `*` (`razorpay.payment.*`).")
+        ] = None,
+        source: Annotated[str | None, Query(description="Only events from this source.")] = None,
+        since: Annotated[
+            datetime | None, Query(description="created_at >= since (RFC 3339).")
+        ] = None,
+        until: Annotated[
+            datetime | None, Query(description="created_at < until (RFC 3339).")
+        ] = None,
+        cursor: Annotated[
+            str | None, Query(description="`next_cursor` of the previous page.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")] = 100,
+        order: Annotated[
+            Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first.")
+        ] = "asc",
+    ) -> EventPageOut:
+        """Page through stored events matching every filter given. Scope `read`."""
+        page = await ctx.require_events().query(
+            user_id=user_id,
+            event_name=event_name,
+            source=source,
+            since=since,
+            until=until,
+            after=cursor,
+            limit=limit,
+            order=order,
+        )
+        return EventPageOut.model_validate(
+            {
+                "events": [_out(s) for s in page.events],
+                "next_cursor": page.next_cursor,
+                "has_more": page.has_more,
+            }
+        )
 
-
-@router.get(
-    "/events",
-    response_model=EventPageOut,
-    responses=error_responses(400, 401, 403, 422, 503),
-    summary="Query stored events",
-)
-async def list_events(
-    request: Request,
-    key: ReadKey,
-    user_id: Annotated[str | None, Query(description="Only this user's events.")] = None,
-    event_name: Annotated[
-        str | None, Query(description="Exact name or pattern with `*` (`razorpay.payment.*`).")
-    ] = None,
-    source: Annotated[str | None, Query(description="Only events from this source.")] = None,
-    since: Annotated[datetime | None, Query(description="created_at >= since (RFC 3339).")] = None,
-    until: Annotated[datetime | None, Query(description="created_at < until (RFC 3339).")] = None,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")] = 100,
-    order: Annotated[
-        Literal["asc", "desc"], Query(description="`asc`: oldest first; `desc`: newest first.")
-    ] = "asc",
-) -> EventPageOut:
-    """Page through stored events matching every filter given. Scope `read`."""
-    ctx: IngestContext = request.app.state.ingest
-    page = await ctx.require_events().query(
-        user_id=user_id,
-        event_name=event_name,
-        source=source,
-        since=since,
-        until=until,
-        after=cursor,
-        limit=limit,
-        order=order,
+    @router.get(
+        "/events/{event_id}",
+        response_model=StoredEventOut,
+        responses=error_responses(401, 403, 404, 503),
+        summary="Get one stored event",
     )
-    return EventPageOut.model_validate(
-        {
-            "events": [_out(s) for s in page.events],
-            "next_cursor": page.next_cursor,
-            "has_more": page.has_more,
-        }
-    )
+    async def get_event(
+        request: Request,
+        key: ReadKey,
+        event_id: Annotated[str, Path(max_length=128, description="The event's id.")],
+    ) -> StoredEventOut:
+        """Return the event with this id. Scope `read`."""
+        stored = await ctx.require_events().get(event_id)
+        if stored is None:
+            raise ApiError(404, "not_found", f"no event with id {event_id!r}")
+        return StoredEventOut.model_validate(_out(stored))
 
-
-@router.get(
-    "/events/{event_id}",
-    response_model=StoredEventOut,
-    responses=error_responses(401, 403, 404, 503),
-    summary="Get one stored event",
-)
-async def get_event(
-    request: Request,
-    key: ReadKey,
-    event_id: Annotated[str, Path(max_length=128, description="The event's id.")],
-) -> StoredEventOut:
-    """Return the event with this id. Scope `read`."""
-    ctx: IngestContext = request.app.state.ingest
-    stored = await ctx.require_events().get(event_id)
-    if stored is None:
-        raise ApiError(404, "not_found", f"no event with id {event_id!r}")
-    return StoredEventOut.model_validate(_out(stored))
+    return router

@@ -1,10 +1,16 @@
-"""Configuration of the ingest layer: generic webhook sources and their schemes."""
+"""Configuration of the ingest feature: its settings section, webhook sources and schemes.
+
+:class:`IngestSettings` is ingest's section of the service settings. Its fields sit at
+the top level of :class:`eventmill.settings.Settings` (``EVENTMILL_MAX_BODY_BYTES``,
+``RAZORPAY_WEBHOOK_SECRET``, ``EVENTMILL_SOURCES__…``): they predate the other
+features' nested sections and keep their names.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from eventmill.errors import ConfigurationError
@@ -19,7 +25,9 @@ from eventmill.ingest.signatures import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "RESERVED_SOURCES",
+    "IngestSettings",
     "SourceConfig",
     "receiver_for",
     "scheme_for",
@@ -28,6 +36,7 @@ __all__ = [
 ]
 
 RESERVED_SOURCES = frozenset({"razorpay", "internal", "system"})
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -109,3 +118,63 @@ def scheme_for(config: SourceConfig) -> SignatureScheme:
         raise
     except ValueError as exc:  # pragma: no cover - validated by the model already
         raise ConfigurationError(f"source scheme {config.scheme}: {exc}") from None
+
+
+class IngestSettings(BaseModel):
+    """Ingest's settings section (top-level fields of the service settings)."""
+
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1)
+    """Largest accepted request body on ingest routes; larger → 413 (default 1 MiB)."""
+    request_timeout_seconds: float = Field(default=4.0, gt=0)
+    """Budget for storing and then publishing one request, together; over it → 503,
+    inside Razorpay's 5-second window (default 4 s)."""
+    razorpay_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(
+            "razorpay_webhook_secret",
+            "EVENTMILL_RAZORPAY_WEBHOOK_SECRET",
+            "RAZORPAY_WEBHOOK_SECRET",
+        ),
+    )
+    """Razorpay webhook secret(s), comma-separated for rotation; read from
+    ``RAZORPAY_WEBHOOK_SECRET`` or ``EVENTMILL_RAZORPAY_WEBHOOK_SECRET``. Empty: the
+    Razorpay route answers 404 (source not configured)."""
+    razorpay_user_id_paths: list[str] | None = None
+    """Dotted JSON paths (relative to the payload entity) tried in order for ``user_id``
+    (default: the transformer's own, ``notes.user_id`` then ``account_id``)."""
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    """Generic webhook sources by name, served at ``POST /webhooks/{name}`` (default none)."""
+    relay_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often the outbox relay publishes stored-but-unpublished events (default 5 s)."""
+    relay_grace_seconds: float = Field(default=10.0, ge=0)
+    """The periodic relay leaves events younger than this to the request that stored
+    them (default 10 s); the pass on start takes all of them."""
+    relay_batch_size: int = Field(default=500, ge=1)
+    """Most events the relay publishes per round (default 500)."""
+    audit_enabled: bool = True
+    """Run the audit handler (group ``audit`` on topic ``events``) that stores events
+    published on the bus by other paths (default yes)."""
+    fault: Literal["crash_after_store"] | None = None
+    """Fault injection for tests only: ``crash_after_store`` kills the process
+    (``os._exit``) after an event is stored and before it is published (default none)."""
+
+    @field_validator("razorpay_webhook_secret", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_secrets(value)
+
+    @field_validator("fault", mode="before")
+    @classmethod
+    def _empty_fault(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in value:
+            if not valid_source_name(name):
+                raise ValueError(
+                    f"source name {name!r}: use 1-64 of a-z, 0-9, '_', '-' "
+                    f"(not one of {', '.join(sorted(RESERVED_SOURCES))})"
+                )
+        return value

@@ -1,20 +1,17 @@
-"""What the ingest routes and background tasks share: configuration and open resources."""
+"""What the ingest routes and workers share: configuration, the shared resources, and the
+group-commit inserter and publish marker while the feature runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from eventmill.errors import BackendUnavailableError
 from eventmill.events import EventRegistry, Transformer
+from eventmill.ingest._group_commit import GroupCommitInserter
+from eventmill.ingest._marker import PublishMarker
 from eventmill.ingest.signatures import SignatureScheme
 from eventmill.pubsub.base import PubSub
-from eventmill.store.errors import StoreUnavailableError
-
-if TYPE_CHECKING:
-    from eventmill.ingest._group_commit import GroupCommitInserter
-    from eventmill.ingest.pipeline import PublishMarker
-    from eventmill.store import ApiKeyStore, EventStore, Store
+from eventmill.store import ApiKeyStore, EventStore
+from eventmill.web.seam import Resources
 
 __all__ = ["IngestConfig", "IngestContext", "Receiver"]
 
@@ -31,7 +28,7 @@ class Receiver:
 
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
-    """Settings of the ingest layer (built from :class:`eventmill.settings.Settings`)."""
+    """The ingest feature's runtime configuration (built from its settings section)."""
 
     topic: str = "events"
     """Topic every ingested event is published to (default ``events``)."""
@@ -50,30 +47,23 @@ class IngestConfig:
 
 @dataclass(slots=True)
 class IngestContext:
-    """Configuration plus the bus and store once the lifespan has opened them."""
+    """The configuration, the shared resources, and the workers while they run."""
 
     config: IngestConfig
-    bus: PubSub | None = None
-    store: Store | None = None
+    resources: Resources
     inserter: GroupCommitInserter | None = None
-    """Coalesces concurrent inserts into one transaction once the app runs it."""
+    """Coalesces concurrent inserts into one transaction while the feature runs."""
     marker: PublishMarker | None = None
-    """Batches ``mark_published`` across requests once the app runs it (else per request)."""
+    """Batches ``mark_published`` across requests while the feature runs (else per request)."""
 
     def require_events(self) -> EventStore:
-        """The open event store, or :class:`StoreUnavailableError` (→ 503)."""
-        if self.store is None:
-            raise StoreUnavailableError("the event store is not reachable; retry later")
-        return self.store.events
+        """The open event store (→ 503 while it is not open)."""
+        return self.resources.require_events()
 
     def require_keys(self) -> ApiKeyStore:
-        """The open API key store, or :class:`StoreUnavailableError` (→ 503)."""
-        if self.store is None:
-            raise StoreUnavailableError("the event store is not reachable; retry later")
-        return self.store.api_keys
+        """The open API key store (→ 503 while it is not open)."""
+        return self.resources.require_keys()
 
     def require_bus(self) -> PubSub:
-        """The open bus, or :class:`BackendUnavailableError` (→ 503)."""
-        if self.bus is None:
-            raise BackendUnavailableError("the bus is not reachable; retry later")
-        return self.bus
+        """The open bus (→ 503 while it is not open)."""
+        return self.resources.require_bus()

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from eventmill.errors import PubSubError
 from eventmill.events import Event
 from eventmill.ingest.context import IngestContext
+from eventmill.store import StoredEvent
 from eventmill.store.errors import StoreError, StoreUnavailableError
 from eventmill.web.errors import PublishPendingError
+from eventmill.web.seam import POSITION_KEY, STORED_MARK
 
 __all__ = [
-    "STORED_MARK",
     "Accepted",
-    "PublishMarker",
     "ingest",
     "publish_stored",
 ]
@@ -35,10 +35,6 @@ _log = logging.getLogger("eventmill.ingest")
 
 CRASH_EXIT_CODE = 70
 """Exit status of the ``crash_after_store`` fault (EX_SOFTWARE)."""
-
-STORED_MARK = "eventmill_stored"
-"""Metadata key (value ``"1"``) on messages the ingest path publishes: the event is in
-the store already, so the audit handler skips it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +60,7 @@ async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) 
     events = ctx.require_events()
     timeout = ctx.config.request_timeout
     accepted: list[Accepted] = []
-    fresh: list[Event] = []
+    fresh: list[StoredEvent] = []
     stored = False
     try:
         async with asyncio.timeout(timeout):
@@ -79,7 +75,7 @@ async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) 
             for stored_event, created in results:
                 accepted.append(Accepted(stored_event.event.id, not created, stored_event.event))
                 if created:
-                    fresh.append(stored_event.event)
+                    fresh.append(stored_event)
             if fresh and ctx.config.crash_after_store:
                 _log.critical("fault injection: crash_after_store, exiting before publish")
                 os._exit(CRASH_EXIT_CODE)
@@ -98,7 +94,7 @@ async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) 
 
 async def publish_stored(
     ctx: IngestContext,
-    events: Sequence[Event],
+    events: Sequence[StoredEvent],
     *,
     deadline: float | None = None,
     mark_now: bool = False,
@@ -122,11 +118,11 @@ async def publish_stored(
     await _mark(ctx, events, mark_now=mark_now)
 
 
-def _ids(events: Sequence[Event]) -> str:
+def _ids(events: Sequence[StoredEvent]) -> str:
     return ", ".join(e.id for e in events[:3]) + (" …" if len(events) > 3 else "")
 
 
-def _pending(events: Sequence[Event], exc: BaseException) -> PublishPendingError:
+def _pending(events: Sequence[StoredEvent], exc: BaseException) -> PublishPendingError:
     ids = _ids(events)
     _log.warning("publish of %s failed (%s); the relay will retry", ids, type(exc).__name__)
     return PublishPendingError(
@@ -135,13 +131,14 @@ def _pending(events: Sequence[Event], exc: BaseException) -> PublishPendingError
     )
 
 
-async def _send(ctx: IngestContext, events: Sequence[Event]) -> None:
-    """Publish ``events`` (marked as stored) in one call; the caller bounds the time.
-    A bus error becomes :class:`PublishPendingError`."""
+async def _send(ctx: IngestContext, events: Sequence[StoredEvent]) -> None:
+    """Publish ``events`` (marked as stored, with their store position) in one call;
+    the caller bounds the time. A bus error becomes :class:`PublishPendingError`."""
     messages = []
-    for event in events:
-        msg = event.to_message()
+    for stored in events:
+        msg = stored.event.to_message()
         msg.metadata[STORED_MARK] = "1"
+        msg.metadata[POSITION_KEY] = str(stored.position)
         messages.append(msg)
     try:
         await ctx.require_bus().publish(ctx.config.topic, *messages)
@@ -149,7 +146,7 @@ async def _send(ctx: IngestContext, events: Sequence[Event]) -> None:
         raise _pending(events, exc) from exc
 
 
-async def _mark(ctx: IngestContext, events: Sequence[Event], *, mark_now: bool) -> None:
+async def _mark(ctx: IngestContext, events: Sequence[StoredEvent], *, mark_now: bool) -> None:
     ids_list = [e.id for e in events]
     if not mark_now and ctx.marker is not None and ctx.marker.add(ids_list):
         return
@@ -157,60 +154,3 @@ async def _mark(ctx: IngestContext, events: Sequence[Event], *, mark_now: bool) 
         await ctx.require_events().mark_published(ids_list)
     except StoreError as exc:
         _log.warning("published %s but could not mark it: %s", _ids(events), exc)
-
-
-class PublishMarker:
-    """Marks published events in the store in batches (one UPDATE for many requests).
-
-    :meth:`add` queues ids and returns at once; :meth:`run` writes everything queued
-    in one ``mark_published`` call per round, and after a round waits ``min_interval``
-    seconds (default 0.05) before the next one, so under load the marks of many
-    requests share one write instead of contending with the inserts for the store's
-    writer. At most ``max_pending`` ids wait; when full, :meth:`add` refuses (returns
-    ``False``) and the caller marks its ids itself.
-    An id that is never marked (crash, store down) is published again by the relay:
-    at-least-once, receivers drop duplicates by id.
-    """
-
-    def __init__(
-        self, ctx: IngestContext, *, max_pending: int = 10_000, min_interval: float = 0.05
-    ) -> None:
-        self._ctx = ctx
-        self._max = max_pending
-        self._min_interval = min_interval
-        self._pending: list[str] = []
-        self._wake = asyncio.Event()
-        self._closed = False
-
-    def add(self, ids: Sequence[str]) -> bool:
-        """Queue ``ids``; ``False`` if the queue is full or closed (mark them yourself)."""
-        if self._closed or len(self._pending) + len(ids) > self._max:
-            return False
-        self._pending.extend(ids)
-        self._wake.set()
-        return True
-
-    async def flush(self) -> None:
-        """Mark everything queued now (errors are logged; the relay covers them)."""
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            await self._ctx.require_events().mark_published(batch)
-        except StoreError as exc:
-            _log.warning("could not mark %d published event(s): %s", len(batch), exc)
-
-    async def run(self) -> None:
-        """Flush whenever ids are queued, until :meth:`close`."""
-        while not self._closed:
-            await self._wake.wait()
-            self._wake.clear()
-            await self.flush()
-            if self._min_interval > 0:
-                await asyncio.sleep(self._min_interval)  # ids queued meanwhile: next round
-
-    async def close(self) -> None:
-        """Stop accepting ids and flush what is queued."""
-        self._closed = True
-        self._wake.set()
-        await self.flush()

@@ -58,7 +58,7 @@ class OutboxRelay:
             rows = await events.unpublished(limit=self._batch_size, older_than=older_than)
             if not rows:
                 return total
-            await publish_stored(self._ctx, [row.event for row in rows], mark_now=True)
+            await publish_stored(self._ctx, rows, mark_now=True)
             total += len(rows)
             self.published += len(rows)
             _log.info("relay published %d stored event(s)", len(rows))

@@ -21,15 +21,13 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from eventmill.events import WebhookInput
-from eventmill.ingest._body import parse_json, read_limited
 from eventmill.ingest.context import IngestContext, Receiver
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
+from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, error_responses
 
-__all__ = ["WebhookAccepted", "router"]
-
-router = APIRouter(tags=["webhooks"])
+__all__ = ["WebhookAccepted", "routes"]
 
 _JSON_BODY: dict[str, Any] = {
     "requestBody": {
@@ -60,31 +58,6 @@ def _dedup_key(verified: Verified, body: Any, raw: bytes) -> str:
     return body_digest(raw)
 
 
-async def receive(request: Request, source: str) -> Response:
-    """Verify, parse, transform, validate and durably ingest one webhook."""
-    ctx: IngestContext = request.app.state.ingest
-    receiver: Receiver | None = ctx.config.receivers.get(source)
-    if receiver is None:
-        raise ApiError(404, "unknown_source", f"no webhook source named {source!r} is configured")
-    raw = await read_limited(request, ctx.config.max_body_bytes)
-    headers = request.headers
-    verified = receiver.scheme.verify(headers, raw)
-    body = parse_json(raw)
-    external_id = _dedup_key(verified, body, raw)
-    event = receiver.transformer(
-        WebhookInput(
-            source=source,
-            body=body,
-            external_id=external_id,
-            headers=headers,  # lower-case names (Starlette's Headers)
-        )
-    )
-    ctx.config.registry.validate(event)
-    [accepted] = await ingest(ctx, [(event, external_id)])
-    content = orjson.dumps({"id": accepted.id, "duplicate": accepted.duplicate})
-    return Response(content, media_type="application/json")  # a WebhookAccepted
-
-
 _RAZORPAY_DOC: dict[str, Any] = {
     **_JSON_BODY,
     # Documented here rather than as Header() parameters: the handler reads the raw
@@ -108,6 +81,30 @@ _RAZORPAY_DOC: dict[str, Any] = {
 }
 
 
+async def receive(ctx: IngestContext, request: Request, source: str) -> Response:
+    """Verify, parse, transform, validate and durably ingest one webhook."""
+    receiver: Receiver | None = ctx.config.receivers.get(source)
+    if receiver is None:
+        raise ApiError(404, "unknown_source", f"no webhook source named {source!r} is configured")
+    raw = await read_limited(request, ctx.config.max_body_bytes)
+    headers = request.headers
+    verified = receiver.scheme.verify(headers, raw)
+    body = parse_json(raw)
+    external_id = _dedup_key(verified, body, raw)
+    event = receiver.transformer(
+        WebhookInput(
+            source=source,
+            body=body,
+            external_id=external_id,
+            headers=headers,  # lower-case names (Starlette's Headers)
+        )
+    )
+    ctx.config.registry.validate(event)
+    [accepted] = await ingest(ctx, [(event, external_id)])
+    content = orjson.dumps({"id": accepted.id, "duplicate": accepted.duplicate})
+    return Response(content, media_type="application/json")  # a WebhookAccepted
+
+
 class _DirectRoute(APIRoute):
     """An :class:`APIRoute` for an endpoint that takes only the ``Request`` and returns a
     ``Response``: the endpoint is awaited directly, skipping FastAPI's per-request
@@ -129,40 +126,44 @@ class _DirectRoute(APIRoute):
         return handler
 
 
-async def razorpay_webhook(request: Request) -> Response:
-    """Verify `X-Razorpay-Signature` against every configured `RAZORPAY_WEBHOOK_SECRET`,
-    store the event `razorpay.<event>` (dedup on `X-Razorpay-Event-Id`) and publish it
-    to topic `events`, keyed by user id. Answers well inside Razorpay's 5-second window.
-    """
-    return await receive(request, "razorpay")
+def routes(ctx: IngestContext) -> APIRouter:
+    """The webhook receivers, bound to the ingest feature's context."""
+    router = APIRouter(tags=["webhooks"])
 
+    async def razorpay_webhook(request: Request) -> Response:
+        """Verify `X-Razorpay-Signature` against every configured `RAZORPAY_WEBHOOK_SECRET`,
+        store the event `razorpay.<event>` (dedup on `X-Razorpay-Event-Id`) and publish it
+        to topic `events`, keyed by user id. Answers well inside Razorpay's 5-second window.
+        """
+        return await receive(ctx, request, "razorpay")
 
-router.add_api_route(
-    "/webhooks/razorpay",
-    razorpay_webhook,
-    methods=["POST"],
-    response_model=WebhookAccepted,
-    responses=_ERRORS,
-    openapi_extra=_RAZORPAY_DOC,
-    summary="Receive a Razorpay webhook",
-    route_class_override=_DirectRoute,  # the hot path: no dependency solving
-)
+    router.add_api_route(
+        "/webhooks/razorpay",
+        razorpay_webhook,
+        methods=["POST"],
+        response_model=WebhookAccepted,
+        responses=_ERRORS,
+        openapi_extra=_RAZORPAY_DOC,
+        summary="Receive a Razorpay webhook",
+        route_class_override=_DirectRoute,  # the hot path: no dependency solving
+    )
 
+    @router.post(
+        "/webhooks/{source}",
+        response_model=WebhookAccepted,
+        responses=_ERRORS,
+        openapi_extra=_JSON_BODY,
+        summary="Receive a webhook from a configured source",
+    )
+    async def source_webhook(
+        request: Request,
+        source: Annotated[str, Path(description="A source named in the `sources` setting.")],
+    ) -> Response:
+        """Verify the request with the source's scheme — Standard Webhooks (`webhook-id`,
+        `webhook-timestamp`, `webhook-signature`), GitHub (`X-Hub-Signature-256`,
+        `X-GitHub-Delivery`), Stripe (`Stripe-Signature`) or plain HMAC — store the event
+        `<source>.<type>` (dedup on the provider's delivery id) and publish it to `events`.
+        """
+        return await receive(ctx, request, source)
 
-@router.post(
-    "/webhooks/{source}",
-    response_model=WebhookAccepted,
-    responses=_ERRORS,
-    openapi_extra=_JSON_BODY,
-    summary="Receive a webhook from a configured source",
-)
-async def source_webhook(
-    request: Request,
-    source: Annotated[str, Path(description="A source named in the `sources` setting.")],
-) -> Response:
-    """Verify the request with the source's scheme — Standard Webhooks (`webhook-id`,
-    `webhook-timestamp`, `webhook-signature`), GitHub (`X-Hub-Signature-256`,
-    `X-GitHub-Delivery`), Stripe (`Stripe-Signature`) or plain HMAC — store the event
-    `<source>.<type>` (dedup on the provider's delivery id) and publish it to `events`.
-    """
-    return await receive(request, source)
+    return router

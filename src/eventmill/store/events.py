@@ -29,7 +29,7 @@ from eventmill.store.errors import (
 from eventmill.store.tables import events as t
 
 if TYPE_CHECKING:
-    from eventmill.store.database import Store
+    from eventmill.store.database import Database
 
 __all__ = ["LIMITS", "EventPage", "EventStore", "StoredEvent", "check_event", "check_external_id"]
 
@@ -294,7 +294,7 @@ class _SqliteFastPath:
     result processors (what SQLAlchemy would send and return). Statements are cached
     per row count."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         dialect = store.engine.sync_engine.dialect
         processors = []
         for name in _INSERT_COLUMNS:
@@ -639,7 +639,7 @@ def _page(
 class EventStore:
     """Events in the store's ``events`` table. Get it as ``store.events``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
         self._lock_key = advisory_key("eventmill-events", store.config.schema or "")
         fast = store.dialect == "sqlite" and not store.config.memory

@@ -15,8 +15,8 @@ On PostgreSQL ``event_name`` becomes ``COLLATE "C"``: names are ASCII, and in by
 order the names starting with a prefix are one range of the index (a pattern is
 answered by walking that range), whatever the database's own collation.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05
 """
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
