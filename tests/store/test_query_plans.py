@@ -14,12 +14,13 @@ and the SQLite fast path's :meth:`Store.sqlite_write`), and checks each one:
 * its work, measured, is a small part of the store: SQLite virtual-machine steps
   (a progress handler) below a quarter of the number of events, plus 20 for each value
   the statement is given (skipping an event takes 3-5 steps; the heaviest query here
-  takes about 16,000, a 500-row insert about 35,000), PostgreSQL rows
-  read (``EXPLAIN ANALYZE``, rolled back) below a twentieth of them (the heaviest
-  about 1,000). The filter values each match at most 1% of the events, so a statement
-  that walks a table (or a large part of it) to find them fails.
+  takes about 16,000, a 500-row insert about 35,000); PostgreSQL rows read from any
+  table (``EXPLAIN ANALYZE``, rolled back) below a twentieth of the events (the
+  heaviest about 1,000). The filter values each match at most 1% of the events, so a
+  statement that walks a table (or a large part of it) to find them fails.
 
-A statement the store runs that no case covers is not checked: a new method needs a
+The journal's tables are filled too (100,000 hops, 9,000 rejected webhooks). A
+statement the store runs that no case covers is not checked: a new method needs a
 case here. ``ApiKeyStore.list`` reads the whole (small) ``api_keys`` table by design.
 """
 
@@ -53,7 +54,7 @@ MAX_STEPS = EVENTS // 4
 proportion to its rows, not to the store)."""
 STEPS_PER_PARAMETER = 20
 MAX_ROWS = EVENTS // 20
-"""PostgreSQL: most rows of ``events`` a statement may read."""
+"""PostgreSQL: most rows of one table a statement may read."""
 KEYS = 2_000
 """API keys in the filled store (enough that PostgreSQL's planner uses its index)."""
 T0 = datetime.fromtimestamp(1_700_000_000, UTC)
@@ -106,6 +107,50 @@ FROM {numbers}
 """
 
 
+HOPS = EVENTS
+"""Journal hops in the filled store: one a second until now, the first 100 a month old
+(the ones ``prune`` deletes)."""
+REJECTED = 9_000
+"""Rejected webhooks in the filled store (fewer than the journal keeps)."""
+_SQLITE_JOURNAL = [
+    f"""
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {HOPS - 1})
+INSERT INTO event_hops (event_id, at, hop, detail)
+SELECT 'evt_fill_' || (i / 3), strftime('%Y-%m-%d %H:%M:%f000', 'now',
+       CASE WHEN i < 100 THEN '-30 days' ELSE '-' || ({HOPS} - i) || ' seconds' END),
+       'stored', '{{}}'
+FROM n
+""",
+    f"""
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {REJECTED - 1})
+INSERT INTO rejected_webhooks (at, source, status, reason, message, headers)
+SELECT strftime('%Y-%m-%d %H:%M:%f000', 'now', '-' || ({REJECTED} - i) || ' seconds'),
+       CASE WHEN i % 2 = 0 THEN 'razorpay' ELSE 'github' END, 401, 'invalid_signature',
+       'bad signature', '{{}}'
+FROM n
+""",
+]
+_PG_JOURNAL = [
+    f"""
+INSERT INTO event_hops (event_id, at, hop, detail)
+SELECT 'evt_fill_' || (i / 3),
+       CASE WHEN i < 100 THEN now() - interval '30 days'
+            ELSE now() - make_interval(secs => {HOPS} - i) END,
+       'stored', '{{}}'::json
+FROM generate_series(0, {HOPS - 1}) AS i
+""",
+    f"""
+INSERT INTO rejected_webhooks (at, source, status, reason, message, headers)
+SELECT now() - make_interval(secs => {REJECTED} - i),
+       CASE WHEN i % 2 = 0 THEN 'razorpay' ELSE 'github' END, 401, 'invalid_signature',
+       'bad signature', '{{}}'::json
+FROM generate_series(0, {REJECTED - 1}) AS i
+""",
+    "ANALYZE event_hops",
+    "ANALYZE rejected_webhooks",
+]
+
+
 def _fill_sql(dialect: str) -> list[str]:
     if dialect == "sqlite":
         keys = _KEYS_FILL.format(
@@ -115,14 +160,14 @@ def _fill_sql(dialect: str) -> list[str]:
             numbers=f"(WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k "
             f"WHERE i < {KEYS - 1}) SELECT i FROM k) AS k",
         )
-        return [_SQLITE_FILL, keys]
+        return [_SQLITE_FILL, keys, *_SQLITE_JOURNAL]
     keys = _KEYS_FILL.format(
         hex="lpad(to_hex(1000000 + k.i), 12, '0')",
         scopes="'[\"read\"]'::json",
         now="now()",
         numbers=f"generate_series(0, {KEYS - 1}) AS k(i)",
     )
-    return [_PG_FILL, keys, "ANALYZE events", "ANALYZE api_keys"]
+    return [_PG_FILL, keys, "ANALYZE events", "ANALYZE api_keys", *_PG_JOURNAL]
 
 
 async def _fill(url: str) -> None:
@@ -324,6 +369,29 @@ async def _api_keys(store: Store) -> object:
     return record
 
 
+async def _journal_flush(store: Store) -> object:
+    store.journal.hop("evt_fill_7", "published", topic="events")
+    store.journal.hops_many(["evt_fill_8", "evt_fill_9"], "stored")
+    store.journal.rejected(
+        source="github", status=401, reason="invalid_signature", message="no", headers={}
+    )
+    await store.journal.flush()
+    return None
+
+
+async def _journal_prune(store: Store) -> object:
+    await store.journal.prune()
+    return None
+
+
+async def _journal_reads(store: Store) -> object:
+    assert await store.journal.hops("evt_fill_7")
+    assert await store.journal.rejections(limit=10)
+    assert await store.journal.rejections(source="github", limit=10)
+    assert await store.journal.rejections(before=5_000, limit=10)
+    return await store.journal.rejections(source="razorpay", before=5_000, limit=10)
+
+
 CASES: dict[str, Case] = {
     "insert new": _insert_new,
     "insert duplicate key": _insert_duplicate_key,
@@ -337,6 +405,9 @@ CASES: dict[str, Case] = {
     "unpublished older_than": _unpublished_older,
     "get": _get,
     "api keys": _api_keys,
+    "journal flush": _journal_flush,
+    "journal prune": _journal_prune,
+    "journal reads": _journal_reads,
     "query": _query(),
     "query desc": _query(order="desc"),
     "query user_id": _query(user_id="user_5"),
@@ -466,16 +537,18 @@ async def _pg_problems(url: str, sql: str, params: tuple[Any, ...]) -> list[str]
         await conn.close()
     plan = json.loads(raw)[0]["Plan"] if isinstance(raw, str) else raw[0]["Plan"]
     problems = []
-    rows_read = 0
+    rows_read: dict[str, int] = {}
     for node in _nodes(plan):
         if node["Node Type"] == "Seq Scan":
             problems.append(f"Seq Scan on {node.get('Relation Name')}")
-        if node.get("Relation Name") == "events" and "Scan" in node["Node Type"]:
+        relation = node.get("Relation Name")
+        if relation is not None and "Scan" in node["Node Type"]:
             read = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
             read += node.get("Rows Removed by Index Recheck", 0)
-            rows_read += read * node.get("Actual Loops", 1)
-    if rows_read >= MAX_ROWS:
-        problems.append(f"reads {rows_read} rows of events (>= {MAX_ROWS})")
+            rows_read[relation] = rows_read.get(relation, 0) + read * node.get("Actual Loops", 1)
+    for relation, read in rows_read.items():
+        if read >= MAX_ROWS:
+            problems.append(f"reads {read} rows of {relation} (>= {MAX_ROWS})")
     if problems:
         problems.append(json.dumps(plan, indent=1)[:3000])
     return problems
