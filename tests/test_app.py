@@ -27,15 +27,20 @@ EXPECTED_ERRORS = {
 
 
 def _api_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """(method, path) of every API route, included routers flattened."""
+    """(method, path) of every documented API route, included routers flattened."""
     try:
         from fastapi.routing import iter_route_contexts  # FastAPI >= 0.16x
     except ImportError:  # older FastAPI copies included routes into app.routes
-        return {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+        return {
+            (m, r.path)
+            for r in app.routes
+            if isinstance(r, APIRoute) and r.include_in_schema
+            for m in r.methods
+        }
     return {
         (method, ctx.path)
         for ctx in iter_route_contexts(app.routes)
-        if isinstance(ctx.original_route, APIRoute)
+        if isinstance(ctx.original_route, APIRoute) and ctx.original_route.include_in_schema
         for method in ctx.methods or ()
     }
 

@@ -90,45 +90,6 @@ async def test_published_messages_carry_their_store_position(
         await sub.close()
 
 
-async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
-    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = resources_of(app)
-        assert ctx.bus is not None
-        sub = await ctx.bus.subscribe("events")
-        key = await _key(app, "publish")
-        other_key = await _key(app, "publish")
-        idem = {"Idempotency-Key": "order-42-created"}
-
-        first = await client.post("/v1/events", json=_event(), headers={**key, **idem})
-        retry = await client.post("/v1/events", json=_event(), headers={**key, **idem})
-        assert retry.status_code == 200
-        assert retry.json()["ids"] == first.json()["ids"]
-        assert retry.json()["events"][0]["duplicate"] is True
-
-        # the same key with a different body is a conflict, not a silent success
-        changed = _event(user="u2")
-        conflict = await client.post("/v1/events", json=changed, headers={**key, **idem})
-        assert conflict.status_code == 409
-        assert conflict.json()["error"] == "idempotency_conflict"
-
-        # keys are scoped per API key: another caller's same key is a new event
-        theirs = await client.post("/v1/events", json=_event(), headers={**other_key, **idem})
-        assert theirs.json()["ids"] != first.json()["ids"]
-
-        # batches: each position is its own idempotent slot
-        batch = [_event(user="b1"), _event(user="b2")]
-        bidem = {"Idempotency-Key": "batch-1"}
-        b1 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
-        b2 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
-        assert b1.json()["ids"] == b2.json()["ids"]
-        assert all(e["duplicate"] for e in b2.json()["events"])
-
-        published = await drain_until_sentinel(ctx.bus, sub)
-        expected = [*first.json()["ids"], *theirs.json()["ids"], *b1.json()["ids"]]
-        assert [m.id for m in published] == expected
-        await sub.close()
-
-
 async def test_batch_on_a_slow_bus_is_503_and_every_event_is_relayed(
     tmp_path: Path, store_url: str
 ) -> None:
