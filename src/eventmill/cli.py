@@ -74,9 +74,10 @@ def _command() -> str:
         return "eventmill"
     if started.is_absolute():
         try:
-            return os.path.relpath(started)
+            relative = os.path.relpath(started)
         except ValueError:  # pragma: no cover - another drive (Windows)
             return str(started)
+        return str(started) if relative.startswith("..") else relative
     return str(started)
 
 

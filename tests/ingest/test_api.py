@@ -307,3 +307,94 @@ async def test_event_id_conflicts(tmp_path: Path, store_url: str) -> None:
         assert r.status_code == 200
         assert r.json()["ids"] == ["evt_twice_1", "evt_twice_1"]
         assert [e["duplicate"] for e in r.json()["events"]] == [False, True]
+
+
+@pytest.mark.parametrize("depth", [65, 253, 254, 255, 300, 5000])
+async def test_a_payload_nested_too_deep_is_422_naming_the_limit(
+    tmp_path: Path, store_url: str, depth: int
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        n = depth - 1  # the event object is one level
+        body = b'{"event_name": "deep.thing", "payload": ' + b"[" * n + b"]" * n + b"}"
+        r = await client.post("/v1/events", content=body, headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "json_too_deep"
+        assert "64 levels" in r.json()["message"]
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+        # the limit itself is fine
+        ok = b'{"event_name": "deep.thing", "payload": ' + b"[" * 63 + b"]" * 63 + b"}"
+        assert (await client.post("/v1/events", content=ok, headers=key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("id", "e" * 129), ("event_name", "e" * 201), ("source", "e" * 65), ("user_id", "u" * 257)],
+)
+async def test_an_over_long_field_is_422_naming_it(
+    tmp_path: Path, store_url: str, field: str, value: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish")
+        r = await client.post("/v1/events", json=_event(**{field: value}), headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"] == field
+        r = await client.post("/v1/events", json=[_event(), _event(**{field: value})], headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"] == f"1.{field}"
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+
+
+async def test_a_nul_in_a_lookup_matches_nothing(tmp_path: Path, store_url: str) -> None:
+    """PostgreSQL's text refuses NUL; no stored user id, source or id holds one."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        assert (await client.post("/v1/events", json=_event(), headers=key)).status_code == 200
+        for params in (
+            {"user_id": "\x00"},
+            {"user_id": "u1\x00"},
+            {"source": "a\x00b"},
+            {"source": "internal\x00", "user_id": "u1"},
+            {"user_id": "u\x1f1"},
+            {"user_id": "u" * 300},
+        ):
+            r = await client.get("/v1/events", params=params, headers=key)
+            assert r.status_code == 200, (params, r.text)
+            assert r.json() == {"events": [], "next_cursor": None, "has_more": False}
+        # the other checks still hold
+        r = await client.get("/v1/events", params={"user_id": "\x00", "cursor": "x"}, headers=key)
+        assert r.status_code == 400
+        for event_id in ("%00", "evt%00x", "a%1fb", "%E2%82%AC"):
+            r = await client.get(f"/v1/events/{event_id}", headers=key)
+            assert r.status_code == 404, (event_id, r.text)
+            assert r.json()["error"] == "not_found"
+
+
+async def test_a_nul_in_payload_or_metadata_strings_is_stored_exactly_or_refused(
+    tmp_path: Path, store_url: str
+) -> None:
+    """No 500 on either store: the event comes back exactly as sent, or is refused with
+    422 naming the field (and then nothing is stored)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        event = {
+            "event_name": "nul.inside",
+            "payload": {"a\x00": "x\x00y", "list": ["\x00"]},
+            "metadata": {"correlation_id": "c\x00", "headers": {"h\x00": "v\x00"}},
+        }
+        r = await client.post("/v1/events", json=event, headers=key)
+        assert r.status_code in (200, 422), r.text
+        store = resources_of(app).store
+        assert store is not None
+        if r.status_code == 422:
+            assert r.json()["details"][0]["field"].startswith(("payload", "metadata"))
+            assert (await store.events.query(limit=10)).events == []
+            return
+        got = await client.get(f"/v1/events/{r.json()['ids'][0]}", headers=key)
+        assert got.json()["payload"] == event["payload"]
+        assert got.json()["metadata"]["correlation_id"] == "c\x00"
+        assert got.json()["metadata"]["headers"] == {"h\x00": "v\x00"}

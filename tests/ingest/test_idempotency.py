@@ -191,7 +191,7 @@ async def _rows(app: FastAPI) -> int:
     store = resources_of(app).store
     assert store is not None
     async with store.transaction(write=False) as conn:
-        count = (await conn.execute(sa.select(sa.func.count()).select_from(idempotency_keys)))
+        count = await conn.execute(sa.select(sa.func.count()).select_from(idempotency_keys))
         return int(count.scalar_one())
 
 
