@@ -398,3 +398,15 @@ async def test_a_nul_in_payload_or_metadata_strings_is_stored_exactly_or_refused
         assert got.json()["payload"] == event["payload"]
         assert got.json()["metadata"]["correlation_id"] == "c\x00"
         assert got.json()["metadata"]["headers"] == {"h\x00": "v\x00"}
+
+
+async def test_a_null_payload_is_stored_as_json_null(tmp_path: Path, store_url: str) -> None:
+    """JSON ``null`` is a payload like any other (a webhook body may be ``null`` too)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        r = await client.post(
+            "/v1/events", json={"event_name": "nothing.here", "payload": None}, headers=key
+        )
+        assert r.status_code == 200, r.text
+        got = await client.get(f"/v1/events/{r.json()['ids'][0]}", headers=key)
+        assert got.json()["payload"] is None
