@@ -81,3 +81,9 @@ def test_a_webhook_body_is_not_walked() -> None:
     Razorpay body has a handful."""
     body = payloads.dumps(payloads.payment_captured())
     assert body.count(b"[") + body.count(b"{") < MAX_JSON_DEPTH
+
+
+def test_the_documented_limit_is_the_limit() -> None:
+    from eventmill.web.errors import error_responses
+
+    assert f"{MAX_JSON_DEPTH} levels" in error_responses(422)[422]["description"]

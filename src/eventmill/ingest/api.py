@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from eventmill.errors import EventValidationError
 from eventmill.events import SOURCE_RE, Event, EventMetadata
@@ -33,7 +33,7 @@ from eventmill.ingest.pipeline import ingest
 from eventmill.store import StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
-from eventmill.web.errors import ApiError, error_responses
+from eventmill.web.errors import ApiError, FieldError, error_responses
 
 __all__ = ["MAX_BATCH", "routes"]
 
@@ -51,17 +51,42 @@ _NOTHING = ""
 safe for every database: what an impossible filter value is replaced with."""
 
 
+_TIME_FORMS = (
+    "An RFC 3339 date-time (`2024-01-20T10:30:00Z`; without an offset, UTC) or Unix seconds."
+)
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _time(name: str, value: str | None) -> datetime | None:
+    """A time filter: documented as a plain string (what it is in a query), parsed as
+    pydantic parses datetimes; 422 naming the parameter when it is none."""
+    if value is None:
+        return None
+    try:
+        return _DATETIME.validate_python(value)
+    except ValidationError as exc:
+        problem = exc.errors(include_input=False)[0]["msg"]
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"invalid query.{name}",
+            details=[FieldError(field=f"query.{name}", message=str(problem))],
+        ) from None
+
+
 def _matchable(value: str | None, rule: re.Pattern[str]) -> str | None:
     return value if value is None or rule.fullmatch(value) is not None else _NOTHING
 
 
 class EventIn(BaseModel):
-    """An event to publish (``id`` and ``created_at`` default to new values)."""
+    """An event to publish (``id`` and ``created_at`` default to new values). Its
+    payload is checked against the model registered for its name, if any; a source
+    configured for signed webhooks is refused."""
 
-    id: str | None = Field(default=None, max_length=128)
-    event_name: str
-    source: str = "internal"
-    user_id: str | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")
+    event_name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+    source: str = Field(default="internal", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")
     payload: Any = None
     metadata: EventMetadata | None = None
     created_at: datetime | None = None
@@ -178,6 +203,7 @@ def routes(ctx: IngestContext) -> APIRouter:
                                 {
                                     "type": "array",
                                     "items": _event_in_schema(),
+                                    "minItems": 1,
                                     "maxItems": MAX_BATCH,
                                 },
                             ]
@@ -254,10 +280,10 @@ def routes(ctx: IngestContext) -> APIRouter:
         ] = None,
         source: Annotated[str | None, Query(description="Only events from this source.")] = None,
         since: Annotated[
-            datetime | None, Query(description="created_at >= since (RFC 3339).")
+            str | None, Query(description=f"created_at >= since. {_TIME_FORMS}")
         ] = None,
         until: Annotated[
-            datetime | None, Query(description="created_at < until (RFC 3339).")
+            str | None, Query(description=f"created_at < until. {_TIME_FORMS}")
         ] = None,
         cursor: Annotated[
             str | None, Query(description="`next_cursor` of the previous page.")
@@ -272,8 +298,8 @@ def routes(ctx: IngestContext) -> APIRouter:
             user_id=_matchable(user_id, _STORED_USER_ID),
             event_name=event_name,
             source=_matchable(source, SOURCE_RE),
-            since=since,
-            until=until,
+            since=_time("since", since),
+            until=_time("until", until),
             after=cursor,
             limit=limit,
             order=order,

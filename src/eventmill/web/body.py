@@ -85,17 +85,18 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 def json_depth_exceeds(value: Any, limit: int) -> bool:
     """Whether ``value`` (parsed JSON) nests arrays and objects more than ``limit`` deep."""
-    if type(value) is not dict and type(value) is not list:
-        return limit < 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:  # breadth first: one list per level, no per-node bookkeeping
+        depth += 1
         if depth > limit:
             return True
-        for child in node.values() if type(node) is dict else node:
-            if type(child) is dict or type(child) is list:
-                push((child, depth + 1))
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
     return False
 
 

@@ -140,9 +140,12 @@ _DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong credentials (signature, API key)",
     403: "The API key lacks the required scope",
     404: "Not found (unknown source or event)",
-    409: "Conflict (Idempotency-Key reused with a different body)",
+    409: "Conflict: `idempotency_conflict` (Idempotency-Key used with another body), "
+    "`idempotency_in_progress` (its first request still runs), `duplicate_event` (event id "
+    "taken)",
     413: "Request body larger than the configured limit",
-    422: "Schema violation; `details` names the fields",
+    422: "Schema violation (`details` names the fields), or JSON nested more than 64 "
+    "levels deep (`json_too_deep`)",
     503: "Event store or bus unavailable; retry later (nothing was acknowledged)",
 }
 
