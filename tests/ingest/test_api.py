@@ -290,23 +290,29 @@ async def test_store_unreachable_is_503_for_the_api(tmp_path: Path, path: str) -
         assert r.json()["error"] == "store_unavailable"
 
 
-async def test_event_id_conflicts(tmp_path: Path, store_url: str) -> None:
+async def test_a_chosen_event_id_is_its_dedup_key_with_or_without_an_idempotency_key(
+    tmp_path: Path, store_url: str
+) -> None:
+    """An event whose id the caller chose is deduplicated by that id, Idempotency-Key or
+    not: a batch is never answered 409 after storing part of itself."""
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        key = await _key(app, "publish")
+        key = await _key(app, "publish", "read")
         body = _event(id="evt_taken_1")
         assert (await client.post("/v1/events", json=body, headers=key)).status_code == 200
-        # the same id under an Idempotency-Key (another dedup key) is a conflict
-        r = await client.post(
-            "/v1/events", json=body, headers={**key, "Idempotency-Key": "k-taken"}
-        )
-        assert r.status_code == 409
-        assert r.json()["error"] == "duplicate_event"
-        # one id twice in a batch: stored once, the second is its duplicate
-        twice = [_event(id="evt_twice_1"), _event(id="evt_twice_1")]
-        r = await client.post("/v1/events", json=twice, headers=key)
-        assert r.status_code == 200
-        assert r.json()["ids"] == ["evt_twice_1", "evt_twice_1"]
-        assert [e["duplicate"] for e in r.json()["events"]] == [False, True]
+        idem = {**key, "Idempotency-Key": "k-taken"}
+        batch = [_event(user="new"), body, _event(id="evt_twice_1"), _event(id="evt_twice_1")]
+        for headers in (idem, key):
+            r = await client.post("/v1/events", json=batch, headers=headers)
+            assert r.status_code == 200, r.text
+            ids = r.json()["ids"]
+            assert ids[1:] == ["evt_taken_1", "evt_twice_1", "evt_twice_1"]
+            duplicates = [e["duplicate"] for e in r.json()["events"]]
+            if headers is idem:
+                assert duplicates == [False, True, False, True]
+            else:  # the same batch again, without the key: the first event is new again
+                assert duplicates == [False, True, True, True]
+        page = await client.get("/v1/events", headers=key)
+        assert len(page.json()["events"]) == 4  # evt_taken_1, two "new", evt_twice_1
 
 
 @pytest.mark.parametrize("depth", [65, 253, 254, 255, 300, 5000])

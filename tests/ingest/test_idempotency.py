@@ -173,20 +173,6 @@ async def test_a_request_waits_for_the_key_s_holder_then_409_in_progress(
         assert r.status_code == 200, r.text
 
 
-async def test_a_4xx_answer_is_recorded_and_replayed(tmp_path: Path, store_url: str) -> None:
-    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        _, auth = await _key(app, "publish")
-        taken = _event(id="evt_taken_by_another")
-        assert (await client.post("/v1/events", json=taken, headers=auth)).status_code == 200
-        headers = {**auth, "Idempotency-Key": "taken-id"}
-        first = await client.post("/v1/events", json=taken, headers=headers)
-        assert first.status_code == 409
-        assert first.json()["error"] == "duplicate_event"
-        again = await client.post("/v1/events", json=taken, headers=headers)
-        assert (again.status_code, again.content) == (409, first.content)
-        assert again.headers[REPLAYED] == "true"
-
-
 async def _rows(app: FastAPI) -> int:
     store = resources_of(app).store
     assert store is not None

@@ -250,6 +250,7 @@ def routes(ctx: IngestContext) -> APIRouter:
             )
             return out.model_dump_json().encode()
 
+        chosen = [item.get("id") is not None for item in items]
         if idempotency_key:
             return await run_idempotent(
                 ctx,
@@ -258,11 +259,11 @@ def routes(ctx: IngestContext) -> APIRouter:
                 route="POST /v1/events",
                 body=body,
                 events=events,
+                chosen_ids=chosen,
                 run=run,
             )
         # Without a key an event is deduplicated only by an id the caller chose.
-        chosen = all(item.get("id") is not None for item in items)
-        content = await run([(event, None) for event in events], chosen)
+        content = await run([(event, None) for event in events], all(chosen))
         return Response(content, media_type="application/json")
 
     @router.get(

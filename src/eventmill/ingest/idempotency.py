@@ -68,6 +68,7 @@ async def run_idempotent(
     route: str,
     body: Any,
     events: Sequence[Event],
+    chosen_ids: Sequence[bool],
     run: Callable[[list[tuple[Event, str | None]]], Awaitable[bytes]],
 ) -> Response:
     """Answer one request under ``key`` of ``owner``: replay, conflict, or ``run`` it.
@@ -75,6 +76,9 @@ async def run_idempotent(
     ``run`` gets the events paired with their dedup keys, stores and publishes them,
     and returns the 200 body; an :class:`~eventmill.EventmillError` it raises is
     recorded as the answer when it is a 4xx, and leaves the key to a retry otherwise.
+    An event whose id the caller chose (``chosen_ids``) is deduplicated by that id, as
+    without a key (so it is never refused for an id stored under another key); the
+    others by a key derived from this use of the Idempotency-Key and their position.
     """
     store = IdempotencyStore(ctx.resources.require_store())
     timeout = ctx.config.request_timeout
@@ -116,7 +120,8 @@ async def run_idempotent(
 
     base = hashlib.sha256(f"{owner}\0{key}\0{claim.token}".encode()).hexdigest()[:32]
     pairs: list[tuple[Event, str | None]] = [
-        (event, f"idem:{base}:{i}") for i, event in enumerate(events)
+        (event, None if chosen else f"idem:{base}:{i}")
+        for i, (event, chosen) in enumerate(zip(events, chosen_ids, strict=True))
     ]
     try:
         content = await run(pairs)

@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from eventmill.events import WebhookInput
+from eventmill.ingest.config import valid_source_name
 from eventmill.ingest.context import IngestContext, Receiver
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
@@ -93,6 +94,8 @@ def _unknown_source(source: str) -> ApiError:
             "set RAZORPAY_WEBHOOK_SECRET (the webhook secret from Razorpay's dashboard; "
             "several, comma-separated, for rotation) and restart to turn it on"
         )
+    elif not valid_source_name(source):
+        hint = "a source's name is 1-64 of a-z, 0-9, '_', '-' (see the sources setting)"
     else:
         env = shown.upper().replace("-", "_")
         hint = (
