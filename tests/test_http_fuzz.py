@@ -250,6 +250,9 @@ _tricky = st.sampled_from(
         "0",
         "99999999999999999999999",
         "2024-13-45T99:99:99Z",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        "1e12",
         "1e309",
         "NaN",
         "x" * 5000,
@@ -278,7 +281,9 @@ _bodies = st.one_of(
         _values,
         st.one_of(st.none(), _values),
         json_values,
-        st.dictionaries(st.sampled_from(["id", "source", "metadata", "created_at"]), _values),
+        st.dictionaries(
+            st.sampled_from(["id", "source", "metadata", "created_at", "processed_at"]), _values
+        ),
     ),
     st.sampled_from([64, 65, 254, 255, 256, 1023, 1024, 1025, 5000]).map(_deep),
     st.just(b"[" * 100_000),

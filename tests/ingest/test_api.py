@@ -416,3 +416,21 @@ async def test_a_null_payload_is_stored_as_json_null(tmp_path: Path, store_url: 
         assert r.status_code == 200, r.text
         got = await client.get(f"/v1/events/{r.json()['ids'][0]}", headers=key)
         assert got.json()["payload"] is None
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_a_time_outside_the_utc_years_is_422(
+    tmp_path: Path, store_url: str, when: str
+) -> None:
+    """Found by the fuzz test: converting it to UTC overflowed (a 500)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        for field in ("created_at", "processed_at"):
+            body = {"event_name": "x.y", field: when}
+            r = await client.post("/v1/events", json=body, headers=key)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == field
+        for param in ("since", "until"):
+            r = await client.get("/v1/events", params={param: when}, headers=key)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == f"query.{param}"

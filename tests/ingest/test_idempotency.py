@@ -13,8 +13,6 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from eventmill.app import resources_of
-from eventmill.ingest.idempotency import fingerprint
-from eventmill.store.idempotency import IdempotencyStore, idempotency_keys
 from tests.ingest.support import drain_until_sentinel, gate_bus, running_app, settings_for
 
 REPLAYED = "idempotent-replayed"
@@ -152,6 +150,9 @@ async def test_a_request_waits_for_the_key_s_holder_then_409_in_progress(
     """Another process holds the key (its lease is running): the request waits up to
     the request timeout, then answers 409 idempotency_in_progress; once the holder
     releases the key, the request runs."""
+    from eventmill.ingest.idempotency import fingerprint
+    from eventmill.store.idempotency import IdempotencyStore
+
     settings = settings_for(tmp_path, store_url, request_timeout_seconds=0.3)
     async with running_app(settings) as (app, client):
         store = resources_of(app).store
@@ -174,6 +175,8 @@ async def test_a_request_waits_for_the_key_s_holder_then_409_in_progress(
 
 
 async def _rows(app: FastAPI) -> int:
+    from eventmill.store.idempotency import idempotency_keys
+
     store = resources_of(app).store
     assert store is not None
     async with store.transaction(write=False) as conn:

@@ -18,7 +18,7 @@ matches nothing: an empty page, or 404 for one event.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
@@ -63,9 +63,14 @@ def _time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        return _DATETIME.validate_python(value)
-    except ValidationError as exc:
-        problem = exc.errors(include_input=False)[0]["msg"]
+        parsed = _DATETIME.validate_python(value)
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed
+    except (ValidationError, OverflowError) as exc:
+        problem = (
+            exc.errors(include_input=False)[0]["msg"]
+            if isinstance(exc, ValidationError)
+            else "the time is outside the years 1-9999 in UTC"
+        )
         raise ApiError(
             422,
             "validation_failed",
