@@ -2,13 +2,18 @@
 
 Every command reads the same settings as the service (``EVENTMILL_*`` variables, or
 the TOML file given with ``--config`` / ``$EVENTMILL_CONFIG``); see
-:class:`eventmill.settings.Settings`.
+:class:`eventmill.settings.Settings`. Every command that opens the store says which
+one on stderr (``store: sqlite+aiosqlite:////…/events.db``); a command that only reads
+(``keys list``, ``keys revoke``) never creates an embedded store that is not there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -61,6 +66,51 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _command() -> str:
+    """How the user can run this ``eventmill``: plain ``eventmill`` when that is the one
+    on the PATH, else the path it was started by (``.venv/bin/eventmill``)."""
+    started = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if started is None or started.name != "eventmill":
+        return "eventmill"
+    on_path = shutil.which("eventmill")
+    if on_path is not None and Path(on_path).resolve() == started.resolve():
+        return "eventmill"
+    if started.is_absolute():
+        try:
+            relative = os.path.relpath(started)
+        except ValueError:  # pragma: no cover - another drive (Windows)
+            return str(started)
+        return str(started) if relative.startswith("..") else relative
+    return str(started)
+
+
+def _open_store_note(settings: Settings, *, create: bool) -> None:
+    """Say on stderr which store the command opens; unless ``create``, stop (exit 1)
+    when its embedded SQLite file does not exist rather than create an empty one."""
+    from eventmill.app import display_url
+    from eventmill.store import StoreConfig
+
+    shown = display_url(settings.store)
+    _err.print(f"store: {escape(shown)}", soft_wrap=True, highlight=False)
+    if create:
+        return
+    try:
+        config = StoreConfig.from_url(settings.store)
+    except ConfigurationError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    if config.dialect != "sqlite" or config.memory:
+        return
+    path = Path(config.url.split(":///", 1)[1].split("?", 1)[0]).absolute()
+    if not path.is_file():
+        _error(
+            f"no store at {path}: nothing to read. Run this from the directory "
+            "'eventmill serve' runs in, or set EVENTMILL_STORE_URL (or EVENTMILL_DATA_DIR) "
+            "to the store it uses"
+        )
+        raise typer.Exit(1)
+
+
 def _run(factory: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(factory())  # type: ignore[arg-type]
@@ -81,6 +131,9 @@ def serve(
     from eventmill.app import create_app
 
     settings = _settings(config, host=host, port=port)
+    from eventmill.app import startup_message
+
+    message = startup_message(settings, _command())
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -88,7 +141,7 @@ def serve(
     # Alembic narrates every plugin it loads at INFO; only its problems matter here.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     uvicorn.run(
-        create_app(settings, freeze_gc=True),
+        create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -121,6 +174,7 @@ def keys_create(
 
     settings = _settings(config)
     scopes = _scopes_ok(scope)
+    _open_store_note(settings, create=True)
 
     async def create() -> tuple[str, str]:
         async with open_key_store(settings) as keys:
@@ -140,6 +194,7 @@ def keys_list(config: ConfigOption = None) -> None:
     from eventmill.app import open_key_store
 
     settings = _settings(config)
+    _open_store_note(settings, create=False)
 
     async def listing() -> list[Any]:
         async with open_key_store(settings) as keys:
@@ -167,6 +222,7 @@ def keys_revoke(
     from eventmill.app import open_key_store
 
     settings = _settings(config)
+    _open_store_note(settings, create=False)
 
     async def revoke() -> bool:
         async with open_key_store(settings) as keys:

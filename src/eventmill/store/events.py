@@ -288,6 +288,9 @@ _INSERT_COLUMNS: Final = (
 )
 
 
+_JSON_COLUMNS: Final = frozenset({"payload", "metadata"})
+
+
 class _SqliteFastPath:
     """Driver-level SQL for SQLite's one-statement writes and the duplicate lookup
     that follows them, with each value converted by its column type's own bind and
@@ -331,7 +334,11 @@ class _SqliteFastPath:
         for values in params:
             for name, process in zip(_INSERT_COLUMNS, self._processors, strict=True):
                 value = values[name]
-                args.append(process(value) if process is not None and value is not None else value)
+                # JSON columns encode None too (as the text "null": a JSON null payload)
+                if process is None or (value is None and name not in _JSON_COLUMNS):
+                    args.append(value)
+                else:
+                    args.append(process(value))
         return sql, args
 
     def lookup(self, pairs: Sequence[tuple[str, str]], ids: Sequence[str]) -> tuple[str, list[Any]]:
