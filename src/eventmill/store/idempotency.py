@@ -33,7 +33,7 @@ from eventmill.store.errors import StoreError
 from eventmill.store.tables import metadata
 
 if TYPE_CHECKING:
-    from eventmill.store.database import Store
+    from eventmill.store.database import Database
 
 __all__ = ["MAX_KEY_LENGTH", "Claim", "ClaimOutcome", "IdempotencyStore", "idempotency_keys"]
 
@@ -101,7 +101,7 @@ class IdempotencyStore:
     """Idempotency keys in the store's ``idempotency_keys`` table:
     ``IdempotencyStore(store)``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
 
     async def claim(
