@@ -26,7 +26,7 @@ EXPECTED_ERRORS = {
     ("GET", "/healthz"): set(),
     ("GET", "/metrics"): set(),
     ("POST", "/v1/replay"): {"401", "403", "422", "503"},
-    ("GET", "/v1/events/{event_id}/trace"): {"401", "403", "404", "503"},
+    ("GET", "/v1/traces/{event_id}"): {"401", "403", "404", "503"},
     ("GET", "/v1/rejected-webhooks"): {"401", "403", "422", "503"},
 }
 
@@ -193,3 +193,38 @@ async def test_docs_load_from_installed_assets_with_no_external_url(tmp_path: Pa
         assert "url: '/openapi.json'" in page.text
         assert (await client.get("/openapi.json")).status_code == 200
         assert (await client.get("/redoc")).status_code == 404  # it would need a CDN
+
+
+@pytest.mark.parametrize(
+    ("roles", "present", "absent"),
+    [
+        (["ingest"], {"/webhooks/razorpay", "/v1/events"}, {"/v1/endpoints", "/v1/replay"}),
+        (["api"], {"/v1/endpoints", "/v1/replay", "/v1/traces/{event_id}"}, {"/v1/events"}),
+        (["delivery"], set(), {"/v1/events", "/v1/endpoints"}),
+    ],
+)
+async def test_a_role_serves_its_routes_and_runs_its_workers(
+    tmp_path: Path, roles: list[str], present: set[str], absent: set[str]
+) -> None:
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", roles=roles)
+    async with running_app(settings) as (app, client):
+        paths = {path for _, path in _api_routes(app)}
+        assert present <= paths
+        assert not (absent & paths)
+        assert {"/healthz", "/readyz", "/metrics"} <= paths
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        started = {f.name for f in app.state.runtime.features}
+        expected = {"ingest": {"ingest"}, "api": {"operations"}, "delivery": {"delivery"}}
+        assert started == expected[roles[0]]
+
+
+def test_roles_come_from_a_comma_separated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventmill.errors import ConfigurationError
+    from eventmill.settings import Settings
+
+    monkeypatch.setenv("EVENTMILL_ROLES", "api, delivery")
+    assert Settings.load().roles == ["api", "delivery"]
+    monkeypatch.setenv("EVENTMILL_ROLES", "api,everything")
+    with pytest.raises(ConfigurationError, match="roles"):
+        Settings.load()

@@ -273,11 +273,13 @@ def create_app(
     )
     ProcessCollector(registry=resources.metrics)
     PlatformCollector(registry=resources.metrics)
+    roles = set(settings.roles)
     feats = features(settings, resources)
+    workers = [f for f in feats if f.roles.workers in roles]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = _Runtime(settings, resources, feats)
+        runtime = _Runtime(settings, resources, workers)
         app.state.runtime = runtime
         await runtime.start()
         if on_started is not None:
@@ -343,7 +345,8 @@ def create_app(
         )
 
     for feature in feats:
-        app.include_router(feature.router)
+        if feature.roles.routes in roles:
+            app.include_router(feature.router)
     return app
 
 

@@ -21,7 +21,7 @@ from eventmill.ingest.idempotency import cleanup_loop
 from eventmill.ingest.relay import OutboxRelay
 from eventmill.ingest.signatures import RazorpayScheme
 from eventmill.router import HandlerMetrics, Router, RouterConfig
-from eventmill.web.seam import Resources
+from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = ["Ingest", "ingest_config"]
 
@@ -53,6 +53,7 @@ class Ingest:
     handler run while the feature's lifespan is entered."""
 
     name = "ingest"
+    roles = FeatureRoles(routes="ingest", workers="ingest")
 
     def __init__(self, settings: IngestSettings, resources: Resources) -> None:
         self.settings = settings
