@@ -113,6 +113,9 @@ class Settings(BaseSettings, IngestSettings):
     ``/sse``, the dashboard and the hub; ``api`` the management routes (endpoints,
     deliveries, replay, traces). Every role serves ``/healthz``, ``/readyz`` and
     ``/metrics``."""
+    shutdown_grace_seconds: int = Field(default=30, ge=1)
+    """On SIGTERM, how long in-flight requests, handlers and deliveries get to finish
+    before the process stops them (default 30 s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service (default ``info``)."""
 
