@@ -27,7 +27,7 @@ from tests.pubsub.conformance import (
 #: Short group timeouts so a crashed member's partitions move within seconds.
 TEST_OPTIONS = (
     "session_timeout_ms=3000&heartbeat_interval_ms=300&rebalance_timeout_ms=3000"
-    "&request_timeout_ms=5000&reconnect_backoff_max=0.5"
+    "&request_timeout_ms=5000&reconnect_max_delay=0.5"
 )
 
 

@@ -22,7 +22,8 @@ from eventmill import (
     open_pubsub,
 )
 from eventmill.pubsub.base import Capabilities, PubSub
-from eventmill.pubsub.postgres import _CONSUMER_SETTINGS, PostgresConfig, PostgresPubSub
+from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
+from eventmill.pubsub.postgres._pubsub import _CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub import _postgres_server
 from tests.pubsub.conformance import (
@@ -158,7 +159,7 @@ async def test_unrelated_open_transaction_delays_delivery_until_it_ends(
 ) -> None:
     """Delivery waits behind any open writing transaction, resumes without a NOTIFY
     once it ends, and a warning names the backend holding it back."""
-    from eventmill.pubsub import _postgres_subscriptions
+    from eventmill.pubsub.postgres import _subscriptions as _postgres_subscriptions
 
     monkeypatch.setattr(_postgres_subscriptions, "_HELD_BACK_WARN", 0.3)
     bus = await open_pubsub(url(schema, poll_interval=3600))
@@ -620,10 +621,10 @@ def test_url_options_are_parsed() -> None:
     cfg = PostgresConfig.from_url(
         "postgres://app:s3cret@db.example:6543/bus?schema=ev&table_prefix=q_"
         "&visibility_timeout=45&poll_interval=0.5&prefetch=7&publish_batch=300"
-        "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=none"
+        "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=unlimited"
         "&claim_linger=0"
         "&cleanup_interval=5&ephemeral_buffer=20&pool_min=0&pool_max=4&connect_timeout=3"
-        "&reconnect_timeout=9&backoff_max=1&sslmode=disable&application_name=svc"
+        "&reconnect_timeout=9&reconnect_max_delay=1&sslmode=disable&application_name=svc"
     )
     assert cfg == PostgresConfig(
         dsn="postgresql://app:s3cret@db.example:6543/bus?sslmode=disable&application_name=svc",
@@ -645,7 +646,7 @@ def test_url_options_are_parsed() -> None:
         pool_max=4,
         connect_timeout=3.0,
         reconnect_timeout=9.0,
-        backoff_max=1.0,
+        reconnect_max_delay=1.0,
     )
     assert PostgresConfig.from_url("postgresql+asyncpg://h/db?retention=60").retention == 60.0
     assert PostgresConfig.from_url("postgresql://h/db") == PostgresConfig(dsn="postgresql://h/db")

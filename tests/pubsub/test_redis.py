@@ -24,9 +24,9 @@ from eventmill import (
     Message,
     open_pubsub,
 )
-from eventmill.pubsub._redis_subscription import GroupSubscription
 from eventmill.pubsub.base import Capabilities, PubSub
 from eventmill.pubsub.redis import RedisConfig, RedisPubSub
+from eventmill.pubsub.redis._subscription import GroupSubscription
 from tests.conftest import REQUIRE_SERVICES, require_service
 from tests.pubsub._redis_server import RedisServer, redis_server_binary
 from tests.pubsub.conformance import (

@@ -400,7 +400,7 @@ async def test_max_age_deletes_unacked_messages_of_an_abandoned_group(tmp_path: 
 async def test_open_pubsub_parses_options(tmp_path: Path) -> None:
     url = (
         f"sqlite:///{tmp_path}/opts.db?synchronous=NORMAL&visibility_timeout=5&poll_interval=0.2"
-        "&prefetch=7&retention=forever&max_age=86400&sweep_interval=3&busy_timeout=2"
+        "&prefetch=7&retention=unlimited&max_age=1d&sweep_interval=3&busy_timeout=2"
         "&max_batch=500&max_pending=1000"
     )
     bus = await open_pubsub(url)
@@ -559,7 +559,7 @@ async def test_locked_file_sends_normal_publishes_to_the_writer_thread(tmp_path:
 
 
 async def test_inline_publishes_keep_the_wal_from_growing(tmp_path: Path) -> None:
-    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
+    from eventmill.pubsub.sqlite._pubsub import CHECKPOINT_EVERY
 
     path = tmp_path / "wal.db"
     bus = await open_bus(path, synchronous="normal")
@@ -584,7 +584,7 @@ def _wal_restarts(path: Path) -> int:
 
 
 async def test_the_writer_rewinds_the_wal_after_a_checkpoint(tmp_path: Path) -> None:
-    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
+    from eventmill.pubsub.sqlite._pubsub import CHECKPOINT_EVERY
 
     path = tmp_path / "rewind.db"
     bus = await open_bus(path, synchronous="normal")

@@ -20,10 +20,11 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from eventmill.errors import BufferFullError, ClosedError, ConfigurationError
 from eventmill.message import Message
+from eventmill.pubsub._options import apply_options, split_query
 from eventmill.pubsub._subscription import (
     AsyncCloseable,
     AsyncStartCloseable,
@@ -54,19 +55,8 @@ class MemoryConfig:
     @classmethod
     def from_url(cls, url: str) -> MemoryConfig:
         """Parse ``memory://?buffer_size=N&when_full=block|raise``."""
-        query = parse_qs(urlsplit(url).query)
-        unknown = set(query) - {"buffer_size", "when_full"}
-        if unknown:
-            raise ConfigurationError(f"unknown memory:// option(s): {', '.join(sorted(unknown))}")
-        kwargs: dict[str, object] = {}
-        if "buffer_size" in query:
-            try:
-                kwargs["buffer_size"] = int(query["buffer_size"][-1])
-            except ValueError:
-                raise ConfigurationError("memory:// buffer_size must be an integer") from None
-        if "when_full" in query:
-            kwargs["when_full"] = query["when_full"][-1]
-        return cls(**kwargs)  # type: ignore[arg-type]
+        options, _ = split_query(urlsplit(url).query)
+        return apply_options(cls(), options, scheme="memory://")
 
 
 class _Queue:

@@ -43,9 +43,10 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from eventmill.message import Message
-from eventmill.pubsub._redis_common import TRANSIENT, Backoff, decode_entry, describe, log
-from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub.redis._common import TRANSIENT, decode_entry, describe, log
+from eventmill.pubsub.redis._config import RedisConfig
 
 __all__ = ["EphemeralSubscription", "GroupSubscription", "ensure_group"]
 

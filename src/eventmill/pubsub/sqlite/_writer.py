@@ -47,7 +47,7 @@ from eventmill.errors import (
     SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub import _sqlite_schema as sql
+from eventmill.pubsub.sqlite import _schema as sql
 
 __all__ = [
     "Batch",

@@ -5,13 +5,11 @@
   bytes). Redis values are binary safe, so payloads travel byte for byte.
 * Error translation: redis-py errors become eventmill errors whose messages carry
   the redacted URL and never the password.
-* :class:`Backoff`: capped exponential backoff with jitter for reconnect loops.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -20,11 +18,10 @@ import redis.exceptions as rex
 
 from eventmill.errors import BackendUnavailableError, EventmillError
 from eventmill.message import Message
-from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub.redis._config import RedisConfig
 
 __all__ = [
     "TRANSIENT",
-    "Backoff",
     "decode_entry",
     "encode_fields",
     "log",
@@ -98,22 +95,3 @@ def unavailable(exc: BaseException, config: RedisConfig, action: str) -> Eventmi
         f"redis:// {action} failed: Redis at {config.safe_url} is unavailable "
         f"({describe(exc, config)})"
     )
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter: 0.05 s, 0.1 s, ... up to ``cap``."""
-
-    __slots__ = ("_attempt", "_cap")
-
-    def __init__(self, cap: float) -> None:
-        self._cap = cap
-        self._attempt = 0
-
-    def next(self) -> float:
-        """Return the next delay in seconds."""
-        ceiling: float = min(self._cap, 0.05 * 2.0**self._attempt)
-        self._attempt = min(self._attempt + 1, 30)
-        return ceiling / 2 + random.random() * ceiling / 2
-
-    def reset(self) -> None:
-        self._attempt = 0

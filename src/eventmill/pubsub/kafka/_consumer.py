@@ -29,11 +29,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from eventmill.message import Message
-from eventmill.pubsub._kafka_offsets import PartitionOffsets
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import AsyncCloseable, ReaderQueue, TopicGroup
+from eventmill.pubsub.kafka._offsets import PartitionOffsets
 
 if TYPE_CHECKING:
-    from eventmill.pubsub.kafka import KafkaConfig
+    from eventmill.pubsub.kafka._config import KafkaConfig
 
 __all__ = ["ID_HEADER", "ConsumerSettings", "EphemeralReader", "GroupMember", "KafkaSubscription"]
 
@@ -203,7 +204,7 @@ class _Source:
         consumer = self._consumer
         assert consumer is not None
         cfg = self.config
-        delay = cfg.reconnect_backoff_min
+        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         while not self.closed:
             room = cfg.max_in_flight - self._outstanding
             if room <= 0:
@@ -215,6 +216,7 @@ class _Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # aiokafka raises many kinds; keep consuming
+                delay = backoff.next()
                 log.warning(
                     "kafka:// fetch from %r failed (%s: %s); retrying in %.1fs",
                     self.topic,
@@ -223,9 +225,8 @@ class _Source:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_backoff_max)
                 continue
-            delay = cfg.reconnect_backoff_min
+            backoff.reset()
             if batch and not self.closed:
                 self._accept(batch)
 
@@ -341,17 +342,16 @@ class GroupMember(_Source):
 
     async def _commit_loop(self) -> None:
         cfg = self.config
-        delay = cfg.reconnect_backoff_min
+        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
             if await self._commit():
-                delay = cfg.reconnect_backoff_min
+                backoff.reset()
                 if cfg.commit_interval > 0:
                     await asyncio.sleep(cfg.commit_interval)
             else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_backoff_max)
+                await backoff.sleep()
                 self._commit_wanted.set()
 
     # -- closing ---------------------------------------------------------------------

@@ -1,50 +1,4 @@
-"""postgresql:// - durable topics in PostgreSQL tables (asyncpg).
-
-Delivery model (see :mod:`eventmill.pubsub._postgres_sql` for the tables):
-
-* ``publish`` returns after the messages are committed. Concurrent publish calls are
-  coalesced (group commit): up to ``publish_batch`` messages from many calls go into
-  one binary ``COPY`` in one transaction, ``publish_workers`` transactions at a time
-  (a worker with a free slot beside it takes half the waiting calls, so one batch
-  commits while the next one's publishers run); each call returns when the
-  transaction holding its messages commits. Messages of one call are never split
-  between transactions.
-* Consumer groups are durable. Each group has a cursor in the log's commit order;
-  a member claims the next batch (up to ``prefetch`` messages) by moving the cursor
-  past it and leasing it for ``visibility_timeout`` (renewed while the member is
-  alive), so a message goes to one member at a time, and a message committed late
-  is never skipped (see :mod:`eventmill.pubsub._postgres_sql`). A new group starts
-  at the oldest retained message (``replay``).
-* A batch whose messages are all acknowledged is deleted; a nacked message moves
-  into a lease of its own, claimable at once; these are flushed every
-  ``ack_interval`` (and on ``close``). Acks of a batch still in progress are written
-  into its lease once 50 ms old (and by :meth:`PostgresPubSub.flush_settlements`). A
-  consumer that dies holding a batch loses it after ``visibility_timeout``; the
-  batch's messages not yet written as acknowledged are delivered again.
-* Delivery follows commit order, so a transaction that wrote to the database and
-  stays open holds back messages committed after it began, until it ends (a
-  warning names its backend pid after 10 s); keep write transactions short.
-* An idle consumer sleeps. A publish wakes the consumers of its topic in the same
-  process at once, and those of other processes with a NOTIFY on the topic's channel
-  right after the commit (coalesced to one per topic every 5 ms), so a new message
-  arrives within milliseconds; ``poll_interval`` is only a fallback. A NOTIFY is only
-  a wake-up: one that is lost delays delivery and loses nothing.
-* Ephemeral subscriptions (no group) see every message committed after ``subscribe``
-  returns, in commit order, through an in-memory cursor per topic and process
-  (nothing is stored for them server-side; a LISTEN connection going down only
-  delays them).
-* Reconnect: every operation retries connection failures with capped exponential
-  backoff; publishes give up after ``reconnect_timeout`` (raising
-  :class:`~eventmill.BackendUnavailableError`), consumers and the LISTEN connection
-  retry while the bus is open. A publish whose COMMIT was sent but not answered is
-  retried, so a message can be stored twice (receivers drop duplicates by id);
-  nothing acknowledged as published is lost.
-* Retention: messages every group has acknowledged are deleted ``retention`` seconds
-  after publishing, by one process at a time, every ``cleanup_interval``.
-
-URL: ``postgresql://user:password@host:5432/db?schema=public&table_prefix=eventmill_``
-plus any field of :class:`PostgresConfig`.
-"""
+"""postgresql://: the PubSub class (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -73,18 +27,19 @@ from eventmill.errors import (
     SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub._postgres_config import PostgresConfig
-from eventmill.pubsub._postgres_sql import Sql
-from eventmill.pubsub._postgres_subscriptions import (
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.factory import redact_url
+from eventmill.pubsub.postgres._config import PostgresConfig
+from eventmill.pubsub.postgres._sql import Sql
+from eventmill.pubsub.postgres._subscriptions import (
     EphemeralSubscription,
     GroupSubscription,
     Lease,
     Snapshot,
     TopicReader,
 )
-from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, check_messages, validate_name
-from eventmill.pubsub.factory import redact_url
 
 __all__ = ["PostgresConfig", "PostgresPubSub"]
 
@@ -285,7 +240,7 @@ class PostgresPubSub(AsyncStartCloseable):
             cfg = self.config
             loop = asyncio.get_running_loop()
             end = loop.time() + cfg.connect_timeout
-            delay = 0.05
+            backoff = Backoff(cfg.reconnect_max_delay)
             while True:
                 pools: list[Any] = []
                 try:
@@ -314,13 +269,13 @@ class PostgresPubSub(AsyncStartCloseable):
                         p.terminate()
                     if not _transient(exc):
                         raise self._translate(exc, "start") from exc
+                    delay = backoff.next()
                     if loop.time() + delay > end:
                         raise BackendUnavailableError(
                             f"postgresql server {self._where} unreachable "
                             f"({type(exc).__name__}: {exc})"
                         ) from exc
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, cfg.backoff_max)
             self._pool, self._cpool = pool, cpool
             self._spawn(self._settle_loop())
             self._spawn(self._keepalive_loop())
@@ -459,7 +414,7 @@ class PostgresPubSub(AsyncStartCloseable):
         """
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
-        delay = 0.05
+        backoff = Backoff(self.config.reconnect_max_delay)
         warned = False
         while True:
             if self._aborted or (stop is not None and stop()):
@@ -485,6 +440,7 @@ class PostgresPubSub(AsyncStartCloseable):
                     raise ClosedError("postgresql:// pubsub was aborted") from exc
                 if not broken:
                     raise self._translate(exc, what) from exc
+                delay = backoff.next()
                 if end is not None and loop.time() + delay > end:
                     raise BackendUnavailableError(
                         f"postgresql:// {what} gave up: server {self._where} unreachable "
@@ -499,7 +455,6 @@ class PostgresPubSub(AsyncStartCloseable):
                         type(exc).__name__,
                     )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.backoff_max)
             except BaseException:  # cancelled: the pool waits for the server to cancel
                 if conn is not None:
                     await _release(pool, conn, broken=False)
@@ -743,7 +698,7 @@ class PostgresPubSub(AsyncStartCloseable):
             self._relisten_task = self._spawn(self._relisten())
 
     async def _relisten(self) -> None:
-        delay = 0.05
+        backoff = Backoff(self.config.reconnect_max_delay)
         while not self._closed:
             try:
                 async with self._listen_lock:
@@ -752,8 +707,7 @@ class PostgresPubSub(AsyncStartCloseable):
             except Exception as exc:
                 if not _transient(exc):
                     log.error("postgresql:// LISTEN reconnect failed: %s", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.backoff_max)
+                await backoff.sleep()
         # NOTIFYs sent while we were away are lost: let every consumer look for work.
         for tid in {*self._group_subs, *self._readers}:
             self._wake_local(tid)

@@ -1,44 +1,4 @@
-"""nats:// - NATS JetStream: a stream per topic, a durable pull consumer per group.
-
-Topics and streams: topic ``T`` is published on the subject ``<subject_prefix>T``
-(default ``eventmill.T``) and stored in the stream ``<stream_prefix><escaped T>``
-(default ``eventmill-T``; ``.`` and ``_`` are escaped as ``_2E`` and ``_5F``, since
-stream names cannot contain dots). The stream is created on first use with limits
-retention (every group sees every message), or reused if it exists; if another
-stream already captures the subject, that stream is used.
-
-Groups: ``subscribe(topic, group=g)`` binds to the durable pull consumer ``g``
-(escaped like streams) with ``DeliverPolicy.ALL``, so a new group replays the
-stream from its oldest message; members of a group share the consumer and split
-the messages. ``subscribe(topic)`` creates an ephemeral consumer with
-``DeliverPolicy.NEW`` (it sees what is published after ``subscribe`` returned),
-deleted on close and reaped by the server after ``inactive_threshold`` if the
-process dies.
-
-Settling: ``ack()`` sends ``+ACK``, ``nack()`` ``-NAK`` (with ``nak_delay``), and
-``NatsSubscription.term(msg)`` ``+TERM``; a message not settled within ``ack_wait``
-is redelivered, and after ``max_deliver`` deliveries the server stops delivering it.
-``close()`` naks what was received but not settled (messages still arriving while
-it closes included); those naks are delayed until no pull request of the
-subscription can still wait on the server (at most ``fetch_timeout`` and a
-margin), since a request left there without its inbox makes the server (2.9.x)
-deliver a message twice when a nacked one comes due (see ``_nats_subscription``).
-
-Publishing: every message gets its PubAck before ``publish`` returns; many
-concurrent calls share the connection and their PubAcks are awaited together.
-``Message.id`` is sent as ``Nats-Msg-Id`` (``dedupe``), so a message re-sent after
-a lost PubAck (server restart) is stored once. ``publish`` retries with capped
-backoff for up to ``publish_deadline`` seconds, then raises
-:class:`~eventmill.PublishError` (a message may have been stored anyway: nats-py
-sends what it buffered during a disconnect once it reconnects).
-
-Reconnect: the client reconnects forever with capped exponential backoff
-(``reconnect_wait`` doubling up to ``reconnect_max_wait``); pulls and publishes in
-progress resume by themselves.
-
-URL: ``nats://[user:password@|token@]host:port[,host2:port]?option=value`` (or
-``tls://``); options are the fields of :class:`NatsConfig`.
-"""
+"""nats://: the PubSub class (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -48,7 +8,6 @@ import hashlib
 import itertools
 import json
 import logging
-import random
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -67,19 +26,20 @@ from eventmill.errors import (
     SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub._nats_config import NatsConfig, consumer_name, stream_name
-from eventmill.pubsub._nats_subscription import (
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.nats._config import NatsConfig, consumer_name, stream_name
+from eventmill.pubsub.nats._subscription import (
     ID_HEADER,
     ID_JSON_HEADER,
     METADATA_HEADER,
     MSG_ID_HEADER,
     NatsSubscription,
 )
-from eventmill.pubsub._nats_subscription import (
+from eventmill.pubsub.nats._subscription import (
     TRANSIENT as _TRANSIENT,
 )
-from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
 
@@ -170,7 +130,7 @@ class NatsPubSub(AsyncStartCloseable):
                     token=cfg.token,
                     name=cfg.name,
                     connect_timeout=max(1, round(cfg.connect_timeout)),
-                    reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]
+                    reconnect_time_wait=cfg.reconnect_min_delay,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     reconnect_to_server_handler=self._pick_server,
                     error_cb=self._on_error,
@@ -194,11 +154,13 @@ class NatsPubSub(AsyncStartCloseable):
         self._sweeper = asyncio.create_task(self._expire_acks(), name="nats-puback-timeouts")
 
     def _pick_server(self, servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
-        # Capped exponential backoff with jitter, to the least-failed server.
+        # The least-failed server, after the backoff its failures call for.
         server = min(servers, key=lambda s: s.reconnects)
-        cfg = self.config
-        delay = min(cfg.reconnect_max_wait, cfg.reconnect_wait * 2 ** min(server.reconnects, 16))
-        return server, delay * random.uniform(0.5, 1.0)
+        return server, self._backoff().delay(server.reconnects)
+
+    def _backoff(self) -> Backoff:
+        """The delays between reconnects, re-sends and retries of this bus."""
+        return Backoff(self.config.reconnect_max_delay, self.config.reconnect_min_delay)
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.AuthorizationError):
@@ -254,7 +216,7 @@ class NatsPubSub(AsyncStartCloseable):
         deadline = loop.time() + cfg.publish_deadline
         subject = cfg.subject_prefix + topic
         todo = list(messages)
-        delay = cfg.reconnect_wait
+        backoff = self._backoff()
         last: BaseException | None = None
         while True:
             if self._closed and self._nc is None:
@@ -301,8 +263,7 @@ class NatsPubSub(AsyncStartCloseable):
                     f"{cfg.publish_deadline}s ({reason})"
                 ) from last
             log.debug("nats: re-sending %d message(s) to %r: %s", len(todo), topic, last)
-            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-            delay = min(delay * 2, cfg.reconnect_max_wait)
+            await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
 
     async def _send(self, subject: str, m: Message) -> asyncio.Future[None]:
         """Send one message; return the future of its PubAck (bounded by ``max_pending``)."""
@@ -397,9 +358,9 @@ class NatsPubSub(AsyncStartCloseable):
                 retention=api.RetentionPolicy.LIMITS,
                 storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
                 num_replicas=cfg.replicas,
-                max_age=cfg.max_age or None,
-                max_msgs=cfg.max_msgs,
-                max_bytes=cfg.max_bytes,
+                max_age=cfg.max_age,
+                max_msgs=-1 if cfg.max_msgs is None else cfg.max_msgs,
+                max_bytes=-1 if cfg.max_bytes is None else cfg.max_bytes,
                 discard=api.DiscardPolicy.OLD,
                 duplicate_window=cfg.duplicate_window,
             )
@@ -433,7 +394,7 @@ class NatsPubSub(AsyncStartCloseable):
         cfg = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.publish_deadline
-        delay = cfg.reconnect_wait
+        backoff = self._backoff()
         while True:
             try:
                 stream = self._streams.get(topic) or await self._ensure_stream(topic)
@@ -458,8 +419,7 @@ class NatsPubSub(AsyncStartCloseable):
             else:
                 self._subs.add(sub)
                 return sub
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max_wait)
+            await backoff.sleep()
 
     # -- closing -------------------------------------------------------------------------
 

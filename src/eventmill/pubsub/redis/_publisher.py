@@ -25,8 +25,9 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from eventmill.errors import ClosedError, PublishError
-from eventmill.pubsub._redis_common import TRANSIENT, Backoff, describe, log, unavailable
-from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub.redis._common import TRANSIENT, describe, log, unavailable
+from eventmill.pubsub.redis._config import RedisConfig
 
 __all__ = ["CoalescingPublisher", "PublishStats"]
 

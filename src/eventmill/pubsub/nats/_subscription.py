@@ -277,7 +277,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         common: dict[str, Any] = {
             "ack_policy": api.AckPolicy.EXPLICIT,
             "ack_wait": cfg.ack_wait,
-            "max_deliver": cfg.max_deliver,
+            "max_deliver": -1 if cfg.max_deliver is None else cfg.max_deliver,
             "max_ack_pending": cfg.max_ack_pending,
             "filter_subject": self._subject,
         }
@@ -353,13 +353,12 @@ class NatsSubscription(BufferedSubscription[Message]):
         publish = self._owner._nc.publish
         wanted = self._pull_wanted
         requests = self._requests
-        delay = throttle = cfg.reconnect_wait
+        backoff, throttle = self._owner._backoff(), self._owner._backoff()
         while not self._closed:
             now = loop.time()
             if self._broken:
                 self._forget_requests()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 try:
                     if not await self._consumer_exists():
                         await self._create_consumer()
@@ -373,12 +372,11 @@ class NatsSubscription(BufferedSubscription[Message]):
                 self._broken = False
                 continue
             if self._throttled:
-                await asyncio.sleep(throttle)
-                throttle = min(throttle * 2, cfg.reconnect_max_wait)
+                await throttle.sleep()
                 self._throttled = False
                 continue
             if self._buffer:
-                throttle = cfg.reconnect_wait  # messages flow again
+                throttle.reset()  # messages flow again
             for subject, req in list(requests.items()):
                 if req[1] + _SILENCE < now:
                     # The server did not even end it (408): after a restart it may have
@@ -391,12 +389,11 @@ class NatsSubscription(BufferedSubscription[Message]):
                     requests[subject] = [self._half, now + cfg.fetch_timeout, _NEVER]
                     self._owed += self._half
                     await publish(self._next_subject, request, reply=subject)
-                    delay = cfg.reconnect_wait
+                    backoff.reset()
             except Exception as exc:  # disconnected and nats-py's buffer is full
                 log.debug("nats: pull request failed: %s", type(exc).__name__)
                 self._forget_requests()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 continue
             wanted.clear()
             wait = min((r[1] for r in requests.values()), default=now + 1.0) + _SILENCE
@@ -495,9 +492,8 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._settle_wanted.set()
 
     async def _settle_loop(self) -> None:
-        cfg = self._owner.config
         wanted = self._settle_wanted
-        delay = cfg.reconnect_wait
+        backoff = self._owner._backoff()
         while True:
             await wanted.wait()
             wanted.clear()
@@ -505,11 +501,10 @@ class NatsSubscription(BufferedSubscription[Message]):
                 await self._send_settlements()
             except Exception as exc:  # nats-py buffers while reconnecting; this is rarer
                 log.debug("nats: sending acks failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 wanted.set()
             else:
-                delay = cfg.reconnect_wait
+                backoff.reset()
 
     async def _send_settlements(self) -> None:
         pending = self._settlements

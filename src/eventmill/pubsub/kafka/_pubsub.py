@@ -1,48 +1,11 @@
-"""kafka://host:port - Apache Kafka (or any Kafka-protocol broker) through aiokafka.
-
-Publishing: batching producers (``acks=all``; ``producers`` of them, default 1);
-each partition is always written by the same producer, so order per partition
-holds. ``publish`` returns after the broker acknowledged every record of the call.
-A message's partition comes from its metadata field ``KafkaConfig.key`` (default
-``partition_key``), hashed like Kafka's default partitioner (murmur2), so messages
-with the same key keep their order. Messages without the key: all of one ``publish``
-call go to one partition (round robin between calls), so they keep their order too.
-``Message.id`` travels in the header ``eventmill.id``, the metadata in further
-headers. Topics are created on first use with ``KafkaConfig.partitions`` partitions.
-A publish that meets a lost connection is retried with capped backoff for up to
-``publish_timeout`` seconds (a record may then be stored twice; receivers drop
-duplicates by id), then fails with :class:`~eventmill.PublishError`.
-
-Consuming with a group (``subscribe`` returns once the join completed): a Kafka
-consumer group with manual commits, starting at the earliest offset when new.
-Offsets are committed only up to the first unacked message of each partition. On a
-graceful close, unacked messages below acked ones are re-published (copies with the
-same id) before the commit moves past them, so the next member gets exactly the
-unacked messages; after a crash it gets each partition's tail from its first unacked
-message. A nack puts the message back at the front of the member's local queue (the
-commit point stays at it). Subscriptions one ``KafkaPubSub`` opens for the same topic
-and group share one group member (one aiokafka consumer) and split its messages.
-On a rebalance, revoked partitions' acked prefix is committed and their in-flight
-messages are dropped (acks for them become no-ops; the new owner gets them again).
-
-Consuming without a group: a group-less consumer assigned to every partition at its
-end (resolved from a fetch's high watermark) before ``subscribe`` returns.
-
-Reconnect: aiokafka reconnects by itself; fetches, commits and publishes that fail
-are retried with backoff capped at ``reconnect_backoff_max`` seconds.
-
-URL options: ``kafka://host:port[,host2:port2]?key=user_id&partitions=8`` and the
-other fields of :class:`KafkaConfig`.
-"""
+"""kafka://host:port: the PubSub class (see the package docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -52,20 +15,21 @@ from aiokafka.partitioner import murmur2
 from eventmill.errors import (
     BackendUnavailableError,
     ClosedError,
-    ConfigurationError,
     PublishError,
     SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub._kafka_consumer import (
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.kafka._config import KafkaConfig
+from eventmill.pubsub.kafka._consumer import (
     ID_HEADER,
     ConsumerSettings,
     EphemeralReader,
     GroupMember,
     KafkaSubscription,
 )
-from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["KafkaConfig", "KafkaPubSub"]
 
@@ -73,122 +37,6 @@ log = logging.getLogger("eventmill.pubsub.kafka")
 
 _TOPIC_EXISTS = 36
 _UNAVAILABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaConfig:
-    """Settings of :class:`KafkaPubSub`; each can be given as a URL query option."""
-
-    bootstrap_servers: str = "localhost:9092"
-    """Comma-separated ``host:port`` list (the URL's host part)."""
-    key: str = "partition_key"
-    """Metadata field whose value is the record key (partition and per-key order)."""
-    partitions: int = 4
-    """Partitions of topics eventmill creates on first use (existing topics are kept)."""
-    replication_factor: int = 1
-    """Replication factor of topics eventmill creates."""
-    client_id: str = "eventmill"
-    """Client id sent to the broker (shows in its logs and quotas)."""
-    linger_ms: int = 0
-    """How long a producer waits to fill a batch before sending it. 0 suits many
-    concurrent awaiting publishers: aiokafka keeps one request in flight per broker,
-    and records queue into the next batch while it is out."""
-    max_batch_size: int = 262_144
-    """Largest producer batch per partition, in bytes."""
-    max_request_size: int = 1_048_576
-    """Largest produce request, in bytes (the largest message must fit)."""
-    producers: int = 1
-    """Producer clients in the pool. aiokafka keeps one produce request in flight per
-    broker and client; several clients (each owning a fixed share of the partitions,
-    so per-partition order holds) overlap requests, which can help against a
-    multi-broker cluster (against one Tansu broker, 1 measured fastest)."""
-    publish_timeout: float = 30.0
-    """Seconds a ``publish`` keeps retrying after lost connections before it raises."""
-    max_in_flight: int = 1_000
-    """Most messages a group member (or ephemeral subscription) has fetched and not
-    acked; fetching pauses while that many are out (the buffer never drops)."""
-    session_timeout_ms: int = 10_000
-    """Group session timeout: a member silent this long is removed and its partitions
-    move (this is how long a crashed consumer's messages wait)."""
-    heartbeat_interval_ms: int = 3_000
-    """Heartbeat interval of group members (well below ``session_timeout_ms``)."""
-    rebalance_timeout_ms: int = 10_000
-    """How long the broker waits for members to rejoin during a rebalance."""
-    max_poll_interval_ms: int = 300_000
-    """A member that fetches nothing for this long (all its messages held unacked)
-    leaves the group; its unacked messages go to the others."""
-    fetch_max_wait_ms: int = 100
-    """Longest the broker holds an empty fetch (latency of an idle consumer)."""
-    request_timeout_ms: int = 15_000
-    """Timeout of one request to the broker."""
-    commit_interval: float = 0.0
-    """Least seconds between offset commits of a member (0: commit as soon as the
-    previous commit returned; commits also happen on revoke and close)."""
-    reconnect_backoff_min: float = 0.05
-    """First retry delay after a failed fetch, commit or publish, in seconds."""
-    reconnect_backoff_max: float = 2.0
-    """Cap of the doubling retry delay, in seconds."""
-    close_timeout: float = 10.0
-    """Seconds ``close`` waits for the final commit and for the clients to stop."""
-
-    def __post_init__(self) -> None:
-        if not self.bootstrap_servers:
-            raise ConfigurationError("kafka:// needs host:port")
-        if not self.key:
-            raise ConfigurationError("kafka:// key must not be empty")
-        positive = (
-            "partitions",
-            "replication_factor",
-            "max_batch_size",
-            "max_request_size",
-            "producers",
-            "max_in_flight",
-            "session_timeout_ms",
-            "heartbeat_interval_ms",
-            "rebalance_timeout_ms",
-            "max_poll_interval_ms",
-            "request_timeout_ms",
-            "publish_timeout",
-            "reconnect_backoff_min",
-            "reconnect_backoff_max",
-            "close_timeout",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"kafka:// {name} must be positive")
-        if self.linger_ms < 0 or self.fetch_max_wait_ms < 0 or self.commit_interval < 0:
-            raise ConfigurationError("kafka:// linger_ms, fetch_max_wait_ms, commit_interval >= 0")
-        if self.heartbeat_interval_ms >= self.session_timeout_ms:
-            raise ConfigurationError("kafka:// heartbeat_interval_ms must be < session_timeout_ms")
-
-    @classmethod
-    def from_url(cls, url: str) -> KafkaConfig:
-        """Parse ``kafka://host:port[,host:port]?option=value&...``."""
-        parts = urlsplit(url)
-        if parts.scheme != "kafka":
-            raise ConfigurationError("kafka:// URL expected")
-        if parts.username or parts.password:
-            raise ConfigurationError("kafka:// credentials (SASL) are not supported yet")
-        netloc = unquote(parts.netloc)
-        kwargs: dict[str, Any] = {"bootstrap_servers": netloc} if netloc else {}
-        types = {f.name: f.type for f in fields(cls)}
-        query = parse_qs(parts.query)
-        unknown = set(query) - (set(types) - {"bootstrap_servers"})
-        if unknown:
-            raise ConfigurationError(f"unknown kafka:// option(s): {', '.join(sorted(unknown))}")
-        for name, values in query.items():
-            raw = values[-1]
-            kind = types[name]
-            try:
-                if kind == "int":
-                    kwargs[name] = int(raw)
-                elif kind == "float":
-                    kwargs[name] = float(raw)
-                else:
-                    kwargs[name] = raw
-            except ValueError:
-                raise ConfigurationError(f"kafka:// {name} must be a {kind}") from None
-        return cls(**kwargs)
 
 
 def _describe(exc: BaseException) -> str:
@@ -216,7 +64,7 @@ class KafkaPubSub(AsyncStartCloseable):
             "bootstrap_servers": cfg.bootstrap_servers,
             "client_id": cfg.client_id,
             "request_timeout_ms": cfg.request_timeout_ms,
-            "retry_backoff_ms": int(cfg.reconnect_backoff_min * 1000),
+            "retry_backoff_ms": int(cfg.reconnect_min_delay * 1000),
         }
         self._producers: list[AIOKafkaProducer] = []
         self._admin: AIOKafkaAdminClient | None = None
@@ -317,7 +165,7 @@ class KafkaPubSub(AsyncStartCloseable):
         cfg = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.publish_timeout
-        delay = cfg.reconnect_backoff_min
+        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         todo = list(messages)
         first = True
         while True:
@@ -348,13 +196,13 @@ class KafkaPubSub(AsyncStartCloseable):
                 return
             if self._closed:
                 raise ClosedError("kafka:// pubsub closed during publish")
+            delay = backoff.next()
             if loop.time() + delay > deadline:
                 raise PublishError(
                     f"kafka:// publish to {topic!r}: {len(todo)} message(s) not acknowledged "
                     f"within {cfg.publish_timeout}s"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_backoff_max)
 
     async def _send(self, topic: str, partitions: list[int], todo: list[Message]) -> list[Message]:
         """Send ``todo``; return the messages whose send failed with a retriable error.

@@ -13,6 +13,7 @@ import orjson
 
 from eventmill.errors import ClosedError, PubSubError
 from eventmill.message import Message
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import AsyncCloseable, BufferedSubscription, TopicGroup
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self.held: dict[int, Lease] = {}  # lid -> lease with messages not yet settled
         self.wake = asyncio.Event()
         self._held_back_since: float | None = None
-        self._backoff = _HELD_BACK_MIN
+        self._backoff = Backoff(_HELD_BACK_MAX, _HELD_BACK_MIN)
         self._linger_until = 0.0  # loop time before which the next claim waits
         self._fetch_lock = asyncio.Lock()
         self._claim_task: asyncio.Task[float | None] | None = None
@@ -151,15 +152,14 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         if not rows:
             if not held_back:
                 self._held_back_since = None
-                self._backoff = _HELD_BACK_MIN
+                self._backoff.reset()
                 return next_visible
             # Committed messages wait behind an older transaction still open (see the
-            # module docstring of _postgres_sql): look again soon, backing off.
-            wait = self._backoff
-            self._backoff = min(self._backoff * 2, _HELD_BACK_MAX)
+            # module docstring of postgres._sql): look again soon, backing off.
+            wait = self._backoff.next()
             return wait if next_visible is None else min(wait, next_visible)
         self._held_back_since = None
-        self._backoff = _HELD_BACK_MIN
+        self._backoff.reset()
         if len(rows) < cfg.prefetch:
             self._linger_until = asyncio.get_running_loop().time() + cfg.claim_linger
         lid, counter = rows[0][0], rows[0][1]
@@ -286,7 +286,7 @@ class TopicReader:
 
     async def _run(self) -> None:
         owner = self._owner
-        backoff = _HELD_BACK_MIN
+        backoff = Backoff(_HELD_BACK_MAX, _HELD_BACK_MIN)
         timeout = owner.config.poll_interval
         while True:
             timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
@@ -305,11 +305,10 @@ class TopicReader:
                 log.warning("postgresql:// reading topic %r failed: %s", self._topic, exc)
                 held_back = False
             if held_back:
-                timeout = backoff
-                backoff = min(backoff * 2, _HELD_BACK_MAX)
+                timeout = backoff.next()
             else:
                 timeout = owner.config.poll_interval
-                backoff = _HELD_BACK_MIN
+                backoff.reset()
 
     async def _fetch(self, conn: Any) -> bool:
         """Hand every message past the cursor to the subscriptions; True when
