@@ -81,7 +81,7 @@ class NatsHarness(Harness):
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, NatsPubSub)
-        await ps._abort()
+        await ps.abort()
 
     async def restart_server(self, down_for: float) -> None:
         if self.server is None:

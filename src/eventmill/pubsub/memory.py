@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from eventmill.errors import BufferFullError, ClosedError, ConfigurationError
+from eventmill.errors import BufferFullError, ConfigurationError
 from eventmill.message import Message
+from eventmill.pubsub._errors import closed
 from eventmill.pubsub._options import apply_options, split_query
 from eventmill.pubsub._subscription import (
     AsyncCloseable,
@@ -151,6 +152,8 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
             await q.readers.wait(q.items)
 
     async def close(self) -> None:
+        """Release unsettled messages to the group (an ephemeral subscription drops
+        them), end iteration."""
         if self._closed:
             return
         self._closed = True
@@ -166,6 +169,12 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
             # Wake our own waiters so they see we are closed; other members re-wait.
             q.readers.wake_all()
         self._owner._subs.discard(self)
+
+    async def abort(self) -> None:
+        """The crash hook for tests: the consumer died. Nothing it holds is settled;
+        memory:// keeps no lease that could run out, so its unsettled messages go back
+        to the group at once, as :meth:`close` does; settling them later does nothing."""
+        await self.close()
 
 
 class MemoryPubSub(AsyncStartCloseable):
@@ -196,7 +205,7 @@ class MemoryPubSub(AsyncStartCloseable):
 
     async def publish(self, topic: str, *messages: Message) -> None:
         if self._closed:
-            raise ClosedError("memory:// pubsub is closed")
+            raise closed("memory://")
         t = self._topics.get(topic)
         if t is None:
             validate_name("topic", topic)
@@ -237,11 +246,11 @@ class MemoryPubSub(AsyncStartCloseable):
             full.space.append(fut)
             await fut
             if self._closed:
-                raise ClosedError("memory:// pubsub is closed")
+                raise closed("memory://")
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> _MemorySubscription:
         if self._closed:
-            raise ClosedError("memory:// pubsub is closed")
+            raise closed("memory://")
         validate_name("topic", topic)
         t = self._topics.get(topic)
         if t is None:
@@ -263,6 +272,8 @@ class MemoryPubSub(AsyncStartCloseable):
             q.wake_space()
 
     async def close(self) -> None:
+        """Close every subscription (releasing unsettled messages); publishing then
+        raises :class:`~eventmill.ClosedError`. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -271,3 +282,9 @@ class MemoryPubSub(AsyncStartCloseable):
         for t in self._topics.values():
             for q in (*t.groups.values(), *t.ephemeral):
                 q.close()
+
+    async def abort(self) -> None:
+        """The crash hook for tests: the process died. Every subscription aborts (see
+        :meth:`_MemorySubscription.abort`) and the bus closes; in-process, what it held
+        dies with it."""
+        await self.close()

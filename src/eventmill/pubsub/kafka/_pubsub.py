@@ -9,17 +9,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from eventmill.errors import (
     BackendUnavailableError,
-    ClosedError,
     PublishError,
     SubscribeError,
 )
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed, describe
 from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.kafka._config import KafkaConfig
@@ -30,19 +30,13 @@ from eventmill.pubsub.kafka._consumer import (
     GroupMember,
     KafkaSubscription,
 )
+from eventmill.pubsub.kafka._errors import mapped, retriable, translate
 
 __all__ = ["KafkaConfig", "KafkaPubSub"]
 
 log = logging.getLogger("eventmill.pubsub.kafka")
 
 _TOPIC_EXISTS = 36
-_UNAVAILABLE = (KafkaConnectionError, NodeNotReadyError, KafkaTimeoutError, OSError)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short description of a client error (aiokafka's texts carry no secrets)."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class KafkaPubSub(AsyncStartCloseable):
@@ -87,7 +81,7 @@ class KafkaPubSub(AsyncStartCloseable):
     async def start(self) -> None:
         """Connect the producer and the admin client (idempotent)."""
         if self._closed:
-            raise ClosedError("kafka:// pubsub is closed")
+            raise closed("kafka://")
         if self._started:
             return
         cfg = self.config
@@ -103,14 +97,13 @@ class KafkaPubSub(AsyncStartCloseable):
         ]
         admin = AIOKafkaAdminClient(**self._client_options)
         try:
-            for producer in producers:
-                await producer.start()
-            await admin.start()
-        except Exception as exc:
+            with mapped(f"cannot reach {cfg.bootstrap_servers}", BackendUnavailableError):
+                for producer in producers:
+                    await producer.start()
+                await admin.start()
+        except BaseException:
             await self._stop_clients(producers, admin)
-            raise BackendUnavailableError(
-                f"kafka:// cannot reach {cfg.bootstrap_servers} ({_describe(exc)})"
-            ) from exc
+            raise
         self._producers, self._admin = producers, admin
         self._started = True
 
@@ -146,7 +139,7 @@ class KafkaPubSub(AsyncStartCloseable):
     async def publish(self, topic: str, *messages: Message) -> None:
         """Send ``messages``; return once the broker acknowledged all (``acks=all``)."""
         if self._closed:
-            raise ClosedError("kafka:// pubsub is closed")
+            raise closed("kafka://")
         if topic not in self._topics:
             validate_name("topic", topic)
         check_messages(messages)
@@ -170,32 +163,27 @@ class KafkaPubSub(AsyncStartCloseable):
         first = True
         while True:
             try:
-                if first:
-                    # Fast path: aiokafka bounds each attempt by request_timeout_ms.
-                    first = False
-                    partitions = self._topics.get(topic) or await self._partitions(topic)
-                    todo = await self._send(topic, partitions, todo)
-                else:
-                    async with asyncio.timeout_at(deadline):
-                        partitions = await self._partitions(topic)
+                with mapped(f"publish to {topic!r} failed", PublishError, retry=True):
+                    if first:
+                        # Fast path: aiokafka bounds each attempt by request_timeout_ms.
+                        first = False
+                        partitions = self._topics.get(topic) or await self._partitions(topic)
                         todo = await self._send(topic, partitions, todo)
+                    else:
+                        async with asyncio.timeout_at(deadline):
+                            partitions = await self._partitions(topic)
+                            todo = await self._send(topic, partitions, todo)
             except TimeoutError as exc:
                 raise PublishError(
                     f"kafka:// publish to {topic!r} not acknowledged within "
                     f"{cfg.publish_timeout}s (broker {cfg.bootstrap_servers} unreachable?)"
                 ) from exc
-            except (PublishError, ClosedError, BackendUnavailableError):
-                raise
-            except KafkaError as exc:
-                if not isinstance(exc, _UNAVAILABLE) and not exc.retriable:
-                    raise PublishError(
-                        f"kafka:// publish to {topic!r} failed ({_describe(exc)})"
-                    ) from exc
-                log.warning("kafka:// publish to %r: %s; retrying", topic, _describe(exc))
+            except KafkaError as exc:  # retriable: mapped() raised the others
+                log.warning("kafka:// publish to %r: %s; retrying", topic, describe(exc))
             if not todo:
                 return
             if self._closed:
-                raise ClosedError("kafka:// pubsub closed during publish")
+                raise closed("kafka://")
             delay = backoff.next()
             if loop.time() + delay > deadline:
                 raise PublishError(
@@ -214,7 +202,7 @@ class KafkaPubSub(AsyncStartCloseable):
         """
         producers = self._producers
         if not producers:
-            raise ClosedError("kafka:// pubsub is closed")
+            raise closed("kafka://")
         keyname = self.config.key
         n = len(partitions)
         shared_partition: int | None = None
@@ -250,14 +238,10 @@ class KafkaPubSub(AsyncStartCloseable):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                if isinstance(result, KafkaError) and (
-                    isinstance(result, _UNAVAILABLE) or result.retriable
-                ):
+                if retriable(result):
                     failed.append(m)
                     continue
-                raise PublishError(
-                    f"kafka:// publish to {topic!r} failed ({_describe(result)})"
-                ) from result
+                raise translate(result, f"publish to {topic!r} failed", PublishError) from result
         if failed:
             log.warning("kafka:// %d record(s) to %r failed; retrying", len(failed), topic)
         return failed
@@ -271,7 +255,7 @@ class KafkaPubSub(AsyncStartCloseable):
         """Append copies to one partition (used by a closing group member)."""
         producers = self._producers
         if not producers:
-            raise ClosedError("kafka:// pubsub is closed")
+            raise closed("kafka://")
         producer = producers[partition % len(producers)]
         futures = []
         for m in messages:
@@ -292,11 +276,11 @@ class KafkaPubSub(AsyncStartCloseable):
     async def subscribe(self, topic: str, *, group: str | None = None) -> KafkaSubscription:
         """Join ``group`` on ``topic`` (shared member per group), or read ephemerally."""
         if self._closed:
-            raise ClosedError("kafka:// pubsub is closed")
+            raise closed("kafka://")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
-        try:
+        with mapped(f"cannot subscribe to {topic!r}", SubscribeError):
             partitions = await self._partitions(topic)
             if group is None:
                 reader = EphemeralReader(topic, partitions, self._settings())
@@ -313,32 +297,35 @@ class KafkaPubSub(AsyncStartCloseable):
                     await member.start()
                 except BaseException:
                     self._members.pop((topic, group), None)
-                    await member.abort()
+                    await member.discard()
                     raise
             sub = KafkaSubscription(member, self._close_member_sub)
             member.subs.add(sub)
             return sub
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise SubscribeError(
-                f"kafka:// cannot subscribe to {topic!r} ({_describe(exc)})"
-            ) from exc
 
-    async def _close_ephemeral(self, sub: KafkaSubscription) -> None:
+    async def _close_ephemeral(self, sub: KafkaSubscription, graceful: bool) -> None:
         reader = sub._source
         assert isinstance(reader, EphemeralReader)
         self._readers.discard(reader)
         await reader.close()
 
-    async def _close_member_sub(self, sub: KafkaSubscription) -> None:
+    async def _close_member_sub(self, sub: KafkaSubscription, graceful: bool) -> None:
+        """Close (``graceful``) or abort ``sub``; the member goes with its last one."""
         member = sub._source
         assert isinstance(member, GroupMember)
         if member.subs - {sub}:
-            member.subs.discard(sub)
-            member.release(sub)
+            if graceful:
+                member.subs.discard(sub)
+                member.release(sub)
+            else:
+                member.forget(sub)
             return
         if self._members.get((member.topic, member.group or "")) is member:
             del self._members[(member.topic, member.group or "")]
-        await member.close()  # sees the messages ``sub`` holds (to re-publish holes)
+        if graceful:
+            await member.close()  # sees the messages ``sub`` holds (to re-publish holes)
+        else:
+            await member.abort()
         member.subs.discard(sub)
 
     # -- closing ---------------------------------------------------------------------
@@ -366,6 +353,27 @@ class KafkaPubSub(AsyncStartCloseable):
         await self._stop_clients(self._producers, self._admin)
         self._producers, self._admin = [], None
 
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): group members stop
+        without committing and without leaving their groups (the broker moves their
+        partitions after ``session_timeout_ms``), readers stop, the clients close."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in [s for m in self._members.values() for s in m.subs]:
+            sub.closed = True
+        for sub in [s for r in self._readers for s in r.subs]:
+            sub.closed = True
+        await asyncio.gather(
+            *(m.abort() for m in self._members.values()),
+            *(r.close() for r in self._readers),
+            return_exceptions=True,
+        )
+        self._members.clear()
+        self._readers.clear()
+        await self._stop_clients(self._producers, self._admin)
+        self._producers, self._admin = [], None
+
     async def _stop_clients(
         self, producers: list[AIOKafkaProducer], admin: AIOKafkaAdminClient | None
     ) -> None:
@@ -374,9 +382,9 @@ class KafkaPubSub(AsyncStartCloseable):
             try:
                 await asyncio.wait_for(producer.stop(), timeout)
             except Exception as exc:
-                log.warning("kafka:// producer did not stop cleanly: %s", _describe(exc))
+                log.warning("kafka:// producer did not stop cleanly: %s", describe(exc))
         if admin is not None:
             try:
                 await asyncio.wait_for(admin.close(), timeout)
             except Exception as exc:
-                log.warning("kafka:// admin client did not stop cleanly: %s", _describe(exc))
+                log.warning("kafka:// admin client did not stop cleanly: %s", describe(exc))

@@ -20,25 +20,29 @@ from nats.js import api
 
 from eventmill.errors import (
     BackendUnavailableError,
-    ClosedError,
     ConfigurationError,
     PublishError,
     SubscribeError,
 )
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed, describe
 from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.nats._config import NatsConfig, consumer_name, stream_name
+from eventmill.pubsub.nats._errors import (
+    TRANSIENT,
+    AckTimeoutError,
+    PublishRejectedError,
+    mapped,
+    translate,
+)
 from eventmill.pubsub.nats._subscription import (
     ID_HEADER,
     ID_JSON_HEADER,
     METADATA_HEADER,
     MSG_ID_HEADER,
     NatsSubscription,
-)
-from eventmill.pubsub.nats._subscription import (
-    TRANSIENT as _TRANSIENT,
 )
 
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
@@ -48,20 +52,6 @@ log = logging.getLogger("eventmill.pubsub.nats")
 _HEADER_SAFE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and text != name else name
-
-
-class _AckTimeoutError(TimeoutError):
-    """No PubAck came within ``publish_timeout``: the message is sent again."""
-
-
-class _PublishRejectedError(Exception):
-    """One message's PubAck was an error that retrying cannot fix."""
 
 
 class NatsPubSub(AsyncStartCloseable):
@@ -109,7 +99,7 @@ class NatsPubSub(AsyncStartCloseable):
     async def start(self) -> None:
         """Connect to the server (idempotent); raise BackendUnavailableError if it cannot."""
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         if self._nc is not None:
             return
         async with self._start_lock:
@@ -158,6 +148,9 @@ class NatsPubSub(AsyncStartCloseable):
         server = min(servers, key=lambda s: s.reconnects)
         return server, self._backoff().delay(server.reconnects)
 
+    def _forget(self, sub: NatsSubscription) -> None:
+        self._subs.discard(sub)
+
     def _backoff(self) -> Backoff:
         """The delays between reconnects, re-sends and retries of this bus."""
         return Backoff(self.config.reconnect_max_delay, self.config.reconnect_min_delay)
@@ -180,7 +173,7 @@ class NatsPubSub(AsyncStartCloseable):
 
     async def publish(self, topic: str, *messages: Message) -> None:
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         stream = self._streams.get(topic)
         if stream is None:
             validate_name("topic", topic)
@@ -220,21 +213,18 @@ class NatsPubSub(AsyncStartCloseable):
         last: BaseException | None = None
         while True:
             if self._closed and self._nc is None:
-                raise ClosedError("nats:// pubsub is closed")
+                raise closed("nats://")
             futures: list[asyncio.Future[None]] = []
             try:
-                if topic not in self._streams:
-                    await self._ensure_stream(topic)
-                for m in todo:
-                    futures.append(await self._send(subject, m))
-            except _TRANSIENT as exc:
+                with mapped(f"publish to {topic!r} failed", PublishError):
+                    if topic not in self._streams:
+                        await self._ensure_stream(topic)
+                    for m in todo:
+                        futures.append(await self._send(subject, m))
+            except TRANSIENT as exc:
                 last = exc
-            except nats.errors.ConnectionClosedError as exc:
-                raise ClosedError("nats:// connection is closed") from exc
-            except (nats.errors.Error, _PublishRejectedError) as exc:
-                raise PublishError(f"nats: publish to {topic!r} failed: {_describe(exc)}") from exc
             if futures:
-                # Each future ends: PubAck, error, or _AckTimeoutError from the sweeper.
+                # Each future ends: PubAck, error, or AckTimeoutError from the sweeper.
                 if len(futures) == 1:
                     with contextlib.suppress(Exception):
                         await futures[0]
@@ -245,10 +235,8 @@ class NatsPubSub(AsyncStartCloseable):
                     err = fut.exception()
                     if err is None:
                         continue
-                    if isinstance(err, _PublishRejectedError):
-                        raise PublishError(
-                            f"nats: publish to {topic!r} failed: {_describe(err)}"
-                        ) from err
+                    if isinstance(err, PublishRejectedError):
+                        raise translate(err, f"publish to {topic!r} failed", PublishError) from err
                     if isinstance(err, nats.js.errors.NoStreamResponseError):
                         self._streams.pop(topic, None)  # the stream may be gone: re-create
                     last = err
@@ -257,7 +245,7 @@ class NatsPubSub(AsyncStartCloseable):
             if not todo:
                 return
             if loop.time() >= deadline:
-                reason = _describe(last) if last is not None else "timed out"
+                reason = describe(last) if last is not None else "timed out"
                 raise PublishError(
                     f"nats: publish to {topic!r} not acknowledged within "
                     f"{cfg.publish_deadline}s ({reason})"
@@ -269,7 +257,7 @@ class NatsPubSub(AsyncStartCloseable):
         """Send one message; return the future of its PubAck (bounded by ``max_pending``)."""
         nc = self._nc
         if len(m.payload) > nc.max_payload:
-            raise _PublishRejectedError(
+            raise PublishRejectedError(
                 f"payload of {len(m.payload)} bytes exceeds the server's max_payload "
                 f"({nc.max_payload})"
             )
@@ -309,7 +297,7 @@ class NatsPubSub(AsyncStartCloseable):
                     if fut is not None:
                         self._slots.release()
                         if not fut.done():
-                            fut.set_exception(_AckTimeoutError("no PubAck within publish_timeout"))
+                            fut.set_exception(AckTimeoutError("no PubAck within publish_timeout"))
 
     async def _on_pub_ack(self, msg: Any) -> None:
         fut = self._acks.pop(msg.subject[len(self._reply_prefix) :], None)
@@ -325,7 +313,7 @@ class NatsPubSub(AsyncStartCloseable):
                 fut.set_exception(nats.js.errors.NoStreamResponseError())
             else:
                 fut.set_exception(
-                    _PublishRejectedError(f"unexpected reply status {headers.get('Status')}")
+                    PublishRejectedError(f"unexpected reply status {headers.get('Status')}")
                 )
             return
         if b'"error"' in data:
@@ -333,11 +321,11 @@ class NatsPubSub(AsyncStartCloseable):
                 err = json.loads(data)["error"]
                 exc: BaseException = nats.js.errors.APIError.from_error(err)
             except Exception:  # malformed reply
-                exc = _PublishRejectedError("malformed PubAck")
+                exc = PublishRejectedError("malformed PubAck")
             if not isinstance(
                 exc, nats.js.errors.ServiceUnavailableError | nats.js.errors.ServerError
             ):
-                exc = _PublishRejectedError(_describe(exc))
+                exc = PublishRejectedError(describe(exc))
             fut.set_exception(exc)
             return
         fut.set_result(None)
@@ -385,7 +373,7 @@ class NatsPubSub(AsyncStartCloseable):
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> NatsSubscription:
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
@@ -397,25 +385,22 @@ class NatsPubSub(AsyncStartCloseable):
         backoff = self._backoff()
         while True:
             try:
-                stream = self._streams.get(topic) or await self._ensure_stream(topic)
-                sub = NatsSubscription(
-                    self,
-                    topic,
-                    group,
-                    stream,
-                    consumer_name(group) if group is not None else None,
-                    cfg.subject_prefix + topic,
-                )
-                await sub._start()
-            except _TRANSIENT as exc:
+                with mapped(f"cannot subscribe to {topic!r}", SubscribeError):
+                    stream = self._streams.get(topic) or await self._ensure_stream(topic)
+                    sub = NatsSubscription(
+                        self,
+                        topic,
+                        group,
+                        stream,
+                        consumer_name(group) if group is not None else None,
+                        cfg.subject_prefix + topic,
+                    )
+                    await sub._start()
+            except TRANSIENT as exc:
                 if loop.time() >= deadline:
                     raise SubscribeError(
-                        f"nats: cannot subscribe to {topic!r}: {_describe(exc)}"
+                        f"nats: cannot subscribe to {topic!r}: {describe(exc)}"
                     ) from exc
-            except nats.errors.Error as exc:
-                raise SubscribeError(
-                    f"nats: cannot subscribe to {topic!r}: {_describe(exc)}"
-                ) from exc
             else:
                 self._subs.add(sub)
                 return sub
@@ -440,14 +425,13 @@ class NatsPubSub(AsyncStartCloseable):
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    async def _abort(self) -> None:
-        """Drop the connection as a killed process would: nothing settled, nothing flushed.
-
-        For tests; the consumers' ``ack_wait`` then redelivers what was held.
-        """
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): the connection
+        drops, nothing is settled or flushed; the consumers' ``ack_wait`` then
+        redelivers what was held."""
         self._closed = True
         for sub in list(self._subs):
-            await sub._abort()
+            await sub.abort()
         self._stop_sweeper()
         nc, self._nc = self._nc, None
         if nc is not None:

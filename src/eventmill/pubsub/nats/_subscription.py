@@ -61,19 +61,6 @@ log = logging.getLogger("eventmill.pubsub.nats")
 _ACK = b"+ACK"
 _NAK = b"-NAK"
 _TERM = b"+TERM"
-# Errors after which an operation is tried again (the server is away or restarting).
-TRANSIENT: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
-    OSError,
-)
 _PULL_MARGIN = 0.1  # seconds: server-side queueing between a pull request and a nak
 _SILENCE = 1.0  # seconds past a pull request's expiry without word from the server
 _NEVER = float("inf")
@@ -243,15 +230,7 @@ class NatsSubscription(BufferedSubscription[Message]):
     # -- lifecycle used by NatsPubSub ----------------------------------------------------
 
     async def _start(self) -> None:
-        try:
-            await self._create_consumer()
-        except TRANSIENT:
-            raise  # NatsPubSub.subscribe retries these
-        except nats.errors.Error as exc:
-            raise SubscribeError(
-                f"nats: cannot subscribe to topic {self._topic!r}: {type(exc).__name__}"
-                f"{': ' + str(exc) if str(exc) else ''}"
-            ) from exc
+        await self._create_consumer()  # NatsPubSub.subscribe maps and retries its errors
         self._puller = asyncio.create_task(self._pull_loop(), name=f"nats-pull-{self._topic}")
         self._flusher = asyncio.create_task(self._settle_loop(), name=f"nats-acks-{self._topic}")
 
@@ -260,8 +239,9 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._forget_requests()
         self._pull_wanted.set()
 
-    async def _abort(self) -> None:
-        """Vanish like a killed process: nothing is settled, nothing said to the server."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): nothing is settled,
+        nothing said to the server; ``ack_wait`` redelivers what it held."""
         self._closed = True
         self._wake_all()
         await self._stop_tasks()

@@ -21,17 +21,16 @@ from eventmill.errors import (
     BackendUnavailableError,
     ClosedError,
     ConfigurationError,
-    EventmillError,
-    PublishError,
     PubSubError,
-    SubscribeError,
 )
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed
 from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.factory import redact_url
 from eventmill.pubsub.postgres._config import PostgresConfig
+from eventmill.pubsub.postgres._errors import is_transient, mapped
 from eventmill.pubsub.postgres._sql import Sql
 from eventmill.pubsub.postgres._subscriptions import (
     EphemeralSubscription,
@@ -65,24 +64,6 @@ _CONSUMER_SETTINGS = {
     "enable_bitmapscan": "off",
     "jit": "off",
 }
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether ``exc`` means "the server or connection went away; try again"."""
-    if isinstance(exc, OSError | TimeoutError):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        state = str(getattr(exc, "sqlstate", "") or "")
-        return state[:2] in ("08", "57", "53") or state in ("40001", "40P01")
-    if isinstance(exc, asyncpg.InterfaceError):
-        text = str(exc).lower()
-        return "connection" in text and ("closed" in text or "lost" in text)
-    if isinstance(exc, asyncpg.InternalClientError):
-        # A connection the server ended while it sat idle (pg_terminate_backend, a
-        # restart) is left mid-protocol until its end is read: the next statement on
-        # it fails with this. run() closes it; the retry takes another.
-        return "cannot switch to state" in str(exc)
-    return False
 
 
 @dataclass(slots=True)
@@ -236,7 +217,7 @@ class PostgresPubSub(AsyncStartCloseable):
             if self._pool is not None:
                 return
             if self._closed:
-                raise ClosedError("postgresql:// pubsub is closed")
+                raise closed("postgresql://")
             cfg = self.config
             loop = asyncio.get_running_loop()
             end = loop.time() + cfg.connect_timeout
@@ -244,31 +225,32 @@ class PostgresPubSub(AsyncStartCloseable):
             while True:
                 pools: list[Any] = []
                 try:
-                    pool = await asyncpg.create_pool(
-                        cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, reset=_reset
-                    )
-                    pools.append(pool)
-                    cpool = await asyncpg.create_pool(
-                        cfg.dsn,
-                        min_size=cfg.pool_min,
-                        max_size=cfg.pool_max,
-                        reset=_reset,
-                        server_settings=_CONSUMER_SETTINGS,
-                    )
-                    pools.append(cpool)
-                    async with pool.acquire() as conn, conn.transaction():
-                        await conn.execute(
-                            f"SELECT pg_advisory_xact_lock({self.sql.lock_class}, 0)"
+                    with mapped("start", self._where):
+                        pool = await asyncpg.create_pool(
+                            cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, reset=_reset
                         )
-                        await self._check_layout(conn)
-                        await conn.execute(self.sql.ddl)
-                    await self._connect_listener()
-                    break
+                        pools.append(pool)
+                        cpool = await asyncpg.create_pool(
+                            cfg.dsn,
+                            min_size=cfg.pool_min,
+                            max_size=cfg.pool_max,
+                            reset=_reset,
+                            server_settings=_CONSUMER_SETTINGS,
+                        )
+                        pools.append(cpool)
+                        async with pool.acquire() as conn, conn.transaction():
+                            await conn.execute(
+                                f"SELECT pg_advisory_xact_lock({self.sql.lock_class}, 0)"
+                            )
+                            await self._check_layout(conn)
+                            await conn.execute(self.sql.ddl)
+                        await self._connect_listener()
+                        break
                 except Exception as exc:
                     for p in pools:
                         p.terminate()
-                    if not _transient(exc):
-                        raise self._translate(exc, "start") from exc
+                    if not is_transient(exc):
+                        raise
                     delay = backoff.next()
                     if loop.time() + delay > end:
                         raise BackendUnavailableError(
@@ -334,16 +316,14 @@ class PostgresPubSub(AsyncStartCloseable):
                     pool.terminate()
 
     async def abort(self) -> None:
-        """Drop every connection at once, flushing nothing: as if the process died.
-
-        For tests and emergency shutdown. Unflushed settlements are lost (their
-        messages come back after ``visibility_timeout``); queued publishes fail.
-        """
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): every connection
+        drops at once, nothing is flushed. Unflushed settlements are lost (their
+        messages come back after ``visibility_timeout``); queued publishes fail."""
         if self._aborted:
             return
         self._closed = self._aborted = True
         for sub in self._all_subs():
-            sub.abort()
+            sub._vanish()
         self._group_subs.clear()
         for reader in self._readers.values():
             reader.stop()
@@ -357,7 +337,7 @@ class PostgresPubSub(AsyncStartCloseable):
         while self._pending:
             item = self._pending.popleft()
             if not item.fut.done():
-                item.fut.set_exception(ClosedError("postgresql:// pubsub was aborted"))
+                item.fut.set_exception(closed("postgresql://"))
         for fut in self._space:
             if not fut.done():
                 fut.set_result(None)
@@ -418,28 +398,29 @@ class PostgresPubSub(AsyncStartCloseable):
         warned = False
         while True:
             if self._aborted or (stop is not None and stop()):
-                raise ClosedError("postgresql:// pubsub or subscription is closed")
+                raise closed("postgresql://")
             if end is None and self._closed:
-                raise ClosedError("postgresql:// pubsub is closed")
+                raise closed("postgresql://")
             pool = self._pool if durable else self._cpool
             conn: Any = None
             try:
-                if held is None:
-                    conn = await pool.acquire()
-                elif held.conn is None:
-                    held.conn, held.pool = await pool.acquire(), pool
-                result = await op(conn if held is None else held.conn)
+                with mapped(what, self._where):  # non-transient errors become eventmill's
+                    if held is None:
+                        conn = await pool.acquire()
+                    elif held.conn is None:
+                        held.conn, held.pool = await pool.acquire(), pool
+                    result = await op(conn if held is None else held.conn)
             except Exception as exc:
-                broken = _transient(exc)
+                broken = is_transient(exc)
                 if held is not None:
                     await held.give_back(broken=broken)
                 elif conn is not None:
                     await _release(pool, conn, broken=broken)
                     conn = None
                 if self._aborted:
-                    raise ClosedError("postgresql:// pubsub was aborted") from exc
+                    raise closed("postgresql://") from exc
                 if not broken:
-                    raise self._translate(exc, what) from exc
+                    raise
                 delay = backoff.next()
                 if end is not None and loop.time() + delay > end:
                     raise BackendUnavailableError(
@@ -463,23 +444,6 @@ class PostgresPubSub(AsyncStartCloseable):
                 if conn is not None:  # a failed release must not fail what was done
                     await _release(pool, conn, broken=False)
                 return result
-
-    def _translate(self, exc: BaseException, what: str) -> EventmillError:
-        text = f"postgresql:// {what} failed on {self._where}: {type(exc).__name__}: {exc}"
-        if isinstance(exc, EventmillError):
-            return exc
-        if isinstance(
-            exc,
-            asyncpg.InvalidPasswordError
-            | asyncpg.InvalidAuthorizationSpecificationError
-            | asyncpg.InvalidCatalogNameError,
-        ):
-            return ConfigurationError(text)
-        if what == "publish":
-            return PublishError(text)
-        if what in ("subscribe", "claim"):
-            return SubscribeError(text)
-        return PubSubError(text)
 
     # -- topics and groups --------------------------------------------------------------
 
@@ -527,7 +491,7 @@ class PostgresPubSub(AsyncStartCloseable):
 
     async def publish(self, topic: str, *messages: Message) -> None:
         if self._closed:
-            raise ClosedError("postgresql:// pubsub is closed")
+            raise closed("postgresql://")
         if topic not in self._tids:
             validate_name("topic", topic)
         check_messages(messages)
@@ -550,7 +514,7 @@ class PostgresPubSub(AsyncStartCloseable):
             self._space.append(wait)
             await wait
             if self._closed:
-                raise ClosedError("postgresql:// pubsub is closed")
+                raise closed("postgresql://")
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.append(_Pending(tid, rows, fut))
         self._pending_count += n
@@ -656,7 +620,7 @@ class PostgresPubSub(AsyncStartCloseable):
         self, topic: str, *, group: str | None = None
     ) -> GroupSubscription | EphemeralSubscription:
         if self._closed:
-            raise ClosedError("postgresql:// pubsub is closed")
+            raise closed("postgresql://")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
@@ -705,7 +669,7 @@ class PostgresPubSub(AsyncStartCloseable):
                     await self._connect_listener()
                 break
             except Exception as exc:
-                if not _transient(exc):
+                if not is_transient(exc):
                     log.error("postgresql:// LISTEN reconnect failed: %s", type(exc).__name__)
                 await backoff.sleep()
         # NOTIFYs sent while we were away are lost: let every consumer look for work.
@@ -729,17 +693,18 @@ class PostgresPubSub(AsyncStartCloseable):
                 if conn is None:
                     continue
                 try:
-                    if channel in self._channels:
-                        await conn.execute("SELECT 1")
-                    else:
-                        await conn.add_listener(channel, self._on_notify)
-                        self._channels[channel] = tid
+                    with mapped("subscribe", self._where):
+                        if channel in self._channels:
+                            await conn.execute("SELECT 1")
+                        else:
+                            await conn.add_listener(channel, self._on_notify)
+                            self._channels[channel] = tid
                     return
                 except Exception as exc:
-                    if not _transient(exc):
-                        raise self._translate(exc, "subscribe") from exc
+                    if not is_transient(exc):
+                        raise
             if self._closed:
-                raise ClosedError("postgresql:// pubsub is closed")
+                raise closed("postgresql://")
             await asyncio.sleep(0.05)
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:

@@ -220,8 +220,16 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         if held:
             await self._owner.release(held, self.tid)
 
-    def abort(self) -> None:
-        """Stop without flushing or releasing anything (a crash)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): its leases are no
+        longer renewed and run out after ``visibility_timeout``."""
+        if self._closed:
+            return
+        self._vanish()
+        self._owner.forget(self)
+
+    def _vanish(self) -> None:
+        """Stop without flushing or releasing anything."""
         self._closed = True
         self.wake.set()
         for msg in self.inflight:
@@ -389,10 +397,15 @@ class EphemeralSubscription(BufferedSubscription[Row]):
             self._readers.wake()
 
     async def close(self) -> None:
-        self.abort()
+        """Drop what is buffered (nothing is kept for it server-side), end iteration."""
+        self._vanish()
         self._owner.forget(self)
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): as :meth:`close`."""
+        await self.close()
+
+    def _vanish(self) -> None:
         if self._closed:
             return
         self._closed = True

@@ -3,42 +3,20 @@
 * The entry layout: a message is one stream entry with the fields ``id`` (UTF-8),
   ``metadata`` (a JSON object of strings, omitted when empty) and ``payload`` (raw
   bytes). Redis values are binary safe, so payloads travel byte for byte.
-* Error translation: redis-py errors become eventmill errors whose messages carry
-  the redacted URL and never the password.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
-import redis.exceptions as rex
 
-from eventmill.errors import BackendUnavailableError, EventmillError
 from eventmill.message import Message
-from eventmill.pubsub.redis._config import RedisConfig
 
-__all__ = [
-    "TRANSIENT",
-    "decode_entry",
-    "encode_fields",
-    "log",
-    "scrubbed",
-    "unavailable",
-]
+__all__ = ["decode_entry", "encode_fields", "log"]
 
 log = logging.getLogger("eventmill.pubsub.redis")
-
-#: Errors after which the same command may succeed later (server away, restarting, loading).
-TRANSIENT: tuple[type[BaseException], ...] = (
-    rex.ConnectionError,
-    rex.TimeoutError,
-    rex.BusyLoadingError,
-    rex.TryAgainError,
-    OSError,
-)
 
 _ID = b"id"
 _METADATA = b"metadata"
@@ -74,24 +52,3 @@ def decode_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, dict
         else:
             log.warning("redis:// entry %s has malformed metadata; delivered without it", entry_id)
     return msg_id, metadata, fields.get(_PAYLOAD, b"")
-
-
-def scrubbed(text: str, config: RedisConfig) -> str:
-    """Return ``text`` with the configured password (if any) replaced by ``***``."""
-    password = urlsplit(config.url).password
-    if password:
-        text = text.replace(password, "***").replace(unquote(password), "***")
-    return text
-
-
-def describe(exc: BaseException, config: RedisConfig) -> str:
-    """``Type: message`` of a client error, safe to show."""
-    return scrubbed(f"{type(exc).__name__}: {exc}", config)
-
-
-def unavailable(exc: BaseException, config: RedisConfig, action: str) -> EventmillError:
-    """Translate a transient client error into :class:`BackendUnavailableError`."""
-    return BackendUnavailableError(
-        f"redis:// {action} failed: Redis at {config.safe_url} is unavailable "
-        f"({describe(exc, config)})"
-    )

@@ -10,17 +10,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from eventmill.errors import ClosedError, ConfigurationError, SubscribeError
+from eventmill.errors import BackendUnavailableError, ConfigurationError, SubscribeError
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed
 from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, validate_name
-from eventmill.pubsub.redis._common import TRANSIENT, describe, encode_fields, unavailable
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.redis._common import encode_fields
 from eventmill.pubsub.redis._config import RedisConfig
+from eventmill.pubsub.redis._errors import TRANSIENT, describe, mapped, unavailable
 from eventmill.pubsub.redis._publisher import CoalescingPublisher, PublishStats
 from eventmill.pubsub.redis._subscription import (
     EphemeralSubscription,
@@ -94,12 +95,11 @@ class RedisPubSub(AsyncStartCloseable):
         Raises :class:`~eventmill.BackendUnavailableError` if it does not.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         try:
-            await self._client.ping()
+            with mapped("connect", BackendUnavailableError, self.config):
+                await self._client.ping()
         except TRANSIENT as exc:
-            raise unavailable(exc, self.config, "connect") from exc
-        except rex.RedisError as exc:
             raise unavailable(exc, self.config, "connect") from exc
 
     def _key(self, topic: str) -> str:
@@ -124,14 +124,11 @@ class RedisPubSub(AsyncStartCloseable):
         refused a command, :class:`~eventmill.ClosedError` after ``close()``.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         self._key(topic)
+        check_messages(messages)
         head = self._xadd_head[topic]
-        commands: list[list[Any]] = []
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
-            commands.append(head + encode_fields(m))
+        commands = [head + encode_fields(m) for m in messages]
         if not commands:
             return
         publisher = self._publisher
@@ -157,7 +154,7 @@ class RedisPubSub(AsyncStartCloseable):
         if new) or, without a group, once the starting position is fixed.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         key = self._key(topic)
         sub: GroupSubscription | EphemeralSubscription
         if group is not None:
@@ -178,7 +175,7 @@ class RedisPubSub(AsyncStartCloseable):
                 self._client, self.config, topic, key, self._forget, last_id
             )
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         self._subs.add(sub)
         sub.start()
         return sub
@@ -190,16 +187,13 @@ class RedisPubSub(AsyncStartCloseable):
         backoff = Backoff(self.config.reconnect_max_delay)
         while True:
             try:
-                return await call()
+                with mapped(action, SubscribeError, self.config):
+                    return await call()
             except TRANSIENT as exc:
                 delay = backoff.next()
                 if loop.time() + delay > deadline:
                     raise unavailable(exc, self.config, action) from exc
                 await asyncio.sleep(delay)
-            except rex.RedisError as exc:
-                raise SubscribeError(
-                    f"redis:// {action} failed: {describe(exc, self.config)}"
-                ) from exc
 
     def _forget(self, sub: _Base) -> None:
         self._subs.discard(sub)
@@ -228,14 +222,15 @@ class RedisPubSub(AsyncStartCloseable):
             await self._redis.aclose()
             await self._redis.connection_pool.disconnect()
 
-    async def _crash(self) -> None:
-        """Vanish like a killed process: drop the connections without flushing acks or
-        releasing entries (tests use it to simulate a crash)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): connections drop,
+        acks are not flushed; held entries are claimed by another member after
+        ``claim_idle``."""
         self._closed = True
         for sub in list(self._subs):
-            sub.abandon()
+            sub._vanish()
         self._subs.clear()
         if self._publisher is not None:
-            self._publisher.abandon()
+            self._publisher.abort()
         if self._redis is not None:
             await self._redis.connection_pool.disconnect(inuse_connections=True)

@@ -12,7 +12,8 @@ locked (by the writer thread or another process) they go to the writer thread,
 which waits for the lock. Every ``CHECKPOINT_EVERY`` such commits the writer
 checkpoints the WAL, so the log is rewound instead of growing under steady load.
 
-Skipping: a group subscription made with ``skip=(key, value)`` passes over the
+Skipping: a group subscription made with ``subscribe_skipping(topic, group=g,
+skip=(key, value))`` passes over the
 messages whose metadata has that value: they count as acked by the group without
 being leased or handed out. A publish of only such messages moves a group that is
 caught up past them in its own transaction (no fetch, no wake-up); a group behind

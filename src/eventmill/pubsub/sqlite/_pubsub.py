@@ -14,11 +14,13 @@ from typing import Any
 
 import orjson
 
+from eventmill._sqlite import Checkpoints, connect_inline, is_locked
 from eventmill.errors import BackendUnavailableError, ClosedError, PubSubError
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed
 from eventmill.pubsub._subscription import AsyncStartCloseable, BufferedSubscription
-from eventmill.pubsub.base import Capabilities, validate_name
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.sqlite._config import SQLiteConfig
 from eventmill.pubsub.sqlite._writer import (
     CHECKPOINT,
@@ -35,7 +37,6 @@ from eventmill.pubsub.sqlite._writer import (
     Publish,
     Writer,
     WriterStats,
-    is_busy,
     translate,
 )
 
@@ -49,9 +50,6 @@ log = logging.getLogger("eventmill.pubsub.sqlite")
 #: Open instances per database file in this process, so a publish through one
 #: wakes the subscriptions of the others at once instead of at their next poll.
 _INSTANCES: dict[str, weakref.WeakSet[SQLitePubSub]] = {}
-
-#: Inline commits (``synchronous=normal``) between two WAL checkpoints by the writer.
-CHECKPOINT_EVERY = 200
 
 
 class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
@@ -122,7 +120,7 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
                 # Another process holding the lock is transient: retry quietly.
                 # Anything else is raised to the readers, then retried as well.
                 log.warning("sqlite:// fetch from %r failed: %s", self._topic, exc)
-                if not is_busy(exc):
+                if not is_locked(exc):
                     self._error = exc
                     self._readers.wake_all()
                 await backoff.sleep()
@@ -177,7 +175,7 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         self._buffer.clear()
         owner = self._owner
         owner._forget(self)
-        if self._group is not None and not owner._abandoned:
+        if self._group is not None and not owner._aborted:
             try:
                 await owner._call(RELEASE, self._topic, self._token)
             except ClosedError:
@@ -187,8 +185,16 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
                 # out after visibility_timeout. Closing must not fail the caller.
                 log.warning("sqlite:// could not release leases on %r: %s", self._topic, exc)
 
-    def _abandon(self) -> None:
-        """Vanish without flushing or releasing anything (a killed process)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): its leases are no
+        longer renewed and run out after ``visibility_timeout``."""
+        if self._closed:
+            return
+        self._vanish()
+        self._owner._forget(self)
+
+    def _vanish(self) -> None:
+        """Stop without flushing or releasing anything."""
         self._closed = True
         self._readers.wake_all()
         if self._pump is not None:
@@ -219,15 +225,13 @@ class SQLitePubSub(AsyncStartCloseable):
         self._pending = 0
         self._room: deque[asyncio.Future[None]] = deque()
         self._closed = False
-        self._abandoned = False
+        self._aborted = False
         self._key = os.path.abspath(config.path)  # peers on the same file wake each other
         # Inline publishing (synchronous=normal): see _flush_inline.
         self._inline_con: sqlite3.Connection | None = None
         self._inline_on = config.synchronous == "normal"
         self._inline_queue: list[tuple[Publish, asyncio.Future[None]]] = []
-        self._inline_paused = False  # the final step of a checkpoint is running
-        self._checkpointing = False
-        self._since_checkpoint = 0
+        self._checkpoints = Checkpoints(self._copy_wal, contextlib.nullcontext)
 
     @classmethod
     def from_url(cls, url: str) -> SQLitePubSub:
@@ -246,7 +250,7 @@ class SQLitePubSub(AsyncStartCloseable):
         opened, is not a database, or cannot be switched to WAL mode.
         """
         if self._closed:
-            raise ClosedError("sqlite:// pubsub is closed")
+            raise closed("sqlite://")
         if self._starting is None:
             loop = asyncio.get_running_loop()
             c = self.config
@@ -282,18 +286,17 @@ class SQLitePubSub(AsyncStartCloseable):
         transaction fails, :class:`~eventmill.ClosedError` after ``close()``.
         """
         if self._closed:
-            raise ClosedError("sqlite:// pubsub is closed")
+            raise closed("sqlite://")
         if topic not in self._topics_ok:
             validate_name("topic", topic)
             if len(self._topics_ok) >= 10_000:  # a cache, not a registry: keep it bounded
                 self._topics_ok.clear()
             self._topics_ok.add(topic)
-        rows = []
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
-            md = m.metadata
-            rows.append((topic, m.id, orjson.dumps(md) if md else None, m.payload))
+        check_messages(messages)
+        dumps = orjson.dumps
+        rows = [
+            (topic, m.id, dumps(m.metadata) if m.metadata else None, m.payload) for m in messages
+        ]
         if not rows:
             return
         writer = self._writer
@@ -313,14 +316,14 @@ class SQLitePubSub(AsyncStartCloseable):
             self._room.append(room)
             await room
             if self._closed:
-                raise ClosedError("sqlite:// pubsub is closed")
-        if writer.done or self._abandoned:
-            raise ClosedError("sqlite:// pubsub is closed")
+                raise closed("sqlite://")
+        if writer.done or self._aborted:
+            raise closed("sqlite://")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._pending += n
         try:
-            if self._inline_on and not self._inline_paused:
+            if self._inline_on and not self._checkpoints.paused:
                 if not self._inline_queue:
                     loop.call_soon(self._flush_inline)
                 self._inline_queue.append(((topic, rows, skippers), fut))
@@ -340,19 +343,16 @@ class SQLitePubSub(AsyncStartCloseable):
         The connection never waits for a lock (busy timeout 0) and never
         checkpoints; if the file is locked (by the writer thread or another
         process) the publishes go to the writer thread, which waits up to
-        ``busy_timeout``. Every ``CHECKPOINT_EVERY`` commits the writer runs a WAL
-        checkpoint while inline commits go on; if they appended meanwhile, it copies
-        the rest with inline publishing paused, so that the whole log is copied and
-        rewound. Inline publishing is paused as well when the first step has not
-        run after another ``CHECKPOINT_EVERY`` commits (a busy loop can starve the
-        writer thread of the GIL): the log stays bounded.
+        ``busy_timeout``. The writer thread checkpoints the WAL every
+        ``CHECKPOINT_EVERY`` commits (:class:`~eventmill._sqlite.Checkpoints`):
+        while inline publishing is paused, publishes go to the writer thread.
         """
         queued, self._inline_queue = self._inline_queue, []
         writer = self._writer
-        if self._abandoned or writer is None or writer.done:
+        if self._aborted or writer is None or writer.done:
             for _, fut in queued:
                 if not fut.done():
-                    fut.set_exception(ClosedError("sqlite:// pubsub is closed"))
+                    fut.set_exception(closed("sqlite://"))
             return
         max_batch = self.config.max_batch
         start = 0
@@ -363,7 +363,7 @@ class SQLitePubSub(AsyncStartCloseable):
                 end += 1
             part = queued[start:end]
             start = end
-            if self._inline_paused or not self._commit_inline(writer, part):
+            if self._checkpoints.paused or not self._commit_inline(writer, part):
                 for (topic, rows, skippers), fut in part:
                     writer.ops.put((PUB, topic, rows, skippers, fut))
 
@@ -374,14 +374,10 @@ class SQLitePubSub(AsyncStartCloseable):
         con = self._inline_con
         try:
             if con is None:
-                con = sqlite3.connect(self.config.path, isolation_level=None)
-                con.execute("PRAGMA busy_timeout = 0")
-                con.execute("PRAGMA synchronous = NORMAL")
-                con.execute("PRAGMA wal_autocheckpoint = 0")
-                self._inline_con = con
+                con = self._inline_con = connect_inline(self.config.path)
             con.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            if is_busy(exc):
+            if is_locked(exc):
                 return False
             log.warning("sqlite:// inline publishing is off: %s", exc)
             self._inline_on = False  # the writer thread takes over
@@ -392,7 +388,7 @@ class SQLitePubSub(AsyncStartCloseable):
         except Exception as exc:  # sqlite3.Error: nothing of this transaction is committed
             with contextlib.suppress(sqlite3.Error):
                 con.execute("ROLLBACK")
-            if is_busy(exc):
+            if is_locked(exc):
                 return False
             log.warning("sqlite:// transaction failed: %s", exc)
             err = translate(PUB, exc)
@@ -401,29 +397,16 @@ class SQLitePubSub(AsyncStartCloseable):
         writer.committed(new_topics, n, inline=True)
         published = {p[0] for p, _ in part}
         self._on_batch(Batch([(f, None, None) for _, f in part], published, n, set(), skipped))
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self._since_checkpoint = 0
-            if not self._checkpointing:
-                self._checkpointing = True
-                self._checkpoint_step(writer, final=False)
-            else:  # still waiting for the writer: let it run
-                self._inline_paused = True
+        self._checkpoints.committed()
         return True
 
-    def _checkpoint_step(self, writer: Writer, *, final: bool) -> None:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        done.add_done_callback(lambda f: self._checkpointed(writer, f, final))
-        writer.ops.put((CHECKPOINT, final, done))
-
-    def _checkpointed(self, writer: Writer, done: asyncio.Future[bool], final: bool) -> None:
-        failed = done.cancelled() or done.exception() is not None  # (a closed writer)
-        if final or failed or writer.done or done.result():
-            self._inline_paused = False
-            self._checkpointing = False
-        else:  # inline commits appended to the log meanwhile: copy the rest, paused
-            self._inline_paused = True
-            self._checkpoint_step(writer, final=True)
+    async def _copy_wal(self, final: bool) -> bool:
+        """A step of :class:`~eventmill._sqlite.Checkpoints`, run by the writer thread."""
+        try:
+            whole: bool = await self._call(CHECKPOINT, final)
+        except ClosedError:
+            return False
+        return whole
 
     def _close_inline(self) -> None:
         con, self._inline_con = self._inline_con, None
@@ -439,20 +422,28 @@ class SQLitePubSub(AsyncStartCloseable):
 
     # -- subscribing ---------------------------------------------------------------------
 
-    async def subscribe(
-        self, topic: str, *, group: str | None = None, skip: tuple[str, str] | None = None
-    ) -> SQLiteSubscription:
+    async def subscribe(self, topic: str, *, group: str | None = None) -> SQLiteSubscription:
         """Join ``group`` on ``topic`` (created at the oldest retained message if new),
-        or, without a group, follow the messages published from now on.
+        or, without a group, follow the messages published from now on."""
+        return await self._subscribe(topic, group, None)
 
-        ``skip=(key, value)`` (with a group only): messages whose metadata has
-        ``key`` set to ``value`` are not delivered to the group; they count as acked
-        by it at once (no lease, no hand-out). Use it for messages every member of
-        the group would ack unhandled. It applies while every subscription of the
-        group on the topic in this process asks for the same ``skip``.
-        """
+    async def subscribe_skipping(
+        self, topic: str, *, group: str, skip: tuple[str, str]
+    ) -> SQLiteSubscription:
+        """The :class:`~eventmill.pubsub.base.SkippingSubscriber` capability: join
+        ``group`` on ``topic``, except that messages whose metadata has ``key`` set to
+        ``value`` (``skip=(key, value)``) are not delivered to the group; they count as
+        acked by it at once (no lease, no hand-out). Use it for messages every member
+        of the group would ack unhandled. It applies while every subscription of the
+        group on the topic in this process asks for the same ``skip``."""
+        validate_name("group", group)
+        return await self._subscribe(topic, group, skip)
+
+    async def _subscribe(
+        self, topic: str, group: str | None, skip: tuple[str, str] | None
+    ) -> SQLiteSubscription:
         if self._closed:
-            raise ClosedError("sqlite:// pubsub is closed")
+            raise closed("sqlite://")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
@@ -471,7 +462,7 @@ class SQLitePubSub(AsyncStartCloseable):
             await self._call(JOIN, topic, group)
             head = 0
         if self._closed:
-            raise ClosedError("sqlite:// pubsub is closed")
+            raise closed("sqlite://")
         sub = SQLiteSubscription(self, topic, group, head, skip)
         self._subs.setdefault(topic, set()).add(sub)
         if group is not None:
@@ -480,13 +471,6 @@ class SQLitePubSub(AsyncStartCloseable):
             writer.owners = writer.owners | {sub._token}
             self._update_skips(topic)
         return sub
-
-    async def subscribe_skipping(
-        self, topic: str, *, group: str, skip: tuple[str, str]
-    ) -> SQLiteSubscription:
-        """The :class:`~eventmill.pubsub.base.SkippingSubscriber` capability:
-        ``subscribe(topic, group=group, skip=skip)``."""
-        return await self.subscribe(topic, group=group, skip=skip)
 
     def _update_skips(self, topic: str) -> None:
         """Tell the writer which groups on ``topic`` skip which messages (those whose
@@ -526,15 +510,15 @@ class SQLitePubSub(AsyncStartCloseable):
 
     async def _call(self, kind: int, *args: Any) -> Any:
         writer = self._writer
-        if writer is None or self._abandoned or writer.done:
-            raise ClosedError("sqlite:// pubsub is closed")
+        if writer is None or self._aborted or writer.done:
+            raise closed("sqlite://")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         writer.submit((kind, *args, fut))
         return await fut
 
     def _writer_settle(self, ok: bool, topic: str, group: str, seq: int, token: str) -> None:
         writer = self._writer
-        if writer is not None and not self._abandoned:
+        if writer is not None and not self._aborted:
             writer.settle(ok, topic, group, seq, token)
 
     def _on_batch(self, batch: Batch) -> None:
@@ -590,26 +574,28 @@ class SQLitePubSub(AsyncStartCloseable):
             with contextlib.suppress(ClosedError):
                 await self._call(STOP)
             await asyncio.to_thread(writer.join, 30)
+        await self._checkpoints.aclose()
         self._close_inline()
         self._unregister()
 
-    async def _abandon(self) -> None:
-        """Vanish as a killed process would: nothing flushed, no lease released.
-
-        For tests (the conformance suite's ``crash``); the leases held run out
-        after ``visibility_timeout`` and their messages are delivered again.
-        """
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): the writer stops
+        at once, nothing queued is committed; the leases held run out after
+        ``visibility_timeout`` and their messages are delivered again."""
+        if self._aborted:
+            return
         self._closed = True
-        self._abandoned = True
+        self._aborted = True
         for subs in list(self._subs.values()):
             for sub in list(subs):
-                sub._abandon()
+                sub._vanish()
         self._subs.clear()
         self._wake_room()
         writer = self._writer
         if writer is not None:
             writer.abort()
             await asyncio.to_thread(writer.join, 30)
+        await self._checkpoints.aclose()
         self._close_inline()
         self._unregister()
 

@@ -39,14 +39,15 @@ from typing import Any
 
 import orjson
 
+from eventmill._sqlite import checkpoint
 from eventmill.errors import (
     BackendUnavailableError,
-    ClosedError,
     PublishError,
     PubSubError,
     SubscribeError,
 )
 from eventmill.message import Message
+from eventmill.pubsub._errors import closed
 from eventmill.pubsub.sqlite import _schema as sql
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "WriterStats",
     "decode_metadata",
     "encode_metadata",
-    "is_busy",
     "translate",
 ]
 
@@ -113,8 +113,8 @@ class WriterStats:
     """Of the transactions, those committed on the event loop's thread (publishes
     with ``synchronous=normal``, see :meth:`SQLitePubSub.publish`)."""
     checkpoints: int = 0
-    """WAL checkpoints that copied the whole log, run for inline publishing (about
-    one per ``CHECKPOINT_EVERY`` commits)."""
+    """WAL checkpoints that copied the whole log and rewound it, run for inline
+    publishing (about one per :data:`~eventmill._sqlite.CHECKPOINT_EVERY` commits)."""
     sweeps: int = 0
     """Retention sweeps completed."""
     messages_deleted: int = 0
@@ -225,7 +225,7 @@ class Writer(threading.Thread):
             with contextlib.suppress(queue.Empty):
                 while True:
                     late.append(self.ops.get_nowait())
-            self._fail_all(late, ClosedError("sqlite:// pubsub is closed"))
+            self._fail_all(late, closed("sqlite://"))
             if stop is not None:
                 done = stop
                 self._post(lambda: _set_result(done, None))
@@ -284,7 +284,7 @@ class Writer(threading.Thread):
             if self._aborted or self.loop.is_closed():
                 # Killed, or the owner's event loop is gone without close(): stop
                 # renewing leases so other consumers get the messages back.
-                self._fail_all(ops, ClosedError("sqlite:// pubsub is closed"))
+                self._fail_all(ops, closed("sqlite://"))
                 return None
             for op in ops:
                 if op[0] == STOP:
@@ -306,34 +306,20 @@ class Writer(threading.Thread):
         with contextlib.suppress(queue.Empty):
             while True:
                 rest.append(self.ops.get_nowait())
-        self._fail_all(rest, ClosedError("sqlite:// pubsub is closed"))
+        self._fail_all(rest, closed("sqlite://"))
         return stop
 
     def _checkpoint(self, final: bool, fut: asyncio.Future[bool]) -> None:
-        """Copy the WAL into the database (PASSIVE: blocks nobody); resolve ``fut``
-        with whether the whole log was copied. Asked for by the owner's inline
-        publishes: first while they go on; if they appended meanwhile, once more
-        (``final``) while they are paused, so that it copies the whole log. A log
-        copied whole is rewound here (by a no-op write) instead of growing without
-        bound under steady load, and its header is synced on this thread rather
-        than by an inline commit on the event loop."""
+        """A step of the owner's :class:`~eventmill._sqlite.Checkpoints`: copy the WAL
+        into the database; ``final`` (asked for while inline publishing is paused, so
+        nothing else in this process appends) rewinds it too. Resolves ``fut`` with
+        whether the whole log was copied."""
         con = self._con
         assert con is not None
         try:
             self._sync(con, "normal")
-            busy, logged, copied = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            whole = not busy and logged == copied
-            if whole:
-                # The next write rewinds the log and syncs its header: make it this
-                # thread's (a no-op write), not an inline commit on the event loop.
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    version = int(con.execute("PRAGMA user_version").fetchone()[0])
-                    con.execute(f"PRAGMA user_version = {version}")
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            whole = checkpoint(con, rewind=final)
+            if whole and final:
                 self.stats.checkpoints += 1
         except sqlite3.Error as exc:
             log.warning("sqlite:// checkpoint failed: %s", exc)
@@ -698,13 +684,6 @@ def _skipped(raw: bytes | None, skip: tuple[str, str]) -> bool:
 
 def _has_future(op: tuple[Any, ...]) -> bool:
     return isinstance(op[-1], asyncio.Future)
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause) is SQLite's "database is locked/busy"."""
-    cause = exc.__cause__ if isinstance(exc, PubSubError) else exc
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def translate(kind: int, exc: Exception) -> PubSubError:
