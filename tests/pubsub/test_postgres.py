@@ -23,7 +23,7 @@ from eventmill import (
 )
 from eventmill.pubsub.base import Capabilities, PubSub
 from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
-from eventmill.pubsub.postgres._pubsub import _CONSUMER_SETTINGS
+from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub import _postgres_server
 from tests.pubsub.conformance import (
@@ -403,7 +403,7 @@ async def test_ephemeral_subscription_misses_nothing_while_its_listen_connection
     assert isinstance(bus, PostgresPubSub)
     topic = unique("t")
     sub = await bus.subscribe(topic)
-    listen_pid = bus._listen_conn.get_server_pid()
+    listen_pid = bus._wakeups.connection.get_server_pid()
     killer = await asyncpg.connect(BASE)
     try:
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", listen_pid)
@@ -414,8 +414,8 @@ async def test_ephemeral_subscription_misses_nothing_while_its_listen_connection
         await publisher.publish(topic, m)
     got = await collect(sub, 20, timeout=15)
     assert [m.id for m in got] == [m.id for m in sent]
-    assert bus._listen_conn is not None
-    assert bus._listen_conn.get_server_pid() != listen_pid, "LISTEN was not re-established"
+    assert bus._wakeups.connection is not None
+    assert bus._wakeups.connection.get_server_pid() != listen_pid, "LISTEN was not re-established"
     await bus.close()
     await publisher.close()
 
@@ -514,13 +514,13 @@ async def test_retention_deletes_only_fully_consumed_messages(schema: str) -> No
     await bus.flush_settlements()
     await bus.run_retention()
     count = f"SELECT count(*) FROM {bus.sql.table('messages')} WHERE tid = $1"
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         left = await conn.fetchval(count, bus._tids[topic])
     assert left == 6, "messages the slow group still needs must stay"
     await collect(slow, 6)
     await bus.flush_settlements()
     await bus.run_retention()
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         assert await conn.fetchval(count, bus._tids[topic]) == 0
     await bus.close()
 
@@ -551,7 +551,7 @@ async def test_reads_past_a_long_consumed_log_touch_only_its_end(schema: str) ->
     await bus.publish(topic, Message(b"new"))
     tid, sql = bus._tids[topic], bus.sql
     gid = bus._gids[(tid, group)]
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         last = await conn.fetchrow(
             f"SELECT txid, seq FROM {sql.table('messages')} WHERE tid = $1 "
             "ORDER BY txid DESC, seq DESC OFFSET 1 LIMIT 1",
@@ -568,7 +568,7 @@ async def test_reads_past_a_long_consumed_log_touch_only_its_end(schema: str) ->
     ):
         # A new session: custom plans, then (from the 6th run) the generic one. The
         # first run also reads the catalogs (compiling, planning): not counted.
-        conn = await asyncpg.connect(dsn, server_settings=_CONSUMER_SETTINGS)  # the bus's
+        conn = await asyncpg.connect(dsn, server_settings=CONSUMER_SETTINGS)  # the bus's
         try:
             touched = [await _blocks_touched(conn, statement, *args) for _ in range(8)][1:]
         finally:
@@ -587,7 +587,7 @@ async def test_schema_creation_is_idempotent_under_concurrent_starts() -> None:
         await buses[3].publish(topic, Message(b"ok"))
         (got,) = await collect(sub, 1)
         assert got.payload == b"ok"
-        async with buses[0]._pool.acquire() as conn:
+        async with buses[0]._runner.pool.acquire() as conn:
             tables = await conn.fetch(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
                 fresh,
