@@ -20,7 +20,7 @@ from eventmill.errors import (
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed, describe
-from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub._subscription import AsyncStartCloseable, InFlight
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.kafka._config import KafkaConfig
 from eventmill.pubsub.kafka._consumer import (
@@ -67,9 +67,7 @@ class KafkaPubSub(AsyncStartCloseable):
         self._round_robin = itertools.count()
         self._members: dict[tuple[str, str], GroupMember] = {}
         self._readers: set[EphemeralReader] = set()
-        self._publishing = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._publishing = InFlight()
         self._started = False
         self._closed = False
 
@@ -145,14 +143,8 @@ class KafkaPubSub(AsyncStartCloseable):
         check_messages(messages)
         if not messages:
             return
-        self._publishing += 1
-        self._idle.clear()
-        try:
+        with self._publishing:
             await self._publish(topic, messages)
-        finally:
-            self._publishing -= 1
-            if not self._publishing:
-                self._idle.set()
 
     async def _publish(self, topic: str, messages: tuple[Message, ...]) -> None:
         cfg = self.config
@@ -347,7 +339,7 @@ class KafkaPubSub(AsyncStartCloseable):
         self._members.clear()
         self._readers.clear()
         try:
-            await asyncio.wait_for(self._idle.wait(), self.config.close_timeout)
+            await asyncio.wait_for(self._publishing.idle(), self.config.close_timeout)
         except TimeoutError:
             log.warning("kafka:// close: publishes still in progress after timeout")
         await self._stop_clients(self._producers, self._admin)

@@ -27,7 +27,7 @@ from eventmill.errors import (
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed, describe
-from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub._subscription import AsyncStartCloseable, InFlight
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.nats._config import NatsConfig, consumer_name, stream_name
 from eventmill.pubsub.nats._errors import (
@@ -66,9 +66,7 @@ class NatsPubSub(AsyncStartCloseable):
         self._subs: set[NatsSubscription] = set()
         self._start_lock = asyncio.Lock()
         self._closed = False
-        self._publishing = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._publishing = InFlight()
         # own async-publish machinery: reply inbox, futures by token, bounded in-flight count
         self._reply_prefix = ""
         self._acks: dict[str, asyncio.Future[None]] = {}
@@ -180,16 +178,10 @@ class NatsPubSub(AsyncStartCloseable):
         check_messages(messages)
         if not messages:
             return
-        self._publishing += 1
-        self._idle.clear()
-        try:
+        with self._publishing:
             if self._nc is None:
                 await self.start()
             await self._publish(topic, messages)
-        finally:
-            self._publishing -= 1
-            if not self._publishing:
-                self._idle.set()
 
     def _headers(self, m: Message) -> dict[str, str]:
         mid = m.id
@@ -413,7 +405,7 @@ class NatsPubSub(AsyncStartCloseable):
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()
+        await self._publishing.idle()
         for sub in list(self._subs):
             await sub.close()
         self._stop_sweeper()

@@ -41,7 +41,7 @@ import contextlib
 import itertools
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -49,12 +49,11 @@ from nats.js import api
 
 from eventmill.errors import SubscribeError
 from eventmill.message import Message
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub.nats._config import NatsConfig
 
-if TYPE_CHECKING:
-    from eventmill.pubsub.nats import NatsPubSub
-
-__all__ = ["NatsSubscription"]
+__all__ = ["Host", "NatsSubscription"]
 
 log = logging.getLogger("eventmill.pubsub.nats")
 
@@ -120,6 +119,27 @@ def _nak_payload(delay: float, minimum: float) -> bytes:
     return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
 
 
+class Host(Protocol):
+    """What a subscription needs of its bus (private by convention)."""
+
+    @property
+    def config(self) -> NatsConfig: ...
+
+    @property
+    def _nc(self) -> Any:
+        """The nats-py client (untyped)."""
+
+    @property
+    def _js(self) -> Any:
+        """Its JetStream context (untyped)."""
+
+    def _backoff(self) -> Backoff:
+        """The delays between retries of this bus."""
+
+    def _forget(self, sub: NatsSubscription) -> None:
+        """Unregister a closed (or aborted) subscription."""
+
+
 class NatsSubscription(BufferedSubscription[Message]):
     """A subscription to one topic (see :class:`eventmill.pubsub.base.Subscription`).
 
@@ -130,7 +150,7 @@ class NatsSubscription(BufferedSubscription[Message]):
 
     def __init__(
         self,
-        owner: NatsPubSub,
+        owner: Host,
         topic: str,
         group: str | None,
         stream: str,
@@ -225,7 +245,7 @@ class NatsSubscription(BufferedSubscription[Message]):
                 await nc.flush(timeout=self._owner.config.publish_timeout)
         except Exception as exc:  # the server is away: the consumer's ack_wait takes over
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
-        self._owner._subs.discard(self)
+        self._owner._forget(self)
 
     # -- lifecycle used by NatsPubSub ----------------------------------------------------
 
@@ -249,7 +269,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._late.clear()
         self._settlements.clear()
         self._buffer.clear()
-        self._owner._subs.discard(self)
+        self._owner._forget(self)
 
     async def _create_consumer(self) -> None:
         cfg = self._owner.config

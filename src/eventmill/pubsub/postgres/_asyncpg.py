@@ -8,7 +8,6 @@ wrong call is a type error. Row values stay ``Any``: their types are the SQL's.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol
 
 import asyncpg
@@ -31,12 +30,7 @@ class Transaction(Protocol):
 
     async def __aenter__(self) -> object: ...
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None: ...
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
 
 
 class Connection(Protocol):
@@ -85,12 +79,7 @@ class Acquiring(Protocol):
 
     async def __aenter__(self) -> Connection: ...
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
 
 class Pool(Protocol):

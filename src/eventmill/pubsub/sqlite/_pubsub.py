@@ -7,40 +7,39 @@ import contextlib
 import logging
 import os
 import sqlite3
-import uuid
 import weakref
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import orjson
 
 from eventmill._sqlite import Checkpoints, connect_inline, is_locked
-from eventmill.errors import BackendUnavailableError, ClosedError, PubSubError
+from eventmill.errors import BackendUnavailableError, ClosedError
 from eventmill.message import Message
-from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
-from eventmill.pubsub._subscription import AsyncStartCloseable, BufferedSubscription
+from eventmill.pubsub._subscription import AsyncStartCloseable
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.sqlite._config import SQLiteConfig
-from eventmill.pubsub.sqlite._writer import (
-    CHECKPOINT,
-    FETCH,
-    FLUSH,
-    HEAD,
-    JOIN,
-    PUB,
-    READ,
-    RELEASE,
-    STOP,
-    Batch,
-    Fetched,
+from eventmill.pubsub.sqlite._errors import translate
+from eventmill.pubsub.sqlite._ops import (
+    Checkpoint,
+    Head,
+    Join,
+    Op,
     Publish,
-    Writer,
-    WriterStats,
-    translate,
+    Row,
+    Stop,
+    failure,
+    result,
 )
+from eventmill.pubsub.sqlite._subscription import SQLiteSubscription
+from eventmill.pubsub.sqlite._writer import Batch, Writer, WriterStats
 
 __all__ = ["SQLiteConfig", "SQLitePubSub", "SQLiteStats", "SQLiteSubscription"]
+
+T = TypeVar("T")
 
 #: Counters of a :class:`SQLitePubSub` (``bus.stats``).
 SQLiteStats = WriterStats
@@ -50,157 +49,6 @@ log = logging.getLogger("eventmill.pubsub.sqlite")
 #: Open instances per database file in this process, so a publish through one
 #: wakes the subscriptions of the others at once instead of at their next poll.
 _INSTANCES: dict[str, weakref.WeakSet[SQLitePubSub]] = {}
-
-
-class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
-    """An open subscription of :class:`SQLitePubSub` (see :class:`~eventmill.Subscription`).
-
-    A background task, started by the first read, keeps up to ``prefetch``
-    messages leased ahead of the readers and refills when half are handed out.
-    """
-
-    def __init__(
-        self,
-        owner: SQLitePubSub,
-        topic: str,
-        group: str | None,
-        head: int,
-        skip: tuple[str, str] | None = None,
-    ) -> None:
-        super().__init__(topic, group)
-        self._owner = owner
-        self._skip = skip
-        self._token = uuid.uuid4().hex
-        self._after = head  # ephemeral: last seq seen
-        self._held: dict[Message, int] = {}
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._pump: asyncio.Task[None] | None = None
-        self._error: PubSubError | None = None
-        prefetch = owner.config.prefetch
-        self._prefetch = prefetch
-        self._refill_at = prefetch // 2
-
-    def _take(self, item: tuple[int, Message]) -> Message:
-        seq, msg = item
-        self._held[msg] = seq
-        msg._on_settle = self._settle
-        if len(self._buffer) <= self._refill_at:
-            self._room.set()
-        return msg
-
-    def _idle(self) -> None:
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
-        if self._pump is None:
-            self._pump = asyncio.create_task(self._run_pump(), name=f"sqlite-pump:{self._topic}")
-
-    async def _run_pump(self) -> None:
-        owner = self._owner
-        poll = owner.config.poll_interval
-        backoff = Backoff(5.0, poll)
-        while not self._closed:
-            if len(self._buffer) > self._refill_at:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            self._wake.clear()
-            limit = self._prefetch - len(self._buffer)
-            try:
-                if self._group is None:
-                    rows: Fetched = await owner._call(READ, self._topic, self._after, limit)
-                    if rows:
-                        self._after = rows[-1][0]
-                else:
-                    rows = await owner._call(FETCH, self._topic, self._group, self._token, limit)
-            except ClosedError:
-                break
-            except PubSubError as exc:
-                # Another process holding the lock is transient: retry quietly.
-                # Anything else is raised to the readers, then retried as well.
-                log.warning("sqlite:// fetch from %r failed: %s", self._topic, exc)
-                if not is_locked(exc):
-                    self._error = exc
-                    self._readers.wake_all()
-                await backoff.sleep()
-                continue
-            backoff.reset()
-            if self._closed:
-                break
-            if rows:
-                self._buffer.extend(rows)
-                self._readers.wake(len(rows))
-                if len(rows) >= limit:
-                    continue  # maybe more: fetch again once there is room
-            if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(poll):
-                        await self._wake.wait()
-
-    def _settle(self, msg: Message, ok: bool) -> None:
-        seq = self._held.pop(msg, None)
-        if seq is None or self._closed:
-            return
-        if self._group is not None:
-            self._owner._writer_settle(ok, self._topic, self._group, seq, self._token)
-        elif not ok:  # ephemeral: deliver again to this subscription
-            self._buffer.appendleft((seq, msg.copy()))
-            self._readers.wake()
-
-    def _notify(self) -> None:
-        self._wake.set()
-
-    async def flush(self) -> None:
-        """Wait until the settlements made so far on this subscription are committed
-        (they then survive a process kill; see :attr:`SQLiteConfig.synchronous`)."""
-        if not self._closed:
-            await self._owner._call(FLUSH)
-
-    async def close(self) -> None:
-        """Flush settlements, release unsettled messages to the group, end iteration."""
-        if self._closed:
-            return
-        self._closed = True
-        self._readers.wake_all()
-        self._room.set()
-        self._wake.set()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
-        for msg in self._held:
-            msg._on_settle = None
-        self._held.clear()
-        self._buffer.clear()
-        owner = self._owner
-        owner._forget(self)
-        if self._group is not None and not owner._aborted:
-            try:
-                await owner._call(RELEASE, self._topic, self._token)
-            except ClosedError:
-                pass
-            except PubSubError as exc:
-                # Settlements stay queued for the next transaction; the leases run
-                # out after visibility_timeout. Closing must not fail the caller.
-                log.warning("sqlite:// could not release leases on %r: %s", self._topic, exc)
-
-    async def abort(self) -> None:
-        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): its leases are no
-        longer renewed and run out after ``visibility_timeout``."""
-        if self._closed:
-            return
-        self._vanish()
-        self._owner._forget(self)
-
-    def _vanish(self) -> None:
-        """Stop without flushing or releasing anything."""
-        self._closed = True
-        self._readers.wake_all()
-        if self._pump is not None:
-            self._pump.cancel()
-        for msg in self._held:
-            msg._on_settle = None
 
 
 class SQLitePubSub(AsyncStartCloseable):
@@ -230,7 +78,7 @@ class SQLitePubSub(AsyncStartCloseable):
         # Inline publishing (synchronous=normal): see _flush_inline.
         self._inline_con: sqlite3.Connection | None = None
         self._inline_on = config.synchronous == "normal"
-        self._inline_queue: list[tuple[Publish, asyncio.Future[None]]] = []
+        self._inline_queue: list[Publish] = []
         self._checkpoints = Checkpoints(self._copy_wal, contextlib.nullcontext)
 
     @classmethod
@@ -294,7 +142,7 @@ class SQLitePubSub(AsyncStartCloseable):
             self._topics_ok.add(topic)
         check_messages(messages)
         dumps = orjson.dumps
-        rows = [
+        rows: list[Row] = [
             (topic, m.id, dumps(m.metadata) if m.metadata else None, m.payload) for m in messages
         ]
         if not rows:
@@ -323,12 +171,13 @@ class SQLitePubSub(AsyncStartCloseable):
         fut: asyncio.Future[None] = loop.create_future()
         self._pending += n
         try:
+            pub = Publish(topic, rows, skippers, fut)
             if self._inline_on and not self._checkpoints.paused:
                 if not self._inline_queue:
                     loop.call_soon(self._flush_inline)
-                self._inline_queue.append(((topic, rows, skippers), fut))
+                self._inline_queue.append(pub)
             else:
-                writer.ops.put((PUB, topic, rows, skippers, fut))
+                writer.ops.put(pub)
             await fut
         finally:
             self._pending -= n
@@ -350,26 +199,24 @@ class SQLitePubSub(AsyncStartCloseable):
         queued, self._inline_queue = self._inline_queue, []
         writer = self._writer
         if self._aborted or writer is None or writer.done:
-            for _, fut in queued:
-                if not fut.done():
-                    fut.set_exception(closed("sqlite://"))
+            for pub in queued:
+                if not pub.done.done():
+                    pub.done.set_exception(closed("sqlite://"))
             return
         max_batch = self.config.max_batch
         start = 0
         while start < len(queued):
             end, n = start, 0
-            while end < len(queued) and (end == start or n + len(queued[end][0][1]) <= max_batch):
-                n += len(queued[end][0][1])
+            while end < len(queued) and (end == start or n + len(queued[end].rows) <= max_batch):
+                n += len(queued[end].rows)
                 end += 1
             part = queued[start:end]
             start = end
             if self._checkpoints.paused or not self._commit_inline(writer, part):
-                for (topic, rows, skippers), fut in part:
-                    writer.ops.put((PUB, topic, rows, skippers, fut))
+                for pub in part:
+                    writer.ops.put(pub)
 
-    def _commit_inline(
-        self, writer: Writer, part: list[tuple[Publish, asyncio.Future[None]]]
-    ) -> bool:
+    def _commit_inline(self, writer: Writer, part: list[Publish]) -> bool:
         """One transaction for ``part``; ``False`` if the database was locked."""
         con = self._inline_con
         try:
@@ -383,7 +230,7 @@ class SQLitePubSub(AsyncStartCloseable):
             self._inline_on = False  # the writer thread takes over
             return False
         try:
-            new_topics, n, skipped = writer.insert_publishes(con, [p for p, _ in part])
+            new_topics, n, skipped = writer.insert_publishes(con, part)
             con.execute("COMMIT")
         except Exception as exc:  # sqlite3.Error: nothing of this transaction is committed
             with contextlib.suppress(sqlite3.Error):
@@ -391,22 +238,21 @@ class SQLitePubSub(AsyncStartCloseable):
             if is_locked(exc):
                 return False
             log.warning("sqlite:// transaction failed: %s", exc)
-            err = translate(PUB, exc)
-            self._on_batch(Batch([(f, None, err) for _, f in part], set(), 0, set()))
+            err = translate(part[0], exc)
+            self._on_batch(Batch([failure(p.done, err) for p in part], set(), 0, set()))
             return True
         writer.committed(new_topics, n, inline=True)
-        published = {p[0] for p, _ in part}
-        self._on_batch(Batch([(f, None, None) for _, f in part], published, n, set(), skipped))
+        published = {p.topic for p in part}
+        self._on_batch(Batch([result(p.done, None) for p in part], published, n, set(), skipped))
         self._checkpoints.committed()
         return True
 
     async def _copy_wal(self, final: bool) -> bool:
         """A step of :class:`~eventmill._sqlite.Checkpoints`, run by the writer thread."""
         try:
-            whole: bool = await self._call(CHECKPOINT, final)
+            return await self._call(partial(Checkpoint, final))
         except ClosedError:
             return False
-        return whole
 
     def _close_inline(self) -> None:
         con, self._inline_con = self._inline_con, None
@@ -457,9 +303,9 @@ class SQLitePubSub(AsyncStartCloseable):
         if self._writer is None:
             await self.start()
         if group is None:
-            head: int = await self._call(HEAD)
+            head = await self._call(Head)
         else:
-            await self._call(JOIN, topic, group)
+            await self._call(partial(Join, topic, group))
             head = 0
         if self._closed:
             raise closed("sqlite://")
@@ -508,28 +354,24 @@ class SQLitePubSub(AsyncStartCloseable):
 
     # -- the writer ----------------------------------------------------------------------
 
-    async def _call(self, kind: int, *args: Any) -> Any:
+    async def _call(self, make: Callable[[asyncio.Future[T]], Op]) -> T:
+        """Run the operation ``make(done)`` on the writer thread; return its result."""
         writer = self._writer
         if writer is None or self._aborted or writer.done:
             raise closed("sqlite://")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        writer.submit((kind, *args, fut))
-        return await fut
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        writer.submit(make(done))
+        return await done
 
-    def _writer_settle(self, ok: bool, topic: str, group: str, seq: int, token: str) -> None:
+    def _settle(self, ok: bool, topic: str, group: str, seq: int, owner: str) -> None:
         writer = self._writer
         if writer is not None and not self._aborted:
-            writer.settle(ok, topic, group, seq, token)
+            writer.settle(ok, topic, group, seq, owner)
 
     def _on_batch(self, batch: Batch) -> None:
         """Runs on the event loop after each batch: resolve futures, wake consumers."""
-        for fut, value, exc in batch.results:
-            if fut.done():
-                continue
-            if exc is None:
-                fut.set_result(value)
-            else:
-                fut.set_exception(exc)
+        for outcome in batch.results:
+            outcome()
         topics = batch.published_topics | batch.requeued_topics
         if topics:
             loop = self._loop
@@ -572,7 +414,7 @@ class SQLitePubSub(AsyncStartCloseable):
         writer = self._writer
         if writer is not None and writer.is_alive():
             with contextlib.suppress(ClosedError):
-                await self._call(STOP)
+                await self._call(Stop)
             await asyncio.to_thread(writer.join, 30)
         await self._checkpoints.aclose()
         self._close_inline()
