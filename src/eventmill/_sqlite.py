@@ -138,13 +138,8 @@ class Checkpoints:
         self._pause = pause
         self._since = 0
         self._task: asyncio.Task[None] | None = None
-        self._behind = False
-        self._final = False
-
-    @property
-    def paused(self) -> bool:
+        self.paused = False
         """Whether inline commits must wait or go elsewhere (see the class docstring)."""
-        return self._final or self._behind
 
     @property
     def running(self) -> bool:
@@ -160,18 +155,18 @@ class Checkpoints:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         else:  # still running: let it catch up before the log grows further
-            self._behind = True
+            self.paused = True
 
     async def _run(self) -> None:
         try:
             await self._copy(False)
             async with self._pause():
-                self._final = True
+                self.paused = True
                 await self._copy(True)
         except Exception as exc:
             log.warning("WAL checkpoint failed (retried at the next one): %s", exc)
         finally:
-            self._final = self._behind = False
+            self.paused = False
             self._task = None
 
     async def aclose(self) -> None:

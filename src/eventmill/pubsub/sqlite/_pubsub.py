@@ -32,7 +32,6 @@ from eventmill.pubsub.sqlite._ops import (
     Row,
     Stop,
     failure,
-    result,
 )
 from eventmill.pubsub.sqlite._subscription import SQLiteSubscription
 from eventmill.pubsub.sqlite._writer import Batch, Writer, WriterStats
@@ -141,10 +140,10 @@ class SQLitePubSub(AsyncStartCloseable):
                 self._topics_ok.clear()
             self._topics_ok.add(topic)
         check_messages(messages)
-        dumps = orjson.dumps
-        rows: list[Row] = [
-            (topic, m.id, dumps(m.metadata) if m.metadata else None, m.payload) for m in messages
-        ]
+        rows: list[Row] = []
+        for m in messages:
+            md = m.metadata
+            rows.append((topic, m.id, orjson.dumps(md) if md else None, m.payload))
         if not rows:
             return
         writer = self._writer
@@ -239,11 +238,12 @@ class SQLitePubSub(AsyncStartCloseable):
                 return False
             log.warning("sqlite:// transaction failed: %s", exc)
             err = translate(part[0], exc)
-            self._on_batch(Batch([failure(p.done, err) for p in part], set(), 0, set()))
+            self._on_batch(Batch([failure(p.done, err) for p in part], [], set(), 0, set()))
             return True
         writer.committed(new_topics, n, inline=True)
         published = {p.topic for p in part}
-        self._on_batch(Batch([result(p.done, None) for p in part], published, n, set(), skipped))
+        done = [p.done for p in part]
+        self._on_batch(Batch([], done, published, n, set(), skipped))
         self._checkpoints.committed()
         return True
 
@@ -370,6 +370,9 @@ class SQLitePubSub(AsyncStartCloseable):
 
     def _on_batch(self, batch: Batch) -> None:
         """Runs on the event loop after each batch: resolve futures, wake consumers."""
+        for fut in batch.committed:
+            if not fut.done():
+                fut.set_result(None)
         for outcome in batch.results:
             outcome()
         topics = batch.published_topics | batch.requeued_topics

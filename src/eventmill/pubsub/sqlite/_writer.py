@@ -116,7 +116,10 @@ class Batch:
     """What one committed (or failed) batch reports back to the event loop."""
 
     results: list[Outcome]
-    """One per operation with a future: applied on the loop, it resolves it."""
+    """One per operation with a future, but committed publishes: applied on the
+    loop, each resolves its operation's future."""
+    committed: list[asyncio.Future[None]]
+    """The futures of the publishes committed (resolved with ``None``)."""
     published_topics: set[str]
     published_count: int
     requeued_topics: set[str]
@@ -314,7 +317,7 @@ class Writer(threading.Thread):
         except sqlite3.Error as exc:
             log.warning("sqlite:// checkpoint failed: %s", exc)
             whole = False
-        batch = Batch([result(fut, whole)], set(), 0, set())
+        batch = Batch([result(fut, whole)], [], set(), 0, set())
         self._post(lambda: self.on_batch(batch))
 
     def _post(self, callback: Callable[[], None]) -> None:
@@ -326,7 +329,7 @@ class Writer(threading.Thread):
     def _fail_all(self, ops: list[Op], exc: BaseException) -> None:
         results = [failure(fut, exc) for op in ops if (fut := _future(op)) is not None]
         if results:
-            batch = Batch(results, set(), 0, set())
+            batch = Batch(results, [], set(), 0, set())
             self._post(lambda: self.on_batch(batch))
 
     # -- one batch -----------------------------------------------------------------------
@@ -345,7 +348,13 @@ class Writer(threading.Thread):
         new_topics: list[str] = []
         skipped: frozenset[tuple[str, str]] = frozenset()
         n_published = 0
-        pubs = [op for op in ops if isinstance(op, Publish)]
+        pubs: list[Publish] = []
+        others: list[Op] = []
+        for op in ops:
+            if type(op) is Publish:
+                pubs.append(op)
+            else:
+                others.append(op)
         try:
             # Publishes get the configured durability. Everything else (leases,
             # cursors, acks, releases) only decides what is delivered again, so an
@@ -359,9 +368,8 @@ class Writer(threading.Thread):
                 if pubs:
                     new_topics, n_published, skipped = self.insert_publishes(con, pubs)
                     published = {p.topic for p in pubs}
-                    results.extend(result(p.done, None) for p in pubs)
                 fetches: dict[tuple[str, str], list[Fetch]] = {}
-                for op in ops:
+                for op in others:
                     match op:
                         case Join(topic, group, done):
                             con.execute(sql.JOIN_GROUP, (topic, group))
@@ -374,7 +382,7 @@ class Writer(threading.Thread):
                             results.append(result(done, None))
                         case Fetch(topic, group):
                             fetches.setdefault((topic, group), []).append(op)
-                        case _:  # Publish: above; Release: below; Checkpoint: after COMMIT
+                        case _:  # Release: below; Checkpoint: after COMMIT
                             pass
                 if fetches:
                     now = _now_ms()
@@ -382,7 +390,7 @@ class Writer(threading.Thread):
                         self._fetch(con, topic, group, reqs, now, results)
                 # Releases last: a fetch of a closing subscription in this same batch
                 # must not re-lease what it just gave back.
-                for op in ops:
+                for op in others:
                     if isinstance(op, Release):
                         cur = con.execute(sql.RELEASE, (op.owner,))
                         if cur.rowcount:
@@ -402,11 +410,12 @@ class Writer(threading.Thread):
                 for op in ops
                 if not isinstance(op, Stop) and (fut := _future(op)) is not None
             ]
-            batch = Batch(results, set(), 0, set())
-            self._post(lambda: self.on_batch(batch))
+            failed = Batch(results, [], set(), 0, set())
+            self._post(lambda: self.on_batch(failed))
             return
         self.committed(new_topics, n_published)
-        batch = Batch(results, published, n_published, requeued, skipped)
+        committed = [p.done for p in pubs]
+        batch = Batch(results, committed, published, n_published, requeued, skipped)
         self._post(lambda: self.on_batch(batch))
 
     def committed(self, new_topics: list[str], n_published: int, *, inline: bool = False) -> None:
