@@ -155,6 +155,7 @@ def test_serve_says_where_the_docs_are_and_how_to_begin(tmp_path: Path) -> None:
         "EVENTMILL_RAZORPAY_WEBHOOK_SECRET": "",
         "EVENTMILL_SOURCES": '{"github": {"scheme": "github", "secrets": ["s"]}}',
         "EVENTMILL_LOG_LEVEL": "warning",
+        "EVENTMILL_DEV_SECRETS": "false",
     }
     server = Server(env, tmp_path / "server.log")
     server.start()

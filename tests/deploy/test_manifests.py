@@ -69,10 +69,6 @@ METRICS: dict[str, str] = {
 ``/metrics`` must expose exactly these names (docs/operations/deployment.md#metrics)."""
 
 PENDING = {
-    "eventmill_ingest_webhooks_received_total",
-    "eventmill_ingest_request_duration_seconds",
-    "eventmill_bus_publishes_total",
-    "eventmill_bus_publish_duration_seconds",
     "eventmill_delivery_attempt_duration_seconds",
     "eventmill_delivery_dead_lettered_total",
     "eventmill_delivery_due_deliveries",

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from eventmill.operations.replay import replay
 from eventmill.operations.trace import trace
 from eventmill.web.auth import AdminKey
+from eventmill.web.body import read_model
 from eventmill.web.errors import ApiError, error_responses
 from eventmill.web.seam import Resources
 
@@ -27,7 +28,7 @@ class ReplayIn(BaseModel):
 
     topic: str = Field(default="events", pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
     """Topic to publish to (default ``events``)."""
-    after_position: int = Field(default=0, ge=0)
+    after_position: int = Field(default=0, ge=0, le=2**63 - 1)
     """Only events stored after this position (default: from the start)."""
     since: datetime | None = None
     """Only events created at or after this time."""
@@ -85,6 +86,12 @@ class RejectedPageOut(BaseModel):
     next_before: int | None
 
 
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
+
+
 def routes(resources: Resources) -> APIRouter:
     """The operator's routes, bound to the shared resources."""
     router = APIRouter(prefix="/v1", tags=["operations"])
@@ -92,12 +99,19 @@ def routes(resources: Resources) -> APIRouter:
     @router.post(
         "/replay",
         response_model=ReplayOut,
-        responses=error_responses(401, 403, 422, 503),
+        responses=error_responses(400, 401, 403, 413, 422, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _schema(ReplayIn)}},
+            }
+        },
         summary="Publish stored events again",
     )
-    async def replay_events(body: ReplayIn, key: AdminKey) -> ReplayOut:
+    async def replay_events(request: Request, key: AdminKey) -> ReplayOut:
         """Publish the stored events matching the filter, oldest first, onto `topic`
         (a consumer that joined late catches up). Scope `admin`."""
+        body = await read_model(request, ReplayIn, optional=True)
         result = await replay(
             resources.require_events(),
             resources.require_bus(),
@@ -147,7 +161,7 @@ def routes(resources: Resources) -> APIRouter:
     async def rejected(
         key: AdminKey,
         source: Annotated[str | None, Query(max_length=64)] = None,
-        before: Annotated[int | None, Query(ge=1)] = None,
+        before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> RejectedPageOut:
         """Refused webhooks (bad signature, unknown source, bad body), newest first,

@@ -9,14 +9,17 @@ with one debug log line, no traceback).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
+import pydantic
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 
+from eventmill.events.envelope import validation_error
 from eventmill.web.errors import ApiError
 
-__all__ = ["MAX_JSON_DEPTH", "json_depth_exceeds", "parse_json", "read_limited"]
+__all__ = ["MAX_JSON_DEPTH", "json_depth_exceeds", "parse_json", "read_limited", "read_model"]
 
 MAX_JSON_DEPTH: Final = 64
 """Most arrays and objects a JSON body may nest (``{"a": [1]}`` nests 2): deeper → 422
@@ -118,3 +121,22 @@ def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     ):
         raise _too_deep(max_depth)
     return value
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_model(
+    request: Request, model: type[M], *, limit: int = 64 * 1024, optional: bool = False
+) -> M:
+    """Read a JSON body (:func:`read_limited`, :func:`parse_json`) and validate it as
+    ``model``: 422 ``validation_failed`` naming each failing field. ``optional``: an
+    empty body is ``model()``."""
+    raw = await read_limited(request, limit)
+    if optional and not raw.strip():
+        return model()
+    data = parse_json(raw)
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc, "invalid body") from None
