@@ -25,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import event as sa_event
 
 ENDPOINTS_WIDE = 50
 
@@ -87,8 +89,9 @@ async def _stats(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return data
 
 
-async def _bare(url: str, bodies: list[bytes], concurrency: int) -> float:
-    """Deliveries/s of a bare httpx client posting ``bodies`` with ``concurrency``."""
+async def _bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
+    """Deliveries/s of a bare httpx client posting ``bodies`` with ``concurrency``, and
+    this process's CPU seconds per delivery."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         queue = list(reversed(bodies))
@@ -99,12 +102,24 @@ async def _bare(url: str, bodies: list[bytes], concurrency: int) -> float:
                 response = await client.post(f"{url}/bare", content=body)
                 response.raise_for_status()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(bodies) / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return len(bodies) / elapsed, cpu / len(bodies)
 
 
-async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> tuple[float, list[float]]:
+@dataclass
+class Run:
+    """One eventmill run: deliveries/s, latencies (s), CPU s and store statements per delivery."""
+
+    rate: float
+    latencies: list[float]
+    cpu: float
+    statements: float
+    concurrency: int
+
+
+async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> Run:
     from eventmill.app import create_app, resources_of
     from eventmill.delivery.store import DeliveryStore
     from eventmill.events import Event
@@ -119,14 +134,23 @@ async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> tuple[
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient() as stats_client:
         resources = resources_of(app)
-        ds = DeliveryStore(resources.require_store())
+        store = resources.require_store()
+        ds = DeliveryStore(store)
+        statements = 0
+
+        def count(*_: Any) -> None:
+            nonlocal statements
+            statements += 1
+
+        sa_event.listen(store.engine.sync_engine, "before_cursor_execute", count)
         for i in range(endpoints):
             await ds.create_endpoint(url=f"{url}/ep{i}", user_id="bench_user")
         await _stats(stats_client, url)  # reset
         before = (await _stats(stats_client, url))["count"]
         bus = resources.require_bus()
         published: dict[str, float] = {}
-        start = time.perf_counter()
+        statements = 0
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, events, 100):
             batch = [
                 Event(event_name="order.created", user_id="bench_user", payload={"n": i + j})
@@ -144,9 +168,13 @@ async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> tuple[
             if stats["count"] >= want:
                 break
             await asyncio.sleep(0.02)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        sa_event.remove(store.engine.sync_engine, "before_cursor_execute", count)
         latencies = sorted(arrivals[e] - published[e] for e in published if e in arrivals)
-        return events * endpoints / elapsed, latencies
+        total = events * endpoints
+        s = settings.delivery
+        concurrency = min(s.concurrency_per_endpoint * endpoints, s.max_in_flight)
+        return Run(total / elapsed, latencies, cpu / total, statements / total, concurrency)
 
 
 async def main() -> None:
@@ -168,19 +196,23 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
         body = orjson.dumps({"id": "evt_x", "event_name": "order.created", "payload": {"n": 1}})
         print(
-            f"{'case':<14}{'eventmill/s':>12}{'bare/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'case':<14}{'eventmill/s':>12}{'bare/s':>8}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'cpu us/dlv':>11}{'bare cpu':>9}{'stmts/dlv':>10}"
         )
         for name, events, endpoints in (
             ("1 endpoint", args.events, 1),
             (f"{ENDPOINTS_WIDE} endpoints", args.wide_events, ENDPOINTS_WIDE),
         ):
             with tempfile.TemporaryDirectory() as tmp:
-                rate, lat = await _eventmill(url, events, endpoints, Path(tmp))
-            concurrency = min(10 * endpoints, 1000)
-            bare = await _bare(url, [body] * (events * endpoints), concurrency)
+                run = await _eventmill(url, events, endpoints, Path(tmp))
+            bare, bare_cpu = await _bare(url, [body] * (events * endpoints), run.concurrency)
+            lat = run.latencies
             p50 = statistics.median(lat) * 1000
             p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
-            print(f"{name:<14}{rate:>12.0f}{bare:>10.0f}{rate / bare:>8.2f}{p50:>9.1f}{p99:>9.1f}")
+            print(
+                f"{name:<14}{run.rate:>12.0f}{bare:>8.0f}{run.rate / bare:>7.2f}{p50:>9.1f}"
+                f"{p99:>9.1f}{run.cpu * 1e6:>11.0f}{bare_cpu * 1e6:>9.0f}{run.statements:>10.3f}"
+            )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -213,6 +213,7 @@ class Dispatcher:
         self._stopping = False
         self._client: httpx.AsyncClient | None = None
         self.problems: dict[str, str] = {}
+        metrics.track_in_flight(lambda: self._load)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -385,7 +386,6 @@ class Dispatcher:
             task = asyncio.create_task(self._attempt(lane, job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.metrics.in_flight.labels(lane.endpoint.id).set(lane.load)
 
     def _done(self, lane: _Lane) -> None:
         lane.active -= 1
@@ -453,7 +453,7 @@ class Dispatcher:
         try:
             body = self._body(claimed, job.body)
         except BuilderError as exc:
-            self.metrics.attempts.labels(endpoint.id, "builder_error").inc()
+            self.metrics.builder_errors.inc()
             return self._final(claimed, started, "builder_error", str(exc))
         if s.https_only and not endpoint.url.startswith("https://"):
             return self._failure(
@@ -494,12 +494,12 @@ class Dispatcher:
             refused = isinstance(exc.__cause__, DestinationRefusedError) or isinstance(
                 exc.__context__, DestinationRefusedError
             )
-            kind = "refused" if refused else "network_error"
+            kind = "refused" if refused else "connection_error"
             message = str(exc) or type(exc).__name__
             return self._failure(endpoint, claimed, started, None, latency, kind, message)
         latency = (time.perf_counter() - t0) * 1000
         if 200 <= code < 300:
-            self.metrics.observe(endpoint.id, "success", latency)
+            self.metrics.observe("success", latency)
             return Outcome(
                 delivery_id=claimed.id,
                 token=claimed.token,
@@ -515,7 +515,7 @@ class Dispatcher:
                 next_attempt_at=None,
             )
         if code == 410:
-            self.metrics.observe(endpoint.id, "gone", latency)
+            self.metrics.observe("gone", latency)
             return Outcome(
                 delivery_id=claimed.id,
                 token=claimed.token,
@@ -580,7 +580,7 @@ class Dispatcher:
         retry_after: float | None = None,
     ) -> Outcome:
         s = self.settings
-        self.metrics.observe(endpoint.id, outcome, latency)
+        self.metrics.observe(outcome, latency)
         step = claimed.step + 1
         status: Status = "pending"
         next_at: datetime | None = None
@@ -637,9 +637,29 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.problems.pop("recorder", None)
+        self._journal(batch)
         if any(o.status == "failed" for o, _ in batch):
             self._sweep.set()
         await self._endpoint_health(batch)
+
+    def _journal(self, batch: list[tuple[Outcome, Job | None]]) -> None:
+        """Trace hop ``delivery.attempt`` per attempt (the journal buffers; never waits)."""
+        journal = self.store.store.journal
+        for outcome, job in batch:
+            if job is None or not outcome.attempted:
+                continue
+            detail: dict[str, object] = {
+                "endpoint_id": job.claimed.endpoint_id,
+                "delivery_id": outcome.delivery_id,
+                "attempt": outcome.attempt,
+                "outcome": outcome.outcome,
+                "latency_ms": None if outcome.latency_ms is None else round(outcome.latency_ms, 3),
+            }
+            if outcome.status_code is not None:
+                detail["status_code"] = outcome.status_code
+            if outcome.error is not None:
+                detail["error"] = outcome.error[:200]
+            journal.hop(job.claimed.event_id, "delivery.attempt", **detail)
 
     async def _endpoint_health(self, batch: list[tuple[Outcome, Job | None]]) -> None:
         """Endpoint state from the batch's outcomes: failing since, recovered, disabled."""
@@ -754,4 +774,3 @@ class Dispatcher:
         for endpoint_id, lane in list(self._lanes.items()):
             if lane.load == 0 and lane.idle_since < cutoff:
                 del self._lanes[endpoint_id]
-                self.metrics.forget(endpoint_id)

@@ -31,6 +31,9 @@ __all__ = ["FanOut"]
 
 _log = logging.getLogger("eventmill.delivery.fanout")
 
+FANOUT_GROUP = "delivery"
+"""The consumer group of the fan-out handler on the events topic."""
+
 
 def _event_of(msg: Message) -> FanoutEvent | None:
     name = msg.metadata.get("event_name")
@@ -88,6 +91,19 @@ class FanOut:
                     if not future.done():
                         future.set_result(None)
 
+    def _journal(
+        self, events: dict[str, FanoutEvent], matches: dict[str, list[FanoutEvent]]
+    ) -> None:
+        """Trace hop ``handled`` (group ``delivery``, ``endpoints``: how many got a
+        delivery) for each event, once its deliveries are written (a buffered append)."""
+        counts: dict[str, int] = dict.fromkeys(events, 0)
+        for matched in matches.values():
+            for event in matched:
+                counts[event.event_id] += 1
+        journal = self.store.store.journal
+        for event_id, n in counts.items():
+            journal.hop(event_id, "handled", group=FANOUT_GROUP, endpoints=n)
+
     async def _record(self, messages: list[Message]) -> None:
         events: dict[str, FanoutEvent] = {}
         for msg in messages:
@@ -99,6 +115,7 @@ class FanOut:
         users = {e.user_id for e in events.values() if e.user_id is not None}
         endpoints = await self.store.matching_endpoints(users)
         if not endpoints:
+            self._journal(events, {})
             return
         s = self.settings
         now = datetime.now(UTC)
@@ -112,6 +129,7 @@ class FanOut:
                 ):
                     matches[ep.id].append(event)
         if not matches:
+            self._journal(events, {})
             return
         token = new_id("ls")[3:]
         dispatcher = self.dispatcher if first == 0 else None
@@ -150,6 +168,7 @@ class FanOut:
                     dispatcher.unreserve(endpoint_id, n)
             raise
         self.metrics.recorded.inc(len(created))
+        self._journal(events, matches)
         if dispatcher is None:
             if created and self.dispatcher is not None:
                 self.dispatcher.wake()

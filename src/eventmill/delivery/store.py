@@ -271,7 +271,7 @@ class Outcome:
     status_code: int | None
     latency_ms: float | None
     outcome: str
-    """``success``, ``http_error``, ``timeout``, ``network_error``, ``refused``,
+    """``success``, ``http_error``, ``gone``, ``timeout``, ``connection_error``, ``refused``,
     ``builder_error`` or ``endpoint_disabled`` (no attempt was made)."""
     error: str | None
     response_body: str | None
