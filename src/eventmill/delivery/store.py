@@ -698,7 +698,7 @@ class DeliveryStore:
             .where(ept.c.id == sa.bindparam("b_ep"))
             .values(
                 next_due_at=sa.select(sa.func.min(dt.c.next_attempt_at))
-                .where(dt.c.endpoint_id == ept.c.id, dt.c.next_attempt_at.is_not(None))
+                .where(dt.c.endpoint_id == sa.bindparam("b_ep2"), dt.c.next_attempt_at.is_not(None))
                 .scalar_subquery()
             )
         )
@@ -726,7 +726,7 @@ class DeliveryStore:
                     for r in taken
                 )
                 if len(taken) < n:
-                    await conn.execute(recompute, {"b_ep": endpoint.id})
+                    await conn.execute(recompute, {"b_ep": endpoint.id, "b_ep2": endpoint.id})
                 else:
                     more = True
             _, bodies = await self._context(conn, claimed, endpoints=False)
@@ -897,11 +897,19 @@ class DeliveryStore:
                 )
 
     async def due_count(self, cap: int = 100_000) -> int:
-        """How many deliveries are due now (counted up to ``cap``)."""
-        inner = sa.select(sa.literal(1)).where(dt.c.next_attempt_at <= _now()).limit(cap).subquery()
+        """How many deliveries are due now (counted up to ``cap``): those of the endpoints
+        whose ``next_due_at`` has come (each range from ``ix_deliveries_endpoint_due``)."""
+        now = _now()
+        due = (
+            sa.select(sa.literal(1))
+            .select_from(ept.join(dt, dt.c.endpoint_id == ept.c.id))
+            .where(ept.c.next_due_at <= now, dt.c.next_attempt_at <= now)
+            .limit(cap)
+            .subquery()
+        )
         async with self.store.transaction(write=False) as conn:
             return int(
-                (await conn.execute(sa.select(sa.func.count()).select_from(inner))).scalar_one()
+                (await conn.execute(sa.select(sa.func.count()).select_from(due))).scalar_one()
             )
 
     # -- endpoint health --------------------------------------------------------------

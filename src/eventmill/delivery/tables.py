@@ -85,12 +85,6 @@ deliveries = sa.Table(
     sa.Column("dead_at", _TS, nullable=True),
     sa.UniqueConstraint("event_id", "endpoint_id", name="uq_deliveries_event_id_endpoint_id"),
     sa.Index(
-        "ix_deliveries_due",
-        "next_attempt_at",
-        postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
-        sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
-    ),
-    sa.Index(
         "ix_deliveries_endpoint_due",
         "endpoint_id",
         "next_attempt_at",
