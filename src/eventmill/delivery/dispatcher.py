@@ -800,16 +800,40 @@ class Dispatcher:
     # -- dead letters, idle lanes, backlog ----------------------------------------------
 
     async def _sweeper(self) -> None:
+        next_prune = time.monotonic() + min(60.0, self.settings.retention_interval_seconds)
         while True:
             try:
                 await self.publish_dead_letters()
                 self.metrics.due.set(await self.store.due_count())
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.settings.retention_interval_seconds
+                    await self.prune()
             except EventmillError as exc:
                 _log.warning("delivery sweep failed: %s", exc)
             await self._retire_idle_lanes()
             self._sweep.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sweep.wait(), _SWEEP_SECONDS)
+
+    async def prune(self) -> int:
+        """The retention pass: delete finished deliveries older than
+        ``retention_days``, batch after batch (each its own short transaction, with a
+        pause between them for other writers); return how many."""
+        days = self.settings.retention_days
+        if days is None:
+            return 0
+        before = datetime.now(UTC) - timedelta(days=days)
+        total = 0
+        while not self._stopping:
+            n = await self.store.prune(before, batch=self.settings.retention_batch)
+            total += n
+            self.metrics.pruned.inc(n)
+            if n < self.settings.retention_batch:
+                break
+            await asyncio.sleep(0.05)
+        if total:
+            _log.info("retention: deleted %d deliveries created before %s", total, before)
+        return total
 
     async def publish_dead_letters(self) -> int:
         """Publish failed deliveries not published yet to :data:`DEAD_LETTER_TOPIC`."""
