@@ -26,8 +26,8 @@ lint: $(STAMP)
 docs: $(STAMP)    ## build the documentation site (MkDocs, Material theme) into site/
 	$(BIN)/mkdocs build --strict
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+bench: $(STAMP)  ## the benchmark report under benchmarks/results/ (BENCH_ARGS=--quick: a smoke run)
+	$(BIN)/python benchmarks/run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -223,11 +223,11 @@ def _migrate_sqlite_to(path: str, revision: str) -> None:
         engine.dispose()
 
 
-async def test_migration_0006_keeps_deliveries_and_notes_each_endpoints_due_time(
+async def test_migration_0007_keeps_deliveries_and_notes_each_endpoints_due_time(
     tmp_path: Path,
 ) -> None:
     path = str(tmp_path / "events.db")
-    _migrate_sqlite_to(path, "0005")
+    _migrate_sqlite_to(path, "0006")
     con = sqlite3.connect(path)
     with con:
         con.execute("PRAGMA foreign_keys = ON")

@@ -346,7 +346,7 @@ def test_the_build_stage_makes_an_installable_wheel(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "eventmill/py.typed",
-        "eventmill/cli.py",
+        "eventmill/cli/__init__.py",
         "eventmill/client.py",
         "eventmill/store/migrations/env.py",
     ):

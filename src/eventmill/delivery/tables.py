@@ -43,7 +43,7 @@ endpoints = sa.Table(
         sqlite_where=sa.text("next_due_at IS NOT NULL"),
     ),
 )
-"""``next_due_at`` (migration 0006): no delivery of the endpoint is due before it (every
+"""``next_due_at`` (migration 0007): no delivery of the endpoint is due before it (every
 write that makes one due lowers it; a claim that took all that was due raises it to the
 earliest ``next_attempt_at`` left, leases included). Claims find endpoints by it."""
 

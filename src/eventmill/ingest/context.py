@@ -41,6 +41,8 @@ class IngestConfig:
     not in it answers 404 (default none)."""
     registry: EventRegistry = field(default_factory=EventRegistry.default)
     """Event name → payload model; validates every event on the way in."""
+    idempotency_ttl: float = 86_400.0
+    """Seconds an ``Idempotency-Key`` is remembered from its first use (default 24 h)."""
     crash_after_store: bool = False
     """Fault injection for the crash test: ``os._exit`` after storing, before publishing."""
 

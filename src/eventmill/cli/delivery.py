@@ -4,80 +4,47 @@ admin's, view). A running service picks up what they change on its next poll."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from eventmill.cli._common import ConfigOption, app, err, fail, load_settings, open_store, out
+from eventmill.cli._common import run as run_async
+from eventmill.cli._common import when as _when
 from eventmill.delivery.models import EndpointIn, check_url
 from eventmill.delivery.store import DeliveryStore, Status
-from eventmill.errors import ConfigurationError, EventmillError
-
-__all__ = ["deliveries_app", "endpoints_app"]
 
 T = TypeVar("T")
 
 endpoints_app = typer.Typer(help="Manage outbound webhook endpoints.", no_args_is_help=True)
 deliveries_app = typer.Typer(help="Inspect and retry webhook deliveries.", no_args_is_help=True)
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(deliveries_app, name="deliveries")
 
-_out = Console()
-_err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (else $EVENTMILL_CONFIG)."),
-]
+_out = out
+_err = err
+_fail = fail
 
 
-def _fail(text: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {escape(text)}", soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Any:
-    from eventmill.settings import Settings
-
-    try:
-        return Settings.load(config)
-    except ConfigurationError as exc:
-        raise _fail(str(exc), 2) from None
-
-
-@contextlib.asynccontextmanager
-async def _store(settings: Any) -> AsyncIterator[DeliveryStore]:
-    from eventmill.store import open_store
-
-    if settings.uses_data_dir():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await open_store(settings.store)
-    try:
-        yield DeliveryStore(store)
-    finally:
-        await store.close()
-
-
-def _run(config: Path | None, work: Callable[[DeliveryStore, Any], Awaitable[T]]) -> T:
-    settings = _settings(config)
+def _run(
+    config: Path | None,
+    work: Callable[[DeliveryStore, Any], Awaitable[T]],
+    *,
+    create: bool = False,
+) -> T:
+    """Run ``work`` on the store; only ``create`` makes an embedded store that is missing."""
+    settings = load_settings(config)
 
     async def main() -> T:
-        async with _store(settings) as ds:
-            return await work(ds, settings)
+        async with open_store(settings, create=create) as store:
+            return await work(DeliveryStore(store), settings)
 
-    try:
-        return asyncio.run(main())
-    except EventmillError as exc:
-        raise _fail(str(exc)) from None
-
-
-def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value else ""
+    return run_async(main)
 
 
 @endpoints_app.command("create")
@@ -130,7 +97,7 @@ def endpoints_create(
             rate_limit=body.rate_limit,
         )
 
-    ep = _run(config, create)
+    ep = _run(config, create, create=True)
     _out.print(f"id:     {ep.id}")
     _out.print(f"url:    {escape(ep.url)}")
     _out.print(f"secret: {ep.secret}")

@@ -8,8 +8,8 @@ deliveries other endpoints (a hanging one, with a full lane) have waiting. The i
 ``next_attempt_at`` alone goes: nothing reads it now, and a planner that took it for
 one endpoint's rows would walk every other endpoint's.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
