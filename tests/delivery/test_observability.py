@@ -35,7 +35,7 @@ async def test_the_trace_shows_which_endpoints_got_the_event_with_which_attempts
         async with asyncio.timeout(20):
             while True:
                 await journal.flush()
-                trace = await svc.get(f"/v1/events/{event_id}/trace")
+                trace = await svc.get(f"/v1/traces/{event_id}")
                 attempts = [h for h in trace["hops"] if h["hop"] == "delivery.attempt"]
                 if len(attempts) == 3:
                     break

@@ -94,12 +94,13 @@ class FanOut:
     def _journal(
         self, events: dict[str, FanoutEvent], matches: dict[str, list[FanoutEvent]]
     ) -> None:
-        """Trace hop ``handled`` (group ``delivery``, ``endpoints``: how many got a
-        delivery) for each event, once its deliveries are written (a buffered append)."""
-        counts: dict[str, int] = dict.fromkeys(events, 0)
+        """Trace hop ``handled`` (group ``delivery``, ``endpoints``: how many have a
+        delivery of it) for each event with deliveries, once they are written (a
+        buffered append). An event no endpoint wants leaves no hop."""
+        counts: dict[str, int] = {}
         for matched in matches.values():
             for event in matched:
-                counts[event.event_id] += 1
+                counts[event.event_id] = counts.get(event.event_id, 0) + 1
         journal = self.store.store.journal
         for event_id, n in counts.items():
             journal.hop(event_id, "handled", group=FANOUT_GROUP, endpoints=n)
@@ -115,7 +116,6 @@ class FanOut:
         users = {e.user_id for e in events.values() if e.user_id is not None}
         endpoints = await self.store.matching_endpoints(users)
         if not endpoints:
-            self._journal(events, {})
             return
         s = self.settings
         now = datetime.now(UTC)
@@ -129,7 +129,6 @@ class FanOut:
                 ):
                     matches[ep.id].append(event)
         if not matches:
-            self._journal(events, {})
             return
         token = new_id("ls")[3:]
         dispatcher = self.dispatcher if first == 0 else None
