@@ -5,7 +5,9 @@
 A receiver (uvicorn, its own process) answers 200 on 127.0.0.1. Two cases:
 
 * 1 endpoint: ``--events`` events published on the bus → that many deliveries;
-* 50 endpoints: ``--wide-events`` events → 50 deliveries each.
+* 50 endpoints: ``--wide-events`` events → 50 deliveries each;
+* then 1 endpoint again with events published at ``--paced-rate`` per second for 4 s
+  (latency at a steady rate, rather than the time a burst takes to drain).
 
 For each, eventmill (SQLite store and bus, in this process: fan-out, dispatcher,
 recorder) is timed from the first publish until the receiver has every delivery, and a
@@ -124,7 +126,11 @@ class Run:
     concurrency: int
 
 
-async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> Run:
+async def _eventmill(
+    url: str, events: int, endpoints: int, tmp: Path, rate: float | None = None
+) -> Run:
+    """Publish ``events`` (all at once, or ``rate`` per second in batches of 10) and time
+    their deliveries."""
     from eventmill.app import create_app, resources_of
     from eventmill.delivery.store import DeliveryStore
     from eventmill.events import Event
@@ -156,10 +162,13 @@ async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> Run:
         published: dict[str, float] = {}
         statements = 0
         start, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, events, 100):
+        size = 100 if rate is None else 10
+        for i in range(0, events, size):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             batch = [
                 Event(event_name="order.created", user_id="bench_user", payload={"n": i + j})
-                for j in range(min(100, events - i))
+                for j in range(min(size, events - i))
             ]
             now = time.time()
             for e in batch:
@@ -190,6 +199,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--wide-events", type=int, default=100)
+    parser.add_argument("--paced-rate", type=float, default=200.0)
     args = parser.parse_args()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -222,6 +232,18 @@ async def main() -> None:
                 f"{name:<14}{run.rate:>12.0f}{bare:>8.0f}{run.rate / bare:>7.2f}{p50:>9.1f}"
                 f"{p99:>9.1f}{run.cpu * 1e6:>11.0f}{bare_cpu * 1e6:>9.0f}{run.statements:>10.3f}"
             )
+        # latency when the events come at a steady rate the service keeps up with
+        paced = int(args.paced_rate * 4)
+        with tempfile.TemporaryDirectory() as tmp:
+            run = await _eventmill(url, paced, 1, Path(tmp), rate=args.paced_rate)
+        lat = run.latencies
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
+        name = f"1 ep {args.paced_rate:g}/s"
+        print(
+            f"{name:<14}{run.rate:>12.0f}{'-':>8}{'-':>7}{p50:>9.1f}{p99:>9.1f}"
+            f"{run.cpu * 1e6:>11.0f}{'-':>9}{run.statements:>10.3f}"
+        )
     finally:
         proc.terminate()
         proc.wait(10)
