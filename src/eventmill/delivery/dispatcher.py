@@ -414,6 +414,8 @@ class Dispatcher:
                 asked[endpoint.id] = (lane, n)
                 return n
 
+            # the lease starts before the claim's statement: count from here, not after
+            deadline = time.monotonic() + s.lease_seconds
             try:
                 claim = await self.store.claim(
                     min(s.claim_batch, room),
@@ -431,7 +433,6 @@ class Dispatcher:
                     lane.reserved -= n
                     self._load -= n
             self.problems.pop("dispatcher", None)
-            deadline = time.monotonic() + s.lease_seconds
             taken: dict[str, int] = {}
             for claimed in claim.deliveries:
                 taken[claimed.endpoint_id] = taken.get(claimed.endpoint_id, 0) + 1
