@@ -7,8 +7,9 @@ Work flows through three bounded stages:
   full, so one slow endpoint's backlog never crowds out the others;
 * one **lane** per endpoint holds its deliveries: at most ``concurrency_per_endpoint``
   attempts in flight and, if the endpoint has a ``rate_limit``, that many per second
-  (aiolimiter's leaky bucket); a lane holds at most twice its concurrency, and a
-  hanging endpoint fills only its own lane. The lane owns the endpoint's keep-alive
+  (aiolimiter's leaky bucket); a lane holds what its endpoint answers well within a
+  lease (one round of its concurrency for a hanging one, up to ten for a fast one), and
+  a hanging endpoint fills only its own lane. The lane owns the endpoint's keep-alive
   connections (:mod:`eventmill.delivery.http`). A claim gives each endpoint at most
   the room its lane has; when a lane that may have more waiting in the store drains
   to half, it wakes the claimer (so one busy endpoint is fed as fast as it answers);
@@ -159,14 +160,15 @@ class _Lane:
 
     @property
     def capacity(self) -> int:
-        """Deliveries the lane holds: twice its concurrency, and up to
-        :data:`_QUEUE_MAX` times for an endpoint that answers so fast that the queue
-        empties well within a lease (fewer claims for a busy endpoint); a rate-limited
-        one, what its rate lets through in about 10 s."""
+        """Deliveries the lane holds: as many rounds of its concurrency as empty well
+        within a lease at its answer time, from one (a slow or hanging endpoint holds
+        just what it sends, so many of them take little of ``max_in_flight``) up to
+        :data:`_QUEUE_MAX` (a fast, busy endpoint is claimed for in big batches); a
+        rate-limited one, what its rate lets through in about 10 s."""
         if self.rate_capacity is not None:
             return self.rate_capacity
         rounds = int(self.budget / max(self.latency, 0.001))
-        return self.concurrency * max(2, min(_QUEUE_MAX, rounds))
+        return self.concurrency * max(1, min(_QUEUE_MAX, rounds))
 
     def answered(self, seconds: float) -> None:
         """Note how long an attempt took."""
