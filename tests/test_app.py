@@ -18,6 +18,7 @@ __all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
 
 EXPECTED_ERRORS = {
     ("POST", "/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
+    ("POST", "/api/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
     ("POST", "/webhooks/{source}"): {"400", "401", "404", "413", "422", "503"},
     ("POST", "/v1/events"): {"400", "401", "403", "409", "413", "422", "503"},
     ("GET", "/v1/events"): {"400", "401", "403", "422", "503"},

@@ -369,10 +369,13 @@ def _browsable(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def startup_message(settings: Settings, command: str = "eventmill") -> str:
+def startup_message(
+    settings: Settings, command: str = "eventmill", *, dev_secrets: Path | None = None
+) -> str:
     """What ``eventmill serve`` prints on start: where the docs are, the store and the
     bus, which webhook sources are on (and how to turn Razorpay on), and how to create
-    an API key with ``command`` (the ``eventmill`` executable as the user can run it)."""
+    an API key with ``command`` (the ``eventmill`` executable as the user can run it).
+    ``dev_secrets``: the file of the development secrets in use, if any."""
     base = f"http://{_browsable(settings.host)}:{settings.port}"
     sources = sorted(settings.sources)
     razorpay_on = bool(settings.razorpay_webhook_secret)
@@ -386,6 +389,10 @@ def startup_message(settings: Settings, command: str = "eventmill") -> str:
         f"  bus        {display_url(settings.bus)}",
         f"  webhooks   {on}",
     ]
+    if dev_secrets is not None:
+        lines.append(
+            f"             development secrets (Razorpay, JWT) in {dev_secrets}; try {command} demo"
+        )
     if not razorpay_on:
         lines.append(
             "             Razorpay is off: set RAZORPAY_WEBHOOK_SECRET=<your webhook secret> "

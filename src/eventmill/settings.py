@@ -113,6 +113,11 @@ class Settings(BaseSettings, IngestSettings):
     ``/sse``, the dashboard and the hub; ``api`` the management routes (endpoints,
     deliveries, replay, traces). Every role serves ``/healthz``, ``/readyz`` and
     ``/metrics``."""
+    dev_secrets: bool = True
+    """On the embedded default (a SQLite store in ``data_dir``), ``serve`` and ``demo`` use
+    development secrets from ``<data_dir>/dev-secrets.json`` for what is not configured:
+    the Razorpay webhook secret, the JWT secret, and loopback outbound destinations
+    (default on; a PostgreSQL store never uses them)."""
     shutdown_grace_seconds: int = Field(default=30, ge=1)
     """On SIGTERM, how long in-flight requests, handlers and deliveries get to finish
     before the process stops them (default 30 s)."""

@@ -27,10 +27,13 @@ def serve(
     import uvicorn
 
     from eventmill.app import create_app, startup_message
+    from eventmill.devmode import dev_secrets_path, with_dev_secrets
     from eventmill.logs import configure_logging
 
-    settings = load_settings(config, host=host, port=port, roles=role)
-    message = startup_message(settings, command_name())
+    configured = load_settings(config, host=host, port=port, roles=role)
+    settings = with_dev_secrets(configured)
+    dev = dev_secrets_path(settings) if settings is not configured else None
+    message = startup_message(settings, command_name(), dev_secrets=dev)
     configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),

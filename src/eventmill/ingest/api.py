@@ -30,10 +30,11 @@ from eventmill.events import SOURCE_RE, Event, EventMetadata
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
 from eventmill.ingest.pipeline import ingest
-from eventmill.store import StoredEvent
+from eventmill.store import ApiKeyRecord, StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, FieldError, error_responses
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = ["MAX_BATCH", "routes"]
 
@@ -235,6 +236,12 @@ def routes(ctx: IngestContext) -> APIRouter:
     ) -> Response:
         """Validate the events against the registry, store them, publish them to topic
         `events` (keyed by user id) and answer their ids. Scope `publish`."""
+        if ctx.metrics is None:
+            return await accept(request, key, idempotency_key)
+        with ctx.metrics.measure("api"):
+            return await accept(request, key, idempotency_key)
+
+    async def accept(request: Request, key: ApiKeyRecord, idempotency_key: str | None) -> Response:
         raw = await read_limited(request, ctx.config.max_body_bytes)
         body = parse_json(raw)
         batch = isinstance(body, list)
@@ -246,9 +253,16 @@ def routes(ctx: IngestContext) -> APIRouter:
         events = [
             _validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
         ]
+        trace_id = TraceContext.continue_from(request.headers.get(TRACEPARENT_KEY)).trace_id
+        for event in events:
+            if not event.metadata.trace_id:
+                event.metadata.trace_id = trace_id
 
         async def run(pairs: list[tuple[Event, str | None]], retry_safe: bool = True) -> bytes:
             results = await ingest(ctx, pairs, retry_safe=retry_safe)
+            if ctx.metrics is not None:
+                duplicates = sum(r.duplicate for r in results)
+                ctx.metrics.accepted("api", new=len(results) - duplicates, duplicate=duplicates)
             out = PublishResult(
                 ids=[r.id for r in results],
                 events=[AcceptedEvent(id=r.id, duplicate=r.duplicate) for r in results],

@@ -18,9 +18,11 @@ from eventmill.ingest.audit import AuditSubscriber, audit_handler
 from eventmill.ingest.config import IngestSettings, receiver_for
 from eventmill.ingest.context import IngestConfig, IngestContext, Receiver
 from eventmill.ingest.idempotency import cleanup_loop
+from eventmill.ingest.metrics import IngestMetrics
 from eventmill.ingest.relay import OutboxRelay
 from eventmill.ingest.signatures import RazorpayScheme
 from eventmill.router import HandlerMetrics, Router, RouterConfig
+from eventmill.web.metrics import bus_metrics
 from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = ["Ingest", "ingest_config"]
@@ -57,7 +59,12 @@ class Ingest:
 
     def __init__(self, settings: IngestSettings, resources: Resources) -> None:
         self.settings = settings
-        self.context = IngestContext(config=ingest_config(settings, resources), resources=resources)
+        self.context = IngestContext(
+            config=ingest_config(settings, resources),
+            resources=resources,
+            metrics=IngestMetrics(resources.metrics),
+            bus_metrics=bus_metrics(resources.metrics),
+        )
         self._router = APIRouter()
         # The sub-routers' routes themselves (each already carries its prefix and tags),
         # not the sub-routers: one level less of router nesting on every request.

@@ -24,6 +24,7 @@ from eventmill.store import StoredEvent
 from eventmill.store.errors import StoreError, StoreUnavailableError
 from eventmill.web.errors import PublishPendingError
 from eventmill.web.seam import POSITION_KEY, STORED_MARK
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = [
     "Accepted",
@@ -159,9 +160,17 @@ async def _send(
         msg = stored.event.to_message()
         msg.metadata[STORED_MARK] = "1"
         msg.metadata[POSITION_KEY] = str(stored.position)
+        hop = TraceContext.from_trace_id(stored.event.metadata.trace_id)
+        if hop is not None:
+            msg.metadata[TRACEPARENT_KEY] = hop.header
         messages.append(msg)
+    bus, topic = ctx.require_bus(), ctx.config.topic
     try:
-        await ctx.require_bus().publish(ctx.config.topic, *messages)
+        if ctx.bus_metrics is None:
+            await bus.publish(topic, *messages)
+        else:
+            async with ctx.bus_metrics.publishing(topic):
+                await bus.publish(topic, *messages)
     except (PubSubError, OSError) as exc:  # OSError: a client error left untranslated
         raise _pending(events, exc, retry_safe=retry_safe) from exc
 

@@ -23,13 +23,15 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from eventmill.errors import EventmillError
 from eventmill.events import WebhookInput
 from eventmill.ingest.config import valid_source_name
 from eventmill.ingest.context import IngestContext, Receiver
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
 from eventmill.web.body import parse_json, read_limited
-from eventmill.web.errors import ApiError, FieldError, error_responses
+from eventmill.web.errors import ApiError, FieldError, api_error_for, error_responses
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = ["MAX_DELIVERY_ID", "WebhookAccepted", "routes"]
 
@@ -132,7 +134,43 @@ _RAZORPAY_DOC: dict[str, Any] = {
 
 
 async def receive(ctx: IngestContext, request: Request, source: str) -> Response:
-    """Verify, parse, transform, validate and durably ingest one webhook."""
+    """Verify, parse, transform, validate and durably ingest one webhook; count it, and
+    keep a refused one in the store's journal of rejected webhooks."""
+    metrics = ctx.metrics
+    if metrics is None:
+        return await _receive(ctx, request, source)
+    with metrics.measure(source):
+        try:
+            response = await _receive(ctx, request, source)
+        except Exception as exc:
+            _reject(ctx, request, source, exc)
+            raise
+    return response
+
+
+def _reject(ctx: IngestContext, request: Request, source: str, exc: Exception) -> None:
+    """Journal a refused webhook (4xx): source, status, code, message, safe headers."""
+    store = ctx.resources.store
+    if store is None:
+        return
+    if isinstance(exc, ApiError):
+        error = exc
+    elif isinstance(exc, EventmillError):
+        error = api_error_for(exc)
+    else:
+        return
+    if error.status >= 500:
+        return
+    store.journal.rejected(
+        source=source,
+        status=error.status,
+        reason=error.error,
+        message=error.message,
+        headers=request.headers,
+    )
+
+
+async def _receive(ctx: IngestContext, request: Request, source: str) -> Response:
     receiver: Receiver | None = ctx.config.receivers.get(source)
     if receiver is None:
         raise _unknown_source(source)
@@ -150,7 +188,13 @@ async def receive(ctx: IngestContext, request: Request, source: str) -> Response
         )
     )
     ctx.config.registry.validate(event)
+    if not event.metadata.trace_id:
+        event.metadata.trace_id = TraceContext.continue_from(headers.get(TRACEPARENT_KEY)).trace_id
     [accepted] = await ingest(ctx, [(event, external_id)])
+    if ctx.metrics is not None:
+        ctx.metrics.accepted(
+            source, new=int(not accepted.duplicate), duplicate=int(accepted.duplicate)
+        )
     content = orjson.dumps({"id": accepted.id, "duplicate": accepted.duplicate})
     return Response(content, media_type="application/json")  # a WebhookAccepted
 
@@ -196,6 +240,16 @@ def routes(ctx: IngestContext) -> APIRouter:
         openapi_extra=_RAZORPAY_DOC,
         summary="Receive a Razorpay webhook",
         route_class_override=_DirectRoute,  # the hot path: no dependency solving
+    )
+    router.add_api_route(
+        "/api/webhooks/razorpay",  # the system description's path, same receiver
+        razorpay_webhook,
+        methods=["POST"],
+        response_model=WebhookAccepted,
+        responses=_ERRORS,
+        openapi_extra=_RAZORPAY_DOC,
+        summary="Receive a Razorpay webhook (alias of /webhooks/razorpay)",
+        route_class_override=_DirectRoute,
     )
 
     @router.post(

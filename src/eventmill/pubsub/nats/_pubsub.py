@@ -1,44 +1,4 @@
-"""nats:// - NATS JetStream: a stream per topic, a durable pull consumer per group.
-
-Topics and streams: topic ``T`` is published on the subject ``<subject_prefix>T``
-(default ``eventmill.T``) and stored in the stream ``<stream_prefix><escaped T>``
-(default ``eventmill-T``; ``.`` and ``_`` are escaped as ``_2E`` and ``_5F``, since
-stream names cannot contain dots). The stream is created on first use with limits
-retention (every group sees every message), or reused if it exists; if another
-stream already captures the subject, that stream is used.
-
-Groups: ``subscribe(topic, group=g)`` binds to the durable pull consumer ``g``
-(escaped like streams) with ``DeliverPolicy.ALL``, so a new group replays the
-stream from its oldest message; members of a group share the consumer and split
-the messages. ``subscribe(topic)`` creates an ephemeral consumer with
-``DeliverPolicy.NEW`` (it sees what is published after ``subscribe`` returned),
-deleted on close and reaped by the server after ``inactive_threshold`` if the
-process dies.
-
-Settling: ``ack()`` sends ``+ACK``, ``nack()`` ``-NAK`` (with ``nak_delay``), and
-``NatsSubscription.term(msg)`` ``+TERM``; a message not settled within ``ack_wait``
-is redelivered, and after ``max_deliver`` deliveries the server stops delivering it.
-``close()`` naks what was received but not settled (messages still arriving while
-it closes included); those naks are delayed until no pull request of the
-subscription can still wait on the server (at most ``fetch_timeout`` and a
-margin), since a request left there without its inbox makes the server (2.9.x)
-deliver a message twice when a nacked one comes due (see ``_nats_subscription``).
-
-Publishing: every message gets its PubAck before ``publish`` returns; many
-concurrent calls share the connection and their PubAcks are awaited together.
-``Message.id`` is sent as ``Nats-Msg-Id`` (``dedupe``), so a message re-sent after
-a lost PubAck (server restart) is stored once. ``publish`` retries with capped
-backoff for up to ``publish_deadline`` seconds, then raises
-:class:`~eventmill.PublishError` (a message may have been stored anyway: nats-py
-sends what it buffered during a disconnect once it reconnects).
-
-Reconnect: the client reconnects forever with capped exponential backoff
-(``reconnect_wait`` doubling up to ``reconnect_max_wait``); pulls and publishes in
-progress resume by themselves.
-
-URL: ``nats://[user:password@|token@]host:port[,host2:port]?option=value`` (or
-``tls://``); options are the fields of :class:`NatsConfig`.
-"""
+"""nats://: the PubSub class (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -48,7 +8,6 @@ import hashlib
 import itertools
 import json
 import logging
-import random
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -61,25 +20,30 @@ from nats.js import api
 
 from eventmill.errors import (
     BackendUnavailableError,
-    ClosedError,
     ConfigurationError,
     PublishError,
     SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub._nats_config import NatsConfig, consumer_name, stream_name
-from eventmill.pubsub._nats_subscription import (
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed, describe
+from eventmill.pubsub._subscription import AsyncStartCloseable, InFlight
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.nats._config import NatsConfig, consumer_name, stream_name
+from eventmill.pubsub.nats._errors import (
+    TRANSIENT,
+    AckTimeoutError,
+    PublishRejectedError,
+    mapped,
+    translate,
+)
+from eventmill.pubsub.nats._subscription import (
     ID_HEADER,
     ID_JSON_HEADER,
     METADATA_HEADER,
     MSG_ID_HEADER,
     NatsSubscription,
 )
-from eventmill.pubsub._nats_subscription import (
-    TRANSIENT as _TRANSIENT,
-)
-from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
 
@@ -88,20 +52,6 @@ log = logging.getLogger("eventmill.pubsub.nats")
 _HEADER_SAFE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 _STREAM_NAME_IN_USE = 10058
 _SUBJECTS_OVERLAP = 10065
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and text != name else name
-
-
-class _AckTimeoutError(TimeoutError):
-    """No PubAck came within ``publish_timeout``: the message is sent again."""
-
-
-class _PublishRejectedError(Exception):
-    """One message's PubAck was an error that retrying cannot fix."""
 
 
 class NatsPubSub(AsyncStartCloseable):
@@ -116,9 +66,7 @@ class NatsPubSub(AsyncStartCloseable):
         self._subs: set[NatsSubscription] = set()
         self._start_lock = asyncio.Lock()
         self._closed = False
-        self._publishing = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._publishing = InFlight()
         # own async-publish machinery: reply inbox, futures by token, bounded in-flight count
         self._reply_prefix = ""
         self._acks: dict[str, asyncio.Future[None]] = {}
@@ -149,7 +97,7 @@ class NatsPubSub(AsyncStartCloseable):
     async def start(self) -> None:
         """Connect to the server (idempotent); raise BackendUnavailableError if it cannot."""
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         if self._nc is not None:
             return
         async with self._start_lock:
@@ -170,7 +118,7 @@ class NatsPubSub(AsyncStartCloseable):
                     token=cfg.token,
                     name=cfg.name,
                     connect_timeout=max(1, round(cfg.connect_timeout)),
-                    reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]
+                    reconnect_time_wait=cfg.reconnect_min_delay,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     reconnect_to_server_handler=self._pick_server,
                     error_cb=self._on_error,
@@ -194,11 +142,16 @@ class NatsPubSub(AsyncStartCloseable):
         self._sweeper = asyncio.create_task(self._expire_acks(), name="nats-puback-timeouts")
 
     def _pick_server(self, servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
-        # Capped exponential backoff with jitter, to the least-failed server.
+        # The least-failed server, after the backoff its failures call for.
         server = min(servers, key=lambda s: s.reconnects)
-        cfg = self.config
-        delay = min(cfg.reconnect_max_wait, cfg.reconnect_wait * 2 ** min(server.reconnects, 16))
-        return server, delay * random.uniform(0.5, 1.0)
+        return server, self._backoff().delay(server.reconnects)
+
+    def _forget(self, sub: NatsSubscription) -> None:
+        self._subs.discard(sub)
+
+    def _backoff(self) -> Backoff:
+        """The delays between reconnects, re-sends and retries of this bus."""
+        return Backoff(self.config.reconnect_max_delay, self.config.reconnect_min_delay)
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.AuthorizationError):
@@ -218,23 +171,17 @@ class NatsPubSub(AsyncStartCloseable):
 
     async def publish(self, topic: str, *messages: Message) -> None:
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         stream = self._streams.get(topic)
         if stream is None:
             validate_name("topic", topic)
         check_messages(messages)
         if not messages:
             return
-        self._publishing += 1
-        self._idle.clear()
-        try:
+        with self._publishing:
             if self._nc is None:
                 await self.start()
             await self._publish(topic, messages)
-        finally:
-            self._publishing -= 1
-            if not self._publishing:
-                self._idle.set()
 
     def _headers(self, m: Message) -> dict[str, str]:
         mid = m.id
@@ -254,25 +201,22 @@ class NatsPubSub(AsyncStartCloseable):
         deadline = loop.time() + cfg.publish_deadline
         subject = cfg.subject_prefix + topic
         todo = list(messages)
-        delay = cfg.reconnect_wait
+        backoff = self._backoff()
         last: BaseException | None = None
         while True:
             if self._closed and self._nc is None:
-                raise ClosedError("nats:// pubsub is closed")
+                raise closed("nats://")
             futures: list[asyncio.Future[None]] = []
             try:
-                if topic not in self._streams:
-                    await self._ensure_stream(topic)
-                for m in todo:
-                    futures.append(await self._send(subject, m))
-            except _TRANSIENT as exc:
+                with mapped(f"publish to {topic!r} failed", PublishError):
+                    if topic not in self._streams:
+                        await self._ensure_stream(topic)
+                    for m in todo:
+                        futures.append(await self._send(subject, m))
+            except TRANSIENT as exc:
                 last = exc
-            except nats.errors.ConnectionClosedError as exc:
-                raise ClosedError("nats:// connection is closed") from exc
-            except (nats.errors.Error, _PublishRejectedError) as exc:
-                raise PublishError(f"nats: publish to {topic!r} failed: {_describe(exc)}") from exc
             if futures:
-                # Each future ends: PubAck, error, or _AckTimeoutError from the sweeper.
+                # Each future ends: PubAck, error, or AckTimeoutError from the sweeper.
                 if len(futures) == 1:
                     with contextlib.suppress(Exception):
                         await futures[0]
@@ -283,10 +227,8 @@ class NatsPubSub(AsyncStartCloseable):
                     err = fut.exception()
                     if err is None:
                         continue
-                    if isinstance(err, _PublishRejectedError):
-                        raise PublishError(
-                            f"nats: publish to {topic!r} failed: {_describe(err)}"
-                        ) from err
+                    if isinstance(err, PublishRejectedError):
+                        raise translate(err, f"publish to {topic!r} failed", PublishError) from err
                     if isinstance(err, nats.js.errors.NoStreamResponseError):
                         self._streams.pop(topic, None)  # the stream may be gone: re-create
                     last = err
@@ -295,20 +237,19 @@ class NatsPubSub(AsyncStartCloseable):
             if not todo:
                 return
             if loop.time() >= deadline:
-                reason = _describe(last) if last is not None else "timed out"
+                reason = describe(last) if last is not None else "timed out"
                 raise PublishError(
                     f"nats: publish to {topic!r} not acknowledged within "
                     f"{cfg.publish_deadline}s ({reason})"
                 ) from last
             log.debug("nats: re-sending %d message(s) to %r: %s", len(todo), topic, last)
-            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-            delay = min(delay * 2, cfg.reconnect_max_wait)
+            await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
 
     async def _send(self, subject: str, m: Message) -> asyncio.Future[None]:
         """Send one message; return the future of its PubAck (bounded by ``max_pending``)."""
         nc = self._nc
         if len(m.payload) > nc.max_payload:
-            raise _PublishRejectedError(
+            raise PublishRejectedError(
                 f"payload of {len(m.payload)} bytes exceeds the server's max_payload "
                 f"({nc.max_payload})"
             )
@@ -348,7 +289,7 @@ class NatsPubSub(AsyncStartCloseable):
                     if fut is not None:
                         self._slots.release()
                         if not fut.done():
-                            fut.set_exception(_AckTimeoutError("no PubAck within publish_timeout"))
+                            fut.set_exception(AckTimeoutError("no PubAck within publish_timeout"))
 
     async def _on_pub_ack(self, msg: Any) -> None:
         fut = self._acks.pop(msg.subject[len(self._reply_prefix) :], None)
@@ -364,7 +305,7 @@ class NatsPubSub(AsyncStartCloseable):
                 fut.set_exception(nats.js.errors.NoStreamResponseError())
             else:
                 fut.set_exception(
-                    _PublishRejectedError(f"unexpected reply status {headers.get('Status')}")
+                    PublishRejectedError(f"unexpected reply status {headers.get('Status')}")
                 )
             return
         if b'"error"' in data:
@@ -372,11 +313,11 @@ class NatsPubSub(AsyncStartCloseable):
                 err = json.loads(data)["error"]
                 exc: BaseException = nats.js.errors.APIError.from_error(err)
             except Exception:  # malformed reply
-                exc = _PublishRejectedError("malformed PubAck")
+                exc = PublishRejectedError("malformed PubAck")
             if not isinstance(
                 exc, nats.js.errors.ServiceUnavailableError | nats.js.errors.ServerError
             ):
-                exc = _PublishRejectedError(_describe(exc))
+                exc = PublishRejectedError(describe(exc))
             fut.set_exception(exc)
             return
         fut.set_result(None)
@@ -397,9 +338,9 @@ class NatsPubSub(AsyncStartCloseable):
                 retention=api.RetentionPolicy.LIMITS,
                 storage=api.StorageType.FILE if cfg.storage == "file" else api.StorageType.MEMORY,
                 num_replicas=cfg.replicas,
-                max_age=cfg.max_age or None,
-                max_msgs=cfg.max_msgs,
-                max_bytes=cfg.max_bytes,
+                max_age=cfg.max_age,
+                max_msgs=-1 if cfg.max_msgs is None else cfg.max_msgs,
+                max_bytes=-1 if cfg.max_bytes is None else cfg.max_bytes,
                 discard=api.DiscardPolicy.OLD,
                 duplicate_window=cfg.duplicate_window,
             )
@@ -424,7 +365,7 @@ class NatsPubSub(AsyncStartCloseable):
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> NatsSubscription:
         if self._closed:
-            raise ClosedError("nats:// pubsub is closed")
+            raise closed("nats://")
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
@@ -433,33 +374,29 @@ class NatsPubSub(AsyncStartCloseable):
         cfg = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.publish_deadline
-        delay = cfg.reconnect_wait
+        backoff = self._backoff()
         while True:
             try:
-                stream = self._streams.get(topic) or await self._ensure_stream(topic)
-                sub = NatsSubscription(
-                    self,
-                    topic,
-                    group,
-                    stream,
-                    consumer_name(group) if group is not None else None,
-                    cfg.subject_prefix + topic,
-                )
-                await sub._start()
-            except _TRANSIENT as exc:
+                with mapped(f"cannot subscribe to {topic!r}", SubscribeError):
+                    stream = self._streams.get(topic) or await self._ensure_stream(topic)
+                    sub = NatsSubscription(
+                        self,
+                        topic,
+                        group,
+                        stream,
+                        consumer_name(group) if group is not None else None,
+                        cfg.subject_prefix + topic,
+                    )
+                    await sub._start()
+            except TRANSIENT as exc:
                 if loop.time() >= deadline:
                     raise SubscribeError(
-                        f"nats: cannot subscribe to {topic!r}: {_describe(exc)}"
+                        f"nats: cannot subscribe to {topic!r}: {describe(exc)}"
                     ) from exc
-            except nats.errors.Error as exc:
-                raise SubscribeError(
-                    f"nats: cannot subscribe to {topic!r}: {_describe(exc)}"
-                ) from exc
             else:
                 self._subs.add(sub)
                 return sub
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cfg.reconnect_max_wait)
+            await backoff.sleep()
 
     # -- closing -------------------------------------------------------------------------
 
@@ -468,7 +405,7 @@ class NatsPubSub(AsyncStartCloseable):
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()
+        await self._publishing.idle()
         for sub in list(self._subs):
             await sub.close()
         self._stop_sweeper()
@@ -480,14 +417,13 @@ class NatsPubSub(AsyncStartCloseable):
             with contextlib.suppress(Exception):
                 await nc.close()
 
-    async def _abort(self) -> None:
-        """Drop the connection as a killed process would: nothing settled, nothing flushed.
-
-        For tests; the consumers' ``ack_wait`` then redelivers what was held.
-        """
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): the connection
+        drops, nothing is settled or flushed; the consumers' ``ack_wait`` then
+        redelivers what was held."""
         self._closed = True
         for sub in list(self._subs):
-            await sub._abort()
+            await sub.abort()
         self._stop_sweeper()
         nc, self._nc = self._nc, None
         if nc is not None:

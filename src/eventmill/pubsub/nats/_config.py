@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventmill.errors import ConfigurationError
+from eventmill.pubsub._options import Seconds, apply_options, split_query
 
 __all__ = ["NatsConfig", "consumer_name", "stream_name"]
 
@@ -50,31 +51,6 @@ def consumer_name(group: str) -> str:
     return _bounded(_escape(group))
 
 
-_FLOATS = (
-    "ack_wait",
-    "connect_timeout",
-    "duplicate_window",
-    "fetch_timeout",
-    "inactive_threshold",
-    "max_age",
-    "nak_delay",
-    "publish_deadline",
-    "publish_timeout",
-    "reconnect_max_wait",
-    "reconnect_wait",
-)
-_INTS = (
-    "batch",
-    "max_ack_pending",
-    "max_bytes",
-    "max_deliver",
-    "max_msgs",
-    "max_pending",
-    "replicas",
-)
-_BOOLS = ("dedupe",)
-
-
 @dataclass(frozen=True, slots=True)
 class NatsConfig:
     """Settings of :class:`~eventmill.pubsub.nats.NatsPubSub`.
@@ -104,22 +80,25 @@ class NatsConfig:
     """Stream storage: ``file`` survives a server restart, ``memory`` does not (default file)."""
     replicas: int = 1
     """Stream replicas in a cluster (default 1)."""
-    max_age: float = 0.0
-    """Seconds a message is retained; 0 keeps it until another limit applies (default 0)."""
-    max_msgs: int = -1
-    """Most messages a stream keeps; the oldest are discarded beyond it (default -1: no limit)."""
-    max_bytes: int = -1
-    """Most bytes a stream keeps; the oldest are discarded beyond it (default -1: no limit)."""
+    max_age: Seconds | None = None
+    """Seconds a message is retained; ``None`` (``unlimited`` in a URL) keeps it until
+    another limit applies (default)."""
+    max_msgs: int | None = None
+    """Most messages a stream keeps; the oldest are discarded beyond it (default ``None``,
+    ``unlimited`` in a URL: no limit)."""
+    max_bytes: int | None = None
+    """Most bytes a stream keeps; the oldest are discarded beyond it (default ``None``,
+    ``unlimited`` in a URL: no limit)."""
     dedupe: bool = True
     """Send ``Message.id`` as ``Nats-Msg-Id``, so the server drops a message re-published
     with the same id within ``duplicate_window`` (this makes publish retries exact)."""
-    duplicate_window: float = 120.0
+    duplicate_window: Seconds = 120.0
     """Seconds the server remembers message ids for ``dedupe`` (default 120)."""
 
     # -- publishing ------------------------------------------------------------------------
-    publish_timeout: float = 5.0
+    publish_timeout: Seconds = 5.0
     """Seconds to wait for the server's PubAck before re-sending a message (default 5)."""
-    publish_deadline: float = 30.0
+    publish_deadline: Seconds = 30.0
     """Seconds ``publish`` keeps retrying (server away, stream unavailable) before it
     raises :class:`~eventmill.PublishError` (default 30)."""
     max_pending: int = 4000
@@ -127,33 +106,34 @@ class NatsConfig:
     (policy when full: block, default 4000)."""
 
     # -- consuming -------------------------------------------------------------------------
-    ack_wait: float = 30.0
+    ack_wait: Seconds = 30.0
     """Seconds the server waits for an ack before it redelivers a message (default 30)."""
-    max_deliver: int = -1
+    max_deliver: int | None = None
     """Most deliveries of a message (first one included); after that the server stops
-    delivering it to the group (default -1: no limit)."""
+    delivering it to the group (default ``None``, ``unlimited`` in a URL: no limit)."""
     max_ack_pending: int = 1000
     """Most unacknowledged messages a group (or ephemeral subscription) holds; the
     server sends no more until some are settled (default 1000)."""
     batch: int = 100
     """Messages requested per pull (fetch) and held in the local buffer (default 100)."""
-    fetch_timeout: float = 5.0
+    fetch_timeout: Seconds = 5.0
     """Seconds a pull request lingers on the server waiting for messages (default 5)."""
-    nak_delay: float = 0.0
+    nak_delay: Seconds = 0.0
     """Seconds the server waits before redelivering a nacked message (default 0: at once)."""
-    inactive_threshold: float = 60.0
+    inactive_threshold: Seconds = 60.0
     """Seconds after which the server removes an ephemeral (group-less) consumer whose
     client vanished (default 60)."""
 
     # -- connection ------------------------------------------------------------------------
-    connect_timeout: float = 5.0
+    connect_timeout: Seconds = 5.0
     """Seconds ``start()`` tries to connect before raising
     :class:`~eventmill.BackendUnavailableError` (default 5)."""
-    reconnect_wait: float = 0.1
-    """First delay before reconnecting after the connection dropped; doubles per failed
-    attempt (default 0.1 s)."""
-    reconnect_max_wait: float = 2.0
-    """Cap of the reconnect backoff; reconnecting never gives up (default 2 s)."""
+    reconnect_min_delay: Seconds = 0.1
+    """First delay before reconnecting after the connection dropped, and before retrying
+    a publish, a subscribe, a pull or an ack; doubles per failed attempt, with jitter
+    (default 0.1 s)."""
+    reconnect_max_delay: Seconds = 2.0
+    """Cap of that backoff; reconnecting never gives up (default 2 s)."""
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -174,11 +154,12 @@ class NatsConfig:
                 raise ConfigurationError(f"nats:// {name} must be at least 1")
         if self.max_ack_pending < self.batch:
             raise ConfigurationError("nats:// max_ack_pending must be at least batch")
-        if self.max_deliver == 0 or self.max_deliver < -1:
-            raise ConfigurationError("nats:// max_deliver must be -1 (no limit) or at least 1")
-        for name in ("max_msgs", "max_bytes"):
-            if getattr(self, name) == 0 or getattr(self, name) < -1:
-                raise ConfigurationError(f"nats:// {name} must be -1 (no limit) or positive")
+        for name in ("max_deliver", "max_msgs", "max_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"nats:// {name} must be at least 1 (or unlimited)")
+        if self.max_age is not None and not self.max_age > 0:
+            raise ConfigurationError("nats:// max_age must be a positive number of seconds")
         positive = (
             "ack_wait",
             "connect_timeout",
@@ -186,25 +167,24 @@ class NatsConfig:
             "inactive_threshold",
             "publish_deadline",
             "publish_timeout",
-            "reconnect_max_wait",
-            "reconnect_wait",
+            "reconnect_max_delay",
+            "reconnect_min_delay",
             "duplicate_window",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"nats:// {name} must be a positive number of seconds")
-        for name in ("max_age", "nak_delay"):
-            if getattr(self, name) < 0:
-                raise ConfigurationError(f"nats:// {name} must not be negative")
-        if self.reconnect_max_wait < self.reconnect_wait:
-            raise ConfigurationError("nats:// reconnect_max_wait must be >= reconnect_wait")
+        if self.nak_delay < 0:
+            raise ConfigurationError("nats:// nak_delay must not be negative")
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            raise ConfigurationError("nats:// reconnect_max_delay must be >= reconnect_min_delay")
 
     @classmethod
     def from_url(cls, url: str) -> NatsConfig:
         """Parse ``nats://[user:password@|token@]host[:port][,host2[:port]]...[?options]``.
 
         ``tls://`` instead of ``nats://`` connects with TLS. Options are the fields
-        of this class (seconds for durations; ``true``/``false`` for ``dedupe``).
+        of this class, read by :mod:`eventmill.pubsub._options`.
         """
         try:
             parts = urlsplit(url)
@@ -229,35 +209,7 @@ class NatsConfig:
                 host = f"{host}:4222"
             servers.append(f"{scheme}://{host}")
 
-        query = parse_qs(parts.query, keep_blank_values=True)
-        known = {f.name for f in fields(cls)} - {"servers", "user", "password", "token"}
-        unknown = set(query) - known
-        if unknown:
-            raise ConfigurationError(f"unknown nats:// option(s): {', '.join(sorted(unknown))}")
-        kwargs: dict[str, object] = {}
-        for key, values in query.items():
-            raw = values[-1]
-            try:
-                if key in _FLOATS:
-                    kwargs[key] = float(raw)
-                elif key in _INTS:
-                    kwargs[key] = int(raw)
-                elif key in _BOOLS:
-                    lowered = raw.lower()
-                    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError(raw)
-                    kwargs[key] = lowered in ("true", "1", "yes")
-                else:
-                    kwargs[key] = raw
-            except ValueError:
-                kind = "a number" if key in _FLOATS else "an integer"
-                if key in _BOOLS:
-                    kind = "true or false"
-                raise ConfigurationError(f"nats:// option {key} must be {kind}") from None
-        return cls(
-            servers=tuple(servers),
-            user=user,
-            password=password,
-            token=token,
-            **kwargs,  # type: ignore[arg-type]
-        )
+        base = cls(servers=tuple(servers), user=user, password=password, token=token)
+        options, _ = split_query(parts.query)
+        fixed = ("servers", "user", "password", "token")
+        return apply_options(base, options, scheme="nats://", fixed=fixed)

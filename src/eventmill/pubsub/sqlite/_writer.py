@@ -39,51 +39,41 @@ from typing import Any
 
 import orjson
 
+import eventmill.pubsub.sqlite._schema as sql
+from eventmill._sqlite import checkpoint
 from eventmill.errors import (
     BackendUnavailableError,
-    ClosedError,
-    PublishError,
-    PubSubError,
-    SubscribeError,
 )
 from eventmill.message import Message
-from eventmill.pubsub import _sqlite_schema as sql
+from eventmill.pubsub._errors import closed
+from eventmill.pubsub.sqlite._errors import translate
+from eventmill.pubsub.sqlite._ops import (
+    Abort,
+    Checkpoint,
+    Fetch,
+    Fetched,
+    Flush,
+    Head,
+    Join,
+    Op,
+    Outcome,
+    Publish,
+    Read,
+    Release,
+    Row,
+    Settlement,
+    Stop,
+    failure,
+    result,
+)
 
-__all__ = [
-    "Batch",
-    "Fetched",
-    "Publish",
-    "Writer",
-    "WriterStats",
-    "decode_metadata",
-    "encode_metadata",
-    "is_busy",
-    "translate",
-]
+__all__ = ["Batch", "Writer", "WriterStats", "decode_metadata", "encode_metadata"]
 
 log = logging.getLogger("eventmill.pubsub.sqlite")
 
 _FAR = 2**62
 _SWEEP_CHUNK = 5_000
 _MAX_OPS = 5_000
-
-# Operation kinds (first element of an op tuple).
-PUB = 0  # (PUB, topic, rows, skippers, fut): skippers = groups that may skip all rows
-FETCH = 1  # (FETCH, topic, group, owner, limit, fut)
-READ = 2  # (READ, topic, after_seq, limit, fut)
-JOIN = 3  # (JOIN, topic, group, fut)
-HEAD = 4  # (HEAD, fut)
-RELEASE = 5  # (RELEASE, topic, owner, fut)
-FLUSH = 6  # (FLUSH, fut | None)
-STOP = 7  # (STOP, fut)
-ABORT = 8  # (ABORT,)
-CHECKPOINT = 9  # (CHECKPOINT, final, fut): PRAGMA wal_checkpoint(PASSIVE) after the batch
-
-#: One publish call as the writer commits it: (topic, rows, skippers).
-Publish = tuple[str, list[tuple[str, str, bytes | None, bytes]], frozenset[str]]
-
-#: (seq, message) pairs handed to a subscription.
-Fetched = list[tuple[int, Message]]
 
 
 def encode_metadata(metadata: dict[str, str]) -> bytes | None:
@@ -113,8 +103,8 @@ class WriterStats:
     """Of the transactions, those committed on the event loop's thread (publishes
     with ``synchronous=normal``, see :meth:`SQLitePubSub.publish`)."""
     checkpoints: int = 0
-    """WAL checkpoints that copied the whole log, run for inline publishing (about
-    one per ``CHECKPOINT_EVERY`` commits)."""
+    """WAL checkpoints that copied the whole log and rewound it, run for inline
+    publishing (about one per :data:`~eventmill._sqlite.CHECKPOINT_EVERY` commits)."""
     sweeps: int = 0
     """Retention sweeps completed."""
     messages_deleted: int = 0
@@ -125,7 +115,11 @@ class WriterStats:
 class Batch:
     """What one committed (or failed) batch reports back to the event loop."""
 
-    results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    results: list[Outcome]
+    """One per operation with a future, but committed publishes: applied on the
+    loop, each resolves its operation's future."""
+    committed: list[asyncio.Future[None]]
+    """The futures of the publishes committed (resolved with ``None``)."""
     published_topics: set[str]
     published_count: int
     requeued_topics: set[str]
@@ -163,9 +157,9 @@ class Writer(threading.Thread):
         self.max_batch = max_batch
         self.loop = loop
         self.on_batch = on_batch
-        self.ops: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        #: ("ack"|"nack" flag as bool ok, topic, group, seq, owner) appended by the loop.
-        self.settlements: deque[tuple[bool, str, str, int, str]] = deque()
+        self.ops: queue.SimpleQueue[Op] = queue.SimpleQueue()
+        #: Acks and nacks appended by the loop, drained by every batch.
+        self.settlements: deque[Settlement] = deque()
         self.nudged = False
         #: Lease owners (subscription tokens) to renew; replaced, never mutated.
         self.owners: frozenset[str] = frozenset()
@@ -186,19 +180,19 @@ class Writer(threading.Thread):
 
     # -- called from the event loop ------------------------------------------------------
 
-    def submit(self, op: tuple[Any, ...]) -> None:
+    def submit(self, op: Op) -> None:
         self.ops.put(op)
 
     def settle(self, ok: bool, topic: str, group: str, seq: int, owner: str) -> None:
         self.settlements.append((ok, topic, group, seq, owner))
         if not self.nudged:
             self.nudged = True
-            self.ops.put((FLUSH, None))
+            self.ops.put(Flush(None))
 
     def abort(self) -> None:
         """Stop at once: nothing queued is run, nothing is flushed (simulates a kill)."""
         self._aborted = True
-        self.ops.put((ABORT,))
+        self.ops.put(Abort())
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -209,9 +203,9 @@ class Writer(threading.Thread):
             err = BackendUnavailableError(f"sqlite:// cannot open {self.path!r}: {exc}")
             err.__cause__ = exc
             self.done = True
-            self._post(lambda: _set_exception(self.ready, err))
+            self._post(failure(self.ready, err))
             return
-        self._post(lambda: _set_result(self.ready, None))
+        self._post(result(self.ready, None))
         stop: asyncio.Future[None] | None = None
         try:
             stop = self._serve()
@@ -221,14 +215,13 @@ class Writer(threading.Thread):
             if con is not None:
                 with contextlib.suppress(sqlite3.Error):
                     con.close()
-            late: list[tuple[Any, ...]] = []
+            late: list[Op] = []
             with contextlib.suppress(queue.Empty):
                 while True:
                     late.append(self.ops.get_nowait())
-            self._fail_all(late, ClosedError("sqlite:// pubsub is closed"))
+            self._fail_all(late, closed("sqlite://"))
             if stop is not None:
-                done = stop
-                self._post(lambda: _set_result(done, None))
+                self._post(result(stop, None))
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(
@@ -269,14 +262,14 @@ class Writer(threading.Thread):
         stop: asyncio.Future[None] | None = None
         while stop is None:
             timeout = max(0.0, min(next_renew, next_sweep) - time.monotonic())
-            ops: list[tuple[Any, ...]] = []
+            ops: list[Op] = []
             with contextlib.suppress(queue.Empty):
                 ops.append(self.ops.get(timeout=timeout))
             n_msgs = 0
             while ops and len(ops) < _MAX_OPS and n_msgs < self.max_batch:
                 last = ops[-1]
-                if last[0] == PUB:
-                    n_msgs += len(last[2])
+                if isinstance(last, Publish):
+                    n_msgs += len(last.rows)
                 try:
                     ops.append(self.ops.get_nowait())
                 except queue.Empty:
@@ -284,16 +277,16 @@ class Writer(threading.Thread):
             if self._aborted or self.loop.is_closed():
                 # Killed, or the owner's event loop is gone without close(): stop
                 # renewing leases so other consumers get the messages back.
-                self._fail_all(ops, ClosedError("sqlite:// pubsub is closed"))
+                self._fail_all(ops, closed("sqlite://"))
                 return None
             for op in ops:
-                if op[0] == STOP:
-                    stop = op[1]
+                if isinstance(op, Stop):
+                    stop = op.done
             if ops or self.settlements:
                 self._run_batch(ops)
                 for op in ops:
-                    if op[0] == CHECKPOINT:
-                        self._checkpoint(op[1], op[2])
+                    if isinstance(op, Checkpoint):
+                        self._checkpoint(op.final, op.done)
             now = time.monotonic()
             if now >= next_renew:
                 self._upkeep(self._renew)
@@ -302,43 +295,29 @@ class Writer(threading.Thread):
                 self._upkeep(self._sweep)
                 next_sweep = time.monotonic() + self.sweep_interval
         # Drain what raced with STOP so no future is left pending.
-        rest: list[tuple[Any, ...]] = []
+        rest: list[Op] = []
         with contextlib.suppress(queue.Empty):
             while True:
                 rest.append(self.ops.get_nowait())
-        self._fail_all(rest, ClosedError("sqlite:// pubsub is closed"))
+        self._fail_all(rest, closed("sqlite://"))
         return stop
 
     def _checkpoint(self, final: bool, fut: asyncio.Future[bool]) -> None:
-        """Copy the WAL into the database (PASSIVE: blocks nobody); resolve ``fut``
-        with whether the whole log was copied. Asked for by the owner's inline
-        publishes: first while they go on; if they appended meanwhile, once more
-        (``final``) while they are paused, so that it copies the whole log. A log
-        copied whole is rewound here (by a no-op write) instead of growing without
-        bound under steady load, and its header is synced on this thread rather
-        than by an inline commit on the event loop."""
+        """A step of the owner's :class:`~eventmill._sqlite.Checkpoints`: copy the WAL
+        into the database; ``final`` (asked for while inline publishing is paused, so
+        nothing else in this process appends) rewinds it too. Resolves ``fut`` with
+        whether the whole log was copied."""
         con = self._con
         assert con is not None
         try:
             self._sync(con, "normal")
-            busy, logged, copied = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            whole = not busy and logged == copied
-            if whole:
-                # The next write rewinds the log and syncs its header: make it this
-                # thread's (a no-op write), not an inline commit on the event loop.
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    version = int(con.execute("PRAGMA user_version").fetchone()[0])
-                    con.execute(f"PRAGMA user_version = {version}")
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            whole = checkpoint(con, rewind=final)
+            if whole and final:
                 self.stats.checkpoints += 1
         except sqlite3.Error as exc:
             log.warning("sqlite:// checkpoint failed: %s", exc)
             whole = False
-        batch = Batch([(fut, whole, None)], set(), 0, set())
+        batch = Batch([result(fut, whole)], [], set(), 0, set())
         self._post(lambda: self.on_batch(batch))
 
     def _post(self, callback: Callable[[], None]) -> None:
@@ -347,81 +326,76 @@ class Writer(threading.Thread):
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             self._aborted = True
 
-    def _fail_all(self, ops: list[tuple[Any, ...]], exc: BaseException) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for op in ops:
-            fut = op[-1]
-            if isinstance(fut, asyncio.Future):
-                results.append((fut, None, exc))
+    def _fail_all(self, ops: list[Op], exc: BaseException) -> None:
+        results = [failure(fut, exc) for op in ops if (fut := _future(op)) is not None]
         if results:
-            batch = Batch(results, set(), 0, set())
+            batch = Batch(results, [], set(), 0, set())
             self._post(lambda: self.on_batch(batch))
 
     # -- one batch -----------------------------------------------------------------------
 
-    def _run_batch(self, ops: list[tuple[Any, ...]]) -> None:
+    def _run_batch(self, ops: list[Op]) -> None:
         con = self._con
         assert con is not None
         self.nudged = False
-        settled: list[tuple[bool, str, str, int, str]] = []
+        settled: list[Settlement] = []
         pending = self.settlements
         while pending:
             settled.append(pending.popleft())
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        results: list[Outcome] = []
         published: set[str] = set()
         requeued: set[str] = set()
         new_topics: list[str] = []
         skipped: frozenset[tuple[str, str]] = frozenset()
         n_published = 0
+        pubs: list[Publish] = []
+        others: list[Op] = []
+        for op in ops:
+            if type(op) is Publish:
+                pubs.append(op)
+            else:
+                others.append(op)
         try:
             # Publishes get the configured durability. Everything else (leases,
             # cursors, acks, releases) only decides what is delivered again, so an
             # OS crash forgetting it means redelivery, never loss: no fsync for it.
             # A later fsynced commit persists every earlier one (the log is sequential).
-            self._sync(con, self.synchronous if any(op[0] == PUB for op in ops) else "normal")
+            self._sync(con, self.synchronous if pubs else "normal")
             con.execute("BEGIN IMMEDIATE")
             try:
                 if settled:
                     self._apply_settlements(con, settled, requeued)
-                pubs: list[Publish] = []
-                fetches: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-                for op in ops:
-                    kind = op[0]
-                    if kind == PUB:
-                        pubs.append((op[1], op[2], op[3]))
-                        results.append((op[4], None, None))
-                    elif kind == FETCH:
-                        fetches.setdefault((op[1], op[2]), []).append(op)
                 if pubs:
                     new_topics, n_published, skipped = self.insert_publishes(con, pubs)
-                    published = {p[0] for p in pubs}
-                for op in ops:
-                    kind = op[0]
-                    if kind == JOIN:
-                        con.execute(sql.JOIN_GROUP, (op[1], op[2]))
-                        results.append((op[3], None, None))
-                    elif kind == HEAD:
-                        results.append((op[1], con.execute(sql.HEAD).fetchone()[0], None))
-                    elif kind == READ:
-                        results.append((op[4], self._read(con, op[1], op[2], op[3]), None))
-                    elif kind == FLUSH and op[1] is not None:
-                        results.append((op[1], None, None))
-                    elif kind == CHECKPOINT:
-                        pass  # after the commit (see _serve)
-                    elif kind == STOP:
-                        pass
+                    published = {p.topic for p in pubs}
+                fetches: dict[tuple[str, str], list[Fetch]] = {}
+                for op in others:
+                    match op:
+                        case Join(topic, group, done):
+                            con.execute(sql.JOIN_GROUP, (topic, group))
+                            results.append(result(done, None))
+                        case Head(done):
+                            results.append(result(done, con.execute(sql.HEAD).fetchone()[0]))
+                        case Read(topic, after, limit, done):
+                            results.append(result(done, self._read(con, topic, after, limit)))
+                        case Flush(done) if done is not None:
+                            results.append(result(done, None))
+                        case Fetch(topic, group):
+                            fetches.setdefault((topic, group), []).append(op)
+                        case _:  # Release: below; Checkpoint: after COMMIT
+                            pass
                 if fetches:
                     now = _now_ms()
                     for (topic, group), reqs in fetches.items():
                         self._fetch(con, topic, group, reqs, now, results)
                 # Releases last: a fetch of a closing subscription in this same batch
                 # must not re-lease what it just gave back.
-                for op in ops:
-                    if op[0] == RELEASE:
-                        cur = con.execute(sql.RELEASE, (op[2],))
+                for op in others:
+                    if isinstance(op, Release):
+                        cur = con.execute(sql.RELEASE, (op.owner,))
                         if cur.rowcount:
-                            requeued.add(op[1])
-                        results.append((op[3], cur.rowcount, None))
+                            requeued.add(op.topic)
+                        results.append(result(op.done, cur.rowcount))
                 con.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -432,15 +406,16 @@ class Writer(threading.Thread):
             # Settlements are retried with the next batch; every operation fails.
             self.settlements.extendleft(reversed(settled))
             results = [
-                (op[-1], None, translate(op[0], exc))
+                failure(fut, translate(op, exc))
                 for op in ops
-                if op[0] != STOP and _has_future(op)
+                if not isinstance(op, Stop) and (fut := _future(op)) is not None
             ]
-            batch = Batch(results, set(), 0, set())
-            self._post(lambda: self.on_batch(batch))
+            failed = Batch(results, [], set(), 0, set())
+            self._post(lambda: self.on_batch(failed))
             return
         self.committed(new_topics, n_published)
-        batch = Batch(results, published, n_published, requeued, skipped)
+        committed = [p.done for p in pubs]
+        batch = Batch(results, committed, published, n_published, requeued, skipped)
         self._post(lambda: self.on_batch(batch))
 
     def committed(self, new_topics: list[str], n_published: int, *, inline: bool = False) -> None:
@@ -465,13 +440,14 @@ class Writer(threading.Thread):
         """
         new_topics: list[str] = []
         seen: set[str] = set()
-        rows: list[tuple[str, str, bytes | None, bytes]] = []
-        for topic, op_rows, _ in pubs:
+        rows: list[Row] = []
+        for pub in pubs:
+            topic = pub.topic
             if topic not in seen:
                 seen.add(topic)
                 if topic not in self._known_topics:
                     new_topics.append(topic)
-            rows.extend(op_rows)
+            rows.extend(pub.rows)
         if new_topics:
             con.executemany(sql.INSERT_TOPIC, [(t,) for t in new_topics])
         if not rows:
@@ -486,7 +462,8 @@ class Writer(threading.Thread):
         upto: dict[tuple[str, str], int] = {}
         blocked: set[tuple[str, str]] = set()
         ends: dict[str, int] = {}
-        for topic, op_rows, skippers in pubs:
+        for pub in pubs:
+            topic, op_rows, skippers = pub.topic, pub.rows, pub.skippers
             start, seq = seq + 1, seq + len(op_rows)
             if not op_rows:
                 continue
@@ -546,7 +523,7 @@ class Writer(threading.Thread):
     def _apply_settlements(
         self,
         con: sqlite3.Connection,
-        settled: list[tuple[bool, str, str, int, str]],
+        settled: list[Settlement],
         requeued: set[str],
     ) -> None:
         acks: dict[tuple[str, str], list[int]] = {}
@@ -571,16 +548,16 @@ class Writer(threading.Thread):
         con: sqlite3.Connection,
         topic: str,
         group: str,
-        reqs: list[tuple[Any, ...]],
+        reqs: list[Fetch],
         now: int,
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        results: list[Outcome],
     ) -> None:
         """Lease up to the requested number of messages, split evenly between requests.
 
         Messages whose lease is due (nacked, released, or held by a consumer that
         stopped renewing) come first, then new ones after the group's cursor.
         """
-        total = sum(r[4] for r in reqs)
+        total = sum(r.limit for r in reqs)
         due = con.execute(sql.DUE_LEASES, (topic, group, now, total)).fetchall()
         fresh: list[Any] = []
         if len(due) < total:
@@ -615,8 +592,8 @@ class Writer(threading.Thread):
         created: list[tuple[str, str, int, str, int]] = []
         start = 0
         for i, req in enumerate(reqs):
-            owner, limit, fut = req[3], req[4], req[5]
-            share = min(limit, math.ceil((len(rows) - start) / (len(reqs) - i)))
+            owner = req.owner
+            share = min(req.limit, math.ceil((len(rows) - start) / (len(reqs) - i)))
             part = rows[start : start + share]
             got: Fetched = []
             for j, (seq, mid, meta, payload) in enumerate(part, start):
@@ -626,7 +603,7 @@ class Writer(threading.Thread):
                     created.append((topic, group, seq, owner, until))
                 got.append((seq, Message._received(mid, decode_metadata(meta), payload, None)))
             start += share
-            results.append((fut, got, None))
+            results.append(result(req.done, got))
         if taken:
             con.executemany(sql.TAKE_LEASE, taken)
         if created:
@@ -696,35 +673,6 @@ def _skipped(raw: bytes | None, skip: tuple[str, str]) -> bool:
     return bool(raw) and decode_metadata(raw).get(skip[0]) == skip[1]
 
 
-def _has_future(op: tuple[Any, ...]) -> bool:
-    return isinstance(op[-1], asyncio.Future)
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` (or its cause) is SQLite's "database is locked/busy"."""
-    cause = exc.__cause__ if isinstance(exc, PubSubError) else exc
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def translate(kind: int, exc: Exception) -> PubSubError:
-    """The eventmill error for a failed operation of ``kind`` (``exc`` as its cause)."""
-    err: PubSubError
-    if kind == PUB:
-        err = PublishError(f"sqlite:// publish failed, nothing was committed: {exc}")
-    elif kind in (FETCH, READ, JOIN, HEAD):
-        err = SubscribeError(f"sqlite:// subscription query failed: {exc}")
-    else:
-        err = BackendUnavailableError(f"sqlite:// operation failed: {exc}")
-    err.__cause__ = exc
-    return err
-
-
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _future(op: Op) -> asyncio.Future[Any] | None:
+    """The future an operation resolves, if it has one."""
+    return getattr(op, "done", None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
 
 from eventmill.errors import ConfigurationError
+from eventmill.pubsub._options import Seconds, apply_options, split_query
 from eventmill.pubsub.factory import redact_url
 
 __all__ = ["RedisConfig"]
@@ -46,26 +47,27 @@ class RedisConfig:
     ``MAXLEN ~ maxlen``: Redis trims whole macro-nodes, so a stream may hold somewhat
     more than ``maxlen`` entries, never fewer. Trimming deletes the oldest entries
     whether or not every group has read or acked them; see the README. ``None``
-    (default) keeps every entry (the stream is then bounded only by Redis memory)."""
+    (default; ``unlimited`` in a URL) keeps every entry (the stream is then bounded only
+    by Redis memory)."""
     batch_size: int = 100
     """Most entries one ``XREADGROUP``/``XREAD``/``XAUTOCLAIM`` call fetches (default 100)."""
     max_in_flight: int = 1_000
     """Most messages a group subscription holds at once, buffered or handed out and not
     settled. When reached it stops reading until messages are settled (default 1000)."""
-    block: float = 2.0
+    block: Seconds = 2.0
     """Seconds one blocking read waits on the server for new entries before it asks
     again (the reads never poll in a loop; default 2.0). Must be below ``socket_timeout``."""
-    claim_idle: float = 30.0
+    claim_idle: Seconds = 30.0
     """Visibility timeout in seconds: an entry delivered to a group member and neither
     acked nor nacked for this long is claimed (``XAUTOCLAIM``) by a live member and
     delivered again. Covers consumers that died. A handler that runs longer than this
     may see its message delivered a second time (default 30.0)."""
-    consumer_timeout: float = 3600.0
+    consumer_timeout: Seconds = 3600.0
     """Seconds after which a group member that has nothing pending and has not read is
     removed from the group (``XGROUP DELCONSUMER``) by the other members' periodic
     scan; this cleans up after crashed processes. A subscription that closes
     gracefully removes its own member at once (default 3600)."""
-    publish_timeout: float = 30.0
+    publish_timeout: Seconds = 30.0
     """Seconds a ``publish`` keeps retrying while Redis is unreachable before it raises
     :class:`~eventmill.BackendUnavailableError` (default 30.0)."""
     publish_batch: int = 1_000
@@ -74,12 +76,12 @@ class RedisConfig:
     max_pending_publishes: int = 10_000
     """Most messages waiting to be sent. When full, ``publish`` waits for room (the
     policy is to block, never to drop; default 10,000)."""
-    reconnect_max_delay: float = 2.0
+    reconnect_max_delay: Seconds = 2.0
     """Cap in seconds of the exponential backoff (from 0.05 s) between reconnect
     attempts of readers, ack flushes and publishes (default 2.0)."""
-    socket_timeout: float = 10.0
+    socket_timeout: Seconds = 10.0
     """Seconds to wait for any reply before the connection is considered dead (default 10)."""
-    connect_timeout: float = 5.0
+    connect_timeout: Seconds = 5.0
     """Seconds to wait for a TCP/TLS connection to be established (default 5)."""
 
     def __post_init__(self) -> None:
@@ -124,46 +126,8 @@ class RedisConfig:
         """Split ``url`` into the connection URL and eventmill's options; no I/O."""
         try:
             parts = urlsplit(url)
-            query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
         except ValueError:
             raise ConfigurationError(f"invalid redis:// url {redact_url(url)!r}") from None
-        ours = {f.name: f for f in fields(cls) if f.name != "url"}
-        kwargs: dict[str, object] = {}
-        passthrough: list[tuple[str, str]] = []
-        unknown: list[str] = []
-        for key, raw in query:
-            if key in _PASSTHROUGH:
-                passthrough.append((key, raw))
-            elif key in ours:
-                kwargs[key] = _parse(key, raw)
-            else:
-                unknown.append(key)
-        if unknown:
-            raise ConfigurationError(f"unknown redis:// option(s): {', '.join(sorted(unknown))}")
+        ours, passthrough = split_query(parts.query, _PASSTHROUGH)
         conn = parts._replace(query=urlencode(passthrough), fragment="").geturl()
-        return cls(url=conn, **kwargs)  # type: ignore[arg-type]
-
-
-_INTS = frozenset({"batch_size", "max_in_flight", "publish_batch", "max_pending_publishes"})
-
-
-def _parse(key: str, raw: str) -> object:
-    if key == "prefix":
-        return raw
-    if key == "maxlen":
-        if raw.lower() in ("", "none"):
-            return None
-        return _int(key, raw)
-    if key in _INTS:
-        return _int(key, raw)
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(f"redis:// {key} must be a number of seconds") from None
-
-
-def _int(key: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"redis:// {key} must be an integer") from None
+        return apply_options(cls(url=conn), ours, scheme="redis://", fixed=("url",))

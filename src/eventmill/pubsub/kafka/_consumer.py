@@ -29,11 +29,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from eventmill.message import Message
-from eventmill.pubsub._kafka_offsets import PartitionOffsets
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import AsyncCloseable, ReaderQueue, TopicGroup
+from eventmill.pubsub.kafka._offsets import PartitionOffsets
 
 if TYPE_CHECKING:
-    from eventmill.pubsub.kafka import KafkaConfig
+    from eventmill.pubsub.kafka._config import KafkaConfig
 
 __all__ = ["ID_HEADER", "ConsumerSettings", "EphemeralReader", "GroupMember", "KafkaSubscription"]
 
@@ -153,6 +154,18 @@ class _Source:
     def _commit_point_moved(self) -> None:
         """Hook: a partition's acked prefix grew (group members commit it)."""
 
+    def forget(self, sub: KafkaSubscription) -> None:
+        """Drop ``sub`` without settling or releasing what it holds (its crash): the
+        partitions' commit points stay below those messages, so a restart gets them."""
+        for d in sub.held:
+            if d.msg is not None:
+                d.msg._on_settle = None
+                d.msg = None
+            d.sub = None
+        sub.held.clear()
+        self.subs.discard(sub)
+        self._readers.wake_all()
+
     def release(self, sub: KafkaSubscription) -> None:
         """Put the messages ``sub`` holds unsettled back at the front, in offset order."""
         held = sorted(sub.held, key=lambda d: (d.tp.partition, d.offset), reverse=True)
@@ -203,7 +216,7 @@ class _Source:
         consumer = self._consumer
         assert consumer is not None
         cfg = self.config
-        delay = cfg.reconnect_backoff_min
+        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         while not self.closed:
             room = cfg.max_in_flight - self._outstanding
             if room <= 0:
@@ -215,6 +228,7 @@ class _Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # aiokafka raises many kinds; keep consuming
+                delay = backoff.next()
                 log.warning(
                     "kafka:// fetch from %r failed (%s: %s); retrying in %.1fs",
                     self.topic,
@@ -223,9 +237,8 @@ class _Source:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_backoff_max)
                 continue
-            delay = cfg.reconnect_backoff_min
+            backoff.reset()
             if batch and not self.closed:
                 self._accept(batch)
 
@@ -341,17 +354,16 @@ class GroupMember(_Source):
 
     async def _commit_loop(self) -> None:
         cfg = self.config
-        delay = cfg.reconnect_backoff_min
+        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
             if await self._commit():
-                delay = cfg.reconnect_backoff_min
+                backoff.reset()
                 if cfg.commit_interval > 0:
                     await asyncio.sleep(cfg.commit_interval)
             else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_backoff_max)
+                await backoff.sleep()
                 self._commit_wanted.set()
 
     # -- closing ---------------------------------------------------------------------
@@ -361,13 +373,22 @@ class GroupMember(_Source):
         await self._shutdown(commit=True)
 
     async def abort(self) -> None:
-        """Stop without committing anything (what a crash leaves behind)."""
+        """The crash hook: stop without committing and without leaving the group, as a
+        killed process would; the broker moves the partitions after the session timeout."""
+        await self._shutdown(commit=False, leave=False)
+
+    async def discard(self) -> None:
+        """Stop without committing (a member whose start failed), leaving the group."""
         await self._shutdown(commit=False)
 
-    async def _shutdown(self, *, commit: bool) -> None:
+    async def _shutdown(self, *, commit: bool, leave: bool = True) -> None:
         if self.closed:
             return
         self.closed = True
+        consumer = self._consumer
+        if not leave and consumer is not None and consumer._coordinator is not None:
+            # aiokafka has no "vanish" call: stop() sends LeaveGroup through this.
+            consumer._coordinator._maybe_leave_group = _stay_in_group
         await self._stop_tasks()
         task, self._commit_task = self._commit_task, None
         if task is not None:
@@ -422,6 +443,10 @@ class GroupMember(_Source):
                 )
                 continue
             po.skip_to(after)
+
+
+async def _stay_in_group() -> None:
+    return None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -490,15 +515,15 @@ class EphemeralReader(_Source):
         self._drop(list(self._parts))
         await self._stop_consumer()
 
-    abort = close
-
 
 class KafkaSubscription(TopicGroup, AsyncCloseable):
     """A subscription handed to the user; see :class:`eventmill.pubsub.base.Subscription`."""
 
     __slots__ = ("_group", "_on_close", "_source", "_topic", "closed", "held")
 
-    def __init__(self, source: _Source, on_close: Any) -> None:
+    def __init__(
+        self, source: _Source, on_close: Callable[[KafkaSubscription, bool], Awaitable[None]]
+    ) -> None:
         self._source = source
         self._topic = source.topic
         self._group = source.group
@@ -517,4 +542,13 @@ class KafkaSubscription(TopicGroup, AsyncCloseable):
         if self.closed:
             return
         self.closed = True
-        await self._on_close(self)
+        await self._on_close(self, True)
+
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): nothing is committed
+        or handed back; the last subscription of a group member takes the member down
+        without leaving the group (its partitions move after the session timeout)."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._on_close(self, False)

@@ -41,7 +41,7 @@ import contextlib
 import itertools
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -49,31 +49,17 @@ from nats.js import api
 
 from eventmill.errors import SubscribeError
 from eventmill.message import Message
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub.nats._config import NatsConfig
 
-if TYPE_CHECKING:
-    from eventmill.pubsub.nats import NatsPubSub
-
-__all__ = ["NatsSubscription"]
+__all__ = ["Host", "NatsSubscription"]
 
 log = logging.getLogger("eventmill.pubsub.nats")
 
 _ACK = b"+ACK"
 _NAK = b"-NAK"
 _TERM = b"+TERM"
-# Errors after which an operation is tried again (the server is away or restarting).
-TRANSIENT: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
-    OSError,
-)
 _PULL_MARGIN = 0.1  # seconds: server-side queueing between a pull request and a nak
 _SILENCE = 1.0  # seconds past a pull request's expiry without word from the server
 _NEVER = float("inf")
@@ -133,6 +119,27 @@ def _nak_payload(delay: float, minimum: float) -> bytes:
     return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
 
 
+class Host(Protocol):
+    """What a subscription needs of its bus (private by convention)."""
+
+    @property
+    def config(self) -> NatsConfig: ...
+
+    @property
+    def _nc(self) -> Any:
+        """The nats-py client (untyped)."""
+
+    @property
+    def _js(self) -> Any:
+        """Its JetStream context (untyped)."""
+
+    def _backoff(self) -> Backoff:
+        """The delays between retries of this bus."""
+
+    def _forget(self, sub: NatsSubscription) -> None:
+        """Unregister a closed (or aborted) subscription."""
+
+
 class NatsSubscription(BufferedSubscription[Message]):
     """A subscription to one topic (see :class:`eventmill.pubsub.base.Subscription`).
 
@@ -143,7 +150,7 @@ class NatsSubscription(BufferedSubscription[Message]):
 
     def __init__(
         self,
-        owner: NatsPubSub,
+        owner: Host,
         topic: str,
         group: str | None,
         stream: str,
@@ -238,20 +245,12 @@ class NatsSubscription(BufferedSubscription[Message]):
                 await nc.flush(timeout=self._owner.config.publish_timeout)
         except Exception as exc:  # the server is away: the consumer's ack_wait takes over
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
-        self._owner._subs.discard(self)
+        self._owner._forget(self)
 
     # -- lifecycle used by NatsPubSub ----------------------------------------------------
 
     async def _start(self) -> None:
-        try:
-            await self._create_consumer()
-        except TRANSIENT:
-            raise  # NatsPubSub.subscribe retries these
-        except nats.errors.Error as exc:
-            raise SubscribeError(
-                f"nats: cannot subscribe to topic {self._topic!r}: {type(exc).__name__}"
-                f"{': ' + str(exc) if str(exc) else ''}"
-            ) from exc
+        await self._create_consumer()  # NatsPubSub.subscribe maps and retries its errors
         self._puller = asyncio.create_task(self._pull_loop(), name=f"nats-pull-{self._topic}")
         self._flusher = asyncio.create_task(self._settle_loop(), name=f"nats-acks-{self._topic}")
 
@@ -260,8 +259,9 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._forget_requests()
         self._pull_wanted.set()
 
-    async def _abort(self) -> None:
-        """Vanish like a killed process: nothing is settled, nothing said to the server."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): nothing is settled,
+        nothing said to the server; ``ack_wait`` redelivers what it held."""
         self._closed = True
         self._wake_all()
         await self._stop_tasks()
@@ -269,7 +269,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._late.clear()
         self._settlements.clear()
         self._buffer.clear()
-        self._owner._subs.discard(self)
+        self._owner._forget(self)
 
     async def _create_consumer(self) -> None:
         cfg = self._owner.config
@@ -277,7 +277,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         common: dict[str, Any] = {
             "ack_policy": api.AckPolicy.EXPLICIT,
             "ack_wait": cfg.ack_wait,
-            "max_deliver": cfg.max_deliver,
+            "max_deliver": -1 if cfg.max_deliver is None else cfg.max_deliver,
             "max_ack_pending": cfg.max_ack_pending,
             "filter_subject": self._subject,
         }
@@ -353,13 +353,12 @@ class NatsSubscription(BufferedSubscription[Message]):
         publish = self._owner._nc.publish
         wanted = self._pull_wanted
         requests = self._requests
-        delay = throttle = cfg.reconnect_wait
+        backoff, throttle = self._owner._backoff(), self._owner._backoff()
         while not self._closed:
             now = loop.time()
             if self._broken:
                 self._forget_requests()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 try:
                     if not await self._consumer_exists():
                         await self._create_consumer()
@@ -373,12 +372,11 @@ class NatsSubscription(BufferedSubscription[Message]):
                 self._broken = False
                 continue
             if self._throttled:
-                await asyncio.sleep(throttle)
-                throttle = min(throttle * 2, cfg.reconnect_max_wait)
+                await throttle.sleep()
                 self._throttled = False
                 continue
             if self._buffer:
-                throttle = cfg.reconnect_wait  # messages flow again
+                throttle.reset()  # messages flow again
             for subject, req in list(requests.items()):
                 if req[1] + _SILENCE < now:
                     # The server did not even end it (408): after a restart it may have
@@ -391,12 +389,11 @@ class NatsSubscription(BufferedSubscription[Message]):
                     requests[subject] = [self._half, now + cfg.fetch_timeout, _NEVER]
                     self._owed += self._half
                     await publish(self._next_subject, request, reply=subject)
-                    delay = cfg.reconnect_wait
+                    backoff.reset()
             except Exception as exc:  # disconnected and nats-py's buffer is full
                 log.debug("nats: pull request failed: %s", type(exc).__name__)
                 self._forget_requests()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 continue
             wanted.clear()
             wait = min((r[1] for r in requests.values()), default=now + 1.0) + _SILENCE
@@ -495,9 +492,8 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._settle_wanted.set()
 
     async def _settle_loop(self) -> None:
-        cfg = self._owner.config
         wanted = self._settle_wanted
-        delay = cfg.reconnect_wait
+        backoff = self._owner._backoff()
         while True:
             await wanted.wait()
             wanted.clear()
@@ -505,11 +501,10 @@ class NatsSubscription(BufferedSubscription[Message]):
                 await self._send_settlements()
             except Exception as exc:  # nats-py buffers while reconnecting; this is rarer
                 log.debug("nats: sending acks failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, cfg.reconnect_max_wait)
+                await backoff.sleep()
                 wanted.set()
             else:
-                delay = cfg.reconnect_wait
+                backoff.reset()
 
     async def _send_settlements(self) -> None:
         pending = self._settlements

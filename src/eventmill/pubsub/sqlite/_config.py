@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventmill.errors import ConfigurationError
+from eventmill.pubsub._options import Seconds, apply_options, split_query
 
 __all__ = ["SQLiteConfig"]
-
-_FOREVER = ("forever", "none", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,28 +38,30 @@ class SQLiteConfig:
     releases, cursors) always use ``normal``: an OS crash can only make them
     forget recent settlements, which means redelivery, never loss, and the next
     fsynced commit persists them too (the log is written in order)."""
-    visibility_timeout: float = 30.0
+    visibility_timeout: Seconds = 30.0
     """Seconds after which a message leased to a consumer that stopped renewing its
     leases (its process died) is delivered again (default 30). A live subscription
     renews its leases every third of this, so a slow handler is not duplicated."""
-    poll_interval: float = 0.1
+    poll_interval: Seconds = 0.1
     """Seconds an idle subscription waits before looking for messages published by
     other processes or leases that expired (default 0.1). Publishes made through
     this process wake local subscriptions at once, without waiting."""
     prefetch: int = 100
     """Most messages a subscription leases ahead of its readers (default 100); it
     refills when half are handed out. Each fetch takes at most this many."""
-    retention: float | None = 3600.0
+    retention: Seconds | None = 3600.0
     """Seconds a message acked by every consumer group of its topic (or, on a
     topic without groups, any message) is kept, so a new group can replay it
-    (default 3600). ``0`` deletes as soon as the sweep runs; ``forever`` never deletes."""
-    max_age: float | None = None
+    (default 3600). ``0`` deletes as soon as the sweep runs; ``None`` (``unlimited`` in
+    a URL) never deletes."""
+    max_age: Seconds | None = None
     """Seconds after which a message is deleted even if some group has not acked it
-    (default: never). Set it when a group may be abandoned, or the file grows."""
-    sweep_interval: float = 10.0
+    (default ``None``: never; ``unlimited`` in a URL). Set it when a group may be
+    abandoned, or the file grows."""
+    sweep_interval: Seconds = 10.0
     """Seconds between retention sweeps (default 10); each deletes in chunks of
     5,000 rows, one short transaction per chunk."""
-    busy_timeout: float = 5.0
+    busy_timeout: Seconds = 5.0
     """Seconds to wait for another process's write lock before an operation fails
     with :class:`~eventmill.PublishError` or :class:`~eventmill.SubscribeError` (default 5)."""
     max_batch: int = 10_000
@@ -107,40 +108,8 @@ class SQLiteConfig:
                 "or sqlite:////absolute/path.db (three or four slashes)"
             )
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        try:
-            query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid sqlite:// query string: {exc}") from exc
-        known = {
-            "synchronous",
-            "visibility_timeout",
-            "poll_interval",
-            "prefetch",
-            "retention",
-            "max_age",
-            "sweep_interval",
-            "busy_timeout",
-            "max_batch",
-            "max_pending",
-        }
-        unknown = set(query) - known
-        if unknown:
-            raise ConfigurationError(
-                f"unknown sqlite:// option(s): {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        kwargs: dict[str, object] = {}
-        for name, values in query.items():
-            raw = values[-1].strip()
-            if name == "synchronous":
-                kwargs[name] = raw.lower()
-            elif name in ("prefetch", "max_batch", "max_pending"):
-                kwargs[name] = _int(name, raw)
-            elif name in ("retention", "max_age") and raw.lower() in _FOREVER:
-                kwargs[name] = None
-            else:
-                kwargs[name] = _float(name, raw)
-        return cls(path=path, **kwargs)  # type: ignore[arg-type]
+        options, _ = split_query(parts.query)
+        return apply_options(cls(path=path), options, scheme="sqlite://", fixed=("path",))
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -154,19 +123,3 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if bad:
         which = "zero or more" if allow_zero else "more than zero"
         raise ConfigurationError(f"sqlite:// {name} must be a number of seconds, {which}")
-
-
-def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"sqlite:// {name} must be an integer, not {raw!r}") from None
-
-
-def _float(name: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"sqlite:// {name} must be a number of seconds, not {raw!r}"
-        ) from None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from eventmill.errors import ConfigurationError
+from eventmill.pubsub._options import Seconds, apply_options, split_query
 from eventmill.pubsub.factory import redact_url
 
 __all__ = ["PostgresConfig"]
@@ -36,8 +37,6 @@ _PASSTHROUGH = frozenset(
     }
 )
 
-_NONE_WORDS = frozenset({"none", "forever", "off", ""})
-
 
 @dataclass(frozen=True, slots=True)
 class PostgresConfig:
@@ -54,19 +53,19 @@ class PostgresConfig:
     table_prefix: str = "eventmill_"
     """Prefix of the table names (``<prefix>messages``, ``groups``, ``leases``,
     ``topics``). Two buses with different prefixes never see each other's messages."""
-    visibility_timeout: float = 30.0
+    visibility_timeout: Seconds = 30.0
     """Seconds a delivered, unsettled message stays leased to its consumer. A live
     subscription renews the leases of the messages it holds every third of this; a
     consumer that died without settling loses them after at most this long, and they
     are delivered again."""
-    poll_interval: float = 1.0
+    poll_interval: Seconds = 1.0
     """Fallback: an idle consumer looks for work at least this often, even if no
     NOTIFY arrived (NOTIFY wakes it at once; a lease expiring wakes it too)."""
     prefetch: int = 500
     """Most messages one subscription leases in one claim (one lease row) and holds
     before handing them out. Larger claims cost less per message; smaller ones spread
     a backlog more evenly over the members of a group when handlers are slow."""
-    claim_linger: float = 0.005
+    claim_linger: Seconds = 0.005
     """Seconds a subscription whose last claim found fewer than ``prefetch`` messages
     waits (counted from that claim) before the next: in a steady stream, batches
     gather instead of being claimed a few messages at a time (a claim has a fixed
@@ -82,15 +81,16 @@ class PostgresConfig:
     max_pending: int = 10_000
     """Most messages waiting for a group commit. When full, ``publish`` waits for room
     (policy ``block``); a single call larger than this is still accepted alone."""
-    ack_interval: float = 0.02
+    ack_interval: Seconds = 0.02
     """Seconds settlements (ack/nack) wait to be flushed in one batch."""
     ack_batch: int = 1000
     """A batch of this many settlements is flushed without waiting for ``ack_interval``."""
-    retention: float | None = 7 * 24 * 3600.0
+    retention: Seconds | None = 7 * 24 * 3600.0
     """Seconds a message is kept after publishing once every group has acknowledged
-    it (default 7 days; it is what a new group replays). ``none`` keeps messages forever;
+    it (default 7 days; it is what a new group replays). ``None`` (``unlimited`` in a URL)
+    keeps messages forever;
     ``0`` deletes them as soon as they are fully consumed (at the next cleanup)."""
-    cleanup_interval: float = 30.0
+    cleanup_interval: Seconds = 30.0
     """Seconds between retention passes (one process at a time runs each pass)."""
     ephemeral_buffer: int = 10_000
     """Most undelivered messages an ephemeral (group-less) subscription holds. When
@@ -100,15 +100,15 @@ class PostgresConfig:
     """Connections the pool keeps open."""
     pool_max: int = 10
     """Most pooled connections (plus one dedicated LISTEN connection)."""
-    connect_timeout: float = 10.0
+    connect_timeout: Seconds = 10.0
     """Seconds ``start()`` keeps trying to reach the server before raising
     :class:`~eventmill.BackendUnavailableError`."""
-    reconnect_timeout: float = 60.0
+    reconnect_timeout: Seconds = 60.0
     """Seconds a publish keeps retrying while the server is unreachable before raising
     :class:`~eventmill.BackendUnavailableError`. Consumers and the LISTEN connection
     retry for as long as the bus is open."""
-    backoff_max: float = 2.0
-    """Cap of the exponential backoff between reconnect attempts (starting at 50 ms)."""
+    reconnect_max_delay: Seconds = 2.0
+    """Cap of the exponential backoff (from 50 ms, with jitter) between reconnect attempts."""
 
     def __post_init__(self) -> None:
         if _IDENT.fullmatch(self.schema) is None:
@@ -119,7 +119,12 @@ class PostgresConfig:
             raise ConfigurationError(
                 "postgresql:// table_prefix must be 1-40 characters of [a-z0-9_], not a digit first"
             )
-        positive = ("visibility_timeout", "poll_interval", "cleanup_interval", "backoff_max")
+        positive = (
+            "visibility_timeout",
+            "poll_interval",
+            "cleanup_interval",
+            "reconnect_max_delay",
+        )
         for name in positive:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -161,28 +166,6 @@ class PostgresConfig:
         scheme = parts.scheme.lower().split("+", 1)[0]
         if scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(f"not a postgresql:// URL: {redact_url(url)!r}")
-        known = {f.name: f for f in fields(cls) if f.name != "dsn"}
-        kwargs: dict[str, object] = {}
-        keep: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in known:
-                kwargs[key] = _convert(key, value, str(known[key].type))
-            elif key in _PASSTHROUGH:
-                keep.append((key, value))
-            else:
-                raise ConfigurationError(f"unknown postgresql:// option {key!r}")
+        ours, keep = split_query(parts.query, _PASSTHROUGH)
         dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(keep), ""))
-        return cls(dsn=dsn, **kwargs)  # type: ignore[arg-type]
-
-
-def _convert(key: str, value: str, type_name: str) -> object:
-    try:
-        if type_name == "int":
-            return int(value)
-        if type_name == "float":
-            return float(value)
-        if type_name == "float | None":
-            return None if value.strip().lower() in _NONE_WORDS else float(value)
-    except ValueError:
-        raise ConfigurationError(f"postgresql:// {key} must be a number, not {value!r}") from None
-    return value
+        return apply_options(cls(dsn=dsn), ours, scheme="postgresql://", fixed=("dsn",))

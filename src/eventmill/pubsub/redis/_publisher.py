@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 
-from eventmill.errors import ClosedError, PublishError
-from eventmill.pubsub._redis_common import TRANSIENT, Backoff, describe, log, unavailable
-from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.errors import PublishError
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed
+from eventmill.pubsub.redis._common import log
+from eventmill.pubsub.redis._config import RedisConfig
+from eventmill.pubsub.redis._errors import TRANSIENT, describe, mapped, unavailable
 
 __all__ = ["CoalescingPublisher", "PublishStats"]
 
@@ -77,7 +79,7 @@ class CoalescingPublisher:
             self._room.append(room)
             await room
             if self._closed:
-                raise ClosedError("redis:// pubsub is closed")
+                raise closed("redis://")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(topic, commands, future))
         self._queued += n
@@ -101,7 +103,7 @@ class CoalescingPublisher:
                 try:
                     await self._send(batch)
                 except BaseException:
-                    error = ClosedError("redis:// pubsub was abandoned while publishing")
+                    error = closed("redis://")
                     for req in batch:
                         if not req.future.done():
                             req.future.set_exception(error)
@@ -121,11 +123,12 @@ class CoalescingPublisher:
         backoff = Backoff(self._config.reconnect_max_delay)
         while True:
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for req in batch:
-                        for args in req.commands:
-                            pipe.execute_command(*args)
-                    results = await pipe.execute(raise_on_error=False)
+                with mapped("publish", PublishError, self._config):
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for req in batch:
+                            for args in req.commands:
+                                pipe.execute_command(*args)
+                        results = await pipe.execute(raise_on_error=False)
                 self._round_trips += 1
                 break
             except TRANSIENT as exc:
@@ -140,8 +143,7 @@ class CoalescingPublisher:
                     "redis:// publish: %s; retrying in %.2fs", describe(exc, self._config), delay
                 )
                 await asyncio.sleep(delay)
-            except rex.RedisError as exc:
-                error = PublishError(f"redis:// publish failed: {describe(exc, self._config)}")
+            except PublishError as error:
                 for req in batch:
                     if not req.future.done():
                         req.future.set_exception(error)
@@ -172,12 +174,12 @@ class CoalescingPublisher:
         if flusher is not None:
             await asyncio.shield(flusher)
 
-    def abandon(self) -> None:
-        """Stop at once: cancel the sender, fail whatever was queued (for crash tests)."""
+    def abort(self) -> None:
+        """Stop at once: cancel the sender, fail whatever was queued (the crash hook)."""
         self._closed = True
         if self._flusher is not None:
             self._flusher.cancel()
-        error = ClosedError("redis:// pubsub is closed")
+        error = closed("redis://")
         for req in self._queue:
             if not req.future.done():
                 req.future.set_exception(error)

@@ -43,9 +43,11 @@ import redis.asyncio as aioredis
 import redis.exceptions as rex
 
 from eventmill.message import Message
-from eventmill.pubsub._redis_common import TRANSIENT, Backoff, decode_entry, describe, log
-from eventmill.pubsub._redis_config import RedisConfig
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub.redis._common import decode_entry, log
+from eventmill.pubsub.redis._config import RedisConfig
+from eventmill.pubsub.redis._errors import TRANSIENT, describe
 
 __all__ = ["EphemeralSubscription", "GroupSubscription", "ensure_group"]
 
@@ -113,8 +115,16 @@ class _Base(BufferedSubscription[Message]):
     async def _run(self) -> None:
         raise NotImplementedError
 
-    def abandon(self) -> None:
-        """Stop at once without flushing or releasing anything (crash simulation)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): nothing is flushed
+        or released; held entries are claimed by another member after ``claim_idle``."""
+        if self._closed:
+            return
+        self._vanish()
+        self._on_close(self)
+
+    def _vanish(self) -> None:
+        """Stop at once without flushing or releasing anything."""
         raise NotImplementedError
 
     def _take(self, msg: Message) -> Message:
@@ -212,7 +222,7 @@ class EphemeralSubscription(_Base):
         self._buffer.clear()
         self._on_close(self)
 
-    def abandon(self) -> None:
+    def _vanish(self) -> None:
         self._closed = True
         self._readers.wake_all()
         if self._task is not None:
@@ -484,8 +494,7 @@ class GroupSubscription(_Base):
                 break
         self._on_close(self)
 
-    def abandon(self) -> None:
-        """Vanish like a killed process: nothing flushed, nothing released."""
+    def _vanish(self) -> None:
         self._closed = True
         self._readers.wake_all()
         for task in (self._task, self._flusher):

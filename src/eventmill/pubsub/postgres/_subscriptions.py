@@ -1,4 +1,9 @@
-"""Subscriptions of the postgresql:// backend (group and ephemeral)."""
+"""Subscriptions of the postgresql:// backend (group and ephemeral).
+
+They reach the bus only through :class:`Host`, the internal interface its
+:class:`~eventmill.pubsub.postgres.PostgresPubSub` implements; its members are
+private by convention (the bus's public API is the PubSub contract).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,25 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, Self, TypeVar
 
 import orjson
 
 from eventmill.errors import ClosedError, PubSubError
 from eventmill.message import Message
+from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import AsyncCloseable, BufferedSubscription, TopicGroup
-
-if TYPE_CHECKING:
-    from eventmill.pubsub.postgres import PostgresPubSub
+from eventmill.pubsub.postgres._asyncpg import Connection, Record
+from eventmill.pubsub.postgres._config import PostgresConfig
+from eventmill.pubsub.postgres._settlements import Lease
+from eventmill.pubsub.postgres._sql import Sql
 
 __all__ = [
     "EphemeralSubscription",
     "GroupSubscription",
-    "Lease",
+    "Host",
     "Row",
     "Snapshot",
     "TopicReader",
@@ -29,21 +37,51 @@ __all__ = [
 
 log = logging.getLogger("eventmill.pubsub.postgres")
 
+T = TypeVar("T")
 
-@dataclass(slots=True, eq=False)
-class Lease:
-    """A batch of the log held by one subscription (a row of ``<prefix>leases``)."""
 
-    lid: int
-    counter: int
-    """Bumped by the server each time the batch changes hands: a write guarded by a
-    stale counter is ignored (the batch went to someone else)."""
-    open: int
-    """Messages of the batch handed out or buffered and not yet settled."""
-    acked: list[int] = field(default_factory=list)
-    """Seqs acknowledged and not yet written to the server."""
-    acked_at: float = 0.0
-    """``time.monotonic()`` of the oldest ack in :attr:`acked`."""
+class Host(Protocol):
+    """What the subscriptions need of their bus (private by convention)."""
+
+    @property
+    def config(self) -> PostgresConfig: ...
+
+    @property
+    def sql(self) -> Sql: ...
+
+    async def _run(
+        self,
+        op: Callable[[Connection], Awaitable[T]],
+        *,
+        what: str,
+        deadline: float | None,
+        stop: Callable[[], bool] | None = None,
+    ) -> T:
+        """Run ``op`` on a consuming connection, with reconnect (``Runner.run``)."""
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a task of the bus (cancelled when it closes)."""
+
+    def _forget(self, sub: GroupSubscription | EphemeralSubscription) -> None:
+        """Unregister a closed (or aborted) subscription."""
+
+    def _warn_held_back(self, topic: str, group: str | None, blocker: Record | None) -> None:
+        """Log (once a minute) that delivery waits behind an open transaction."""
+
+    def _settled(self, lease: Lease) -> None:
+        """Every message of ``lease`` is settled (``Settlements.done``)."""
+
+    def _acked(self) -> None:
+        """An ack of a batch in progress waits to be written (``Settlements.acked``)."""
+
+    def _nacked(self, tid: int, lease: Lease, txid: int, seq: int) -> None:
+        """A message was nacked (``Settlements.nacked``)."""
+
+    async def _flush_settlements(self) -> None:
+        """Write every settlement made so far (``Settlements.flush``)."""
+
+    async def _release(self, leases: list[Lease], tid: int) -> None:
+        """Make the unsettled messages of ``leases`` claimable again (``Settlements.release``)."""
 
 
 #: (id, metadata, payload) of a message waiting in an ephemeral subscription.
@@ -72,7 +110,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
     settlements and releases what it still holds.
     """
 
-    def __init__(self, owner: PostgresPubSub, topic: str, group: str, tid: int, gid: int) -> None:
+    def __init__(self, owner: Host, topic: str, group: str, tid: int, gid: int) -> None:
         self._owner = owner
         self._topic = topic
         self._group = group
@@ -83,7 +121,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self.held: dict[int, Lease] = {}  # lid -> lease with messages not yet settled
         self.wake = asyncio.Event()
         self._held_back_since: float | None = None
-        self._backoff = _HELD_BACK_MIN
+        self._backoff = Backoff(_HELD_BACK_MAX, _HELD_BACK_MIN)
         self._linger_until = 0.0  # loop time before which the next claim waits
         self._fetch_lock = asyncio.Lock()
         self._claim_task: asyncio.Task[float | None] | None = None
@@ -133,33 +171,34 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         cfg = owner.config
         sql = owner.sql
 
-        async def op(conn: Any) -> tuple[list[Any], float | None, bool]:
+        async def op(conn: Connection) -> tuple[list[Record], float | None, bool]:
             rows = await conn.fetch(
                 sql.claim, self.gid, self.tid, cfg.prefetch, cfg.visibility_timeout
             )
             if rows:
                 return rows, None, False
-            next_visible, held_back = await conn.fetchrow(sql.idle_state, self.gid)
+            state = await conn.fetchrow(sql.idle_state, self.gid)
+            assert state is not None  # an aggregate: always one row
+            next_visible, held_back = state
             if held_back and self._held_back_too_long():
                 blocker = await conn.fetchrow(sql.oldest_writer)
-                owner.warn_held_back(self._topic, self._group, blocker)
+                owner._warn_held_back(self._topic, self._group, blocker)
             return rows, next_visible, held_back
 
-        rows, next_visible, held_back = await owner.run(
+        rows, next_visible, held_back = await owner._run(
             op, what="claim", deadline=None, stop=lambda: self._closed
         )
         if not rows:
             if not held_back:
                 self._held_back_since = None
-                self._backoff = _HELD_BACK_MIN
+                self._backoff.reset()
                 return next_visible
             # Committed messages wait behind an older transaction still open (see the
-            # module docstring of _postgres_sql): look again soon, backing off.
-            wait = self._backoff
-            self._backoff = min(self._backoff * 2, _HELD_BACK_MAX)
+            # module docstring of postgres._sql): look again soon, backing off.
+            wait = self._backoff.next()
             return wait if next_visible is None else min(wait, next_visible)
         self._held_back_since = None
-        self._backoff = _HELD_BACK_MIN
+        self._backoff.reset()
         if len(rows) < cfg.prefetch:
             self._linger_until = asyncio.get_running_loop().time() + cfg.claim_linger
         lid, counter = rows[0][0], rows[0][1]
@@ -191,12 +230,12 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
                 lease.acked_at = time.monotonic()
             lease.acked.append(seq)
         else:
-            self._owner.queue_nack(self, lease, txid, seq)
+            self._owner._nacked(self.tid, lease, txid, seq)
         if lease.open == 0:
             del self.held[lease.lid]
-            self._owner.queue_done(lease)
+            self._owner._settled(lease)
         elif ok:
-            self._owner.ack_pending()
+            self._owner._acked()
 
     async def close(self) -> None:
         """Flush settlements, release unsettled messages (redelivered at once), stop."""
@@ -209,8 +248,8 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             done, _ = await asyncio.wait({task}, timeout=5)
             if not done:
                 task.cancel()
-        self._owner.forget(self)
-        await self._owner.flush_settlements()
+        self._owner._forget(self)
+        await self._owner._flush_settlements()
         held = list(self.held.values())
         self.held.clear()
         for msg in self.inflight:
@@ -218,10 +257,18 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self.inflight.clear()
         self._buffer.clear()
         if held:
-            await self._owner.release(held, self.tid)
+            await self._owner._release(held, self.tid)
 
-    def abort(self) -> None:
-        """Stop without flushing or releasing anything (a crash)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): its leases are no
+        longer renewed and run out after ``visibility_timeout``."""
+        if self._closed:
+            return
+        self._vanish()
+        self._owner._forget(self)
+
+    def _vanish(self) -> None:
+        """Stop without flushing or releasing anything."""
         self._closed = True
         self.wake.set()
         for msg in self.inflight:
@@ -257,7 +304,7 @@ class TopicReader:
     messages its subscribe-time :class:`Snapshot` did not see committed.
     """
 
-    def __init__(self, owner: PostgresPubSub, topic: str, tid: int) -> None:
+    def __init__(self, owner: Host, topic: str, tid: int) -> None:
         self._owner = owner
         self._topic = topic
         self.tid = tid
@@ -265,7 +312,7 @@ class TopicReader:
         self.lock = asyncio.Lock()  # a fetch, or a subscription joining
         self.wake = asyncio.Event()
         self._cursor: tuple[int, int] | None = None  # set by the first join
-        self._task: asyncio.Task[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
         self.joining = 0  # subscriptions between "found this reader" and joining it
         self.stopped = False
 
@@ -286,7 +333,7 @@ class TopicReader:
 
     async def _run(self) -> None:
         owner = self._owner
-        backoff = _HELD_BACK_MIN
+        backoff = Backoff(_HELD_BACK_MAX, _HELD_BACK_MIN)
         timeout = owner.config.poll_interval
         while True:
             timer = asyncio.get_running_loop().call_later(timeout, self.wake.set)
@@ -296,7 +343,7 @@ class TopicReader:
                 timer.cancel()
             self.wake.clear()
             try:
-                held_back = await owner.run(
+                held_back = await owner._run(
                     self._fetch, what="ephemeral read", deadline=None, stop=lambda: self.stopped
                 )
             except ClosedError:
@@ -305,13 +352,12 @@ class TopicReader:
                 log.warning("postgresql:// reading topic %r failed: %s", self._topic, exc)
                 held_back = False
             if held_back:
-                timeout = backoff
-                backoff = min(backoff * 2, _HELD_BACK_MAX)
+                timeout = backoff.next()
             else:
                 timeout = owner.config.poll_interval
-                backoff = _HELD_BACK_MIN
+                backoff.reset()
 
-    async def _fetch(self, conn: Any) -> bool:
+    async def _fetch(self, conn: Connection) -> bool:
         """Hand every message past the cursor to the subscriptions; True when
         committed messages wait behind the horizon."""
         sql = self._owner.sql
@@ -349,9 +395,7 @@ class EphemeralSubscription(BufferedSubscription[Row]):
     server-side for it.
     """
 
-    def __init__(
-        self, owner: PostgresPubSub, topic: str, tid: int, limit: int, since: Snapshot
-    ) -> None:
+    def __init__(self, owner: Host, topic: str, tid: int, limit: int, since: Snapshot) -> None:
         super().__init__(topic, None)
         self._owner = owner
         self.tid = tid
@@ -390,10 +434,15 @@ class EphemeralSubscription(BufferedSubscription[Row]):
             self._readers.wake()
 
     async def close(self) -> None:
-        self.abort()
-        self._owner.forget(self)
+        """Drop what is buffered (nothing is kept for it server-side), end iteration."""
+        self._vanish()
+        self._owner._forget(self)
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): as :meth:`close`."""
+        await self.close()
+
+    def _vanish(self) -> None:
         if self._closed:
             return
         self._closed = True

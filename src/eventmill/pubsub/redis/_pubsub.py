@@ -1,28 +1,4 @@
-"""redis:// and rediss:// - Redis Streams with consumer groups.
-
-Layout: topic ``T`` is the stream at key ``prefix + T`` (default prefix
-``eventmill:``). A message is one entry with the fields ``id``, ``metadata`` (JSON
-object, omitted when empty) and ``payload`` (raw bytes).
-
-* **Publish**: ``XADD`` (with ``MAXLEN ~ maxlen`` when set). Concurrent publishes
-  are coalesced into one pipelined round trip; each call returns after Redis
-  replied to each of its ``XADD`` commands. While Redis is away a publish retries
-  with capped backoff and raises :class:`~eventmill.BackendUnavailableError` after
-  ``publish_timeout``.
-* **Groups**: ``XGROUP CREATE ... 0 MKSTREAM`` on first subscribe, so a new group
-  starts at the oldest retained entry. Each subscription is one consumer with a
-  unique name, reading with blocking ``XREADGROUP``; acks are batched ``XACK``\\ s;
-  entries not settled within ``claim_idle`` seconds (their consumer died) are
-  taken over with ``XAUTOCLAIM``; ``nack`` redelivers at once to the same
-  subscription; ``close`` releases unsettled entries to the other members.
-* **Ephemeral** (no group): ``XREAD`` from the last entry id at subscribe time.
-* **Reconnect**: readers, ack flushes and publishes retry transient errors with
-  capped exponential backoff (``reconnect_max_delay``); nothing Redis acknowledged
-  is lost as long as Redis itself keeps it (AOF/RDB persistence on the server).
-
-See :class:`~eventmill.pubsub.redis.RedisConfig` for every option and
-``docs/readme/redis.md`` for the guarantees.
-"""
+"""redis:// and rediss://: the PubSub class (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -34,23 +10,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from eventmill.errors import ClosedError, ConfigurationError, SubscribeError
+from eventmill.errors import BackendUnavailableError, ConfigurationError, SubscribeError
 from eventmill.message import Message
-from eventmill.pubsub._redis_common import TRANSIENT, Backoff, describe, encode_fields, unavailable
-from eventmill.pubsub._redis_config import RedisConfig
-from eventmill.pubsub._redis_publisher import CoalescingPublisher, PublishStats
-from eventmill.pubsub._redis_subscription import (
+from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._errors import closed
+from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub.base import Capabilities, check_messages, validate_name
+from eventmill.pubsub.redis._common import encode_fields
+from eventmill.pubsub.redis._config import RedisConfig
+from eventmill.pubsub.redis._errors import TRANSIENT, describe, mapped, unavailable
+from eventmill.pubsub.redis._publisher import CoalescingPublisher, PublishStats
+from eventmill.pubsub.redis._subscription import (
     EphemeralSubscription,
     GroupSubscription,
     _Base,
     ensure_group,
 )
-from eventmill.pubsub._subscription import AsyncStartCloseable
-from eventmill.pubsub.base import Capabilities, validate_name
 
 __all__ = ["PublishStats", "RedisConfig", "RedisPubSub"]
 
@@ -117,12 +95,11 @@ class RedisPubSub(AsyncStartCloseable):
         Raises :class:`~eventmill.BackendUnavailableError` if it does not.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         try:
-            await self._client.ping()
+            with mapped("connect", BackendUnavailableError, self.config):
+                await self._client.ping()
         except TRANSIENT as exc:
-            raise unavailable(exc, self.config, "connect") from exc
-        except rex.RedisError as exc:
             raise unavailable(exc, self.config, "connect") from exc
 
     def _key(self, topic: str) -> str:
@@ -147,14 +124,11 @@ class RedisPubSub(AsyncStartCloseable):
         refused a command, :class:`~eventmill.ClosedError` after ``close()``.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         self._key(topic)
+        check_messages(messages)
         head = self._xadd_head[topic]
-        commands: list[list[Any]] = []
-        for m in messages:
-            if not isinstance(m, Message):
-                raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
-            commands.append(head + encode_fields(m))
+        commands = [head + encode_fields(m) for m in messages]
         if not commands:
             return
         publisher = self._publisher
@@ -180,7 +154,7 @@ class RedisPubSub(AsyncStartCloseable):
         if new) or, without a group, once the starting position is fixed.
         """
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         key = self._key(topic)
         sub: GroupSubscription | EphemeralSubscription
         if group is not None:
@@ -201,7 +175,7 @@ class RedisPubSub(AsyncStartCloseable):
                 self._client, self.config, topic, key, self._forget, last_id
             )
         if self._closed:
-            raise ClosedError("redis:// pubsub is closed")
+            raise closed("redis://")
         self._subs.add(sub)
         sub.start()
         return sub
@@ -213,16 +187,13 @@ class RedisPubSub(AsyncStartCloseable):
         backoff = Backoff(self.config.reconnect_max_delay)
         while True:
             try:
-                return await call()
+                with mapped(action, SubscribeError, self.config):
+                    return await call()
             except TRANSIENT as exc:
                 delay = backoff.next()
                 if loop.time() + delay > deadline:
                     raise unavailable(exc, self.config, action) from exc
                 await asyncio.sleep(delay)
-            except rex.RedisError as exc:
-                raise SubscribeError(
-                    f"redis:// {action} failed: {describe(exc, self.config)}"
-                ) from exc
 
     def _forget(self, sub: _Base) -> None:
         self._subs.discard(sub)
@@ -251,14 +222,15 @@ class RedisPubSub(AsyncStartCloseable):
             await self._redis.aclose()
             await self._redis.connection_pool.disconnect()
 
-    async def _crash(self) -> None:
-        """Vanish like a killed process: drop the connections without flushing acks or
-        releasing entries (tests use it to simulate a crash)."""
+    async def abort(self) -> None:
+        """The crash hook (:class:`~eventmill.pubsub.base.Abortable`): connections drop,
+        acks are not flushed; held entries are claimed by another member after
+        ``claim_idle``."""
         self._closed = True
         for sub in list(self._subs):
-            sub.abandon()
+            sub._vanish()
         self._subs.clear()
         if self._publisher is not None:
-            self._publisher.abandon()
+            self._publisher.abort()
         if self._redis is not None:
             await self._redis.connection_pool.disconnect(inuse_connections=True)
