@@ -69,10 +69,6 @@ METRICS: dict[str, str] = {
 ``/metrics`` must expose exactly these names (docs/operations/deployment.md#metrics)."""
 
 PENDING = {
-    "eventmill_ingest_webhooks_received_total",
-    "eventmill_ingest_request_duration_seconds",
-    "eventmill_bus_publishes_total",
-    "eventmill_bus_publish_duration_seconds",
     "eventmill_realtime_connections",
     "eventmill_realtime_messages_sent_total",
     "eventmill_bus_reconnects_total",
