@@ -252,7 +252,11 @@ async def main() -> None:
         )
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # uvicorn still draining connections
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":
