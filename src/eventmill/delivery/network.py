@@ -8,13 +8,13 @@ is refused, as is any address that is loopback, private, link-local, multicast,
 shared (CGNAT), reserved, unspecified or a cloud metadata address, unless it lies in
 ``delivery.allow_networks``.
 
-httpx opens connections through httpcore's network backend; :func:`guarded_transport`
-builds httpx's own transport over a connection pool whose backend is
-:class:`GuardedBackend`, over :class:`AsyncioBackend`: sockets on asyncio's own
-transports rather than anyio's streams (httpcore's default), which costs a third of
-the CPU per request: a request's writes go out in one ``send`` when its answer is
-read, and an idle connection's "closed by the server?" check (run by the pool for
-every connection on every request) reads a flag instead of making two system calls.
+httpcore (httpx's transport layer) opens connections through a network backend; each
+endpoint's connections (:mod:`eventmill.delivery.http`) use :class:`GuardedBackend`,
+over :class:`AsyncioBackend`: sockets on asyncio's own transports rather than anyio's
+streams (httpcore's default), which costs about a fifth less CPU per request: a
+request's writes go out in one ``send`` when its answer is read, and an idle
+connection's "closed by the server?" check, made before each reuse, reads a flag
+instead of making two system calls.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
 import httpcore
-import httpx
 
 __all__ = [
     "AddressPolicy",
@@ -35,7 +34,6 @@ __all__ = [
     "DestinationRefusedError",
     "GuardedBackend",
     "Resolver",
-    "guarded_transport",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -386,31 +384,3 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
-
-
-def guarded_transport(
-    policy: AddressPolicy,
-    *,
-    max_connections: int,
-    max_keepalive: int,
-    resolver: Resolver | None = None,
-    verify: ssl.SSLContext | bool = True,
-) -> httpx.AsyncHTTPTransport:
-    """httpx's transport (HTTP/1.1, no proxies from the environment, no retries) whose
-    connections are opened by :class:`GuardedBackend`. ``verify``: the TLS context that
-    checks servers' certificates (default: the system's trust store)."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False, retries=0, verify=verify)
-    # The transport keeps its httpcore pool in ``_pool``; it takes no network backend
-    # argument, so the pool is made again with the guarded one (same settings).
-    old = transport._pool
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=old._ssl_context,
-        max_connections=max_connections,
-        max_keepalive_connections=max_keepalive,
-        keepalive_expiry=5.0,
-        http1=True,
-        http2=False,
-        retries=0,
-        network_backend=GuardedBackend(policy, resolver),
-    )
-    return transport
