@@ -5,13 +5,22 @@
 A receiver (uvicorn, its own process) answers 200 on 127.0.0.1. Two cases:
 
 * 1 endpoint: ``--events`` events published on the bus → that many deliveries;
-* 50 endpoints: ``--wide-events`` events → 50 deliveries each.
+* 50 endpoints: ``--wide-events`` events → 50 deliveries each;
+* then 1 endpoint again with events published at ``--paced-rate`` per second for 4 s
+  (latency at a steady rate, rather than the time a burst takes to drain).
 
 For each, eventmill (SQLite store and bus, in this process: fan-out, dispatcher,
 recorder) is timed from the first publish until the receiver has every delivery, and a
 bare ``httpx.AsyncClient`` posts the same bodies to the same receiver with the same
 concurrency. Printed: deliveries/s of both, their ratio, and event→delivery latency
-p50/p99 (publish → arrival at the receiver). Target: ≥ 0.5x bare, ≥ 2,000/s.
+p50/p99 of every delivery (publish → its first arrival at the receiver; all events
+are published at once, so this is mostly the time the burst takes to drain), this
+process's CPU per delivery (eventmill: everything from the bus on — consuming, fan-out,
+dispatcher, recorder, journal — but not making and publishing the events, nor the
+benchmark's polling of the receiver; bare: the client), and store statements per
+delivery. CPU per delivery
+is the figure to compare across runs on a shared machine. Target: ≥ 0.5x bare,
+≥ 2,000/s.
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy import event as sa_event
 
 ENDPOINTS_WIDE = 50
 
@@ -53,7 +64,7 @@ async def _receiver_app(scope: Any, receive: Any, send: Any) -> None:
     state["count"] += 1
     if scope["path"].startswith("/ep"):
         event_id = orjson.loads(body).get("id")
-        state["arrivals"].setdefault(event_id, time.time())
+        state["arrivals"].setdefault(f"{event_id} {scope['path']}", time.time())
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"ok"})
 
@@ -87,8 +98,9 @@ async def _stats(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return data
 
 
-async def _bare(url: str, bodies: list[bytes], concurrency: int) -> float:
-    """Deliveries/s of a bare httpx client posting ``bodies`` with ``concurrency``."""
+async def _bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
+    """Deliveries/s of a bare httpx client posting ``bodies`` with ``concurrency``, and
+    this process's CPU seconds per delivery."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         queue = list(reversed(bodies))
@@ -99,12 +111,28 @@ async def _bare(url: str, bodies: list[bytes], concurrency: int) -> float:
                 response = await client.post(f"{url}/bare", content=body)
                 response.raise_for_status()
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return len(bodies) / (time.perf_counter() - start)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        return len(bodies) / elapsed, cpu / len(bodies)
 
 
-async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> tuple[float, list[float]]:
+@dataclass
+class Run:
+    """One eventmill run: deliveries/s, latencies (s), CPU s and store statements per delivery."""
+
+    rate: float
+    latencies: list[float]
+    cpu: float
+    statements: float
+    concurrency: int
+
+
+async def _eventmill(
+    url: str, events: int, endpoints: int, tmp: Path, rate: float | None = None
+) -> Run:
+    """Publish ``events`` (all at once, or ``rate`` per second in batches of 10) and time
+    their deliveries."""
     from eventmill.app import create_app, resources_of
     from eventmill.delivery.store import DeliveryStore
     from eventmill.events import Event
@@ -119,40 +147,65 @@ async def _eventmill(url: str, events: int, endpoints: int, tmp: Path) -> tuple[
     app = create_app(settings)
     async with app.router.lifespan_context(app), httpx.AsyncClient() as stats_client:
         resources = resources_of(app)
-        ds = DeliveryStore(resources.require_store())
+        store = resources.require_store()
+        ds = DeliveryStore(store)
+        statements = 0
+
+        def count(*_: Any) -> None:
+            nonlocal statements
+            statements += 1
+
+        sa_event.listen(store.engine.sync_engine, "before_cursor_execute", count)
         for i in range(endpoints):
             await ds.create_endpoint(url=f"{url}/ep{i}", user_id="bench_user")
         await _stats(stats_client, url)  # reset
         before = (await _stats(stats_client, url))["count"]
         bus = resources.require_bus()
         published: dict[str, float] = {}
-        start = time.perf_counter()
-        for i in range(0, events, 100):
+        statements = 0
+        start, cpu = time.perf_counter(), time.process_time()
+        size = 100 if rate is None else 10
+        publishing = 0.0  # this process's CPU spent making and publishing the events
+        for i in range(0, events, size):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            t0 = time.process_time()
             batch = [
                 Event(event_name="order.created", user_id="bench_user", payload={"n": i + j})
-                for j in range(min(100, events - i))
+                for j in range(min(size, events - i))
             ]
             now = time.time()
             for e in batch:
                 published[e.id] = now
             await bus.publish("events", *(e.to_message() for e in batch))
+            publishing += time.process_time() - t0
         want = before + events * endpoints
         arrivals: dict[str, float] = {}
+        polling = 0.0  # this process's CPU spent asking the receiver (not eventmill's)
         while True:
+            t0 = time.process_time()
             stats = await _stats(stats_client, url)
-            arrivals.update(stats["arrivals"])
+            polling += time.process_time() - t0
+            for key, at in stats["arrivals"].items():
+                arrivals.setdefault(key, at)  # the first arrival of each delivery
             if stats["count"] >= want:
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - start
-        latencies = sorted(arrivals[e] - published[e] for e in published if e in arrivals)
-        return events * endpoints / elapsed, latencies
+        cpu = time.process_time() - cpu - polling - publishing
+        sa_event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        latencies = sorted(at - published[key.split(" ")[0]] for key, at in arrivals.items())
+        total = events * endpoints
+        s = settings.delivery
+        concurrency = min(s.concurrency_per_endpoint * endpoints, s.max_in_flight)
+        return Run(total / elapsed, latencies, cpu / total, statements / total, concurrency)
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--wide-events", type=int, default=100)
+    parser.add_argument("--paced-rate", type=float, default=200.0)
     args = parser.parse_args()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -168,22 +221,42 @@ async def main() -> None:
                 await asyncio.sleep(0.05)
         body = orjson.dumps({"id": "evt_x", "event_name": "order.created", "payload": {"n": 1}})
         print(
-            f"{'case':<14}{'eventmill/s':>12}{'bare/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'case':<14}{'eventmill/s':>12}{'bare/s':>8}{'ratio':>7}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'cpu us/dlv':>11}{'bare cpu':>9}{'stmts/dlv':>10}"
         )
         for name, events, endpoints in (
             ("1 endpoint", args.events, 1),
             (f"{ENDPOINTS_WIDE} endpoints", args.wide_events, ENDPOINTS_WIDE),
         ):
             with tempfile.TemporaryDirectory() as tmp:
-                rate, lat = await _eventmill(url, events, endpoints, Path(tmp))
-            concurrency = min(10 * endpoints, 1000)
-            bare = await _bare(url, [body] * (events * endpoints), concurrency)
+                run = await _eventmill(url, events, endpoints, Path(tmp))
+            bare, bare_cpu = await _bare(url, [body] * (events * endpoints), run.concurrency)
+            lat = run.latencies
             p50 = statistics.median(lat) * 1000
             p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
-            print(f"{name:<14}{rate:>12.0f}{bare:>10.0f}{rate / bare:>8.2f}{p50:>9.1f}{p99:>9.1f}")
+            print(
+                f"{name:<14}{run.rate:>12.0f}{bare:>8.0f}{run.rate / bare:>7.2f}{p50:>9.1f}"
+                f"{p99:>9.1f}{run.cpu * 1e6:>11.0f}{bare_cpu * 1e6:>9.0f}{run.statements:>10.3f}"
+            )
+        # latency when the events come at a steady rate the service keeps up with
+        paced = int(args.paced_rate * 4)
+        with tempfile.TemporaryDirectory() as tmp:
+            run = await _eventmill(url, paced, 1, Path(tmp), rate=args.paced_rate)
+        lat = run.latencies
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
+        name = f"1 ep {args.paced_rate:g}/s"
+        print(
+            f"{name:<14}{run.rate:>12.0f}{'-':>8}{'-':>7}{p50:>9.1f}{p99:>9.1f}"
+            f"{run.cpu * 1e6:>11.0f}{'-':>9}{run.statements:>10.3f}"
+        )
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # uvicorn still draining connections
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

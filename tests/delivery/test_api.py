@@ -188,3 +188,14 @@ async def test_a_key_without_admin_scope_is_403(tmp_path: Path) -> None:
         _, key = await resources_of(svc.app).require_keys().create("reader", {"read"})
         response = await svc.client.get("/v1/endpoints", headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 403
+
+
+async def test_a_nul_in_a_filter_or_an_id_matches_nothing(tmp_path: Path, store_url: str) -> None:
+    async with service(delivery_settings(tmp_path, store_url)) as svc:
+        for path in ("/v1/endpoints/%00", "/v1/deliveries/%00"):
+            r = await svc.client.get(path, headers=svc.auth)
+            assert r.status_code == 404, r.text
+        endpoints = await svc.get("/v1/endpoints", user_id="a\x00b")
+        assert endpoints["endpoints"] == []
+        deliveries = await svc.get("/v1/deliveries", user_id="a\x00b", event_id="\x00")
+        assert deliveries["deliveries"] == []

@@ -258,3 +258,21 @@ async def test_an_endpoint_failing_too_long_is_disabled_and_announced(
         )
         assert response.json()["failing_since"] is None
         assert len(rec.received) >= 2
+
+
+async def test_a_burst_to_one_endpoint_is_fed_as_its_lane_drains(
+    tmp_path: Path, store_url: str
+) -> None:
+    """500 events at once to one endpoint: its lane takes a few dozen, the rest wait in
+    the store; with the claimer's poll at a minute, only the lane waking it as it drains
+    gets them all out (a hang guard, not a timed assertion)."""
+    settings = delivery_settings(
+        tmp_path, store_url, poll_interval_seconds=60, concurrency_per_endpoint=4
+    )
+    async with receiver() as rec, service(settings) as svc:
+        await svc.create_endpoint(url=rec.url(), user_id="user_1")
+        events = [_event(n=i) for i in range(500)]
+        for i in range(0, len(events), 100):
+            await svc.publish(*events[i : i + 100])
+        await rec.wait_for(lambda: len(rec.received) >= 500, timeout=60, what="the burst")
+        assert len({r.headers["webhook-id"] for r in rec.received}) == 500

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.delivery.support import delivery_settings, receiver, service
+from tests.delivery.support import Service, delivery_settings, receiver, service
 
 pytestmark = pytest.mark.slow
 
 EVENTS = 200
 RATE = 50  # events per second, for 4 s
+CONCURRENCY = 5
 P99_BOUND = 1.0
 """Seconds. The hanging endpoint holds each attempt for the 2 s timeout; a healthy
 delivery queued behind it would wait at least that long."""
@@ -35,7 +37,7 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(tmp_path: Path) -
         f"sqlite:///{tmp_path / 'events.db'}",
         timeout_seconds=2,
         lease_seconds=10,
-        concurrency_per_endpoint=5,
+        concurrency_per_endpoint=CONCURRENCY,
         retry_schedule=[0, 1, 1, 1],
     )
     async with receiver(script) as rec, service(settings) as svc:
@@ -54,3 +56,16 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(tmp_path: Path) -
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         assert len(rec.at("/hang")) >= 5  # the hanging one was tried, and hung
         assert p99 < P99_BOUND, f"healthy endpoint p50 {p50:.3f} s, p99 {p99:.3f} s"
+        # the hanging endpoint holds no more of the process's slots than it sends at once
+        # (its backlog waits in the store), while the healthy one has finished
+        samples = [await _in_flight(svc) for _ in range(10)]
+        assert max(samples) <= CONCURRENCY, samples
+
+
+async def _in_flight(svc: Service) -> float:
+    await asyncio.sleep(0.1)
+    text = (await svc.client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "eventmill_delivery_in_flight_deliveries":
+            return float(family.samples[0].value)
+    raise AssertionError("no eventmill_delivery_in_flight_deliveries")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
-from eventmill.delivery.network import AddressPolicy, guarded_transport
+from eventmill.delivery.http import Connections, Target, default_ssl_context
+from eventmill.delivery.network import AddressPolicy, DestinationRefusedError, GuardedBackend
 from tests.delivery.support import delivery_settings, receiver, service
 
 
@@ -50,21 +50,23 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time() -> None
         return ["127.0.0.1"]
 
     async with receiver() as rec:
-        url = f"http://rebind.test:{rec.port}/hook"
-        guarded = guarded_transport(
-            AddressPolicy(), max_connections=4, max_keepalive=4, resolver=rebinding
+        target = Target.parse(f"http://rebind.test:{rec.port}/hook", {})
+        headers = [*target.headers, (b"content-length", b"2")]
+        guarded = Connections(
+            GuardedBackend(AddressPolicy(), rebinding), default_ssl_context(), connect_timeout=5
         )
-        async with httpx.AsyncClient(transport=guarded) as client:
-            with pytest.raises(httpx.ConnectError, match=r"127\.0\.0\.1 is a loopback address"):
-                await client.post(url, content=b"{}")
+        with pytest.raises(DestinationRefusedError, match=r"127\.0\.0\.1 is a loopback address"):
+            await guarded.post(target, headers, b"{}", 5)
         assert resolved == ["rebind.test"]
         assert rec.received == []
-        allowed = guarded_transport(
-            AddressPolicy(["127.0.0.0/8"]), max_connections=4, max_keepalive=4, resolver=rebinding
+        allowed = Connections(
+            GuardedBackend(AddressPolicy(["127.0.0.0/8"]), rebinding),
+            default_ssl_context(),
+            connect_timeout=5,
         )
-        async with httpx.AsyncClient(transport=allowed) as client:
-            response = await client.post(url, content=b"{}")
-        assert response.status_code == 200
+        answer = await allowed.post(target, headers, b"{}", 5)
+        await allowed.close_idle()
+        assert answer.status == 200
         assert rec.received[0].headers["host"] == f"rebind.test:{rec.port}"
 
 

@@ -176,6 +176,7 @@ async def test_every_statement_uses_an_index(store_url: str) -> None:
             await ds.disable("ep_004", "test", failing_before=now)
             await ds.context([claimed])
             await ds.delete_endpoint("ep_005")
+            assert await ds.prune(now, batch=50) == 50
         finally:
             sa_event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
 

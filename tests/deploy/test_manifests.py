@@ -69,9 +69,6 @@ METRICS: dict[str, str] = {
 ``/metrics`` must expose exactly these names (docs/operations/deployment.md#metrics)."""
 
 PENDING = {
-    "eventmill_delivery_attempt_duration_seconds",
-    "eventmill_delivery_dead_lettered_total",
-    "eventmill_delivery_due_deliveries",
     "eventmill_realtime_connections",
     "eventmill_realtime_messages_sent_total",
     "eventmill_bus_reconnects_total",

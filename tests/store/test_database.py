@@ -94,7 +94,7 @@ async def test_a_database_before_the_query_indexes_is_upgraded_with_its_events(
         event = Event(event_name="razorpay.payment.captured", source="razorpay", user_id="u1")
         await store.events.insert(event, "pay_1")
     async with await open_store(store_url) as store:
-        assert await _version(store) == [_head()] == ["0006"]
+        assert await _version(store) == [_head()]  # 0006 and every later one
         assert "ix_events_source_event_name_position" in await _indexes(store)
         page = await store.events.query(source="razorpay", event_name="razorpay.payment.*")
         assert [s.event for s in page.events] == [event]

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-import pydantic
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 
@@ -33,9 +32,8 @@ from eventmill.delivery.models import (
 )
 from eventmill.delivery.store import DeliveryRecord, DeliveryStore, EndpointRecord
 from eventmill.errors import EventValidationError
-from eventmill.events.envelope import validation_error
 from eventmill.web.auth import require_principal
-from eventmill.web.body import parse_json, read_limited
+from eventmill.web.body import read_model
 from eventmill.web.errors import ApiError, FieldError, error_responses
 from eventmill.web.tokens import Principal
 
@@ -54,14 +52,7 @@ def _not_found(what: str, ident: str) -> ApiError:
 
 
 async def _body(request: Request, model: type[M], *, optional: bool = False) -> M:
-    raw = await read_limited(request, MAX_BODY)
-    if optional and not raw.strip():
-        return model()
-    data = parse_json(raw)
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise validation_error(exc, "invalid body") from None
+    return await read_model(request, model, limit=MAX_BODY, optional=optional)
 
 
 def _url(url: str, settings: DeliverySettings) -> str:

@@ -64,6 +64,15 @@ class DeliverySettings(BaseModel):
     fanout_concurrency: int = Field(default=64, ge=1, le=10_000)
     """Events the fan-out handler takes from the bus at once; they are matched and
     recorded together, in one transaction (default 64)."""
+    retention_days: float | None = Field(default=30.0, gt=0)
+    """Succeeded and failed deliveries, with their attempts, are deleted once they were
+    created and finished this many days ago (default 30; ``null``: kept forever). Pending
+    ones are never deleted, nor failed ones not yet published to ``deliveries.dead``."""
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    """How often the retention pass runs (default hourly); it deletes in batches of
+    ``retention_batch``, one short transaction each."""
+    retention_batch: int = Field(default=1000, ge=1, le=10_000)
+    """Deliveries deleted per transaction by the retention pass (default 1000)."""
     builders: dict[str, str] = Field(default_factory=dict)
     """Payload builders by event-name pattern: ``{"razorpay.payment.*": "module:function"}``;
     the function takes the :class:`~eventmill.Event` and returns a dict (sent as JSON) or

@@ -7,8 +7,12 @@ Work flows through three bounded stages:
   full, so one slow endpoint's backlog never crowds out the others;
 * one **lane** per endpoint holds its deliveries: at most ``concurrency_per_endpoint``
   attempts in flight and, if the endpoint has a ``rate_limit``, that many per second
-  (aiolimiter's leaky bucket); a lane holds at most twice its concurrency, and a
-  hanging endpoint fills only its own lane;
+  (aiolimiter's leaky bucket); a lane holds what its endpoint answers well within a
+  lease (one round of its concurrency for a hanging one, up to ten for a fast one), and
+  a hanging endpoint fills only its own lane. The lane owns the endpoint's keep-alive
+  connections (:mod:`eventmill.delivery.http`). A claim gives each endpoint at most
+  the room its lane has; when a lane that may have more waiting in the store drains
+  to half, it wakes the claimer (so one busy endpoint is fed as fast as it answers);
 * the **recorder** writes outcomes in batches (one transaction for many attempts).
 
 An attempt starts only while its lease has at least ``timeout_seconds`` + 2 s left
@@ -26,6 +30,7 @@ import contextlib
 import email.utils
 import logging
 import random
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -33,18 +38,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-import httpx
+import httpcore
 import orjson
 from aiolimiter import AsyncLimiter
 
 from eventmill.delivery.builders import BuilderError, PayloadBuilders
 from eventmill.delivery.config import DeliverySettings
+from eventmill.delivery.http import Connections, Target, default_ssl_context
 from eventmill.delivery.metrics import DeliveryMetrics
 from eventmill.delivery.network import (
     AddressPolicy,
     DestinationRefusedError,
+    GuardedBackend,
     Resolver,
-    guarded_transport,
 )
 from eventmill.delivery.signing import sign
 from eventmill.delivery.store import Claimed, DeliveryStore, EndpointRecord, Outcome, Status
@@ -60,13 +66,14 @@ _log = logging.getLogger("eventmill.delivery")
 DEAD_LETTER_TOPIC: Final = "deliveries.dead"
 """Where failed deliveries are published (their JSON, see :func:`dead_letter`)."""
 
-RESPONSE_BODY_BYTES: Final = 1024
-"""How much of a response body an attempt keeps."""
-
 _LEASE_MARGIN: Final = 2.0
 """An attempt starts only while its lease has ``timeout_seconds`` + this left."""
 _BODY_CACHE: Final = 1024
 _RECORD_BATCH: Final = 500
+_RECORD_LINGER: Final = 0.01
+"""Seconds the recorder waits after an outcome for more, so they share a transaction."""
+_QUEUE_MAX: Final = 10
+"""A fast endpoint's lane holds up to this many times its concurrency (see ``_Lane``)."""
 _SWEEP_SECONDS: Final = 15.0
 
 
@@ -81,46 +88,91 @@ class Job:
 
 
 class _Lane:
-    """One endpoint's deliveries: a bounded queue, a concurrency cap, a rate limit."""
+    """One endpoint's deliveries: a bounded queue, a concurrency cap, a rate limit, its
+    connections."""
 
     __slots__ = (
         "active",
-        "capacity",
+        "backlog",
+        "budget",
         "concurrency",
         "endpoint",
+        "http",
         "idle_since",
+        "latency",
         "limiter",
         "queue",
         "rate",
+        "rate_capacity",
         "reserved",
+        "target",
+        "target_error",
     )
 
-    def __init__(self, endpoint: EndpointRecord, concurrency: int) -> None:
+    def __init__(
+        self,
+        endpoint: EndpointRecord,
+        concurrency: int,
+        http: Connections,
+        budget: float,
+        latency: float,
+    ) -> None:
         self.queue: deque[Job] = deque()
         self.active = 0
         self.reserved = 0
+        self.backlog = False
+        """Whether the store may hold due deliveries of this endpoint it did not get."""
         self.concurrency = concurrency
         self.endpoint = endpoint
+        self.http = http
+        self.target: Target | None = None
+        self.target_error: str | None = None
         self.rate: float | None = None
+        self.rate_capacity: int | None = None
         self.limiter: AsyncLimiter | None = None
-        self.capacity = 2 * concurrency
+        self.budget = budget
+        """Seconds a delivery may wait in the queue (its lease must outlast it)."""
+        self.latency = latency
+        """Seconds an attempt takes, smoothed (a new lane assumes the timeout)."""
         self.idle_since = time.monotonic()
         self.refresh(endpoint)
 
     def refresh(self, endpoint: EndpointRecord) -> None:
+        old = self.endpoint
         self.endpoint = endpoint
+        if self.target is None or old.url != endpoint.url or old.headers != endpoint.headers:
+            try:
+                self.target, self.target_error = Target.parse(endpoint.url, endpoint.headers), None
+            except ValueError as exc:
+                self.target, self.target_error = None, str(exc)
         if endpoint.rate_limit != self.rate:
             self.rate = endpoint.rate_limit
             if self.rate is None:
                 self.limiter = None
-                self.capacity = 2 * self.concurrency
+                self.rate_capacity = None
             else:
                 if self.rate >= 1:
                     self.limiter = AsyncLimiter(self.rate, 1.0)
                 else:
                     self.limiter = AsyncLimiter(1, 1.0 / self.rate)
                 # what the bucket lets through in ~10 s, so leases never run out waiting
-                self.capacity = max(1, min(2 * self.concurrency, int(self.rate * 10)))
+                self.rate_capacity = max(1, min(2 * self.concurrency, int(self.rate * 10)))
+
+    @property
+    def capacity(self) -> int:
+        """Deliveries the lane holds: as many rounds of its concurrency as empty well
+        within a lease at its answer time, from one (a slow or hanging endpoint holds
+        just what it sends, so many of them take little of ``max_in_flight``) up to
+        :data:`_QUEUE_MAX` (a fast, busy endpoint is claimed for in big batches); a
+        rate-limited one, what its rate lets through in about 10 s."""
+        if self.rate_capacity is not None:
+            return self.rate_capacity
+        rounds = int(self.budget / max(self.latency, 0.001))
+        return self.concurrency * max(1, min(_QUEUE_MAX, rounds))
+
+    def answered(self, seconds: float) -> None:
+        """Note how long an attempt took."""
+        self.latency += 0.2 * (seconds - self.latency)
 
     @property
     def load(self) -> int:
@@ -149,10 +201,16 @@ class _BodyCache:
             self._items.popitem(last=False)
 
 
-def _retry_after(response: httpx.Response, now: datetime) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
+_HTTP_ERRORS: Final = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+)
+"""What a failed connection or exchange raises (timeouts apart)."""
+
+
+def _retry_after(value: str, now: datetime) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
@@ -188,6 +246,7 @@ class Dispatcher:
         *,
         topic: str = "events",
         resolver: Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -196,7 +255,6 @@ class Dispatcher:
         self._bus = bus
         self._topic = topic
         self._policy = AddressPolicy(settings.allow_networks)
-        self._resolver = resolver
         self._lanes: dict[str, _Lane] = {}
         self._load = 0
         self._wake = asyncio.Event()
@@ -211,28 +269,18 @@ class Dispatcher:
         self._workers: list[asyncio.Task[None]] = []
         self._release: list[Claimed] = []
         self._stopping = False
-        self._client: httpx.AsyncClient | None = None
+        self._backend = GuardedBackend(self._policy, resolver)
+        self._ssl = ssl_context
+        self._user_agent = settings.user_agent.encode()
         self.problems: dict[str, str] = {}
+        metrics.track_in_flight(lambda: self._load)
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the HTTP client and start the claimer, the recorder and the sweeper."""
-        s = self.settings
-        transport = guarded_transport(
-            self._policy,
-            max_connections=s.max_in_flight,
-            max_keepalive=min(s.max_in_flight, 1000),
-            resolver=self._resolver,
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                s.timeout_seconds, connect=min(s.connect_timeout_seconds, s.timeout_seconds)
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        """Start the claimer, the recorder and the sweeper."""
+        if self._ssl is None:
+            self._ssl = default_ssl_context()
         for work in (self._claimer(), self._recorder(), self._sweeper()):
             self._workers.append(asyncio.create_task(work))
 
@@ -264,8 +312,8 @@ class Dispatcher:
         for task in self._workers[1:]:
             task.cancel()
         await asyncio.gather(*self._workers[1:], return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        for lane in self._lanes.values():
+            await lane.http.close_idle()
 
     def wake(self) -> None:
         """Look for due deliveries now (the fan-out recorded some)."""
@@ -283,6 +331,8 @@ class Dispatcher:
         n = max(0, min(wanted, lane.free, room))
         lane.reserved += n
         self._load += n
+        if n < wanted:
+            lane.backlog = True
         return n
 
     def unreserve(self, endpoint_id: str, n: int) -> None:
@@ -311,8 +361,16 @@ class Dispatcher:
     def _lane(self, endpoint: EndpointRecord) -> _Lane:
         lane = self._lanes.get(endpoint.id)
         if lane is None:
+            s = self.settings
+            assert self._ssl is not None, "start() first"
+            http = Connections(
+                self._backend,
+                self._ssl,
+                connect_timeout=min(s.connect_timeout_seconds, s.timeout_seconds),
+            )
+            budget = (s.lease_seconds - s.timeout_seconds - _LEASE_MARGIN) / 2
             lane = self._lanes[endpoint.id] = _Lane(
-                endpoint, self.settings.concurrency_per_endpoint
+                endpoint, s.concurrency_per_endpoint, http, budget, s.timeout_seconds
             )
         else:
             lane.refresh(endpoint)
@@ -340,36 +398,57 @@ class Dispatcher:
                     await self.store.release(released)
                 except EventmillError as exc:
                     _log.warning("could not release %d deliveries: %s", len(released), exc)
-            full = [eid for eid, lane in self._lanes.items() if lane.free <= 0]
-            limit = min(s.claim_batch, room)
+            full = []
+            for endpoint_id, lane in self._lanes.items():
+                if lane.free <= 0:
+                    full.append(endpoint_id)
+                    lane.backlog = True  # it may have due deliveries it is not given
             self._wake.clear()
+            asked: dict[str, tuple[_Lane, int]] = {}
+
+            def room_for(
+                endpoint: EndpointRecord, asked: dict[str, tuple[_Lane, int]] = asked
+            ) -> int:
+                lane = self._lane(endpoint)
+                n = max(0, min(lane.free, s.max_in_flight - self._load))
+                lane.reserved += n  # held while the claim runs (the fan-out hands over too)
+                self._load += n
+                asked[endpoint.id] = (lane, n)
+                return n
+
+            # the lease starts before the claim's statement: count from here, not after
+            deadline = time.monotonic() + s.lease_seconds
             try:
-                claim = await self.store.claim(limit, lease_seconds=s.lease_seconds, exclude=full)
+                claim = await self.store.claim(
+                    min(s.claim_batch, room),
+                    lease_seconds=s.lease_seconds,
+                    exclude=full,
+                    room=room_for,
+                )
             except EventmillError as exc:
                 self.problems["dispatcher"] = f"cannot claim deliveries: {exc}"
                 _log.warning("cannot claim deliveries: %s", exc)
                 delay = min(s.poll_interval_seconds * 5, 5.0)
                 continue
+            finally:
+                for lane, n in asked.values():
+                    lane.reserved -= n
+                    self._load -= n
             self.problems.pop("dispatcher", None)
-            deadline = time.monotonic() + s.lease_seconds
-            over: list[Claimed] = []
-            touched: set[_Lane] = set()
+            taken: dict[str, int] = {}
             for claimed in claim.deliveries:
-                endpoint = claim.endpoints.get(claimed.endpoint_id)
-                if endpoint is None:
-                    continue  # deleted meanwhile: its deliveries went with it
+                taken[claimed.endpoint_id] = taken.get(claimed.endpoint_id, 0) + 1
+                endpoint = claim.endpoints[claimed.endpoint_id]
                 lane = self._lane(endpoint)
-                if lane.free <= 0:
-                    over.append(claimed)
-                    continue
                 lane.queue.append(Job(claimed, deadline, claim.bodies.get(claimed.event_id)))
                 self._load += 1
-                touched.add(lane)
-            for lane in touched:
-                self._pump(lane)
-            if over:
-                self._release.extend(over)
-            if len(claim.deliveries) < limit:
+            for endpoint_id, (lane, n) in asked.items():
+                got = taken.get(endpoint_id, 0)
+                lane.backlog = n == 0 or got >= n
+                if got:
+                    self._pump(lane)
+            self._on_room()
+            if not claim.more:
                 await self._nap(s.poll_interval_seconds)
 
     async def _nap(self, seconds: float) -> None:
@@ -385,7 +464,6 @@ class Dispatcher:
             task = asyncio.create_task(self._attempt(lane, job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self.metrics.in_flight.labels(lane.endpoint.id).set(lane.load)
 
     def _done(self, lane: _Lane) -> None:
         lane.active -= 1
@@ -394,6 +472,8 @@ class Dispatcher:
             lane.idle_since = time.monotonic()
         if not self._stopping:
             self._pump(lane)
+            if lane.backlog and 2 * lane.free >= lane.capacity:
+                self._wake.set()  # room for its next batch: claim it
         self._on_room()
 
     async def _attempt(self, lane: _Lane, job: Job) -> None:
@@ -405,7 +485,9 @@ class Dispatcher:
                 self._release.append(job.claimed)  # too late to start safely: next round
                 self._wake.set()
                 return
-            outcome = await self._send(lane.endpoint, job)
+            t0 = time.monotonic()
+            outcome = await self._send(lane, job)
+            lane.answered(time.monotonic() - t0)
             await self._outcomes.put((outcome, job))
         except asyncio.CancelledError:
             raise
@@ -414,18 +496,19 @@ class Dispatcher:
         finally:
             self._done(lane)
 
-    def _headers(self, endpoint: EndpointRecord, delivery_id: str, body: bytes) -> dict[str, str]:
+    def _headers(
+        self, endpoint: EndpointRecord, target: Target, delivery_id: str, body: bytes
+    ) -> list[tuple[bytes, bytes]]:
         timestamp = int(time.time())
         keys = endpoint.signing_keys(datetime.now(UTC))
-        headers = dict(endpoint.headers)
-        headers.update(
-            {
-                "content-type": "application/json",
-                "user-agent": self.settings.user_agent,
-                "webhook-id": delivery_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(keys, delivery_id, timestamp, body),
-            }
+        headers = list(target.headers)
+        headers += (
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            (b"user-agent", self._user_agent),
+            (b"webhook-id", delivery_id.encode()),
+            (b"webhook-timestamp", b"%d" % timestamp),
+            (b"webhook-signature", sign(keys, delivery_id, timestamp, body).encode()),
         )
         return headers
 
@@ -440,7 +523,8 @@ class Dispatcher:
             self._bodies.put(key, cached)
         return cached
 
-    async def _send(self, endpoint: EndpointRecord, job: Job) -> Outcome:
+    async def _send(self, lane: _Lane, job: Job) -> Outcome:
+        endpoint = lane.endpoint
         claimed = job.claimed
         s = self.settings
         started = datetime.now(UTC)
@@ -453,54 +537,40 @@ class Dispatcher:
         try:
             body = self._body(claimed, job.body)
         except BuilderError as exc:
-            self.metrics.attempts.labels(endpoint.id, "builder_error").inc()
+            self.metrics.builder_errors.inc()
             return self._final(claimed, started, "builder_error", str(exc))
+        target = lane.target
+        if target is None:
+            error = f"the endpoint's URL cannot be used: {lane.target_error}"
+            return self._failure(endpoint, claimed, started, None, None, "refused", error)
         if s.https_only and not endpoint.url.startswith("https://"):
             return self._failure(
                 endpoint, claimed, started, None, None, "refused", "https_only: not an https URL"
             )
-        assert self._client is not None
-        headers = self._headers(endpoint, claimed.id, body)
+        headers = self._headers(endpoint, target, claimed.id, body)
         t0 = time.perf_counter()
-        code: int | None = None
-        text: str | None = None
         retry_after: float | None = None
         try:
             async with asyncio.timeout(s.timeout_seconds):
-                request = self._client.build_request(
-                    "POST", endpoint.url, content=body, headers=headers
-                )
-                response = await self._client.send(request, stream=True)
-                try:
-                    code = response.status_code
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in response.aiter_raw():
-                        chunks.append(chunk)
-                        size += len(chunk)
-                        if size >= RESPONSE_BODY_BYTES:
-                            break
-                    text = b"".join(chunks)[:RESPONSE_BODY_BYTES].decode(errors="replace")
-                    if code in (429, 503):
-                        retry_after = _retry_after(response, started)
-                finally:
-                    await response.aclose()
-        except (TimeoutError, httpx.TimeoutException):
+                answer = await lane.http.post(target, headers, body, s.timeout_seconds)
+        except (TimeoutError, httpcore.TimeoutException):
             latency = (time.perf_counter() - t0) * 1000
             message = f"no answer within {s.timeout_seconds:g} s"
             return self._failure(endpoint, claimed, started, None, latency, "timeout", message)
-        except httpx.HTTPError as exc:
+        except _HTTP_ERRORS as exc:
             latency = (time.perf_counter() - t0) * 1000
-            refused = isinstance(exc.__cause__, DestinationRefusedError) or isinstance(
-                exc.__context__, DestinationRefusedError
-            )
-            kind = "refused" if refused else "network_error"
+            kind = "refused" if isinstance(exc, DestinationRefusedError) else "connection_error"
             message = str(exc) or type(exc).__name__
             return self._failure(endpoint, claimed, started, None, latency, kind, message)
         latency = (time.perf_counter() - t0) * 1000
+        code = answer.status
+        text = answer.body.decode(errors="replace")
+        if code in (429, 503) and answer.retry_after:
+            retry_after = _retry_after(answer.retry_after, started)
         if 200 <= code < 300:
-            self.metrics.observe(endpoint.id, "success", latency)
+            self.metrics.observe("success", latency)
             return Outcome(
+                endpoint_id=claimed.endpoint_id,
                 delivery_id=claimed.id,
                 token=claimed.token,
                 attempt=claimed.attempts + 1,
@@ -515,8 +585,9 @@ class Dispatcher:
                 next_attempt_at=None,
             )
         if code == 410:
-            self.metrics.observe(endpoint.id, "gone", latency)
+            self.metrics.observe("gone", latency)
             return Outcome(
+                endpoint_id=claimed.endpoint_id,
                 delivery_id=claimed.id,
                 token=claimed.token,
                 attempt=claimed.attempts + 1,
@@ -552,6 +623,7 @@ class Dispatcher:
         attempted: bool = True,
     ) -> Outcome:
         return Outcome(
+            endpoint_id=claimed.endpoint_id,
             delivery_id=claimed.id,
             token=claimed.token,
             attempt=claimed.attempts + (1 if attempted else 0),
@@ -580,7 +652,7 @@ class Dispatcher:
         retry_after: float | None = None,
     ) -> Outcome:
         s = self.settings
-        self.metrics.observe(endpoint.id, outcome, latency)
+        self.metrics.observe(outcome, latency)
         step = claimed.step + 1
         status: Status = "pending"
         next_at: datetime | None = None
@@ -592,6 +664,7 @@ class Dispatcher:
         else:
             status = "failed"
         return Outcome(
+            endpoint_id=claimed.endpoint_id,
             delivery_id=claimed.id,
             token=claimed.token,
             attempt=claimed.attempts + 1,
@@ -612,6 +685,8 @@ class Dispatcher:
         while True:
             first = await self._outcomes.get()
             batch = [first]
+            if not self._stopping and self._outcomes.qsize() < _RECORD_BATCH:
+                await asyncio.sleep(_RECORD_LINGER)
             while len(batch) < _RECORD_BATCH and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             try:
@@ -637,9 +712,29 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self.problems.pop("recorder", None)
+        self._journal(batch)
         if any(o.status == "failed" for o, _ in batch):
             self._sweep.set()
         await self._endpoint_health(batch)
+
+    def _journal(self, batch: list[tuple[Outcome, Job | None]]) -> None:
+        """Trace hop ``delivery.attempt`` per attempt (the journal buffers; never waits)."""
+        journal = self.store.store.journal
+        for outcome, job in batch:
+            if job is None or not outcome.attempted:
+                continue
+            detail: dict[str, object] = {
+                "endpoint_id": job.claimed.endpoint_id,
+                "delivery_id": outcome.delivery_id,
+                "attempt": outcome.attempt,
+                "outcome": outcome.outcome,
+                "latency_ms": None if outcome.latency_ms is None else round(outcome.latency_ms, 3),
+            }
+            if outcome.status_code is not None:
+                detail["status_code"] = outcome.status_code
+            if outcome.error is not None:
+                detail["error"] = outcome.error[:200]
+            journal.hop(job.claimed.event_id, "delivery.attempt", **detail)
 
     async def _endpoint_health(self, batch: list[tuple[Outcome, Job | None]]) -> None:
         """Endpoint state from the batch's outcomes: failing since, recovered, disabled."""
@@ -708,16 +803,40 @@ class Dispatcher:
     # -- dead letters, idle lanes, backlog ----------------------------------------------
 
     async def _sweeper(self) -> None:
+        next_prune = time.monotonic() + min(60.0, self.settings.retention_interval_seconds)
         while True:
             try:
                 await self.publish_dead_letters()
                 self.metrics.due.set(await self.store.due_count())
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.settings.retention_interval_seconds
+                    await self.prune()
             except EventmillError as exc:
                 _log.warning("delivery sweep failed: %s", exc)
-            self._retire_idle_lanes()
+            await self._retire_idle_lanes()
             self._sweep.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sweep.wait(), _SWEEP_SECONDS)
+
+    async def prune(self) -> int:
+        """The retention pass: delete finished deliveries older than
+        ``retention_days``, batch after batch (each its own short transaction, with a
+        pause between them for other writers); return how many."""
+        days = self.settings.retention_days
+        if days is None:
+            return 0
+        before = datetime.now(UTC) - timedelta(days=days)
+        total = 0
+        while not self._stopping:
+            n = await self.store.prune(before, batch=self.settings.retention_batch)
+            total += n
+            self.metrics.pruned.inc(n)
+            if n < self.settings.retention_batch:
+                break
+            await asyncio.sleep(0.05)
+        if total:
+            _log.info("retention: deleted %d deliveries created before %s", total, before)
+        return total
 
     async def publish_dead_letters(self) -> int:
         """Publish failed deliveries not published yet to :data:`DEAD_LETTER_TOPIC`."""
@@ -749,9 +868,11 @@ class Dispatcher:
             self.metrics.dead.inc(len(dead))
             total += len(dead)
 
-    def _retire_idle_lanes(self) -> None:
+    async def _retire_idle_lanes(self) -> None:
         cutoff = time.monotonic() - 30.0
         for endpoint_id, lane in list(self._lanes.items()):
             if lane.load == 0 and lane.idle_since < cutoff:
                 del self._lanes[endpoint_id]
-                self.metrics.forget(endpoint_id)
+                await lane.http.close_idle()
+            else:
+                await lane.http.close_idle(expired_only=True)

@@ -31,6 +31,9 @@ __all__ = ["FanOut"]
 
 _log = logging.getLogger("eventmill.delivery.fanout")
 
+FANOUT_GROUP = "delivery"
+"""The consumer group of the fan-out handler on the events topic."""
+
 
 def _event_of(msg: Message) -> FanoutEvent | None:
     name = msg.metadata.get("event_name")
@@ -87,6 +90,20 @@ class FanOut:
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+    def _journal(
+        self, events: dict[str, FanoutEvent], matches: dict[str, list[FanoutEvent]]
+    ) -> None:
+        """Trace hop ``handled`` (group ``delivery``, ``endpoints``: how many have a
+        delivery of it) for each event with deliveries, once they are written (a
+        buffered append). An event no endpoint wants leaves no hop."""
+        counts: dict[str, int] = {}
+        for matched in matches.values():
+            for event in matched:
+                counts[event.event_id] = counts.get(event.event_id, 0) + 1
+        journal = self.store.store.journal
+        for event_id, n in counts.items():
+            journal.hop(event_id, "handled", group=FANOUT_GROUP, endpoints=n)
 
     async def _record(self, messages: list[Message]) -> None:
         events: dict[str, FanoutEvent] = {}
@@ -150,6 +167,7 @@ class FanOut:
                     dispatcher.unreserve(endpoint_id, n)
             raise
         self.metrics.recorded.inc(len(created))
+        self._journal(events, matches)
         if dispatcher is None:
             if created and self.dispatcher is not None:
                 self.dispatcher.wake()

@@ -13,7 +13,7 @@ from eventmill.delivery import api
 from eventmill.delivery.builders import PayloadBuilders, builders_from
 from eventmill.delivery.config import DeliverySettings
 from eventmill.delivery.dispatcher import Dispatcher
-from eventmill.delivery.fanout import FanOut
+from eventmill.delivery.fanout import FANOUT_GROUP, FanOut
 from eventmill.delivery.metrics import DeliveryMetrics
 from eventmill.delivery.network import Resolver
 from eventmill.delivery.store import DeliveryStore
@@ -25,9 +25,6 @@ from eventmill.web.seam import FeatureRoles, Resources
 __all__ = ["FANOUT_GROUP", "Delivery"]
 
 _log = logging.getLogger("eventmill.delivery")
-
-FANOUT_GROUP = "delivery"
-"""The consumer group of the fan-out handler on the events topic."""
 
 
 class Delivery:

@@ -1,11 +1,24 @@
 """The delivery feature's data: endpoints, deliveries and attempts in the shared store.
 
-Every method is one short transaction. The dispatcher's work is claimed here: a claim
-moves a due delivery's ``next_attempt_at`` to the end of its lease and stamps it
-with the claim's token, in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
-so several instances never claim one delivery; SQLite serializes writers). A
-dispatcher that dies leaves the delivery due again when the lease ends. Results are
-written only where the token still matches.
+Every method is one short transaction. The dispatcher's work is claimed here, endpoint
+by endpoint: each endpoint's ``next_due_at`` says when its next delivery is due (every
+write that makes a delivery due lowers it, in the same transaction), so a claim reads
+the endpoints whose time has come from their own index, then takes each one's oldest
+due deliveries (``ix_deliveries_endpoint_due``), as many as its lane has room for: the
+claim never walks over the due deliveries of an endpoint it skips (a hanging one
+whose lane is full), however many there are. Taking a delivery moves its
+``next_attempt_at`` to the end of the lease and stamps it with the claim's token
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL, on the endpoint rows and the deliveries,
+so several instances never claim one delivery; SQLite serializes writers); an
+endpoint left with nothing due gets ``next_due_at`` = its earliest ``next_attempt_at``
+(leases included). A dispatcher that dies leaves the delivery due again when the lease
+ends. Results are written only where the token still matches.
+
+On PostgreSQL a writer lowers ``next_due_at`` with an unconditional update (it takes
+the endpoint row's lock even when the value stays) after writing its deliveries, and
+a claim locks the endpoint rows it reads (skipping locked ones): a claim therefore
+never raises ``next_due_at`` past a delivery committed meanwhile. Endpoint rows are
+locked in id order by writers, so writers never deadlock each other.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
@@ -49,6 +62,8 @@ __all__ = [
 MAX_LIMIT: Final = 1000
 _CHUNK: Final = 500
 _MAX_EXCLUDED: Final = 500
+_CLAIM_ENDPOINTS: Final = 100
+"""Most endpoints one claim serves."""
 
 Status = Literal["pending", "succeeded", "failed"]
 
@@ -226,6 +241,12 @@ class AttemptRecord:
     response_body: str | None
 
 
+def _unstorable(*values: str | None) -> bool:
+    """Whether a filter value holds a NUL, which no stored text can (PostgreSQL refuses
+    it in a query): such a filter matches nothing."""
+    return any(v is not None and "\x00" in v for v in values)
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a list, newest first; pass ``next_cursor`` on to continue."""
@@ -255,6 +276,8 @@ class Claim:
     deliveries: list[Claimed]
     endpoints: dict[str, EndpointRecord]
     bodies: dict[str, bytes]
+    more: bool = False
+    """Whether more may be due now (a claim right away would find some)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +294,7 @@ class Outcome:
     status_code: int | None
     latency_ms: float | None
     outcome: str
-    """``success``, ``http_error``, ``timeout``, ``network_error``, ``refused``,
+    """``success``, ``http_error``, ``gone``, ``timeout``, ``connection_error``, ``refused``,
     ``builder_error`` or ``endpoint_disabled`` (no attempt was made)."""
     error: str | None
     response_body: str | None
@@ -281,6 +304,8 @@ class Outcome:
     """When it is due again (``None`` once succeeded or failed)."""
     attempted: bool = True
     """Whether a request was made (false: parked without an attempt)."""
+    endpoint_id: str | None = None
+    """The delivery's endpoint, if known (else the store looks it up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +343,38 @@ class DeliveryStore:
 
     def _insert(self, table: sa.Table) -> Any:
         return postgresql.insert(table) if self._pg else sqlite.insert(table)
+
+    # -- endpoints' due time ----------------------------------------------------------
+
+    def _lower_due_stmt(self, by_delivery: bool = False) -> Any:
+        """``UPDATE`` lowering an endpoint's ``next_due_at`` to ``b_due``; the endpoint is
+        ``b_ep``, or the one of delivery ``b_dlv`` (``by_delivery``)."""
+        due = sa.bindparam("b_due", type_=ept.c.next_due_at.type)
+        if by_delivery:
+            target = ept.c.id == (
+                sa.select(dt.c.endpoint_id)
+                .where(dt.c.id == sa.bindparam("b_dlv"))
+                .scalar_subquery()
+            )
+        else:
+            target = ept.c.id == sa.bindparam("b_ep")
+        if self._pg:  # always writes: takes the row lock (see the module docstring)
+            return (
+                sa.update(ept)
+                .where(target)
+                .values(next_due_at=sa.func.least(ept.c.next_due_at, due))
+            )
+        return (
+            sa.update(ept)
+            .where(target, sa.or_(ept.c.next_due_at.is_(None), ept.c.next_due_at > due))
+            .values(next_due_at=due)
+        )
+
+    async def _lower_due(self, conn: AsyncConnection, due: Mapping[str, datetime]) -> None:
+        """Lower each endpoint's ``next_due_at`` to its value in ``due`` (in id order)."""
+        if due:
+            params = [{"b_ep": e, "b_due": due[e]} for e in sorted(due)]
+            await conn.execute(self._lower_due_stmt(), params)
 
     # -- endpoints --------------------------------------------------------------------
 
@@ -357,6 +414,8 @@ class DeliveryStore:
 
     async def get_endpoint(self, endpoint_id: str) -> EndpointRecord | None:
         """The endpoint with this id, or ``None``."""
+        if _unstorable(endpoint_id):
+            return None
         async with self.store.transaction(write=False) as conn:
             row = (await conn.execute(sa.select(ept).where(ept.c.id == endpoint_id))).first()
         return None if row is None else _endpoint(row)
@@ -370,6 +429,8 @@ class DeliveryStore:
         limit: int = 100,
     ) -> Page:
         """Endpoints matching every filter given, newest first."""
+        if _unstorable(user_id):
+            return Page([], after, False)
         conditions: list[sa.ColumnElement[bool]] = []
         if user_id is not None:
             conditions.append(ept.c.user_id == user_id)
@@ -445,10 +506,13 @@ class DeliveryStore:
         ]
         if until is not None:
             conditions.append(dt.c.id < id_floor("dlv", until))
+        now = _now()
         async with self.store.transaction(write=True) as conn:
             result = await conn.execute(
-                sa.update(dt).where(*conditions).values(_requeue_values(_now()))
+                sa.update(dt).where(*conditions).values(_requeue_values(now))
             )
+            if result.rowcount:
+                await self._lower_due(conn, {endpoint_id: now})
         return int(result.rowcount)
 
     # -- fan-out ----------------------------------------------------------------------
@@ -506,6 +570,10 @@ class DeliveryStore:
             .on_conflict_do_nothing(index_elements=[dt.c.event_id, dt.c.endpoint_id])
             .returning(dt.c.id)
         )
+        due: dict[str, datetime] = {}
+        for r in rows:
+            if r.endpoint_id not in due or r.next_attempt_at < due[r.endpoint_id]:
+                due[r.endpoint_id] = r.next_attempt_at
         created: set[str] = set()
         async with self.store.transaction(write=True) as conn:
             for i in range(0, len(event_values), _CHUNK):
@@ -513,12 +581,15 @@ class DeliveryStore:
             for i in range(0, len(row_values), _CHUNK):
                 result = await conn.execute(ins_rows, row_values[i : i + _CHUNK])
                 created.update(r[0] for r in result)
+            await self._lower_due(conn, due)
         return [r for r in rows if r.id in created]
 
     # -- deliveries -------------------------------------------------------------------
 
     async def get_delivery(self, delivery_id: str) -> DeliveryRecord | None:
         """The delivery with this id, or ``None``."""
+        if _unstorable(delivery_id):
+            return None
         stmt = sa.select(*_DELIVERY_COLUMNS).where(dt.c.id == delivery_id)
         async with self.store.transaction(write=False) as conn:
             row = (await conn.execute(stmt)).first()
@@ -526,6 +597,8 @@ class DeliveryStore:
 
     async def attempts_of(self, delivery_id: str, limit: int = 100) -> list[AttemptRecord]:
         """The delivery's latest ``limit`` attempts, oldest first."""
+        if _unstorable(delivery_id):
+            return []
         stmt = (
             sa.select(at)
             .where(at.c.delivery_id == delivery_id)
@@ -560,6 +633,8 @@ class DeliveryStore:
         limit: int = 100,
     ) -> Page:
         """Deliveries matching every filter given, newest first."""
+        if _unstorable(endpoint_id, event_id, user_id):
+            return Page([], after, False)
         conditions: list[sa.ColumnElement[bool]] = []
         if endpoint_id is not None:
             conditions.append(dt.c.endpoint_id == endpoint_id)
@@ -600,6 +675,9 @@ class DeliveryStore:
                 )
                 .values(_requeue_values(now))
             )
+            await conn.execute(
+                self._lower_due_stmt(by_delivery=True), {"b_dlv": delivery_id, "b_due": now}
+            )
             row = (
                 await conn.execute(sa.select(*_DELIVERY_COLUMNS).where(dt.c.id == delivery_id))
             ).first()
@@ -613,37 +691,82 @@ class DeliveryStore:
         *,
         lease_seconds: float,
         exclude: Sequence[str] = (),
+        room: Callable[[EndpointRecord], int] | None = None,
     ) -> Claim:
-        """Lease up to ``limit`` due deliveries (oldest due first), skipping those of
-        the ``exclude``\\ d endpoints; return them with their endpoints and bodies."""
+        """Lease up to ``limit`` due deliveries: endpoint by endpoint (the one due
+        longest first), up to ``room(endpoint)`` of each (its oldest due first),
+        skipping the ``exclude``\\ d endpoints; return them with their endpoints and
+        bodies. Its cost depends on the endpoints served and skipped and the deliveries
+        taken, not on how many are due (see the module docstring)."""
         now = _now()
         token = new_id("ls")[3:]
-        due = (
-            sa.select(dt.c.id)
-            .where(dt.c.next_attempt_at <= now)
-            .order_by(dt.c.next_attempt_at)
-            .limit(limit)
+        lease_end = now + timedelta(seconds=lease_seconds)
+        wanted = max(1, min(limit, _CLAIM_ENDPOINTS))
+        due_endpoints = (
+            sa.select(ept).where(ept.c.next_due_at <= now).order_by(ept.c.next_due_at).limit(wanted)
         )
         if exclude:
-            due = due.where(dt.c.endpoint_id.not_in(list(exclude)[:_MAX_EXCLUDED]))
+            due_endpoints = due_endpoints.where(ept.c.id.not_in(list(exclude)[:_MAX_EXCLUDED]))
+        if self._pg:
+            due_endpoints = due_endpoints.with_for_update(skip_locked=True)
+        recompute = (
+            sa.update(ept)
+            .where(ept.c.id == sa.bindparam("b_ep"))
+            .values(
+                next_due_at=sa.select(sa.func.min(dt.c.next_attempt_at))
+                .where(dt.c.endpoint_id == sa.bindparam("b_ep2"), dt.c.next_attempt_at.is_not(None))
+                .scalar_subquery()
+            )
+        )
+        claimed: list[Claimed] = []
+        endpoints: dict[str, EndpointRecord] = {}
+        async with self.store.transaction(write=True) as conn:
+            rows = (await conn.execute(due_endpoints)).all()
+            more = len(rows) == wanted
+            for row in rows:
+                endpoint = _endpoint(row)
+                n = min(limit - len(claimed), limit if room is None else room(endpoint))
+                if len(claimed) >= limit:
+                    more = True
+                    break
+                if n <= 0:
+                    continue
+                endpoints[endpoint.id] = endpoint
+                taken = (
+                    await conn.execute(self._claim_endpoint(endpoint.id, n, now, lease_end, token))
+                ).all()
+                claimed.extend(
+                    Claimed(
+                        r.id, r.event_id, r.endpoint_id, r.event_name, r.attempts, r.step, token
+                    )
+                    for r in taken
+                )
+                if len(taken) < n:
+                    await conn.execute(recompute, {"b_ep": endpoint.id, "b_ep2": endpoint.id})
+                else:
+                    more = True
+            _, bodies = await self._context(conn, claimed, endpoints=False)
+        return Claim(deliveries=claimed, endpoints=endpoints, bodies=bodies, more=more)
+
+    def _claim_endpoint(
+        self, endpoint_id: str, n: int, now: datetime, lease_end: datetime, token: str
+    ) -> Any:
+        due = (
+            sa.select(dt.c.id)
+            .where(dt.c.endpoint_id == endpoint_id, dt.c.next_attempt_at <= now)
+            .order_by(dt.c.next_attempt_at)
+            .limit(n)
+        )
         if self._pg:
             due = due.with_for_update(skip_locked=True)
-        stmt = (
+        return (
             sa.update(dt)
             .where(dt.c.id.in_(due.scalar_subquery()))
-            .values(next_attempt_at=now + timedelta(seconds=lease_seconds), lease_token=token)
+            .values(next_attempt_at=lease_end, lease_token=token)
             .returning(
                 dt.c.id, dt.c.event_id, dt.c.endpoint_id, dt.c.event_name, dt.c.attempts, dt.c.step
             )
         )
-        async with self.store.transaction(write=True) as conn:
-            rows = (await conn.execute(stmt)).all()
-            claimed = [
-                Claimed(r.id, r.event_id, r.endpoint_id, r.event_name, r.attempts, r.step, token)
-                for r in rows
-            ]
-            endpoints, bodies = await self._context(conn, claimed)
-        return Claim(deliveries=claimed, endpoints=endpoints, bodies=bodies)
 
     async def context(
         self, rows: Sequence[Claimed]
@@ -653,23 +776,23 @@ class DeliveryStore:
             return await self._context(conn, rows)
 
     async def _context(
-        self, conn: AsyncConnection, rows: Sequence[Claimed]
+        self, conn: AsyncConnection, rows: Sequence[Claimed], *, endpoints: bool = True
     ) -> tuple[dict[str, EndpointRecord], dict[str, bytes]]:
-        endpoint_ids = sorted({r.endpoint_id for r in rows})
+        endpoint_ids = sorted({r.endpoint_id for r in rows}) if endpoints else []
         event_ids = sorted({r.event_id for r in rows})
-        endpoints: dict[str, EndpointRecord] = {}
+        found: dict[str, EndpointRecord] = {}
         bodies: dict[str, bytes] = {}
         for i in range(0, len(endpoint_ids), _CHUNK):
             stmt = sa.select(ept).where(ept.c.id.in_(endpoint_ids[i : i + _CHUNK]))
             for row in await conn.execute(stmt):
-                endpoints[row.id] = _endpoint(row)
+                found[row.id] = _endpoint(row)
         for i in range(0, len(event_ids), _CHUNK):
             stmt = sa.select(et.c.event_id, et.c.body).where(
                 et.c.event_id.in_(event_ids[i : i + _CHUNK])
             )
             for row in await conn.execute(stmt):
                 bodies[row.event_id] = bytes(row.body)
-        return endpoints, bodies
+        return found, bodies
 
     async def release(self, claimed: Sequence[Claimed]) -> None:
         """Give deliveries back unattempted: due now, for any dispatcher."""
@@ -689,6 +812,7 @@ class DeliveryStore:
         async with self.store.transaction(write=True) as conn:
             for i in range(0, len(params), _CHUNK):
                 await conn.execute(stmt, params[i : i + _CHUNK])
+            await self._lower_due(conn, dict.fromkeys({c.endpoint_id for c in claimed}, now))
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Record attempts and the deliveries' new state, where the claim still holds."""
@@ -749,6 +873,20 @@ class DeliveryStore:
             ]
             if params:
                 await conn.execute(update, params)
+            again: dict[str, datetime] = {}
+            unknown: dict[str, datetime] = {}
+            for o in live:
+                if o.next_attempt_at is None:
+                    continue
+                key, into = (o.endpoint_id, again) if o.endpoint_id else (o.delivery_id, unknown)
+                if key not in into or o.next_attempt_at < into[key]:
+                    into[key] = o.next_attempt_at
+            await self._lower_due(conn, again)
+            if unknown:
+                await conn.execute(
+                    self._lower_due_stmt(by_delivery=True),
+                    [{"b_dlv": d, "b_due": unknown[d]} for d in sorted(unknown)],
+                )
 
     async def undead(self, limit: int = 100) -> list[DeliveryRecord]:
         """Failed deliveries not yet published to the dead-letter topic."""
@@ -775,12 +913,56 @@ class DeliveryStore:
                 )
 
     async def due_count(self, cap: int = 100_000) -> int:
-        """How many deliveries are due now (counted up to ``cap``)."""
-        inner = sa.select(sa.literal(1)).where(dt.c.next_attempt_at <= _now()).limit(cap).subquery()
+        """How many deliveries are due now (counted up to ``cap``): those of the endpoints
+        whose ``next_due_at`` has come (each range from ``ix_deliveries_endpoint_due``)."""
+        now = _now()
+        due = (
+            sa.select(sa.literal(1))
+            .select_from(ept.join(dt, dt.c.endpoint_id == ept.c.id))
+            .where(ept.c.next_due_at <= now, dt.c.next_attempt_at <= now)
+            .limit(cap)
+            .subquery()
+        )
         async with self.store.transaction(write=False) as conn:
             return int(
-                (await conn.execute(sa.select(sa.func.count()).select_from(inner))).scalar_one()
+                (await conn.execute(sa.select(sa.func.count()).select_from(due))).scalar_one()
             )
+
+    # -- retention --------------------------------------------------------------------
+
+    async def prune(self, before: datetime, *, batch: int = 1000) -> int:
+        """Delete up to ``batch`` finished deliveries created before ``before`` (their
+        attempts go by the foreign key's cascade), and the bodies of their events no
+        delivery needs any more; return how many deliveries. Never a pending one, nor a
+        failed one not yet published to the dead-letter topic. Indexed: it walks
+        ``(status, id)`` from the oldest id, in one short transaction."""
+        floor = id_floor("dlv", before)
+        finished = sa.or_(dt.c.finished_at.is_(None), dt.c.finished_at < before)
+        pick = [
+            sa.select(dt.c.id, dt.c.event_id)
+            .where(dt.c.status == "succeeded", dt.c.id < floor, finished)
+            .order_by(dt.c.id)
+            .limit(batch),
+            sa.select(dt.c.id, dt.c.event_id)
+            .where(dt.c.status == "failed", dt.c.id < floor, finished, dt.c.dead_at.is_not(None))
+            .order_by(dt.c.id)
+            .limit(batch),
+        ]
+        orphan = sa.delete(et).where(
+            et.c.event_id.in_(sa.bindparam("b_events", expanding=True)),
+            ~sa.exists().where(dt.c.event_id == et.c.event_id),
+        )
+        async with self.store.transaction(write=True) as conn:
+            rows: list[Any] = []
+            for stmt in pick:
+                rows.extend((await conn.execute(stmt)).all())
+            rows = sorted(rows, key=lambda r: r.id)[:batch]
+            if not rows:
+                return 0
+            ids = [r.id for r in rows]
+            await conn.execute(sa.delete(dt).where(dt.c.id.in_(ids)))
+            await conn.execute(orphan, {"b_events": sorted({r.event_id for r in rows})})
+        return len(rows)
 
     # -- endpoint health --------------------------------------------------------------
 

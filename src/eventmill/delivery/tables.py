@@ -34,8 +34,18 @@ endpoints = sa.Table(
     sa.Column("failing_since", _TS, nullable=True),
     sa.Column("created_at", _TS, nullable=False),
     sa.Column("updated_at", _TS, nullable=False),
+    sa.Column("next_due_at", _TS, nullable=True),
     sa.Index("ix_delivery_endpoints_user_id_id", "user_id", "id"),
+    sa.Index(
+        "ix_delivery_endpoints_next_due_at",
+        "next_due_at",
+        postgresql_where=sa.text("next_due_at IS NOT NULL"),
+        sqlite_where=sa.text("next_due_at IS NOT NULL"),
+    ),
 )
+"""``next_due_at`` (migration 0007): no delivery of the endpoint is due before it (every
+write that makes one due lowers it; a claim that took all that was due raises it to the
+earliest ``next_attempt_at`` left, leases included). Claims find endpoints by it."""
 
 delivery_events = sa.Table(
     "delivery_events",
@@ -75,7 +85,8 @@ deliveries = sa.Table(
     sa.Column("dead_at", _TS, nullable=True),
     sa.UniqueConstraint("event_id", "endpoint_id", name="uq_deliveries_event_id_endpoint_id"),
     sa.Index(
-        "ix_deliveries_due",
+        "ix_deliveries_endpoint_due",
+        "endpoint_id",
         "next_attempt_at",
         postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
         sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
