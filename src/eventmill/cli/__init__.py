@@ -3,7 +3,7 @@
 ``config``, ``migrate``, ``demo``. See :mod:`eventmill.cli._common` for what they share.
 """
 
-from eventmill.cli import config, delivery, events, keys, serve  # noqa: F401 - each registers its commands
+from eventmill.cli import config, delivery, demo, events, keys, serve  # noqa: F401 - each registers its commands
 from eventmill.cli._common import app
 
 __all__ = ["app", "main"]

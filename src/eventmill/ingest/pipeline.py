@@ -173,6 +173,9 @@ async def _send(
                 await bus.publish(topic, *messages)
     except (PubSubError, OSError) as exc:  # OSError: a client error left untranslated
         raise _pending(events, exc, retry_safe=retry_safe) from exc
+    store = ctx.resources.store
+    if store is not None:
+        store.journal.hops_many([s.event.id for s in events], "published", topic=topic)
 
 
 async def _mark(ctx: IngestContext, events: Sequence[StoredEvent], *, mark_now: bool) -> None:

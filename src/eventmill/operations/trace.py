@@ -31,9 +31,10 @@ class Trace:
 async def trace(store: Store, event_id: str) -> Trace | None:
     """The trace of ``event_id``, or ``None`` when no such event is stored.
 
-    ``stored`` and ``published`` come from the event's own row; every other hop from
-    the journal (features record them: handled by a group, delivery attempts, pushes to
-    realtime connections). Journal entries are written within about a second.
+    ``stored`` comes from the event's own row; every other hop from the journal, where
+    features record them: published (when the bus accepted it), handled by a group,
+    delivery attempts, pushes to realtime connections. Journal entries are written
+    within about a second.
     """
     stored = await store.events.get(event_id)
     if stored is None:
@@ -49,9 +50,10 @@ async def trace(store: Store, event_id: str) -> Trace | None:
             },
         )
     ]
-    if stored.published_at is not None:
-        hops.append(TraceHop(stored.published_at, "published", {}))
-    for hop in await store.journal.hops(event_id):
+    journal = await store.journal.hops(event_id)
+    if stored.published_at is not None and not any(h.hop == "published" for h in journal):
+        hops.append(TraceHop(stored.published_at, "published", {}))  # by an older version
+    for hop in journal:
         hops.append(TraceHop(hop.at, hop.hop, hop.detail))
     hops.sort(key=lambda h: h.at)
     return Trace(stored, hops)
