@@ -70,6 +70,9 @@ class MemoryConfig:
 _Item = tuple[Any, ...]
 
 
+_new = Message.__new__
+
+
 def _item(msg: Message) -> _Item:
     md = msg.metadata
     if not md:
@@ -177,8 +180,12 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
                 raise StopAsyncIteration
             if q.items:
                 item = q.items.popleft()
-                if len(item) == 2:  # no metadata: the common case, without a call
-                    msg = Message._received(item[1], {}, item[0], q.on_settle)
+                if len(item) == 2:  # no metadata: the common case, built in line
+                    msg = _new(Message)
+                    msg.payload, msg.id = item
+                    msg.metadata = {}
+                    msg._state = 0
+                    msg._on_settle = q.on_settle
                 else:
                     msg = _message(item, q.on_settle)
                 q.inflight[msg] = self
