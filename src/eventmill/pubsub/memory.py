@@ -25,7 +25,7 @@ from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from eventmill.errors import BufferFullError, ConfigurationError
-from eventmill.message import Message
+from eventmill.message import _PENDING, Message
 from eventmill.pubsub._errors import closed
 from eventmill.pubsub._options import apply_options, split_query
 from eventmill.pubsub._subscription import (
@@ -184,7 +184,7 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
                     msg = _new(Message)
                     msg.payload, msg.id = item
                     msg.metadata = {}
-                    msg._state = 0
+                    msg._state = _PENDING
                     msg._on_settle = q.on_settle
                 else:
                     msg = _message(item, q.on_settle)
