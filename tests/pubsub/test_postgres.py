@@ -26,6 +26,7 @@ from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
 from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub import _postgres_server
+from tests.pubsub._tasks import tasks_created
 from tests.pubsub.conformance import (
     ConformanceSuite,
     Harness,
@@ -273,6 +274,53 @@ async def test_publishing_goes_on_when_the_connections_it_keeps_are_killed(schem
     await asyncio.gather(kill_publishing_backends(), *(produce(p) for p in range(20)))
     assert killed >= 1, "no publishing backend was found to kill"
     assert await collect_ids(sub, sent, timeout=30) >= sent
+    await bus.close()
+
+
+async def test_a_lone_publish_commits_in_the_callers_task(schema: str) -> None:
+    bus = PostgresPubSub.from_url(url(schema))
+    await bus.start()
+    topic = unique("t")
+    await bus.publish(topic, Message(b"creates the topic"))
+    sent = msgs(20)
+    with tasks_created() as created:
+        for m in sent:
+            await bus.publish(topic, m)
+    assert created == [], "an awaited publish on an idle bus starts no task"
+    sub = await bus.subscribe(topic, group=unique("g"))
+    got = await collect(sub, len(sent) + 1)
+    assert [m.id for m in got[1:]] == [m.id for m in sent]
+    await bus.close()
+
+
+async def test_a_lone_publish_survives_its_kept_connection_dying_while_idle(schema: str) -> None:
+    """Inline publishes keep their connection between calls; one ended by the server
+    while idle (asyncpg then takes it back from its holder) is replaced, not used."""
+    bus = PostgresPubSub.from_url(url(schema))
+    await bus.start()
+    topic = unique("t")
+    await bus.publish(topic, Message(b"before"))
+    admin = await asyncpg.connect(BASE)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query LIKE $1",
+            f"%INSERT INTO {bus.sql.table('messages')}%",
+        )
+        assert killed >= 1
+        async with asyncio.timeout(10):  # the kept connection has seen its end
+            while await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 AND pid <> "
+                "pg_backend_pid()",
+                f"%INSERT INTO {bus.sql.table('messages')}%",
+            ):
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0)
+    finally:
+        await admin.close()
+    await bus.publish(topic, Message(b"after"))
+    sub = await bus.subscribe(topic, group=unique("g"))
+    assert [m.payload for m in await collect(sub, 2)] == [b"before", b"after"]
     await bus.close()
 
 

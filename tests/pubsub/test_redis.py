@@ -29,6 +29,7 @@ from eventmill.pubsub.redis import RedisConfig, RedisPubSub
 from eventmill.pubsub.redis._subscription import GroupSubscription
 from tests.conftest import REQUIRE_SERVICES, require_service
 from tests.pubsub._redis_server import RedisServer, redis_server_binary
+from tests.pubsub._tasks import tasks_created
 from tests.pubsub.conformance import (
     ConformanceSuite,
     Harness,
@@ -236,6 +237,70 @@ async def test_concurrent_publishes_share_round_trips(shared: RedisHarness) -> N
     sub = await bus.subscribe(topic, group=unique("g"))
     got = await collect(sub, len(sent))
     assert [m.id for m in got] == [m.id for m in sent], "queued publishes keep their order"
+
+
+async def test_a_lone_publish_is_one_round_trip_in_the_callers_task(
+    shared: RedisHarness,
+) -> None:
+    bus = await shared.open()
+    assert isinstance(bus, RedisPubSub)
+    topic = unique("t")
+    await bus.publish(topic, Message(b"connects"))
+    before = bus.publish_stats
+    sent = msgs(20)
+    with tasks_created() as created:
+        for m in sent:
+            await bus.publish(topic, m)
+    assert created == [], "an awaited publish on an idle publisher starts no task"
+    after = bus.publish_stats
+    assert after.messages - before.messages == len(sent)
+    assert after.round_trips - before.round_trips == len(sent)
+    sub = await bus.subscribe(topic, group=unique("g"))
+    got = await collect(sub, len(sent) + 1)
+    assert [m.id for m in got[1:]] == [m.id for m in sent]
+
+
+async def test_a_publish_made_during_a_send_waits_for_it_and_keeps_its_order(
+    shared: RedisHarness,
+) -> None:
+    bus = await shared.open()
+    assert isinstance(bus, RedisPubSub)
+    topic = unique("t")
+    await bus.publish(topic, Message(b"connects"))
+    first = asyncio.create_task(bus.publish(topic, *msgs(500, "a")))
+    await asyncio.sleep(0)  # the first call is now sending, inline
+    later = [msgs(1, f"b{i}")[0] for i in range(50)]
+    await asyncio.gather(first, *(bus.publish(topic, m) for m in later))
+    sub = await bus.subscribe(topic, group=unique("g"))
+    got = await collect(sub, 551)
+    assert [m.id for m in got[501:]] == [m.id for m in later]
+    assert bus.publish_stats.round_trips <= 3, "the 50 queued calls share one round trip"
+
+
+@pytest.mark.parametrize("ending", ["close", "abort"])
+async def test_closing_or_aborting_leaves_no_connection_open(
+    shared: RedisHarness, ending: str
+) -> None:
+    name = unique("eventmill-conn")
+    bus = await open_pubsub(shared.bus_url(client_name=name))
+    topic = unique("t")
+    sub = await bus.subscribe(topic, group=unique("g"))
+    await bus.publish(topic, *msgs(3))
+    await collect(sub, 3)  # acks go out on the subscription's own connection
+    await bus.publish(topic, Message(b"on the publisher's connection"))
+    client = aioredis.Redis.from_url(SHARED_URL)
+    try:
+
+        async def ours() -> int:
+            return sum(1 for c in await client.client_list() if c.get("name") == name)
+
+        assert await ours() >= 3  # reader, ack flusher, publisher
+        await getattr(bus, ending)()
+        async with asyncio.timeout(10):
+            while await ours():
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
 # -- maxlen -----------------------------------------------------------------------------

@@ -17,13 +17,15 @@ URL options: ``memory://?buffer_size=10000&when_full=block``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from eventmill.errors import BufferFullError, ConfigurationError
-from eventmill.message import Message
+from eventmill.message import _PENDING, Message
 from eventmill.pubsub._errors import closed
 from eventmill.pubsub._options import apply_options, split_query
 from eventmill.pubsub._subscription import (
@@ -60,18 +62,46 @@ class MemoryConfig:
         return apply_options(cls(), options, scheme="memory://")
 
 
+#: A message waiting in a queue: ``(payload, id, key, value, key, value, ...)``, built
+#: by :func:`_item`. One flat tuple of bytes and strings, not a Message (nor a dict):
+#: the garbage collector stops tracking it at its next pass, so a backlog of a million
+#: costs it nothing, where a million Messages made every full collection walk them all.
+#: The Message is built when it is handed out (:func:`_message`).
+_Item = tuple[Any, ...]
+
+
+_new = Message.__new__
+
+
+def _item(msg: Message) -> _Item:
+    md = msg.metadata
+    if not md:
+        return (msg.payload, msg.id)
+    return (msg.payload, msg.id, *itertools.chain.from_iterable(md.items()))
+
+
+def _message(item: _Item, on_settle: Callable[[Message, bool], None]) -> Message:
+    if len(item) == 2:
+        return Message._received(item[1], {}, item[0], on_settle)
+    flat = item[2:]
+    return Message._received(
+        item[1], dict(zip(flat[::2], flat[1::2], strict=True)), item[0], on_settle
+    )
+
+
 class _Queue:
     """A bounded FIFO shared by the members of one group (or one ephemeral subscriber)."""
 
-    __slots__ = ("closed", "inflight", "items", "limit", "readers", "space")
+    __slots__ = ("closed", "inflight", "items", "limit", "on_settle", "readers", "space")
 
     def __init__(self, limit: int) -> None:
-        self.items: deque[Message] = deque()
+        self.items: deque[_Item] = deque()
         self.limit = limit
         self.readers = ReaderQueue()
         self.space: deque[asyncio.Future[None]] = deque()
         self.inflight: dict[Message, _MemorySubscription] = {}
         self.closed = False
+        self.on_settle = self.settle
 
     def wake_space(self) -> None:
         space = self.space
@@ -84,7 +114,7 @@ class _Queue:
         if self.inflight.pop(msg, None) is None:
             return
         if not ok:
-            self.items.appendleft(msg.copy())
+            self.items.appendleft(_item(msg))
             self.readers.wake()
 
     def release(self, sub: _MemorySubscription) -> None:
@@ -93,7 +123,7 @@ class _Queue:
         for msg in reversed(held):
             del self.inflight[msg]
             msg._on_settle = None
-            self.items.appendleft(msg.copy())
+            self.items.appendleft(_item(msg))
         if held:
             self.readers.wake()
 
@@ -107,11 +137,17 @@ class _Queue:
 
 
 class _Topic:
-    __slots__ = ("ephemeral", "groups")
+    __slots__ = ("ephemeral", "groups", "targets")
 
     def __init__(self) -> None:
         self.groups: dict[str, _Queue] = {}
         self.ephemeral: set[_Queue] = set()
+        self.targets: list[_Queue] = []
+        """Every group's queue and every ephemeral one: where a publish goes."""
+
+    def changed(self) -> None:
+        """Recompute :attr:`targets` (a group or an ephemeral subscription came or went)."""
+        self.targets = [*self.groups.values(), *self.ephemeral]
 
     def full_target(self, n: int) -> _Queue | None:
         """A target queue without room for ``n`` more messages, if any."""
@@ -143,9 +179,16 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
             if self._closed or q.closed:
                 raise StopAsyncIteration
             if q.items:
-                msg = q.items.popleft()
+                item = q.items.popleft()
+                if len(item) == 2:  # no metadata: the common case, built in line
+                    msg = _new(Message)
+                    msg.payload, msg.id = item
+                    msg.metadata = {}
+                    msg._state = _PENDING
+                    msg._on_settle = q.on_settle
+                else:
+                    msg = _message(item, q.on_settle)
                 q.inflight[msg] = self
-                msg._on_settle = q.settle
                 if q.space:
                     q.wake_space()
                 return msg
@@ -210,26 +253,35 @@ class MemoryPubSub(AsyncStartCloseable):
         if t is None:
             validate_name("topic", topic)
             t = self._topics[topic] = _Topic()
-        check_messages(messages)
+        for m in messages:
+            if type(m) is not Message:
+                check_messages(messages)
+                break
         n = len(messages)
         if not n:
             return
-        groups, ephemeral = t.groups, t.ephemeral
-        targets = list(groups.values()) if not ephemeral else [*groups.values(), *ephemeral]
+        targets = t.targets
         for q in targets:
             if len(q.items) + n > q.limit and not q.closed:
                 await self._wait_for_room(topic, t, n)
-                targets = [*groups.values(), *ephemeral]
+                targets = t.targets
                 break
-        received = Message._received
+        # Items are immutable: every target queues the same ones.
+        if n == 1:
+            m = messages[0]
+            item = (m.payload, m.id) if not m.metadata else _item(m)
+            for q in targets:
+                if not q.closed:
+                    q.items.append(item)
+                    if q.readers:
+                        q.readers.wake()
+            return
+        items = [_item(m) for m in messages]
         for q in targets:
-            if q.closed:
-                continue
-            items = q.items
-            for m in messages:
-                items.append(received(m.id, dict(m.metadata), m.payload, None))
-            if q.readers:
-                q.readers.wake(n)  # one waiting reader per message, as many as there are
+            if not q.closed:
+                q.items.extend(items)
+                if q.readers:
+                    q.readers.wake(n)  # one waiting reader per message, as many as there are
 
     async def _wait_for_room(self, topic: str, t: _Topic, n: int) -> None:
         """Apply the ``when_full`` policy until every target of ``t`` has room for ``n``."""
@@ -258,9 +310,14 @@ class MemoryPubSub(AsyncStartCloseable):
         if group is None:
             q = _Queue(self.config.buffer_size)
             t.ephemeral.add(q)
+            t.changed()
         else:
             validate_name("group", group)
-            q = t.groups.get(group) or t.groups.setdefault(group, _Queue(self.config.buffer_size))
+            found = t.groups.get(group)
+            if found is None:
+                found = t.groups[group] = _Queue(self.config.buffer_size)
+                t.changed()
+            q = found
         sub = _MemorySubscription(self, topic, group, q)
         self._subs.add(sub)
         return sub
@@ -269,6 +326,7 @@ class MemoryPubSub(AsyncStartCloseable):
         t = self._topics.get(topic)
         if t is not None:
             t.ephemeral.discard(q)
+            t.changed()
             q.wake_space()
 
     async def close(self) -> None:

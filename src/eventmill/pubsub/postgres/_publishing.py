@@ -1,17 +1,19 @@
 """Publishing on postgresql://: group-commit workers.
 
-Concurrent publish calls queue here; a worker takes up to ``publish_batch`` messages
-of many calls into one statement committed on its own (a binary ``COPY``, or one
-``INSERT`` for a few rows), ``publish_workers`` transactions at a time, and each
-call returns when the transaction holding its messages commits. Messages of one
-call are never split between transactions.
+A publish call that finds nothing queued and nothing being committed commits its
+messages itself, in the caller's task, on a connection the bus keeps for it (no
+task, no pool acquire: what one application task awaiting each publish pays).
+Calls made meanwhile queue here; a worker takes up to ``publish_batch`` messages of
+many calls into one statement committed on its own (a binary ``COPY``, or one
+``INSERT`` for a few rows), ``publish_workers`` transactions at a time (the inline
+commit counts as one), and each call returns when the transaction holding its
+messages commits. Messages of one call are never split between transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -66,11 +68,20 @@ class GroupCommit:
         self._running = 0
         self._space: deque[asyncio.Future[None]] = deque()
         self._collecting = False  # a worker is about to take a batch (see _work)
+        # The connection of inline commits, kept between them if that leaves one for
+        # topic and group creation while every worker holds one too.
+        self._lone = HeldConnection() if config.publish_workers + 1 < config.pool_max else None
+        self._inline = 0
+        self._inline_done: asyncio.Future[None] | None = None
         self.closed = False
 
     async def publish(self, tid: int, rows: list[Row]) -> None:
-        """Queue ``rows`` of topic ``tid``; return once the transaction holding them
-        committed. Waits for room while ``max_pending`` messages are queued."""
+        """Commit ``rows`` of topic ``tid`` (inline when idle, else queued); return once
+        the transaction holding them committed. Waits for room while ``max_pending``
+        messages are queued."""
+        if not self._running and not self._pending:
+            await self._commit_inline(tid, rows)
+            return
         n = len(rows)
         loop = asyncio.get_running_loop()
         while self._pending_count and self._pending_count + n > self._config.max_pending:
@@ -85,6 +96,38 @@ class GroupCommit:
         if not self._collecting and self._running < self._config.publish_workers:
             self._start_worker()
         await fut  # if the caller is cancelled, the messages may still be committed
+
+    async def _commit_inline(self, tid: int, rows: list[Row]) -> None:
+        """Commit ``rows`` in the caller's task (nothing else is being committed)."""
+        self._running += 1
+        self._inline += 1
+        try:
+            await self._runner.run(
+                functools.partial(self._insert_rows, rows),
+                what="publish",
+                deadline=self._config.reconnect_timeout,
+                durable=True,
+                held=self._lone,
+            )
+        except asyncio.CancelledError:
+            # Cancelled mid-statement: the pool waits for the server to cancel it.
+            if self._lone is not None:
+                await self._lone.give_back()
+            raise
+        finally:
+            self._running -= 1
+            self._inline -= 1
+            if (
+                self._pending
+                and not self._collecting
+                and self._running < self._config.publish_workers
+                and not self._runner.aborted
+            ):
+                self._start_worker()  # calls made meanwhile, with no worker slot then
+            done = self._inline_done
+            if not self._inline and done is not None and not done.done():
+                done.set_result(None)
+        self._announce((tid,))
 
     def _start_worker(self) -> None:
         self._running += 1
@@ -162,17 +205,19 @@ class GroupCommit:
         one ``INSERT`` instead: one answer to wait for where ``COPY`` sends two,
         which is what a lone publisher waits for.
         """
+        if len(batch) == 1:
+            await self._insert_rows(batch[0].rows, conn)
+            return
+        await self._insert_rows([row for item in batch for row in item.rows], conn)
+
+    async def _insert_rows(self, rows: list[Row], conn: Connection) -> None:
         sql = self._sql
-        if sum(len(item.rows) for item in batch) < _COPY_MIN:
-            rows = [row for item in batch for row in item.rows]
+        if len(rows) < _COPY_MIN:
             tids, ids, metas, payloads = (list(col) for col in zip(*rows, strict=True))
             await conn.execute(sql.publish, tids, ids, metas, payloads)
             return
         await conn.copy_records_to_table(
-            sql.messages_table,
-            schema_name=sql.schema,
-            columns=sql.copy_columns,
-            records=itertools.chain.from_iterable(item.rows for item in batch),
+            sql.messages_table, schema_name=sql.schema, columns=sql.copy_columns, records=rows
         )
 
     def _wake_space(self) -> None:
@@ -186,12 +231,20 @@ class GroupCommit:
         committed (or failed)."""
         self.closed = True
         self._wake_space()
-        while self._workers:  # they exit once every queued call is committed
-            await asyncio.wait(list(self._workers))
+        while self._workers or self._inline:  # workers exit once every call is committed
+            if self._workers:
+                await asyncio.wait(list(self._workers))
+            else:
+                self._inline_done = asyncio.get_running_loop().create_future()
+                await self._inline_done
+        if self._lone is not None:
+            await self._lone.give_back()
 
     def abort(self) -> None:
         """Fail every queued call (the runner is aborted: workers stop)."""
         self.closed = True
+        if self._lone is not None:  # the pools are terminated: nothing to give back
+            self._lone.conn = self._lone.pool = None
         while self._pending:
             item = self._pending.popleft()
             if not item.fut.done():

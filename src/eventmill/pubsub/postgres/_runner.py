@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
+import asyncpg
+
 from eventmill.errors import BackendUnavailableError
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
@@ -69,6 +71,15 @@ async def _release(pool: Pool, conn: Connection, *, broken: bool) -> None:
         if broken:
             conn.terminate()
         await pool.release(conn)
+
+
+def _usable(conn: Connection) -> bool:
+    """Whether a held connection can still run statements: once asyncpg saw it end
+    (a server restart while it sat idle), it closed it and took it back from us."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # "released back to the pool"
+        return False
 
 
 async def _reset(conn: Connection) -> None:
@@ -173,6 +184,8 @@ class Runner:
                         conn = await pool.acquire()
                         result = await op(conn)
                     else:
+                        if held.conn is not None and not _usable(held.conn):
+                            await held.give_back(broken=True)
                         if held.conn is None:
                             held.conn, held.pool = await pool.acquire(), pool
                         result = await op(held.conn)

@@ -3,7 +3,8 @@
 An idle consumer sleeps. Messages of a topic becoming claimable (a publish, a nack,
 a release) wake the consumers of the topic in this process at once, and those of
 other processes with a NOTIFY on the topic's channel right after the commit
-(coalesced to one per topic every ``_NOTIFY_WINDOW``). A NOTIFY is only a wake-up:
+(coalesced to one per topic every ``_NOTIFY_WINDOW``, sent on the LISTEN connection
+when it is up and idle). A NOTIFY is only a wake-up:
 what to read is decided by the cursors, so one that is lost delays delivery and
 loses nothing. The LISTEN connection is dedicated; when it drops it is re-made with
 backoff, and every local consumer is woken (NOTIFYs sent meanwhile are lost).
@@ -188,9 +189,22 @@ class Wakeups:
             return
         token = self._token
         notes = ", ".join(f"pg_notify('{self._sql.channel(t)}', '{t}:{token}')" for t in tids)
+        statement = f"SELECT {notes}"
+        # On the LISTEN connection when it is up and free: no pool acquire and release
+        # (whose release runs as a task of its own) for each NOTIFY.
+        listening = self.connection
+        if listening is not None and not self._lock.locked():
+            try:
+                async with self._lock:
+                    with mapped("notify", self._runner.where):
+                        await listening.execute(statement)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
 
         async def op(conn: Connection) -> None:
-            await conn.execute(f"SELECT {notes}")
+            await conn.execute(statement)
 
         await self._runner.run(op, what="notify", deadline=self._config.reconnect_timeout)
 

@@ -227,10 +227,13 @@ class RedisPubSub(AsyncStartCloseable):
         acks are not flushed; held entries are claimed by another member after
         ``claim_idle``."""
         self._closed = True
-        for sub in list(self._subs):
+        subs = list(self._subs)
+        for sub in subs:
             sub._vanish()
         self._subs.clear()
+        for sub in subs:
+            await sub._disconnect()
         if self._publisher is not None:
-            self._publisher.abort()
+            await self._publisher.abort()
         if self._redis is not None:
             await self._redis.connection_pool.disconnect(inuse_connections=True)

@@ -12,7 +12,8 @@ with a unique name (``host:pid:random``):
   not yet flushed) and reads ahead only while fewer than ``batch_size / 2`` are
   buffered;
 * ``ack()`` queues an ``XACK``; a flush task sends queued acks in one command per
-  round trip (acks made during a round trip go in the next);
+  round trip (acks made during a round trip go in the next), on a connection of the
+  subscription's own (:class:`~eventmill.pubsub.redis._conn.DirectConnection`);
 * ``nack()`` puts a fresh copy of the message back at the front of this
   subscription's buffer at once (the entry stays in this consumer's pending list;
   its idle time is reset with ``XCLAIM ... JUSTID`` in the next flush);
@@ -47,6 +48,7 @@ from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._subscription import BufferedSubscription
 from eventmill.pubsub.redis._common import decode_entry, log
 from eventmill.pubsub.redis._config import RedisConfig
+from eventmill.pubsub.redis._conn import DirectConnection
 from eventmill.pubsub.redis._errors import TRANSIENT, describe
 
 __all__ = ["EphemeralSubscription", "GroupSubscription", "ensure_group"]
@@ -121,11 +123,16 @@ class _Base(BufferedSubscription[Message]):
         if self._closed:
             return
         self._vanish()
+        await self._disconnect()
         self._on_close(self)
 
     def _vanish(self) -> None:
         """Stop at once without flushing or releasing anything."""
         raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        """Close the connections this subscription holds outside the pool (after
+        :meth:`_vanish`)."""
 
     def _take(self, msg: Message) -> Message:
         if not self._room.is_set() and self._has_room():
@@ -249,6 +256,7 @@ class GroupSubscription(_Base):
         self._acks: list[bytes] = []
         self._touch: list[bytes] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._direct = DirectConnection(client, config.socket_timeout)
         self._claim_now = asyncio.Event()
         self._claim_interval = min(self._config.claim_idle / 2, 5.0)
         self._sweep_interval = max(self._claim_interval, self._config.consumer_timeout / 10)
@@ -424,26 +432,22 @@ class GroupSubscription(_Base):
     ) -> None:
         """One round trip: XACK ``acks``, renew ``touch``, release ``release``; on ``final``
         also delete this consumer if nothing is pending for it any more."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            if acks:
-                pipe.xack(self._key, self._groupname, *acks)
-            if touch:
-                pipe.xclaim(
-                    self._key, self._groupname, self.consumer, 0, list[Any](touch), justid=True
-                )
-            if release:
-                pipe.xclaim(
-                    self._key,
-                    self._groupname,
-                    self.consumer,
-                    0,
-                    list[Any](release),
-                    idle=_RELEASED_IDLE_MS,
-                    justid=True,
-                )
-            if final:
-                pipe.eval(_DELETE_IF_IDLE, 1, self._key, self._groupname, self.consumer)
-            await pipe.execute()
+        key, group, consumer = self._key, self._groupname, self.consumer
+        commands: list[list[Any]] = []
+        if acks:
+            commands.append(["XACK", key, group, *acks])
+        if touch:
+            commands.append(["XCLAIM", key, group, consumer, 0, *touch, "JUSTID"])
+        if release:
+            idle = ["IDLE", _RELEASED_IDLE_MS, "JUSTID"]
+            commands.append(["XCLAIM", key, group, consumer, 0, *release, *idle])
+        if final:
+            commands.append(["EVAL", _DELETE_IF_IDLE, 1, key, group, consumer])
+        if not commands:
+            return
+        for reply in await self._direct.execute(commands):
+            if isinstance(reply, rex.ResponseError):
+                raise reply
 
     # -- closing ------------------------------------------------------------------------
 
@@ -458,6 +462,7 @@ class GroupSubscription(_Base):
                 await asyncio.wait_for(asyncio.shield(flusher), self._config.publish_timeout)
             except Exception:
                 flusher.cancel()
+                await asyncio.wait({flusher})  # the connection is free only once it ended
         release = list(self._held)
         self._held.clear()
         self._buffer.clear()
@@ -492,7 +497,11 @@ class GroupSubscription(_Base):
                     describe(exc, self._config),
                 )
                 break
+        await self._direct.close()
         self._on_close(self)
+
+    async def _disconnect(self) -> None:
+        await self._direct.close()
 
     def _vanish(self) -> None:
         self._closed = True
