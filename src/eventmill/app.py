@@ -28,6 +28,7 @@ from eventmill.events import EventRegistry
 from eventmill.ingest import Ingest
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
+from eventmill.realtime import Realtime
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
@@ -45,6 +46,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
+        Realtime(settings.realtime, resources),
     ]
 
 

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from eventmill.errors import ConfigurationError
 from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
+from eventmill.realtime.config import RealtimeSettings
 from eventmill.web.tokens import JwtSettings
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings", "SourceConfig"]
@@ -73,6 +74,12 @@ class Settings(BaseSettings, IngestSettings):
     jwt: JwtSettings = Field(default_factory=JwtSettings)
     """How end users' JWTs are verified (``EVENTMILL_JWT__SECRET``, ``__PUBLIC_KEY``,
     ``__JWKS_URL``, ``__AUDIENCE``, ``__ISSUER``; default: none configured)."""
+
+    # -- realtime --------------------------------------------------------------------------
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    """WebSocket, SSE, the JS client and the dashboard (``EVENTMILL_REALTIME__*``: allowed
+    origins, heartbeat, buffers and limits, resume; see
+    :class:`~eventmill.realtime.config.RealtimeSettings`)."""
 
     # -- operations ------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
