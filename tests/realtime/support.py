@@ -25,7 +25,7 @@ AUDIENCE = "eventmill-test"
 ALLOWED_ORIGIN = "http://allowed.example"
 
 
-def token(sub: str, *, secret: str = SECRET, ttl: float = 3600, **claims: Any) -> str:
+def token(sub: str, /, *, secret: str = SECRET, ttl: float = 3600, **claims: Any) -> str:
     """An HS256 JWT for ``sub`` with the test audience (``claims`` override)."""
     now = int(time.time())
     body: dict[str, Any] = {"sub": sub, "aud": AUDIENCE, "iat": now, "exp": now + int(ttl)}
@@ -38,8 +38,9 @@ def admin_token(sub: str = "operator") -> str:
     return token(sub, eventmill={"all_users": True})
 
 
-def env(data_dir: Path, store_url: str, bus_url: str, **extra: str) -> dict[str, str]:
-    """Environment of a test server: JWTs (HS256, audience, no leeway), Razorpay."""
+def env(data_dir: Path, store_url: str, bus_url: str, **extra: str | None) -> dict[str, str]:
+    """Environment of a test server: JWTs (HS256, audience, no leeway), Razorpay;
+    ``extra`` overrides (``None`` removes a variable)."""
     values = {
         "EVENTMILL_DATA_DIR": str(data_dir),
         "EVENTMILL_BUS_URL": bus_url,
@@ -53,8 +54,8 @@ def env(data_dir: Path, store_url: str, bus_url: str, **extra: str) -> dict[str,
         "EVENTMILL_REALTIME__ALLOWED_ORIGINS": ALLOWED_ORIGIN,
         "EVENTMILL_RELAY_INTERVAL_SECONDS": "3600",
     }
-    values.update(extra)
-    return values
+    values.update({k: v for k, v in extra.items() if v is not None})
+    return {k: v for k, v in values.items() if extra.get(k, "") is not None}
 
 
 async def create_key(store_url: str, scopes: tuple[str, ...] = ("publish", "read")) -> str:
@@ -177,6 +178,90 @@ async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WsClient]:
     """A connected :class:`WsClient` (closed on exit)."""
     async with connect(url, open_timeout=30, **kwargs) as ws:
         client = WsClient(ws)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+class SseClient:
+    """An SSE client (httpx streaming) that keeps every event and comment, in order."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.events: list[dict[str, str]] = []
+        """Each dispatched block: ``id``, ``event``, ``data``, ``retry`` fields as sent."""
+        self.comments: list[str] = []
+        self.ended = False
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        block: dict[str, str] = {}
+        try:
+            async for line in self.response.aiter_lines():
+                if line == "":
+                    if block:
+                        self.events.append(block)
+                        self._changed.set()
+                    block = {}
+                elif line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                    self._changed.set()
+                else:
+                    name, _, value = line.partition(":")
+                    block[name] = value[1:] if value.startswith(" ") else value
+        except (httpx.HTTPError, asyncio.CancelledError):
+            pass
+        finally:
+            self.ended = True
+            self._changed.set()
+
+    def data(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The JSON data of the events named ``name`` (default: every event with data)."""
+        return [
+            orjson.loads(b["data"])
+            for b in self.events
+            if "data" in b and (name is None or b.get("event") == name)
+        ]
+
+    def last_id(self) -> str | None:
+        """The last ``id:`` seen (what a browser sends as ``Last-Event-ID``)."""
+        ids = [b["id"] for b in self.events if "id" in b]
+        return ids[-1] if ids else None
+
+    async def wait_for(self, predicate: Any, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                if self.ended and not predicate(self):
+                    raise AssertionError("the stream ended before the condition held")
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait_ended(self, timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not self.ended:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        await self.response.aclose()
+
+
+@contextlib.asynccontextmanager
+async def sse_client(
+    base_url: str, *, headers: dict[str, str] | None = None, **params: str
+) -> AsyncIterator[SseClient]:
+    """An open :class:`SseClient` on ``/sse`` (closed on exit)."""
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30, read=None)) as http,
+        http.stream("GET", "/sse", params=params, headers=headers or {}) as response,
+    ):
+        assert response.status_code == 200, (await response.aread()).decode()
+        client = SseClient(response)
         try:
             yield client
         finally:

@@ -421,14 +421,24 @@ class Hub:
         interval = self.settings.heartbeat_seconds
         while True:
             await asyncio.sleep(interval)
-            frame = f'{{"type":"heartbeat","position":{self.head}}}'
+            head = self.head
+            ws_frame = f'{{"type":"heartbeat","position":{head}}}'
+            sse_frame = f": keep-alive\nid: {head}\n\n".encode()
             for conn in self.all_connections():
-                if conn.transport == "sse":
-                    conn.push_if_room(b": keep-alive\n\n")
-                elif conn.live:
-                    if conn.cursor > self.head:
-                        conn.push_if_room(f'{{"type":"heartbeat","position":{conn.cursor}}}')
-                    else:
-                        conn.push_if_room(frame)
+                # Live: every event up to ``head`` for the connection is queued before
+                # this frame, so the client may resume from ``head`` (SSE: an ``id:``
+                # without data moves Last-Event-ID without firing an event).
+                if not conn.live:
+                    conn.push_if_room(
+                        b": keep-alive\n\n" if conn.transport == "sse" else '{"type":"heartbeat"}'
+                    )
+                elif conn.cursor > head:  # resumed from a position ahead of this hub
+                    conn.push_if_room(_heartbeat(conn.transport, conn.cursor))
                 else:
-                    conn.push_if_room('{"type":"heartbeat"}')
+                    conn.push_if_room(ws_frame if conn.transport == "ws" else sse_frame)
+
+
+def _heartbeat(transport: str, position: int) -> str | bytes:
+    if transport == "ws":
+        return f'{{"type":"heartbeat","position":{position}}}'
+    return f": keep-alive\nid: {position}\n\n".encode()

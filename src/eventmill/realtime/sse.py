@@ -74,6 +74,7 @@ class _Stream(Response):
         headers: dict[str, str],
     ) -> None:
         super().__init__(headers=headers, media_type=self.media_type)
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.conn = conn
         self.hub = hub
         self.ctx = ctx
