@@ -173,6 +173,11 @@ def close_code(closed: ConnectionClosed) -> int | None:
     return closed.rcvd.code if closed.rcvd is not None else None
 
 
+def close_reason(closed: ConnectionClosed) -> str | None:
+    """The close reason the server sent."""
+    return closed.rcvd.reason if closed.rcvd is not None else None
+
+
 @contextlib.asynccontextmanager
 async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WsClient]:
     """A connected :class:`WsClient` (closed on exit)."""

@@ -63,7 +63,8 @@ async def test_stream_format_headers_and_filters(node: Node) -> None:
         await stream.wait_for(lambda s: s.events)
         opening = stream.events[0]
         assert opening["retry"] == "2000"
-        assert opening["id"].isdigit() and "data" not in opening  # the live start position
+        assert opening["id"].isdigit()  # the live start position
+        assert "data" not in opening
         ids = await node.publish(
             event(alice, "account.opened"),
             event(alice, "order.created"),
@@ -74,7 +75,8 @@ async def test_stream_format_headers_and_filters(node: Node) -> None:
         assert [b["event"] for b in blocks] == ["account.opened", "order.paid"]
         assert [e["id"] for e in stream.data()] == [ids[0], ids[2]]
         positions = [int(b["id"]) for b in blocks]
-        assert positions == sorted(positions) and positions[0] > int(opening["id"])
+        assert positions == sorted(positions)
+        assert positions[0] > int(opening["id"])
         assert stream.data()[0]["user_id"] == alice
 
 
