@@ -121,6 +121,8 @@ class WsClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
+        self.received_at: dict[str, float] = {}
+        """Event id → when it arrived (``time.monotonic()``)."""
         self.closed: ConnectionClosed | None = None
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._read())
@@ -128,7 +130,10 @@ class WsClient:
     async def _read(self) -> None:
         try:
             async for raw in self.ws:
-                self.messages.append(orjson.loads(raw))
+                message = orjson.loads(raw)
+                self.messages.append(message)
+                if message["type"] == "event":
+                    self.received_at[message["payload"]["id"]] = time.monotonic()
                 self._changed.set()
         except ConnectionClosed as exc:
             self.closed = exc

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 from eventmill.errors import ConfigurationError
@@ -61,10 +61,13 @@ class Connection:
     __slots__ = (
         "_match",
         "_waiter",
+        "_watchdog",
+        "abort",
         "all_users",
         "closing",
         "cursor",
         "explicit",
+        "grace",
         "live",
         "max_bytes",
         "max_messages",
@@ -72,6 +75,7 @@ class Connection:
         "pending_bytes",
         "queue",
         "resume_from",
+        "sending",
         "transport",
         "user_id",
     )
@@ -111,6 +115,14 @@ class Connection:
         self.closing: tuple[int, str] | None = None
         """``(code, reason)`` once the connection is being closed."""
         self._waiter: asyncio.Future[None] | None = None
+        self.sending = False
+        """Whether the sender is writing to the socket right now (it waits while the
+        client's socket is full)."""
+        self.abort: Callable[[], None] | None = None
+        """Drops the connection at once (set by the route serving it)."""
+        self.grace = 5.0
+        """Seconds a close may wait for a sender stuck on a client that does not read."""
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -181,6 +193,22 @@ class Connection:
         self.queue.clear()
         self.pending_bytes = 0
         self._wake()
+        if self.sending and self.abort is not None:
+            # The sender is stuck writing to a client that does not read: if it still
+            # is after the grace period, drop the connection (it cannot even be told).
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.grace, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        self._watchdog = None
+        if self.sending and self.abort is not None:
+            self.abort()
+
+    def release(self) -> None:
+        """Forget timers (the connection is gone)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -88,6 +88,8 @@ class _Stream(Response):
         if self.expires_at is not None:
             delay = max(0.0, self.expires_at + self.ctx.leeway - time.time())
             expiry = loop.call_later(delay, conn.close, CloseCode.TOKEN_EXPIRED, "token_expired")
+        conn.abort = lambda: abort_transport(receive)
+        conn.grace = s.close_grace_seconds
         watcher = asyncio.create_task(_watch_disconnect(receive, conn))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -105,6 +107,7 @@ class _Stream(Response):
         finally:
             if expiry is not None:
                 expiry.cancel()
+            conn.release()
             hub.unregister(conn)
             watcher.cancel()
             with contextlib.suppress(BaseException):
@@ -115,7 +118,11 @@ class _Stream(Response):
         conn, hub = self.conn, self.hub
 
         async def body(chunk: bytes) -> None:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            conn.sending = True
+            try:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finally:
+                conn.sending = False
 
         async def send_event(event: FeedEvent) -> None:
             await body(event.sse_frame())

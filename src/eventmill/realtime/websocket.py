@@ -148,6 +148,9 @@ def routes(ctx: RealtimeContext) -> APIRouter:
         except LimitError as exc:
             await _refuse(websocket, exc.code, "limit", str(exc))
             return
+        receive = websocket._receive
+        conn.abort = lambda: abort_transport(receive)
+        conn.grace = s.close_grace_seconds
         expiry = _Expiry(conn, ctx.leeway)
         expiry.set(principal.expires_at)
         reader = asyncio.create_task(_read(websocket, conn, ctx, principal, expiry))
@@ -168,6 +171,7 @@ def routes(ctx: RealtimeContext) -> APIRouter:
             await _pump(websocket, conn, hub, s.close_grace_seconds)
         finally:
             expiry.cancel()
+            conn.release()
             hub.unregister(conn)
             reader.cancel()
             with contextlib.suppress(BaseException):
@@ -178,7 +182,14 @@ def routes(ctx: RealtimeContext) -> APIRouter:
 
 async def _pump(websocket: WebSocket, conn: Connection, hub: Hub, grace: float) -> None:
     """Write the connection's frames (and its replays) until it closes."""
-    send_text = websocket.send_text
+    raw_send = websocket.send_text
+
+    async def send_text(text: str) -> None:
+        conn.sending = True
+        try:
+            await raw_send(text)
+        finally:
+            conn.sending = False
 
     async def send_event(event: FeedEvent) -> None:
         await send_text(event.ws_frame())
@@ -229,6 +240,7 @@ async def _pump(websocket: WebSocket, conn: Connection, hub: Hub, grace: float) 
         # The client does not read: its socket is full and the close frame cannot be
         # written. Drop the connection rather than hold it.
         abort_transport(websocket._receive)
+        return
     except (WebSocketDisconnect, OSError, RuntimeError):
         pass
 
