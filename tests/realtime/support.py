@@ -103,11 +103,13 @@ def event(
 
 
 @contextlib.contextmanager
-def running_node(tmp: Path, store_url: str, bus_url: str, key: str, **extra: str) -> Iterator[Node]:
+def running_node(
+    tmp: Path, store_url: str, bus_url: str, key: str, **extra: str | None
+) -> Iterator[Node]:
     """A started node (stopped and its log kept in ``tmp`` afterwards)."""
-    server = Server(
-        env(tmp / "data", store_url, bus_url, **extra), tmp / f"node-{uuid.uuid4().hex[:6]}.log"
-    )
+    tmp.mkdir(parents=True, exist_ok=True)
+    log = tmp / f"node-{uuid.uuid4().hex[:6]}.log"
+    server = Server(env(tmp / "data", store_url, bus_url, **extra), log)
     server.start()
     try:
         yield Node(server, key)

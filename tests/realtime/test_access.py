@@ -31,6 +31,7 @@ from tests.realtime.support import (
     create_key,
     event,
     running_node,
+    sse_client,
     token,
     ws_client,
 )
@@ -73,7 +74,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("realtime-access")
     store_url = f"sqlite:///{tmp / 'events.db'}"
     key = asyncio.run(create_key(store_url))
-    with running_node(tmp, store_url, f"sqlite:///{tmp / 'bus.db'}", key) as node:
+    bus_url = f"sqlite:///{tmp / 'bus.db'}"
+    with running_node(tmp, store_url, bus_url, key, EVENTMILL_LOG_LEVEL="info") as node:
         yield node
 
 
@@ -230,3 +232,16 @@ async def test_sse_refuses_a_forbidden_origin(node: Node) -> None:
         )
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden_origin"
+
+
+async def test_tokens_in_the_query_never_reach_the_log(node: Node) -> None:
+    secret_token = token(_user())
+    async with ws_client(f"{node.ws_url}?token={secret_token}&events=test.*") as client:
+        await client.wait_for(lambda c: c.of("connected"))
+    async with sse_client(node.url, token=secret_token):
+        pass
+    log = node.server.log_text()
+    assert "/ws?token=***&events=test.*" in log  # the access log shows the request...
+    assert "/sse?token=***" in log
+    assert secret_token not in log  # ...without the token
+    assert node.key not in log

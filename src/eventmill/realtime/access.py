@@ -12,7 +12,7 @@ pinned by configuration, ``alg: none`` and algorithm confusion refused, ``exp``,
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import HTTPConnection
 
@@ -22,7 +22,13 @@ from eventmill.web.auth import token_from
 from eventmill.web.seam import Resources
 from eventmill.web.tokens import Principal, TokenError
 
-__all__ = ["API_KEY_PREFIX", "RefusedError", "authenticate", "origin_allowed"]
+__all__ = [
+    "API_KEY_PREFIX",
+    "RefusedError",
+    "authenticate",
+    "credential_of",
+    "origin_allowed",
+]
 
 API_KEY_PREFIX = "em_"
 
@@ -52,12 +58,29 @@ def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
     return host is not None and origin != "null" and urlsplit(origin).netloc == host
 
 
-async def authenticate(conn: HTTPConnection, resources: Resources) -> Principal:
-    """The caller ``conn`` names, or :class:`RefusedError`."""
+def credential_of(conn: HTTPConnection, resources: Resources) -> str | None:
+    """The token or API key ``conn`` carries (header, ``token`` query parameter, cookie).
+
+    The ``token`` query parameter is then masked in the connection's scope, which the
+    server's access log prints: a credential never reaches a log line.
+    """
     verifier = resources.jwt
     token = token_from(
         conn, verifier.settings if verifier is not None else None, query=True, cookie=True
     )
+    query = conn.scope.get("query_string", b"")
+    if b"token=" in query:
+        masked = [
+            (name, "***" if name == "token" else value)
+            for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        ]
+        conn.scope["query_string"] = urlencode(masked, safe="*,").encode("latin-1")
+    return token
+
+
+async def authenticate(conn: HTTPConnection, resources: Resources, token: str | None) -> Principal:
+    """The caller ``token`` (from :func:`credential_of`) names, or :class:`RefusedError`."""
+    verifier = resources.jwt
     if not token:
         raise RefusedError(
             CloseCode.UNAUTHORIZED,

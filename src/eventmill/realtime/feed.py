@@ -33,8 +33,9 @@ _COLUMNS: Final = (
     t.c.event_name,
     t.c.source,
     t.c.user_id,
-    sa.type_coerce(t.c.payload, sa.Text).label("payload"),
-    sa.type_coerce(t.c["metadata"], sa.Text).label("metadata"),
+    # the JSON as stored, as text (PostgreSQL's json keeps the text as inserted)
+    sa.cast(t.c.payload, sa.Text).label("payload"),
+    sa.cast(t.c["metadata"], sa.Text).label("metadata"),
     t.c.created_at,
     t.c.processed_at,
 )

@@ -338,6 +338,9 @@ class Hub:
             except (EventmillError, OSError) as exc:
                 self._problems["bus"] = f"the hub's subscription to {topic!r} failed: {exc}"
                 _log.warning("%s; re-subscribing", self._problems["bus"])
+            except Exception as exc:
+                self._problems["bus"] = f"the hub's subscription to {topic!r} failed: {exc!r}"
+                _log.exception("the hub's subscription failed; re-subscribing")
             with contextlib.suppress(Exception):
                 await subscription.close()  # type: ignore[attr-defined]
             subscription = None
@@ -362,6 +365,12 @@ class Hub:
             except (EventmillError, OSError) as exc:
                 self._problems["store"] = f"the hub cannot read the store: {exc}"
                 _log.warning("%s (retrying)", self._problems["store"])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            except Exception as exc:  # a bug must not stop realtime for good
+                self._problems["store"] = f"the hub failed to read the store: {exc!r}"
+                _log.exception("the hub failed to read the store (retrying)")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from eventmill.realtime.access import RefusedError, authenticate, origin_allowed
+from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
 from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.connection import RESUME, Connection, PatternError
 from eventmill.realtime.context import RealtimeContext, abort_transport
@@ -215,6 +215,7 @@ def routes(ctx: RealtimeContext) -> APIRouter:
         reconnects) or ``since`` resumes after a position.
         """
         s = ctx.settings
+        credential = credential_of(request, ctx.resources)  # masks it for the access log
         headers = {
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
@@ -230,7 +231,7 @@ def routes(ctx: RealtimeContext) -> APIRouter:
         if hub is None:
             raise ApiError(503, "unavailable", "the realtime hub is starting; retry later")
         try:
-            principal = await authenticate(request, ctx.resources)
+            principal = await authenticate(request, ctx.resources, credential)
         except RefusedError as refused:
             raise ApiError(
                 refused.status,

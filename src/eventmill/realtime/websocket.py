@@ -34,7 +34,7 @@ import orjson
 from fastapi import APIRouter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from eventmill.realtime.access import RefusedError, authenticate, origin_allowed
+from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
 from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.connection import RESUME, Connection, PatternError, check_patterns
 from eventmill.realtime.context import RealtimeContext, abort_transport
@@ -109,6 +109,8 @@ def routes(ctx: RealtimeContext) -> APIRouter:
     async def websocket_endpoint(websocket: WebSocket) -> None:
         """Live events for the token's user over WebSocket (see the module docs)."""
         s = ctx.settings
+        credential = credential_of(websocket, ctx.resources)  # masks it for the access log
+        query = websocket.query_params
         # Accept first: a browser sees the close code only on an open WebSocket.
         await websocket.accept()
         if not origin_allowed(websocket, s.allowed_origins):
@@ -124,12 +126,11 @@ def routes(ctx: RealtimeContext) -> APIRouter:
             await _refuse(websocket, CloseCode.TRY_AGAIN_LATER, "starting", "retry later")
             return
         try:
-            principal = await authenticate(websocket, ctx.resources)
+            principal = await authenticate(websocket, ctx.resources, credential)
         except RefusedError as refused:
             await _refuse(websocket, refused.code, refused.reason, refused.message)
             return
         try:
-            query = websocket.query_params
             since = parse_position(query.get("since"), "since")
             patterns = parse_patterns(query.getlist("events"), s.max_patterns)
         except PatternError as exc:
