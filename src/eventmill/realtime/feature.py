@@ -34,8 +34,8 @@ class Realtime:
         self.context = RealtimeContext(settings=settings, resources=resources)
         self._router = APIRouter()
         if settings.enabled:
-            for sub in (websocket.routes(self.context), sse.routes(self.context)):
-                self._router.routes.extend(sub.routes)
+            self._router.routes.extend(websocket.routes(self.context))
+            self._router.routes.extend(sse.routes(self.context).routes)
             self._router.routes.extend(pages.routes())
 
     @property

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
@@ -101,84 +102,94 @@ async def _refuse(websocket: WebSocket, code: int, reason: str, message: str) ->
         await websocket.close(code, reason)
 
 
-def routes(ctx: RealtimeContext) -> APIRouter:
+class _Endpoint:
+    """The ``/ws`` endpoint as a plain ASGI app: a Starlette route without FastAPI's
+    per-request layers (dependency solving, exit stacks), which a connection would
+    keep alive, and pay for in memory, for as long as it is open."""
+
+    def __init__(self, ctx: RealtimeContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _serve(WebSocket(scope, receive, send), self.ctx)
+
+
+def routes(ctx: RealtimeContext) -> list[WebSocketRoute]:
     """The ``/ws`` route, bound to the feature's context."""
-    router = APIRouter(tags=["realtime"])
+    return [WebSocketRoute("/ws", _Endpoint(ctx), name="realtime_websocket")]
 
-    @router.websocket("/ws")
-    async def websocket_endpoint(websocket: WebSocket) -> None:
-        """Live events for the token's user over WebSocket (see the module docs)."""
-        s = ctx.settings
-        credential = credential_of(websocket, ctx.resources)  # masks it for the access log
-        query = websocket.query_params
-        # Accept first: a browser sees the close code only on an open WebSocket.
-        await websocket.accept()
-        if not origin_allowed(websocket, s.allowed_origins):
-            await _refuse(
-                websocket,
-                CloseCode.FORBIDDEN_ORIGIN,
-                "forbidden_origin",
-                "this page's origin may not open the WebSocket",
-            )
-            return
-        hub = ctx.hub
-        if hub is None:
-            await _refuse(websocket, CloseCode.TRY_AGAIN_LATER, "starting", "retry later")
-            return
-        try:
-            principal = await authenticate(websocket, ctx.resources, credential)
-        except RefusedError as refused:
-            await _refuse(websocket, refused.code, refused.reason, refused.message)
-            return
-        try:
-            since = parse_position(query.get("since"), "since")
-            patterns = parse_patterns(query.getlist("events"), s.max_patterns)
-        except PatternError as exc:
-            await _refuse(websocket, CloseCode.BAD_REQUEST, "bad_request", str(exc))
-            return
-        conn = Connection(
-            "ws",
-            user_id=principal.user_id,
-            all_users=principal.all_users,
-            patterns=patterns,
-            max_messages=s.max_pending_messages,
-            max_bytes=s.max_pending_bytes,
+
+async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
+    """Live events for the token's user over WebSocket (see the module docs)."""
+    s = ctx.settings
+    credential = credential_of(websocket, ctx.resources)  # masks it for the access log
+    query = websocket.query_params
+    # Accept first: a browser sees the close code only on an open WebSocket.
+    await websocket.accept()
+    if not origin_allowed(websocket, s.allowed_origins):
+        await _refuse(
+            websocket,
+            CloseCode.FORBIDDEN_ORIGIN,
+            "forbidden_origin",
+            "this page's origin may not open the WebSocket",
         )
-        try:
-            hub.register(conn)
-        except LimitError as exc:
-            await _refuse(websocket, exc.code, "limit", str(exc))
-            return
-        receive = websocket._receive
-        conn.abort = lambda: abort_transport(receive)
-        conn.grace = s.close_grace_seconds
-        expiry = _Expiry(conn, ctx.leeway)
-        expiry.set(principal.expires_at)
-        reader = asyncio.create_task(_read(websocket, conn, ctx, principal, expiry))
-        try:
-            hello: dict[str, Any] = {
-                "type": "connected",
-                "user_id": principal.user_id,
-                "all_users": principal.all_users,
-                "events": conn.patterns,
-                "heartbeat_seconds": s.heartbeat_seconds,
-            }
-            if since is None:
-                hub.go_live(conn)
-                hello["position"] = conn.cursor
-            else:
-                conn.resume_from = since
-            conn.push(_json(hello))
-            await _pump(websocket, conn, hub, s.close_grace_seconds)
-        finally:
-            expiry.cancel()
-            conn.release()
-            hub.unregister(conn)
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-
-    return router
+        return
+    hub = ctx.hub
+    if hub is None:
+        await _refuse(websocket, CloseCode.TRY_AGAIN_LATER, "starting", "retry later")
+        return
+    try:
+        principal = await authenticate(websocket, ctx.resources, credential)
+    except RefusedError as refused:
+        await _refuse(websocket, refused.code, refused.reason, refused.message)
+        return
+    try:
+        since = parse_position(query.get("since"), "since")
+        patterns = parse_patterns(query.getlist("events"), s.max_patterns)
+    except PatternError as exc:
+        await _refuse(websocket, CloseCode.BAD_REQUEST, "bad_request", str(exc))
+        return
+    conn = Connection(
+        "ws",
+        user_id=principal.user_id,
+        all_users=principal.all_users,
+        patterns=patterns,
+        max_messages=s.max_pending_messages,
+        max_bytes=s.max_pending_bytes,
+    )
+    try:
+        hub.register(conn)
+    except LimitError as exc:
+        await _refuse(websocket, exc.code, "limit", str(exc))
+        return
+    receive = websocket._receive
+    conn.abort = lambda: abort_transport(receive)
+    conn.grace = s.close_grace_seconds
+    expiry = _Expiry(conn, ctx.leeway)
+    expiry.set(principal.expires_at)
+    reader = asyncio.create_task(_read(websocket, conn, ctx, principal, expiry))
+    try:
+        hello: dict[str, Any] = {
+            "type": "connected",
+            "user_id": principal.user_id,
+            "all_users": principal.all_users,
+            "events": conn.patterns,
+            "heartbeat_seconds": s.heartbeat_seconds,
+        }
+        if since is None:
+            hub.go_live(conn)
+            hello["position"] = conn.cursor
+        else:
+            conn.resume_from = since
+        conn.push(_json(hello))
+        await _pump(websocket, conn, hub, s.close_grace_seconds)
+    finally:
+        expiry.cancel()
+        conn.release()
+        hub.unregister(conn)
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
 
 
 async def _pump(websocket: WebSocket, conn: Connection, hub: Hub, grace: float) -> None:
