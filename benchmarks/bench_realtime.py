@@ -110,6 +110,7 @@ class Client(asyncio.Protocol):
         for fut in (self.upgraded, self.ready):
             if not fut.done():
                 fut.set_exception(ConnectionError("closed"))
+                fut.exception()  # retrieved: an aborted client is not an error
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -152,7 +153,8 @@ class Client(asyncio.Protocol):
     def _send(self, opcode: int, payload: bytes) -> None:
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        assert self.transport is not None and len(payload) < 126
+        assert self.transport is not None
+        assert len(payload) < 126
         self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
 
     def _text(self, payload: bytes) -> None:
@@ -412,8 +414,8 @@ def show(row: dict[str, Any], base: dict[str, Any] | None) -> None:
     ratio = f"  {row['msgs_per_s'] / base['msgs_per_s']:.2f}x bare" if base else ""
     missing = f"  MISSING {row['missing']}" if row["missing"] else ""
     print(
-        f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms"
-        f"  {row['msgs_per_s']:9.0f} msg/s  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
+        f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms"
+        f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
         flush=True,
     )
 
