@@ -415,7 +415,8 @@ def show(row: dict[str, Any], base: dict[str, Any] | None) -> None:
     missing = f"  MISSING {row['missing']}" if row["missing"] else ""
     print(
         f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms"
-        f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
+        f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s"
+        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
         flush=True,
     )
 
