@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+docs: $(STAMP)    ## build the documentation site (MkDocs, Material theme) into site/
+	$(BIN)/mkdocs build --strict
+
+bench: $(STAMP)  ## the benchmark report under benchmarks/results/ (BENCH_ARGS=--quick: a smoke run)
+	$(BIN)/python benchmarks/run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+from _report import record
 from eventmill.message import Message
 from eventmill.pubsub.base import PubSub
 
@@ -128,10 +131,21 @@ def via() -> str:
 
 
 def report(label: str, ours: float, raw: float, note: str = "") -> None:
-    """Print one figure: eventmill and raw msgs/s and their ratio."""
+    """Print one figure: eventmill and raw msgs/s and their ratio (and keep it for the
+    JSON line ``benchmarks/run`` reads)."""
     print(
         f"  {label:<11} eventmill {ours:>9,.0f} msgs/s   raw {raw:>9,.0f} msgs/s   "
         f"{ours / raw:.2f}x{note}"
+    )
+    script = Path(sys.argv[0]).name
+    record(
+        f"{script.removeprefix('bench_').removesuffix('.py')} ({script})",
+        f"{label}: {PUBLISHERS} publishers"
+        + (" while a Router consumes" if label != "publish" else ""),
+        ours,
+        raw=raw,
+        raw_label="the raw client batching 1,000 per call (see the script)",
+        note=note.strip(),
     )
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _report import record
 from eventmill.message import Message
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
@@ -188,6 +189,10 @@ def _row(label: str, size: int, em: float, raw: float, raw_name: str) -> None:
         f"  {label:<14} {size:>3} B: eventmill {em:>10,.0f} msgs/s | "
         f"{raw_name} {raw:>10,.0f} msgs/s | ratio {em / raw:.2f}",
         flush=True,
+    )
+    backend = "memory" if raw_name.startswith("Queue") else "sqlite"
+    record(
+        f"{backend} (bench_core.py)", f"{label} {size} B", em, raw=raw, raw_label=raw_name.strip()
     )
 
 

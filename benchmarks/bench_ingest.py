@@ -41,6 +41,7 @@ from pathlib import Path
 
 from _common import free_port
 from _payloads import razorpay_payment_captured
+from _report import record
 
 SECRET = "bench_webhook_secret"
 WARM_SECONDS = 1.0
@@ -341,6 +342,23 @@ def main() -> None:
             f"{statistics.median(ratios):>6.2f}x {statistics.median(r.p50 for r in runs):>8.1f} "
             f"{statistics.median(r.p99 for r in runs):>8.1f} {sum(r.errors for r in runs):>8}"
         )
+        if runs is not bare:  # the line benchmarks/run reads (see _report.py)
+            record(
+                "ingest",
+                f"signed Razorpay webhooks, {name.removeprefix('eventmill, ')}",
+                statistics.median(r.rps for r in runs),
+                unit="req/s",
+                short=name.removeprefix("eventmill, sqlite store, "),
+                raw=statistics.median(r.rps for r in bare),
+                raw_label=f"bare FastAPI endpoint reading the body ({generator})",
+                ratio_raw=statistics.median(ratios),
+                peer_note="-",
+                note=f"{opts.connections} connections, {opts.rounds} x {opts.seconds:g} s; "
+                f"p50 {statistics.median(r.p50 for r in runs):.1f} ms, "
+                f"p99 {statistics.median(r.p99 for r in runs):.1f} ms; "
+                f"non-200: {sum(r.errors for r in runs)}",
+                rounds={"ours": [r.rps for r in runs], "raw": [r.rps for r in bare]},
+            )
 
 
 if __name__ == "__main__":

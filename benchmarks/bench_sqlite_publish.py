@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import record
 from eventmill.message import Message
 from eventmill.pubsub import _sqlite_schema as sql
 from eventmill.pubsub.sqlite import SQLiteConfig, SQLitePubSub
@@ -110,6 +111,13 @@ def main() -> None:
                 print(
                     f"  synchronous={synchronous:<6} {size:>3} B: eventmill {em:>9,.0f} msgs/s | "
                     f"raw sqlite3 (commit per 1,000) {raw:>9,.0f} msgs/s | ratio {em / raw:.2f}"
+                )
+                record(
+                    "sqlite (bench_sqlite_publish.py)",
+                    f"{PUBLISHERS} publishers, synchronous={synchronous}, {size} B",
+                    em,
+                    raw=raw,
+                    raw_label="stdlib sqlite3, one commit per 1,000 rows",
                 )
         print("sqlite:/// consume + ack, one group subscription (synchronous=full)")
         for size in (16, 256):

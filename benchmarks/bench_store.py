@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 
 from _payloads import razorpay_payment_captured
+from _report import record
 from eventmill.events import Event
 from eventmill.store import Store, open_store
 
@@ -78,6 +79,13 @@ def bench_codec(n: int) -> None:
     print(f"codec ({len(raw)} B event)")
     print(f"  to_message     {rate(n, enc)}   baseline orjson.dumps {rate(n, base_enc)}")
     print(f"  from_message   {rate(n, dec)}   baseline orjson.loads {rate(n, base_dec)}")
+    for what, ours, base, label in (
+        ("Event.to_message", enc, base_enc, "orjson.dumps"),
+        ("Event.from_message", dec, base_dec, "orjson.loads"),
+    ):
+        record(
+            "codec (bench_store.py)", what, n / ours, unit="ops/s", raw=n / base, raw_label=label
+        )
 
 
 async def bench_store(label: str, store: Store, n: int) -> None:
@@ -119,6 +127,19 @@ async def bench_store(label: str, store: Store, n: int) -> None:
     print(f"  insert 50 concurrent  {rate(n, conc)}")
     print(f"  insert_many x100      {rate(2 * n, many)}")
     print(f"  query pages of 100    {rate(read, query)}  ({read} events)")
+    for what, count, seconds in (
+        ("insert sequential", n, seq),
+        ("insert 50 concurrent", n, conc),
+        ("insert_many x100", 2 * n, many),
+        ("query pages of 100", read, query),
+    ):
+        record(
+            f"store {label} (bench_store.py)",
+            what,
+            count / seconds,
+            unit="events/s",
+            note="no baseline",
+        )
 
 
 def reachable(host: str, port: int) -> bool:

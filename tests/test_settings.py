@@ -9,13 +9,15 @@ import pytest
 from eventmill.errors import ConfigurationError
 from eventmill.settings import DEFAULT_MAX_BODY_BYTES, Settings
 
+_ALIASES = {"RAZORPAY_WEBHOOK_SECRET", "PUBSUB_BACKEND", "KAFKA_BROKERS", "REDIS_URL", "NATS_URL"}
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith("EVENTMILL_") or name == "RAZORPAY_WEBHOOK_SECRET":
+        if name.startswith("EVENTMILL_") or name in _ALIASES:
             monkeypatch.delenv(name)
 
 
@@ -78,4 +80,49 @@ def test_invalid_settings_name_the_field_not_the_value(monkeypatch: pytest.Monke
     monkeypatch.delenv("EVENTMILL_SOURCES__RAZORPAY__SECRETS")
     monkeypatch.setenv("EVENTMILL_MAX_BODY_BYTES", "0")
     with pytest.raises(ConfigurationError, match="max_body_bytes"):
+        Settings.load()
+
+
+@pytest.mark.parametrize(
+    ("env", "bus"),
+    [
+        (
+            {"PUBSUB_BACKEND": "kafka", "KAFKA_BROKERS": "kafka:9092, k2:9092"},
+            "kafka://kafka:9092,k2:9092",
+        ),
+        ({"PUBSUB_BACKEND": "redis", "REDIS_URL": "redis://cache:6379/2"}, "redis://cache:6379/2"),
+        ({"PUBSUB_BACKEND": "nats", "NATS_URL": "nats://nats:4222"}, "nats://nats:4222"),
+        ({"PUBSUB_BACKEND": "memory"}, "memory://"),
+        (
+            {"PUBSUB_BACKEND": "postgres", "EVENTMILL_STORE_URL": "postgresql://u@db/app"},
+            "postgresql://u@db/app",
+        ),
+        (
+            {"PUBSUB_BACKEND": "redis", "REDIS_URL": "redis://x", "EVENTMILL_BUS_URL": "memory://"},
+            "memory://",
+        ),
+    ],
+)
+def test_the_system_descriptions_names_pick_the_bus(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], bus: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings.load().bus == bus
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"PUBSUB_BACKEND": "kafka"}, "KAFKA_BROKERS"),
+        ({"PUBSUB_BACKEND": "postgres"}, "EVENTMILL_STORE_URL"),
+        ({"PUBSUB_BACKEND": "rabbit"}, "pubsub_backend"),
+    ],
+)
+def test_an_incomplete_backend_choice_names_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], match: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=match):
         Settings.load()

@@ -5,6 +5,8 @@ contract, backends chosen by URL (:func:`open_pubsub`), and a :class:`Router`
 with middleware. The service (``eventmill serve``) is built on it.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from eventmill.errors import (
     BackendUnavailableError,
     BufferFullError,
@@ -31,11 +33,39 @@ from eventmill.router import Router, RouterConfig
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from eventmill.client import (
+        AsyncClient,
+        Client,
+        ClientConnectionError,
+        ClientError,
+        RetryPolicy,
+    )
+
+_CLIENT = frozenset(
+    {"AsyncClient", "Client", "ClientConnectionError", "ClientError", "RetryPolicy"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    """The HTTP client (``eventmill.Client``, …) is imported on first use: it pulls in
+    httpx and pydantic, which a user of the library alone does not need."""
+    if name in _CLIENT:
+        from eventmill import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'eventmill' has no attribute {name!r}")
+
+
 __all__ = [
+    "AsyncClient",
     "BackendUnavailableError",
     "BufferFullError",
     "Capabilities",
     "CircuitOpenError",
+    "Client",
+    "ClientConnectionError",
+    "ClientError",
     "ClosedError",
     "ConfigurationError",
     "EventValidationError",
@@ -51,6 +81,7 @@ __all__ = [
     "PubSubError",
     "PublishError",
     "Publisher",
+    "RetryPolicy",
     "Router",
     "RouterConfig",
     "RouterError",

@@ -19,13 +19,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from pydantic import BaseModel
 
 from eventmill import __version__
+from eventmill.delivery import Delivery
 from eventmill.errors import EventmillError
 from eventmill.events import EventRegistry
 from eventmill.ingest import Ingest
+from eventmill.operations import Operations
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
 from eventmill.realtime import Realtime
@@ -46,7 +54,9 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
+        Delivery(settings.delivery, resources),
         Realtime(settings.realtime, resources),
+        Operations(resources),
     ]
 
 
@@ -141,6 +151,7 @@ class _Runtime:
 
         def set_store(store: Store) -> None:
             res.store = store
+            self.tasks.append(asyncio.create_task(store.journal.run()))
             store_ready.set()
 
         bus_tried, store_tried = asyncio.Event(), asyncio.Event()
@@ -189,6 +200,9 @@ class _Runtime:
             await self._stack.aclose()
         except Exception:
             _log.exception("a feature failed to stop cleanly")
+        if self.resources.store is not None:
+            with contextlib.suppress(Exception):
+                await self.resources.store.journal.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -236,6 +250,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         topic=EVENTS_TOPIC,
         jwt=JwtVerifier(settings.jwt) if settings.jwt.configured else None,
     )
+    ProcessCollector(registry=resources.metrics)
+    PlatformCollector(registry=resources.metrics)
     feats = features(settings, resources)
 
     @contextlib.asynccontextmanager
@@ -281,6 +297,11 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         state: Readiness = request.app.state.runtime.readiness()
         code = 200 if state.status == "ready" else 503
         return JSONResponse(state.model_dump(mode="json"), status_code=code)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process (text exposition format)."""
+        return Response(generate_latest(resources.metrics), media_type=CONTENT_TYPE_LATEST)
 
     for feature in feats:
         app.include_router(feature.router)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from eventmill.delivery.config import DeliverySettings
 from eventmill.errors import ConfigurationError
 from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
 from eventmill.realtime.config import RealtimeSettings
@@ -60,6 +61,26 @@ class Settings(BaseSettings, IngestSettings):
     """Event store database URL (default ``sqlite+aiosqlite:///<data_dir>/events.db``;
     PostgreSQL: ``postgresql+asyncpg://user@host/db``)."""
 
+    # -- the system description's names (used only when bus_url is not set) ---------------
+    pubsub_backend: (
+        Literal["memory", "sqlite", "postgres", "postgresql", "redis", "nats", "kafka"] | None
+    ) = Field(default=None, validation_alias=AliasChoices("pubsub_backend", "PUBSUB_BACKEND"))
+    """``PUBSUB_BACKEND``: picks the bus when ``bus_url`` is unset — ``kafka`` with
+    ``KAFKA_BROKERS``, ``redis`` with ``REDIS_URL``, ``nats`` with ``NATS_URL``,
+    ``postgres`` with the store's PostgreSQL URL, ``sqlite`` / ``memory`` embedded."""
+    kafka_brokers: str | None = Field(
+        default=None, validation_alias=AliasChoices("kafka_brokers", "KAFKA_BROKERS")
+    )
+    """``KAFKA_BROKERS``: ``host:port[,host:port]`` for ``PUBSUB_BACKEND=kafka``."""
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("redis_url", "REDIS_URL")
+    )
+    """``REDIS_URL`` for ``PUBSUB_BACKEND=redis`` (default ``redis://127.0.0.1:6379``)."""
+    nats_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("nats_url", "NATS_URL")
+    )
+    """``NATS_URL`` for ``PUBSUB_BACKEND=nats`` (default ``nats://127.0.0.1:4222``)."""
+
     # -- HTTP ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     """Address ``eventmill serve`` binds (default ``127.0.0.1``)."""
@@ -75,6 +96,12 @@ class Settings(BaseSettings, IngestSettings):
     """How end users' JWTs are verified (``EVENTMILL_JWT__SECRET``, ``__PUBLIC_KEY``,
     ``__JWKS_URL``, ``__AUDIENCE``, ``__ISSUER``; default: none configured)."""
 
+    # -- outbound webhooks -----------------------------------------------------------------
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    """Outbound webhook delivery (``EVENTMILL_DELIVERY__RETRY_SCHEDULE='[0.2, 0.5]'``,
+    ``EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]'``, …; see
+    :class:`~eventmill.delivery.config.DeliverySettings`)."""
+
     # -- realtime --------------------------------------------------------------------------
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     """WebSocket, SSE, the JS client and the dashboard (``EVENTMILL_REALTIME__*``: allowed
@@ -88,15 +115,38 @@ class Settings(BaseSettings, IngestSettings):
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
         data_dir = self.data_dir
-        if self.bus_url is None:
-            # Same durability as the default store (the source of truth the outbox relay
-            # re-publishes from): WAL with synchronous=normal survives a process kill; for
-            # power-loss durability set ?synchronous=full on both URLs.
-            bus = f"sqlite:///{data_dir / 'bus.db'}?synchronous=normal"
-            object.__setattr__(self, "bus_url", bus)
         if self.store_url is None:
             object.__setattr__(self, "store_url", f"sqlite+aiosqlite:///{data_dir / 'events.db'}")
+        if self.bus_url is None:
+            object.__setattr__(self, "bus_url", self._bus_from_backend())
         return self
+
+    def _bus_from_backend(self) -> str:
+        """The bus URL named by ``PUBSUB_BACKEND`` and its companion, else the default."""
+        backend = self.pubsub_backend
+        if backend == "kafka":
+            if not self.kafka_brokers:
+                raise ValueError("PUBSUB_BACKEND=kafka needs KAFKA_BROKERS (host:port,...)")
+            brokers = ",".join(b.strip() for b in self.kafka_brokers.split(",") if b.strip())
+            return f"kafka://{brokers}"
+        if backend == "redis":
+            return self.redis_url or "redis://127.0.0.1:6379"
+        if backend == "nats":
+            return self.nats_url or "nats://127.0.0.1:4222"
+        if backend == "memory":
+            return "memory://"
+        if backend in ("postgres", "postgresql"):
+            store = self.store
+            if not store.startswith(("postgresql", "postgres")):
+                raise ValueError(
+                    "PUBSUB_BACKEND=postgres uses the store's database: set "
+                    "EVENTMILL_STORE_URL=postgresql://… (or EVENTMILL_BUS_URL)"
+                )
+            return "postgresql://" + store.split("://", 1)[1]
+        # sqlite, or nothing set. Same durability as the default store (the source of
+        # truth the outbox relay re-publishes from): WAL with synchronous=normal survives
+        # a process kill; for power-loss durability set ?synchronous=full on both URLs.
+        return f"sqlite:///{self.data_dir / 'bus.db'}?synchronous=normal"
 
     @property
     def bus(self) -> str:

@@ -15,7 +15,7 @@ from eventmill import Message, open_pubsub
 from eventmill.app import resources_of
 from eventmill.events import Event
 from eventmill.ingest.audit import AuditSubscriber
-from eventmill.ingest.pipeline import STORED_MARK
+from eventmill.web.seam import STORED_MARK
 from tests import payloads
 from tests.ingest.support import RAZORPAY_SECRET, running_app, settings_for
 

@@ -8,7 +8,7 @@ from eventmill.ingest.audit import audit_handler
 from eventmill.ingest.config import IngestSettings, SourceConfig, receiver_for, scheme_for
 from eventmill.ingest.context import IngestConfig, IngestContext, Receiver
 from eventmill.ingest.feature import Ingest, ingest_config
-from eventmill.ingest.pipeline import STORED_MARK, Accepted, ingest, publish_stored
+from eventmill.ingest.pipeline import Accepted, ingest, publish_stored
 from eventmill.ingest.relay import OutboxRelay
 from eventmill.ingest.signatures import (
     GitHubScheme,
@@ -21,7 +21,6 @@ from eventmill.ingest.signatures import (
 )
 
 __all__ = [
-    "STORED_MARK",
     "Accepted",
     "GitHubScheme",
     "HmacScheme",

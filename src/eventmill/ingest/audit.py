@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 from eventmill.errors import EventValidationError
 from eventmill.events import Event
 from eventmill.ingest.context import IngestContext
-from eventmill.ingest.pipeline import STORED_MARK
 from eventmill.message import Message
 from eventmill.pubsub.base import SkippingSubscriber, Subscriber, Subscription
+from eventmill.web.seam import STORED_MARK
 
 __all__ = ["AuditSubscriber", "audit_handler"]
 

@@ -19,7 +19,7 @@ from eventmill.ingest.config import IngestSettings, receiver_for
 from eventmill.ingest.context import IngestConfig, IngestContext, Receiver
 from eventmill.ingest.relay import OutboxRelay
 from eventmill.ingest.signatures import RazorpayScheme
-from eventmill.router import Router, RouterConfig
+from eventmill.router import HandlerMetrics, Router, RouterConfig
 from eventmill.web.seam import Resources
 
 __all__ = ["Ingest", "ingest_config"]
@@ -62,6 +62,13 @@ class Ingest:
             self._router.routes.extend(sub.routes)
         self.relay: OutboxRelay | None = None
         self._problems: dict[str, str] = {}
+        self._metrics: HandlerMetrics | None = None
+
+    def _handler_metrics(self) -> HandlerMetrics:
+        """The handler metrics on the app's registry (created once per app)."""
+        if self._metrics is None:
+            self._metrics = HandlerMetrics(self.context.resources.metrics)
+        return self._metrics
 
     @property
     def router(self) -> APIRouter:
@@ -96,7 +103,14 @@ class Ingest:
                 router = Router(
                     subscriber=AuditSubscriber(bus), publisher=bus, config=RouterConfig()
                 )
-                router.add_handler("audit", ctx.config.topic, audit_handler(ctx), group="audit")
+                metrics = self._handler_metrics()
+                router.add_handler(
+                    "audit",
+                    ctx.config.topic,
+                    audit_handler(ctx),
+                    group="audit",
+                    middleware=[metrics, metrics.attempts],
+                )
                 tasks.append(asyncio.create_task(router.run()))
                 try:
                     await router.running()

@@ -23,10 +23,9 @@ from eventmill.ingest.context import IngestContext
 from eventmill.store import StoredEvent
 from eventmill.store.errors import StoreError, StoreUnavailableError
 from eventmill.web.errors import PublishPendingError
+from eventmill.web.seam import POSITION_KEY, STORED_MARK
 
 __all__ = [
-    "POSITION_KEY",
-    "STORED_MARK",
     "Accepted",
     "ingest",
     "publish_stored",
@@ -36,14 +35,6 @@ _log = logging.getLogger("eventmill.ingest")
 
 CRASH_EXIT_CODE = 70
 """Exit status of the ``crash_after_store`` fault (EX_SOFTWARE)."""
-
-POSITION_KEY = "eventmill_position"
-"""Metadata key on messages the ingest path publishes: the event's store position (the
-one order every client and replay sees)."""
-
-STORED_MARK = "eventmill_stored"
-"""Metadata key (value ``"1"``) on messages the ingest path publishes: the event is in
-the store already, so the audit handler skips it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ the hashed API keys.
 
 from eventmill.store.api_keys import SCOPES, ApiKeyRecord, ApiKeyStore
 from eventmill.store.config import StoreConfig
-from eventmill.store.database import Store, open_store
+from eventmill.store.database import Database
 from eventmill.store.errors import (
     DuplicateEventError,
     InvalidCursorError,
@@ -15,11 +15,13 @@ from eventmill.store.errors import (
     StoreUnavailableError,
 )
 from eventmill.store.events import EventPage, EventStore, StoredEvent
+from eventmill.store.store import Store, open_store
 
 __all__ = [
     "SCOPES",
     "ApiKeyRecord",
     "ApiKeyStore",
+    "Database",
     "DuplicateEventError",
     "EventPage",
     "EventStore",

@@ -23,7 +23,7 @@ from eventmill.errors import ConfigurationError
 from eventmill.store.tables import api_keys as t
 
 if TYPE_CHECKING:
-    from eventmill.store.database import Store
+    from eventmill.store.database import Database
 
 __all__ = ["SCOPES", "ApiKeyRecord", "ApiKeyStore"]
 
@@ -96,7 +96,7 @@ def _record(row: Any) -> ApiKeyRecord:
 class ApiKeyStore:
     """API keys in the store's ``api_keys`` table. Get it as ``store.api_keys``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
 
     async def create(self, name: str, scopes: Iterable[str]) -> tuple[ApiKeyRecord, str]:

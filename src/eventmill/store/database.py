@@ -1,4 +1,4 @@
-"""The :class:`Store`: one database (engine, migrations, transactions, error translation).
+"""The :class:`Database`: engine, migrations, transactions, error translation.
 
 Transactions:
 
@@ -34,7 +34,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from eventmill.store.config import StoreConfig
 from eventmill.store.errors import StoreError, StoreUnavailableError
 
-__all__ = ["VERSION_TABLE", "Store", "open_store"]
+__all__ = ["VERSION_TABLE", "Database", "advisory_key"]
 
 VERSION_TABLE: Final = "eventmill_schema_version"
 """Alembic's version table (not ``alembic_version``, so an application's own Alembic
@@ -47,7 +47,7 @@ _WAIT_OPTION: Final = "eventmill_lock_wait_ms"
 _MIGRATION_WAIT_MS: Final = 120_000
 
 CHECKPOINT_EVERY: Final = 200
-"""Statements :meth:`Store.sqlite_write` runs inline between two WAL checkpoints."""
+"""Statements :meth:`Database.sqlite_write` runs inline between two WAL checkpoints."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -60,19 +60,18 @@ def advisory_key(*parts: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-class Store:
-    """An open store: :attr:`events`, :attr:`api_keys`, and the engine for later tables.
+class Database:
+    """One open database: its engine, migrations, transactions and error translation.
 
-    Create it with :func:`open_store` (or ``await Store.open(url)``); close it with
-    :meth:`close` or ``async with``. Every database error is translated:
-    :class:`~eventmill.store.errors.StoreUnavailableError` when the database cannot be reached or
-    is busy past its timeouts, :class:`~eventmill.store.errors.StoreError` otherwise.
+    :class:`~eventmill.store.Store` adds the event and API key stores on top. Create
+    it with :func:`~eventmill.store.open_store` (or ``await Store.open(url)``); close
+    it with :meth:`close` or ``async with``. Every database error is translated:
+    :class:`~eventmill.store.errors.StoreUnavailableError` when the database cannot be
+    reached or is busy past its timeouts, :class:`~eventmill.store.errors.StoreError`
+    otherwise.
     """
 
     def __init__(self, config: StoreConfig, engine: AsyncEngine) -> None:
-        from eventmill.store.api_keys import ApiKeyStore
-        from eventmill.store.events import EventStore
-
         self.config = config
         self.engine = engine
         self._write_lock = asyncio.Lock() if config.dialect == "sqlite" else None
@@ -84,13 +83,9 @@ class Store:
         self._drained = asyncio.Event()
         self._drained.set()
         self._closed = False
-        self.events = EventStore(self)
-        """The event store."""
-        self.api_keys = ApiKeyStore(self)
-        """The API key store."""
 
     @classmethod
-    async def open(cls, url: str | StoreConfig) -> Store:
+    async def open(cls, url: str | StoreConfig) -> Self:
         """Connect, run pending migrations (idempotent, safe across processes) and return."""
         config = url if isinstance(url, StoreConfig) else StoreConfig.from_url(url)
         _check_sqlite_directory(config)
@@ -491,8 +486,3 @@ def _configure_sqlite(engine: AsyncEngine, config: StoreConfig) -> None:
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait)}")
             info[_WAIT_OPTION] = wait
         conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE_OPTION) else "BEGIN")
-
-
-async def open_store(url: str | StoreConfig) -> Store:
-    """Open the store at ``url`` (see :class:`StoreConfig`) and run pending migrations."""
-    return await Store.open(url)

@@ -25,7 +25,7 @@ from eventmill.store.errors import (
 from eventmill.store.tables import events as t
 
 if TYPE_CHECKING:
-    from eventmill.store.database import Store
+    from eventmill.store.database import Database
 
 __all__ = ["EventPage", "EventStore", "StoredEvent", "check_external_id"]
 
@@ -170,7 +170,7 @@ class _SqliteFastPath:
     its column type's own bind processor (what SQLAlchemy would send). Statements are
     cached per row count."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         dialect = store.engine.sync_engine.dialect
         processors = []
         for name in _INSERT_COLUMNS:
@@ -265,7 +265,7 @@ def _row_to_stored(row: Any) -> StoredEvent:
 class EventStore:
     """Events in the store's ``events`` table. Get it as ``store.events``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self._store = store
         self._lock_key = advisory_key("eventmill-events", store.config.schema or "")
         fast = store.dialect == "sqlite" and not store.config.memory

@@ -1,8 +1,9 @@
 """The seam between the composition root and the service's features (layer 4).
 
 The root (:mod:`eventmill.app`) owns one :class:`Resources`: the bus, the store, the
-event registry, the JWT verifier and the metrics registry, shared by every feature. A feature package
-(``ingest/``, ``delivery/``, ``realtime/``) hands the root one object satisfying
+event registry, the JWT verifier and the metrics registry, shared by every feature. A
+feature package (``ingest/``, ``delivery/``, ``realtime/``) hands the root one object
+satisfying
 :class:`Feature`: its name, its routes, and its lifespan (the workers it runs while
 the bus and the store are open). Features never import each other: they meet on the
 bus (topic ``events``) and in the store. Adding a feature is a package plus one line
@@ -33,6 +34,8 @@ from eventmill.web.tokens import JwtVerifier
 
 __all__ = [
     "EVENTS_TOPIC",
+    "POSITION_KEY",
+    "STORED_MARK",
     "Feature",
     "Resources",
     "ResourcesDep",
@@ -41,6 +44,14 @@ __all__ = [
 
 EVENTS_TOPIC = "events"
 """The topic every event crosses: ingest publishes to it, features subscribe to it."""
+
+POSITION_KEY = "eventmill_position"
+"""Metadata key on messages of events already stored: the event's store position (the
+one order every client and replay sees)."""
+
+STORED_MARK = "eventmill_stored"
+"""Metadata key (value ``"1"``) on messages of events already in the store (published
+by ingest, the relay or a replay): the audit handler does not store them again."""
 
 
 @dataclass(slots=True)

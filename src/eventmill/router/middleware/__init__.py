@@ -4,6 +4,8 @@ Each is a ``Callable[[Handler], Handler]``. In ``Router.add_middleware(a, b, c)`
 ``add_handler(..., middleware=[d])`` the first is outermost: a message passes
 ``a → b → c → d → handler``. The recommended order, outermost first::
 
+    HandlerMetrics(r) # outermost: each message's duration and outcome (and .attempts
+                      #   innermost: the retries)
     Recoverer()       # last resort: log traceback, nack (never sees what poison parks)
     CorrelationID()   # id available to everything inside, stamped on results
     Deduplicator()    # skip duplicates before spending retries on them
@@ -31,6 +33,7 @@ from eventmill.router.middleware.deduplicator import (
     MemorySeenStore,
     SeenStore,
 )
+from eventmill.router.middleware.metrics import HandlerMetrics
 from eventmill.router.middleware.poison import (
     POISON_HANDLER_KEY,
     POISON_REASON_KEY,
@@ -55,6 +58,7 @@ __all__ = [
     "CorrelationIDConfig",
     "Deduplicator",
     "DeduplicatorConfig",
+    "HandlerMetrics",
     "MemorySeenStore",
     "PoisonQueue",
     "PoisonQueueConfig",

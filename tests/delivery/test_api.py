@@ -1,0 +1,190 @@
+"""The endpoint and delivery API: CRUD, validation, cursors, and end users' isolation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from tests.delivery.support import Service, delivery_settings, receiver, service
+
+JWT_SECRET = "delivery-tests-jwt-secret-0123456789abcdef"
+
+
+def _token(user: str) -> dict[str, str]:
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 600}, JWT_SECRET, "HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _settings(tmp: Path, store_url: str, **delivery: Any) -> Any:
+    from eventmill.web.tokens import JwtSettings
+
+    settings = delivery_settings(tmp, store_url, **delivery)
+    return settings.model_copy(update={"jwt": JwtSettings(secret=JWT_SECRET)})
+
+
+async def test_endpoint_crud_and_cursor(tmp_path: Path, store_url: str) -> None:
+    async with service(delivery_settings(tmp_path, store_url)) as svc:
+        made = [
+            await svc.create_endpoint(url=f"https://example.com/{i}", user_id="u1")
+            for i in range(5)
+        ]
+        first = await svc.get("/v1/endpoints", user_id="u1", limit=2)
+        assert [e["id"] for e in first["endpoints"]] == [made[4]["id"], made[3]["id"]]
+        assert first["has_more"]
+        assert "secret" not in first["endpoints"][0]
+        rest = await svc.get("/v1/endpoints", user_id="u1", cursor=first["next_cursor"])
+        assert [e["id"] for e in rest["endpoints"]] == [m["id"] for m in made[2::-1]]
+        assert not rest["has_more"]
+
+        ep = made[0]
+        response = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}",
+            json={"event_types": ["order.*"], "description": "orders", "rate_limit": 5},
+            headers=svc.auth,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["event_types"] == ["order.*"]
+        assert response.json()["rate_limit"] == 5
+        response = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}", json={"disabled": True}, headers=svc.auth
+        )
+        assert response.json()["disabled"] is True
+        response = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}", json={"disabled": False}, headers=svc.auth
+        )
+        assert response.json()["disabled"] is False
+        assert response.json()["disabled_reason"] is None
+        response = await svc.client.delete(f"/v1/endpoints/{ep['id']}", headers=svc.auth)
+        assert response.status_code == 204
+        response = await svc.client.get(f"/v1/endpoints/{ep['id']}", headers=svc.auth)
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "https://user:pw@example.com/x"}, "url"),
+        ({"url": "http://10.0.0.1/x"}, "url"),
+        ({"url": "http://169.254.169.254/latest"}, "url"),
+        ({"url": "https://example.com", "event_types": ["bad name!"]}, "event_types"),
+        ({"url": "https://example.com", "headers": {"webhook-id": "x"}}, "headers"),
+        ({"url": "https://example.com", "headers": {"X-A": "a\r\nb"}}, "headers"),
+        ({"url": "https://example.com", "rate_limit": 0}, "rate_limit"),
+        ({"url": "https://example.com", "colour": "blue"}, "colour"),
+    ],
+)
+async def test_bad_endpoints_are_422_naming_the_field(
+    tmp_path: Path, body: dict[str, Any], field: str
+) -> None:
+    async with service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc:
+        response = await svc.client.post("/v1/endpoints", json=body, headers=svc.auth)
+        assert response.status_code == 422, response.text
+        error = response.json()
+        assert error["error"] == "validation_failed"
+        assert field in {d["field"] for d in error["details"]}, error
+
+
+async def test_malformed_bodies_and_auth(tmp_path: Path) -> None:
+    async with service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc:
+        response = await svc.client.post(
+            "/v1/endpoints",
+            content=b"{nope",
+            headers={**svc.auth, "content-type": "application/json"},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "malformed_json"
+        response = await svc.client.get("/v1/endpoints")
+        assert response.status_code == 401
+        response = await svc.client.get("/v1/deliveries", params={"cursor": "@@"}, headers=svc.auth)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_cursor"
+
+
+async def test_https_only_refuses_http_urls(tmp_path: Path) -> None:
+    settings = delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", https_only=True)
+    async with service(settings) as svc:
+        response = await svc.client.post(
+            "/v1/endpoints", json={"url": "http://example.com/x"}, headers=svc.auth
+        )
+        assert response.status_code == 422
+        assert "https" in response.json()["message"]
+
+
+async def _setup_two_users(svc: Service, url: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    a = await svc.client.post("/v1/endpoints", json={"url": url}, headers=_token("alice"))
+    b = await svc.client.post("/v1/endpoints", json={"url": url}, headers=_token("bob"))
+    assert a.status_code == 201, a.text
+    assert b.status_code == 201, b.text
+    assert a.json()["user_id"] == "alice"
+    return a.json(), b.json()
+
+
+async def test_end_users_see_and_change_only_their_own(tmp_path: Path, store_url: str) -> None:
+    async with receiver() as rec, service(_settings(tmp_path, store_url)) as svc:
+        alice_ep, bob_ep = await _setup_two_users(svc, rec.url())
+        await svc.publish(
+            {"event_name": "x.y", "user_id": "alice"}, {"event_name": "x.y", "user_id": "bob"}
+        )
+        await rec.wait_for(lambda: len(rec.received) == 2)
+        alice = _token("alice")
+        listed = (await svc.client.get("/v1/endpoints", headers=alice)).json()
+        assert [e["id"] for e in listed["endpoints"]] == [alice_ep["id"]]
+        deliveries = (await svc.client.get("/v1/deliveries", headers=alice)).json()["deliveries"]
+        assert [d["endpoint_id"] for d in deliveries] == [alice_ep["id"]]
+        [bob_delivery] = (await svc.get("/v1/deliveries", endpoint_id=bob_ep["id"]))["deliveries"]
+
+        bob_id = bob_ep["id"]
+        forbidden = [
+            await svc.client.get(f"/v1/endpoints/{bob_id}", headers=alice),
+            await svc.client.patch(
+                f"/v1/endpoints/{bob_id}", json={"disabled": True}, headers=alice
+            ),
+            await svc.client.delete(f"/v1/endpoints/{bob_id}", headers=alice),
+            await svc.client.post(f"/v1/endpoints/{bob_id}/rotate-secret", headers=alice),
+            await svc.client.post(
+                f"/v1/endpoints/{bob_id}/recover",
+                json={"since": "2000-01-01T00:00:00Z"},
+                headers=alice,
+            ),
+            await svc.client.get("/v1/endpoints", params={"user_id": "bob"}, headers=alice),
+            await svc.client.get("/v1/deliveries", params={"endpoint_id": bob_id}, headers=alice),
+            await svc.client.get("/v1/deliveries", params={"user_id": "bob"}, headers=alice),
+            await svc.client.get(f"/v1/deliveries/{bob_delivery['id']}", headers=alice),
+            await svc.client.post(f"/v1/deliveries/{bob_delivery['id']}/retry", headers=alice),
+        ]
+        assert [r.status_code for r in forbidden] == [404] * len(forbidden)
+        assert all(r.json()["error"] == "not_found" for r in forbidden)
+        # unknown ids answer exactly the same
+        unknown = await svc.client.get("/v1/endpoints/ep_UNKNOWN", headers=alice)
+        assert (
+            unknown.json()["message"].replace("ep_UNKNOWN", bob_id)
+            == forbidden[0].json()["message"]
+        )
+        # bob's endpoint is untouched
+        still = await svc.get(f"/v1/endpoints/{bob_id}")
+        assert still["disabled"] is False
+        # alice cannot create an endpoint for bob
+        response = await svc.client.post(
+            "/v1/endpoints", json={"url": rec.url(), "user_id": "bob"}, headers=alice
+        )
+        assert response.status_code == 403
+        # but manages her own
+        response = await svc.client.patch(
+            f"/v1/endpoints/{alice_ep['id']}", json={"description": "mine"}, headers=alice
+        )
+        assert response.status_code == 200
+
+
+async def test_a_key_without_admin_scope_is_403(tmp_path: Path) -> None:
+    from eventmill.app import resources_of
+
+    async with service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc:
+        _, key = await resources_of(svc.app).require_keys().create("reader", {"read"})
+        response = await svc.client.get("/v1/endpoints", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 403

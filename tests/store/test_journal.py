@@ -1,0 +1,111 @@
+"""The journal: event hops and rejected webhooks, buffered, bounded and pruned."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from eventmill.store import Store
+from eventmill.store.journal import Journal, safe_headers
+
+
+async def test_hops_are_written_in_order_and_read_back(store: Store) -> None:
+    journal = store.journal
+    journal.hop("evt_1", "received", source="razorpay")
+    journal.hop("evt_2", "received", source="github")
+    journal.hops_many(["evt_1", "evt_2"], "published", topic="events")
+    assert await journal.hops("evt_1") == []  # buffered, not written yet
+    await journal.flush()
+    hops = await journal.hops("evt_1")
+    assert [(h.hop, h.detail) for h in hops] == [
+        ("received", {"source": "razorpay"}),
+        ("published", {"topic": "events"}),
+    ]
+    assert hops[0].at <= hops[1].at
+    assert [h.hop for h in await journal.hops("evt_2")] == ["received", "published"]
+
+
+async def test_the_runner_flushes_without_being_asked(store: Store) -> None:
+    journal = Journal(store, flush_interval=0.01)
+    task = asyncio.create_task(journal.run())
+    journal.hop("evt_run", "stored", position=7)
+    async with asyncio.timeout(10):
+        while not await journal.hops("evt_run"):
+            await asyncio.sleep(0.01)
+    await journal.close()
+    await task
+
+
+async def test_rejected_webhooks_keep_no_secret_and_page_newest_first(store: Store) -> None:
+    journal = store.journal
+    for i in range(3):
+        journal.rejected(
+            source="razorpay",
+            status=401,
+            reason="invalid_signature",
+            message=f"attempt {i}",
+            headers={
+                "X-Razorpay-Signature": "deadbeef" * 8,
+                "Authorization": "Bearer em_secret",
+                "Content-Type": "application/json",
+            },
+        )
+    journal.rejected(source="github", status=404, reason="unknown_source", message="m", headers={})
+    await journal.flush()
+    page = await journal.rejections(source="razorpay", limit=2)
+    assert [r.message for r in page] == ["attempt 2", "attempt 1"]
+    assert page[0].headers == {
+        "x-razorpay-signature": "<redacted>",
+        "authorization": "<redacted>",
+        "content-type": "application/json",
+    }
+    rest = await journal.rejections(source="razorpay", before=page[-1].seq)
+    assert [r.message for r in rest] == ["attempt 0"]
+    assert len(await journal.rejections()) == 4
+
+
+async def test_a_full_buffer_drops_and_counts_instead_of_growing(store: Store) -> None:
+    journal = Journal(store, max_pending=3)
+    for i in range(5):
+        journal.hop(f"evt_{i}", "received")
+    assert journal.dropped == 2
+    await journal.flush()
+    assert [h.event_id for i in range(5) for h in await journal.hops(f"evt_{i}")] == [
+        "evt_0",
+        "evt_1",
+        "evt_2",
+    ]
+
+
+async def test_prune_removes_old_entries_and_caps_the_rejected_log(store: Store) -> None:
+    journal = Journal(store, retention=timedelta(days=1), max_rejected=2)
+    for i in range(4):
+        journal.rejected(source="s", status=400, reason="r", message=str(i), headers={})
+    journal.hop("evt_old", "received")
+    await journal.flush()
+    await journal.prune()
+    assert [r.message for r in await journal.rejections()] == ["3", "2"]
+    assert await journal.hops("evt_old")  # younger than the retention
+    await Journal(store, retention=timedelta(0)).prune()
+    assert await journal.hops("evt_old") == []
+    assert await journal.rejections() == []
+
+
+def test_safe_headers_redacts_every_credential_like_header() -> None:
+    headers = {
+        "Stripe-Signature": "t=1,v1=abc",
+        "X-Hub-Signature-256": "sha256=abc",
+        "webhook-signature": "v1,abc",
+        "X-API-Key": "em_x",
+        "Cookie": "a=b",
+        "User-Agent": "Razorpay-Webhook/v1" + "x" * 500,
+    }
+    safe = safe_headers(headers)
+    assert {k for k, v in safe.items() if v == "<redacted>"} == {
+        "stripe-signature",
+        "x-hub-signature-256",
+        "webhook-signature",
+        "x-api-key",
+        "cookie",
+    }
+    assert len(safe["user-agent"]) == 256
