@@ -84,13 +84,24 @@
     applyFilters();
   }
 
-  /* ---- DELIVERIES: integration point for the delivery feature -------------------
-     Each event's outbound webhook deliveries come from the delivery feature's API:
-       GET  /v1/deliveries?event=<event id>   -> the event's deliveries and attempts
-       POST /v1/deliveries/<delivery id>/retry -> retry a dead delivery
-     Until that API is served here (404), the section says so. The rendering below
-     reads the fields it finds (id, endpoint/url, status, attempts) and offers a retry
-     for dead deliveries; adjust it to the API's final shape. */
+  /* ---- DELIVERIES: the delivery feature's API ---------------------------------------
+       GET  /v1/deliveries?event_id=<event id>  -> {"deliveries": [...]}
+       GET  /v1/deliveries/<id>                 -> the delivery and its attempts ("history")
+       POST /v1/deliveries/<id>/retry           -> send it again
+     An end user's token sees deliveries to their own endpoints, an admin API key all. */
+  function api(path, options) {
+    options = options || {};
+    options.headers = { Authorization: "Bearer " + token };
+    return fetch(path, options).then(function (response) {
+      if (!response.ok) {
+        var error = new Error("HTTP " + response.status);
+        error.status = response.status;
+        throw error;
+      }
+      return response.json();
+    });
+  }
+
   function loadDeliveries(eventId, container) {
     container.textContent = "";
     var title = document.createElement("h3");
@@ -100,44 +111,61 @@
     body.className = "muted";
     body.textContent = "loading…";
     container.appendChild(body);
-    fetch("/v1/deliveries?event=" + encodeURIComponent(eventId), {
-      headers: { Authorization: "Bearer " + token },
-    }).then(function (response) {
-      if (response.status === 404) {
-        body.textContent = "Delivery tracking is not available on this server.";
-        return null;
-      }
-      if (!response.ok) {
-        body.textContent = "Deliveries could not be loaded (HTTP " + response.status + ").";
-        return null;
-      }
-      return response.json();
-    }).then(function (data) {
-      if (!data) return;
-      var list = Array.isArray(data) ? data : (data.deliveries || data.items || []);
-      if (!list.length) { body.textContent = "No deliveries for this event."; return; }
-      body.textContent = "";
-      list.forEach(function (d) {
-        var line = document.createElement("div");
-        var attempts = Array.isArray(d.attempts) ? d.attempts.length : d.attempts;
-        line.textContent = [d.id, d.endpoint_url || d.url || d.endpoint_id, d.status,
-          attempts != null ? attempts + " attempt(s)" : null].filter(Boolean).join(" · ");
-        if (d.status === "dead" || d.status === "failed") {
-          var retry = document.createElement("button");
-          retry.type = "button";
-          retry.textContent = "Retry";
-          retry.addEventListener("click", function (e) {
-            e.stopPropagation();
-            fetch("/v1/deliveries/" + encodeURIComponent(d.id) + "/retry", {
-              method: "POST", headers: { Authorization: "Bearer " + token },
-            }).then(function () { loadDeliveries(eventId, container); });
-          });
-          line.appendChild(document.createTextNode(" "));
-          line.appendChild(retry);
-        }
-        body.appendChild(line);
+    api("/v1/deliveries?event_id=" + encodeURIComponent(eventId)).then(function (data) {
+      var list = data.deliveries || [];
+      body.textContent = list.length ? "" : "No deliveries for this event.";
+      list.forEach(function (d) { body.appendChild(deliveryLine(d, eventId, container)); });
+    }, function (error) {
+      body.textContent = error.status === 404
+        ? "Delivery tracking is not available on this server."
+        : "Deliveries could not be loaded (" + error.message + ").";
+    });
+  }
+
+  function deliveryLine(d, eventId, container) {
+    var line = document.createElement("div");
+    line.className = "delivery";
+    line.dataset.id = d.id;
+    line.dataset.status = d.status;
+    var last = d.last_status_code != null ? "HTTP " + d.last_status_code : d.last_error;
+    line.appendChild(document.createTextNode([d.id, "endpoint " + d.endpoint_id, d.status,
+      d.attempts + " attempt(s)", last].filter(Boolean).join(" · ") + " "));
+    var history = document.createElement("button");
+    history.type = "button";
+    history.textContent = "Attempts";
+    var list = document.createElement("ol");
+    list.className = "attempts";
+    history.addEventListener("click", function (e) {
+      e.stopPropagation();
+      api("/v1/deliveries/" + encodeURIComponent(d.id)).then(function (detail) {
+        list.textContent = "";
+        (detail.history || []).forEach(function (a) {
+          var item = document.createElement("li");
+          item.textContent = [new Date(a.started_at).toLocaleString(), a.outcome,
+            a.status_code != null ? "HTTP " + a.status_code : null,
+            a.latency_ms != null ? Math.round(a.latency_ms) + " ms" : null, a.error]
+            .filter(Boolean).join(" · ");
+          list.appendChild(item);
+        });
+        if (!list.children.length) list.textContent = "No attempt yet.";
       });
-    }).catch(function () { body.textContent = "Deliveries could not be loaded."; });
+    });
+    line.appendChild(history);
+    if (d.status === "failed") {
+      var retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "retry";
+      retry.textContent = "Retry";
+      retry.addEventListener("click", function (e) {
+        e.stopPropagation();
+        api("/v1/deliveries/" + encodeURIComponent(d.id) + "/retry", { method: "POST" })
+          .then(function () { loadDeliveries(eventId, container); });
+      });
+      line.appendChild(document.createTextNode(" "));
+      line.appendChild(retry);
+    }
+    line.appendChild(list);
+    return line;
   }
   /* ---- end of the deliveries integration point ------------------------------------ */
 
