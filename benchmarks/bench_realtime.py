@@ -48,7 +48,7 @@ import httpx
 import jwt
 import orjson
 
-from eventmill import Message, open_pubsub
+from eventmill import open_pubsub
 from eventmill.events import Event
 from eventmill.store import open_store
 
@@ -371,7 +371,10 @@ async def run_eventmill(n: int, mode: str, key_holder: dict[str, str]) -> dict[s
                     )
                     last = max(r[0].position for r in results if isinstance(r, tuple))
                     t0 = time.perf_counter()
-                    wake = Message(b"{}", metadata={"eventmill_position": str(last)})
+                    # what ingest publishes after storing: the event, marked as stored,
+                    # with its position (here the burst's last one wakes every hub)
+                    wake = events[-1].to_message()
+                    wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
                     await bus.publish("events", wake)
                     await asyncio.wait_for(done.wait(), 300)
                 finally:

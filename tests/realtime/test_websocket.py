@@ -7,12 +7,15 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
+from eventmill.realtime import CloseCode
 from tests.realtime.support import (
     Node,
     WsClient,
     admin_token,
+    close_code,
     create_key,
     event,
     running_node,
@@ -28,7 +31,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("realtime-ws")
     store_url = f"sqlite:///{tmp / 'events.db'}"
     key = asyncio.run(create_key(store_url))
-    with running_node(tmp, store_url, f"sqlite:///{tmp / 'bus.db'}", key) as node:
+    with running_node(
+        tmp,
+        store_url,
+        f"sqlite:///{tmp / 'bus.db'}",
+        key,
+        EVENTMILL_REALTIME__HEARTBEAT_SECONDS="1",
+        EVENTMILL_REALTIME__MAX_CONNECTIONS_PER_USER="3",
+    ) as node:
         yield node
 
 
@@ -166,3 +176,37 @@ async def test_ping_pong_and_bad_messages_get_replies(node: Node) -> None:
             "unknown_type",
         ]
         assert client.closed is None  # a bad message does not end the connection
+
+
+async def test_heartbeats_carry_the_position_everything_before_them_was_sent(node: Node) -> None:
+    alice, _ = _users()
+    async with ws_client(f"{node.ws_url}?token={token(alice)}") as client:
+        [event_id] = await node.publish(event(alice, "test.before_heartbeat"))
+        await client.wait_for(lambda c: c.events())
+        position = client.of("event")[0]["position"]
+        await client.wait_for(
+            lambda c: any(h["position"] >= position for h in c.of("heartbeat")), timeout=10
+        )
+        kinds = [m["type"] for m in client.messages]
+        assert kinds.index("event") < kinds.index("heartbeat") or all(
+            h["position"] < position for h in client.of("heartbeat")[: kinds.index("event")]
+        )
+        assert client.events()[0]["id"] == event_id
+
+
+async def test_a_user_holds_at_most_max_connections_per_user(node: Node) -> None:
+    alice, _ = _users()
+    url = f"{node.ws_url}?token={token(alice)}"
+    async with ws_client(url) as a, ws_client(url) as b, ws_client(url) as c:
+        for client in (a, b, c):
+            await client.wait_for(_connected)
+        async with ws_client(url) as fourth:
+            closed = await fourth.wait_closed()
+        assert close_code(closed) == CloseCode.TOO_MANY_CONNECTIONS
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+            response = await http.get("/sse", params={"token": token(alice)})
+        assert response.status_code == 429
+        assert response.json()["error"] == "limit"
+    # once they are closed, the user may connect again
+    async with ws_client(url) as again:
+        await again.wait_for(_connected)

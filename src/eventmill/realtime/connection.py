@@ -76,6 +76,7 @@ class Connection:
         "queue",
         "resume_from",
         "sending",
+        "spawn",
         "transport",
         "user_id",
     )
@@ -123,6 +124,9 @@ class Connection:
         self.grace = 5.0
         """Seconds a close may wait for a sender stuck on a client that does not read."""
         self._watchdog: asyncio.TimerHandle | None = None
+        self.spawn: Callable[[], None] | None = None
+        """Starts the sender when there is something to write (WebSocket: the sender
+        runs only then); ``None`` when the sender waits in :meth:`next` instead."""
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -212,8 +216,11 @@ class Connection:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.spawn is not None:
+            self.spawn()
 
     async def next(self) -> str | bytes | object | None:
         """The next frame to send, :data:`RESUME` when a replay is due, or ``None``

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,12 +36,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
 from eventmill.realtime.codes import CloseCode
-from eventmill.realtime.connection import RESUME, Connection, PatternError, check_patterns
+from eventmill.realtime.connection import Connection, PatternError, check_patterns
 from eventmill.realtime.context import RealtimeContext, abort_transport
 from eventmill.realtime.feed import FeedEvent
 from eventmill.realtime.hub import Hub, LimitError, ResumeError
 from eventmill.store.errors import StoreError
-from eventmill.web.tokens import Principal, TokenError
+from eventmill.web.tokens import TokenError
 
 __all__ = ["parse_patterns", "parse_position", "routes"]
 
@@ -167,7 +166,8 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
     conn.grace = s.close_grace_seconds
     expiry = _Expiry(conn, ctx.leeway)
     expiry.set(principal.expires_at)
-    reader = asyncio.create_task(_read(websocket, conn, ctx, principal, expiry))
+    sender = _Sender(websocket, conn, hub, s.close_grace_seconds)
+    conn.spawn = sender.start
     try:
         hello: dict[str, Any] = {
             "type": "connected",
@@ -182,89 +182,127 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
         else:
             conn.resume_from = since
         conn.push(_json(hello))
-        await _pump(websocket, conn, hub, s.close_grace_seconds)
+        user = (principal.user_id, principal.all_users)
+        del principal, hello  # not kept for the connection's lifetime
+        await _read(websocket, conn, ctx, user, expiry)
+        await sender.finished()
     finally:
         expiry.cancel()
         conn.release()
+        conn.spawn = None
         hub.unregister(conn)
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
+        sender.cancel()
 
 
-async def _pump(websocket: WebSocket, conn: Connection, hub: Hub, grace: float) -> None:
-    """Write the connection's frames (and its replays) until it closes."""
-    raw_send = websocket.send_text
+class _Sender:
+    """Writes the connection's frames (and its replays) to the socket. It runs only
+    while there is something to write: an idle connection holds no task for it."""
 
-    async def send_text(text: str) -> None:
+    __slots__ = ("conn", "grace", "hub", "task", "websocket")
+
+    def __init__(self, websocket: WebSocket, conn: Connection, hub: Hub, grace: float) -> None:
+        self.websocket = websocket
+        self.conn = conn
+        self.hub = hub
+        self.grace = grace
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Called by the connection when it has something to write."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def finished(self) -> None:
+        """Wait until the current run (if any) is done."""
+        while self.task is not None:
+            task = self.task
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+            if self.task is task:
+                break
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _send(self, text: str) -> None:
+        conn = self.conn
         conn.sending = True
         try:
-            await raw_send(text)
+            await self.websocket.send_text(text)
         finally:
             conn.sending = False
 
-    async def send_event(event: FeedEvent) -> None:
-        await send_text(event.ws_frame())
+    async def _send_event(self, event: FeedEvent) -> None:
+        await self._send(event.ws_frame())
 
-    def resumed(since: int) -> Callable[[int, int], None]:
+    async def _run(self) -> None:
+        try:
+            await self._write()
+        finally:
+            self.task = None
+
+    async def _write(self) -> None:
+        conn = self.conn
+        try:
+            while conn.closing is None:
+                if conn.queue:
+                    frame = conn.queue.popleft()
+                    conn.pending_bytes -= len(frame)
+                    assert isinstance(frame, str)
+                    await self._send(frame)
+                elif conn.resume_from is not None:
+                    await self._resume(conn.resume_from)
+                else:
+                    return  # idle: the next push starts a new run
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            conn.close(_DISCONNECTED, "disconnected")
+            return
+        code, reason = conn.closing
+        if code == _DISCONNECTED:
+            return
+        try:
+            async with asyncio.timeout(self.grace):
+                await self.websocket.close(code, reason)
+        except TimeoutError:
+            # The client does not read: its socket is full and the close frame cannot
+            # be written. Drop the connection rather than hold it.
+            if conn.abort is not None:
+                conn.abort()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass
+
+    async def _resume(self, since: int) -> None:
+        conn = self.conn
+
         def on_live(position: int, replayed: int) -> None:
             message = {"type": "resumed", "since": since, "replayed": replayed}
             conn.push(_json({**message, "position": position}))
 
-        return on_live
-
-    try:
-        while True:
-            item = await conn.next()
-            if item is None:
-                break
-            if item is RESUME:
-                since = conn.resume_from
-                assert since is not None
-                try:
-                    await hub.resume(conn, since, send_event, on_live=resumed(since))
-                except ResumeError as exc:
-                    error = {
-                        "type": "error",
-                        "error": exc.problem,
-                        "message": str(exc),
-                        "oldest_position": exc.oldest,
-                        "position": exc.head,
-                    }
-                    await send_text(_json(error))
-                    conn.close(CloseCode.RESUME_GAP_TOO_OLD, exc.problem)
-                except StoreError:
-                    conn.close(CloseCode.TRY_AGAIN_LATER, "store_unavailable")
-                continue
-            assert isinstance(item, str)
-            await send_text(item)
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        conn.close(_DISCONNECTED, "disconnected")
-        return
-    assert conn.closing is not None
-    code, reason = conn.closing
-    if code == _DISCONNECTED:
-        return
-    try:
-        async with asyncio.timeout(grace):
-            await websocket.close(code, reason)
-    except TimeoutError:
-        # The client does not read: its socket is full and the close frame cannot be
-        # written. Drop the connection rather than hold it.
-        abort_transport(websocket._receive)
-        return
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        pass
+        try:
+            await self.hub.resume(conn, since, self._send_event, on_live=on_live)
+        except ResumeError as exc:
+            error = {
+                "type": "error",
+                "error": exc.problem,
+                "message": str(exc),
+                "oldest_position": exc.oldest,
+                "position": exc.head,
+            }
+            await self._send(_json(error))
+            conn.close(CloseCode.RESUME_GAP_TOO_OLD, exc.problem)
+        except StoreError:
+            conn.close(CloseCode.TRY_AGAIN_LATER, "store_unavailable")
 
 
 async def _read(
     websocket: WebSocket,
     conn: Connection,
     ctx: RealtimeContext,
-    principal: Principal,
+    user: tuple[str | None, bool],
     expiry: _Expiry,
 ) -> None:
-    """Handle the client's messages until it disconnects."""
+    """Handle the client's messages until it disconnects (or is closed)."""
     limit = ctx.settings.max_client_message_bytes
     try:
         while True:
@@ -279,7 +317,7 @@ async def _read(
             if len(text) > limit:
                 conn.close(CloseCode.MESSAGE_TOO_BIG, "message_too_big")
                 return
-            reply = await _handle(text, conn, ctx, principal, expiry)
+            reply = await _handle(text, conn, ctx, user, expiry)
             if reply is not None:
                 conn.push(_json(reply))
     except (WebSocketDisconnect, OSError, RuntimeError):
@@ -294,7 +332,11 @@ def _error(error: str, message: str, request_id: Any) -> dict[str, Any]:
 
 
 async def _handle(
-    text: str, conn: Connection, ctx: RealtimeContext, principal: Principal, expiry: _Expiry
+    text: str,
+    conn: Connection,
+    ctx: RealtimeContext,
+    user: tuple[str | None, bool],
+    expiry: _Expiry,
 ) -> dict[str, Any] | None:
     """One client message → its reply (``None``: no reply)."""
     try:
@@ -348,7 +390,7 @@ async def _handle(
             fresh = await verifier.verify(token)
         except TokenError as exc:
             return _error(f"token_{exc.problem}", str(exc), request_id)
-        if fresh.user_id != principal.user_id or fresh.all_users != principal.all_users:
+        if (fresh.user_id, fresh.all_users) != user:
             return _error("token_mismatch", "the new token names another user", request_id)
         expiry.set(fresh.expires_at)
         return reply({"type": "refreshed", "expires_at": fresh.expires_at})
