@@ -109,7 +109,9 @@ class Connection:
         """Whether the hub pushes events to it (set once a resume has caught up)."""
         self.resume_from: int | None = None
         """A position to replay from, before anything else is sent."""
-        self.queue: deque[str | bytes] = deque()
+        self.queue: deque[str | bytes] | None = None
+        """Frames not yet written; created on first use and dropped when empty (an
+        idle connection holds none: an empty deque costs more than half a KB)."""
         self.pending_bytes = 0
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -159,22 +161,41 @@ class Connection:
         if self.closing is not None:
             return False
         size = len(frame)
-        if len(self.queue) >= self.max_messages or self.pending_bytes + size > self.max_bytes:
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        elif len(queue) >= self.max_messages or self.pending_bytes + size > self.max_bytes:
             self.close(CloseCode.SLOW_CONSUMER, "slow_consumer")
             return False
-        self.queue.append(frame)
+        queue.append(frame)
         self.pending_bytes += size
         self._wake()
         return True
 
     def push_if_room(self, frame: str | bytes) -> bool:
         """Queue a frame that may be skipped (a heartbeat): never closes the connection."""
-        if self.closing is not None or len(self.queue) >= self.max_messages:
+        if self.closing is not None:
             return False
-        self.queue.append(frame)
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        elif len(queue) >= self.max_messages:
+            return False
+        queue.append(frame)
         self.pending_bytes += len(frame)
         self._wake()
         return True
+
+    def pop(self) -> str | bytes | None:
+        """The next queued frame, or ``None``."""
+        queue = self.queue
+        if not queue:
+            return None
+        frame = queue.popleft()
+        if not queue:
+            self.queue = None
+        self.pending_bytes -= len(frame)
+        return frame
 
     def request_resume(self, position: int) -> None:
         """Replay from ``position`` before anything else: live pushes stop and queued
@@ -182,8 +203,8 @@ class Connection:
         queued replies (``pong``, ...) are kept."""
         self.live = False
         self.resume_from = position
-        kept = [f for f in self.queue if not _is_event(f)]
-        self.queue = deque(kept)
+        kept = [f for f in self.queue or () if not _is_event(f)]
+        self.queue = deque(kept) if kept else None
         self.pending_bytes = sum(len(f) for f in kept)
         self._wake()
 
@@ -194,7 +215,7 @@ class Connection:
             return
         self.closing = (code, reason)
         self.live = False
-        self.queue.clear()
+        self.queue = None
         self.pending_bytes = 0
         self._wake()
         if self.sending and self.abort is not None:
@@ -228,9 +249,8 @@ class Connection:
         while True:
             if self.closing is not None:
                 return None
-            if self.queue:
-                frame = self.queue.popleft()
-                self.pending_bytes -= len(frame)
+            frame = self.pop()
+            if frame is not None:
                 return frame
             if self.resume_from is not None:
                 return RESUME

@@ -154,9 +154,7 @@ class _Stream(Response):
             assert isinstance(item, bytes)
             if conn.queue:  # write what is queued in one chunk
                 parts = [item]
-                while conn.queue and len(parts) < 256:
-                    frame = conn.queue.popleft()
-                    conn.pending_bytes -= len(frame)
+                while len(parts) < 256 and (frame := conn.pop()) is not None:
                     assert isinstance(frame, bytes)
                     parts.append(frame)
                 item = b"".join(parts)

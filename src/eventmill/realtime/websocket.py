@@ -246,9 +246,8 @@ class _Sender:
         conn = self.conn
         try:
             while conn.closing is None:
-                if conn.queue:
-                    frame = conn.queue.popleft()
-                    conn.pending_bytes -= len(frame)
+                frame = conn.pop()
+                if frame is not None:
                     assert isinstance(frame, str)
                     await self._send(frame)
                 elif conn.resume_from is not None:
