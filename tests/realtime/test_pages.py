@@ -341,3 +341,85 @@ async def test_pages_are_served_with_their_types_and_a_csp(tmp_path: Path) -> No
         assert "EventmillClient" in (await client.get("/client.js")).text
         css = await client.get("/static/dashboard.css")
         assert css.headers["content-type"] == "text/css; charset=utf-8"
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that answers ``status`` (a class attribute the test flips)."""
+
+    status = 500
+    calls: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        type(self).calls.append(self.headers.get("webhook-id", ""))
+        self.send_response(type(self).status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
+    chromium: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("realtime-deliveries")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url, ("admin",)))
+    port = free_port()
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    _Receiver.status, _Receiver.calls = 500, []
+    try:
+        with running_node(
+            tmp,
+            store_url,
+            f"sqlite:///{tmp / 'bus.db'}",
+            key,
+            EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]',
+            EVENTMILL_DELIVERY__RETRY_SCHEDULE="[0, 0.1]",
+            EVENTMILL_DELIVERY__POLL_INTERVAL_SECONDS="0.1",
+        ) as server:
+            user = f"user_{uuid.uuid4().hex[:8]}"
+            created = httpx.post(
+                f"{server.url}/v1/endpoints",
+                json={"url": f"http://127.0.0.1:{port}/hook", "user_id": user},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert created.status_code == 201, created.text
+            chromium.get(f"{server.url}/")
+            chromium.find_element("id", "token").send_keys(key)  # an admin API key
+            chromium.find_element("id", "connect").click()
+            wait_until(lambda: _text(chromium, "status") == "live")
+
+            [event_id] = asyncio.run(server.publish(event(user, "shop.order.paid")))
+            wait_until(lambda: len(_Receiver.calls) == 2)  # both attempts failed: dead
+            row = wait_until(
+                lambda: chromium.find_elements("css selector", f"tr[data-id='{event_id}']")
+            )[0]
+            row.click()
+            detail = chromium.execute_script("return arguments[0].nextElementSibling;", row)
+            line = wait_until(lambda: detail.find_elements("css selector", ".delivery"))[0]
+            assert line.get_attribute("data-status") == "failed"
+            assert "2 attempt(s)" in line.text
+            line.find_element("xpath", ".//button[text()='Attempts']").click()
+            wait_until(lambda: len(line.find_elements("css selector", "ol.attempts li")) == 2)
+            assert "HTTP 500" in line.find_element("css selector", "ol.attempts").text
+
+            _Receiver.status = 200
+            line.find_element("css selector", "button.retry").click()
+            wait_until(lambda: len(_Receiver.calls) == 3)  # sent again, and answered 2xx
+            assert _Receiver.calls[2] == _Receiver.calls[0]  # the same webhook-id
+
+            def succeeded() -> bool:
+                row.click()  # collapse and expand: the section loads again
+                row.click()
+                lines = detail.find_elements("css selector", ".delivery")
+                return bool(lines) and lines[0].get_attribute("data-status") == "succeeded"
+
+            wait_until(succeeded)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join(5)
