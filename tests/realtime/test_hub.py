@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from eventmill import open_pubsub
+from eventmill.events import Event
 from eventmill.realtime import CloseCode
 from tests.realtime.support import (
     Node,
@@ -158,3 +160,27 @@ async def test_a_bad_since_is_a_bad_request(node: Node) -> None:
     async with ws_client(f"{node.ws_url}?token={token(_user())}&since=-3") as client:
         closed = await client.wait_closed()
     assert close_code(closed) == CloseCode.BAD_REQUEST
+
+
+async def test_an_event_published_straight_to_the_bus_arrives_once_the_audit_stores_it(
+    tmp_path: Path,
+) -> None:
+    """Without a position on the bus, the hub polls the store until the audit handler has
+    stored the event (the regular poll is set to 60 s: only that path can deliver it)."""
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    bus_url = f"sqlite:///{tmp_path / 'bus.db'}"
+    key = await create_key(store_url)
+    alice = _user()
+    with running_node(
+        tmp_path, store_url, bus_url, key, EVENTMILL_REALTIME__POLL_INTERVAL_SECONDS="60"
+    ) as node:
+        async with ws_client(f"{node.ws_url}?token={token(alice)}") as client:
+            await client.wait_for(lambda c: c.of("connected"))
+            bus = await open_pubsub(bus_url)
+            try:
+                direct = Event(event_name="test.direct", source="tests", user_id=alice)
+                await bus.publish("events", direct.to_message())
+            finally:
+                await bus.close()
+            await client.wait_for(lambda c: _ids(c) == [direct.id], timeout=30)
+            assert client.of("event")[0]["position"] > client.of("connected")[0]["position"]
