@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports
 
 docs: $(STAMP)    ## build the documentation site (MkDocs, Material theme) into site/
 	$(BIN)/mkdocs build --strict

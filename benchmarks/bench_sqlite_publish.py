@@ -22,8 +22,8 @@ from pathlib import Path
 
 from _report import record
 from eventmill.message import Message
-from eventmill.pubsub import _sqlite_schema as sql
 from eventmill.pubsub.sqlite import SQLiteConfig, SQLitePubSub
+from eventmill.pubsub.sqlite import _schema as sql
 
 PUBLISHERS = 100
 

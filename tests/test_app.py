@@ -18,6 +18,7 @@ __all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
 
 EXPECTED_ERRORS = {
     ("POST", "/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
+    ("POST", "/api/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
     ("POST", "/webhooks/{source}"): {"400", "401", "404", "413", "422", "503"},
     ("POST", "/v1/events"): {"400", "401", "403", "409", "413", "422", "503"},
     ("GET", "/v1/events"): {"400", "401", "403", "422", "503"},
@@ -27,21 +28,26 @@ EXPECTED_ERRORS = {
     ("GET", "/healthz"): set(),
     ("GET", "/metrics"): set(),
     ("POST", "/v1/replay"): {"401", "403", "422", "503"},
-    ("GET", "/v1/events/{event_id}/trace"): {"401", "403", "404", "503"},
+    ("GET", "/v1/traces/{event_id}"): {"401", "403", "404", "503"},
     ("GET", "/v1/rejected-webhooks"): {"401", "403", "422", "503"},
 }
 
 
 def _api_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """(method, path) of every API route, included routers flattened."""
+    """(method, path) of every documented API route, included routers flattened."""
     try:
         from fastapi.routing import iter_route_contexts  # FastAPI >= 0.16x
     except ImportError:  # older FastAPI copies included routes into app.routes
-        return {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+        return {
+            (m, r.path)
+            for r in app.routes
+            if isinstance(r, APIRoute) and r.include_in_schema
+            for m in r.methods
+        }
     return {
         (method, ctx.path)
         for ctx in iter_route_contexts(app.routes)
-        if isinstance(ctx.original_route, APIRoute)
+        if isinstance(ctx.original_route, APIRoute) and ctx.original_route.include_in_schema
         for method in ctx.methods or ()
     }
 
@@ -139,3 +145,88 @@ async def test_metrics_parse_and_move(tmp_path: Path, store_url: str) -> None:
                 await asyncio.sleep(0.01)
             while samples((await client.get("/metrics")).text).get(key, 0.0) < 1:
                 await asyncio.sleep(0.01)
+
+
+def test_startup_message_names_the_docs_sources_and_first_steps(tmp_path: Path) -> None:
+    from eventmill.app import startup_message
+
+    off = settings_for(
+        tmp_path, "sqlite:///rel/events.db", razorpay_webhook_secret="", host="0.0.0.0"
+    )
+    text = startup_message(off, ".venv/bin/eventmill")
+    assert "API docs   http://127.0.0.1:8080/docs" in text
+    assert "POST /webhooks/acme, POST /webhooks/github" in text
+    assert "Razorpay is off: set RAZORPAY_WEBHOOK_SECRET=" in text
+    assert ".venv/bin/eventmill keys create <name> --scope publish --scope read" in text
+    assert f"store      sqlite:///{Path.cwd() / 'rel' / 'events.db'}" in text
+
+    on = settings_for(tmp_path, "postgresql://u:hunter2@db/x", sources={}, port=9000)
+    text = startup_message(on)
+    assert "webhooks   POST /webhooks/razorpay" in text
+    assert "Razorpay is off" not in text
+    assert "hunter2" not in text
+    assert "eventmill keys create" in text
+
+
+async def test_docs_load_from_installed_assets_with_no_external_url(tmp_path: Path) -> None:
+    """/docs works offline: every script, style and icon it loads is served by the app."""
+    import re
+
+    async with running_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as (
+        _,
+        client,
+    ):
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert len(urls) == 3, urls  # the script, the style sheet, the icon
+        for url in urls:
+            assert url.startswith("/docs/assets/"), url
+            asset = await client.get(url)
+            assert asset.status_code == 200, url
+            assert asset.content, url
+        assert "http://" not in page.text
+        assert "https://" not in page.text
+        bundle = await client.get("/docs/assets/swagger-ui-bundle.js")
+        assert "javascript" in bundle.headers["content-type"]
+        assert b"SwaggerUIBundle" in bundle.content
+        css = await client.get("/docs/assets/swagger-ui.css")
+        assert css.headers["content-type"].startswith("text/css")
+        assert "url: '/openapi.json'" in page.text
+        assert (await client.get("/openapi.json")).status_code == 200
+        assert (await client.get("/redoc")).status_code == 404  # it would need a CDN
+
+
+@pytest.mark.parametrize(
+    ("roles", "present", "absent"),
+    [
+        (["ingest"], {"/webhooks/razorpay", "/v1/events"}, {"/v1/endpoints", "/v1/replay"}),
+        (["api"], {"/v1/endpoints", "/v1/replay", "/v1/traces/{event_id}"}, {"/v1/events"}),
+        (["delivery"], set(), {"/v1/events", "/v1/endpoints"}),
+    ],
+)
+async def test_a_role_serves_its_routes_and_runs_its_workers(
+    tmp_path: Path, roles: list[str], present: set[str], absent: set[str]
+) -> None:
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'e.db'}", roles=roles)
+    async with running_app(settings) as (app, client):
+        paths = {path for _, path in _api_routes(app)}
+        assert present <= paths
+        assert not (absent & paths)
+        assert {"/healthz", "/readyz", "/metrics"} <= paths
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        started = {f.name for f in app.state.runtime.features}
+        expected = {"ingest": {"ingest"}, "api": {"operations"}, "delivery": {"delivery"}}
+        assert started == expected[roles[0]]
+
+
+def test_roles_come_from_a_comma_separated_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eventmill.errors import ConfigurationError
+    from eventmill.settings import Settings
+
+    monkeypatch.setenv("EVENTMILL_ROLES", "api, delivery")
+    assert Settings.load().roles == ["api", "delivery"]
+    monkeypatch.setenv("EVENTMILL_ROLES", "api,everything")
+    with pytest.raises(ConfigurationError, match="roles"):
+        Settings.load()

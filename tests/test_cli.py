@@ -101,3 +101,69 @@ def test_installed_entry_point(args: list[str]) -> None:
     if args[0] == "serve":
         assert "--host" in proc.stdout
         assert "--port" in proc.stdout
+
+
+def test_a_read_only_command_never_creates_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys list` run from a directory without a store says which store it looked for
+    and how to name another; it creates nothing there."""
+    for name in ("EVENTMILL_STORE_URL", "EVENTMILL_DATA_DIR", "EVENTMILL_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    expected = elsewhere / "eventmill-data" / "events.db"
+    for args in (["keys", "list"], ["keys", "revoke", "0123456789ab"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert f"store: sqlite+aiosqlite:///{expected}" in result.stderr
+        assert f"no store at {expected}" in result.stderr
+        assert "EVENTMILL_STORE_URL" in result.stderr
+        assert list(elsewhere.iterdir()) == []
+
+    # creating a key creates the store, and says where; then list finds it
+    result = runner.invoke(app, ["keys", "create", "svc", "--scope", "publish"])
+    assert result.exit_code == 0, result.output
+    assert f"store: sqlite+aiosqlite:///{expected}" in result.stderr
+    assert expected.is_file()
+    result = runner.invoke(app, ["keys", "list"])
+    assert result.exit_code == 0, result.output
+    assert "svc" in result.stdout
+    assert f"store: sqlite+aiosqlite:///{expected}" in result.stderr
+
+
+def test_commands_name_a_postgresql_store_without_its_password() -> None:
+    from tests.ingest.support import pg_store_url
+
+    with pg_store_url() as url:
+        with_password = url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+        code, _, err = _cli(with_password, "keys", "list")
+        assert code == 0, err
+        assert "store: postgresql://postgres:***@127.0.0.1:5432/test?schema=" in err
+        assert "hunter2" not in err
+
+
+def test_serve_says_where_the_docs_are_and_how_to_begin(tmp_path: Path) -> None:
+    from tests.ingest.support import Server
+
+    env = {
+        "EVENTMILL_DATA_DIR": str(tmp_path / "data"),
+        "EVENTMILL_BUS_URL": "memory://",
+        "EVENTMILL_STORE_URL": f"sqlite:///{tmp_path / 'events.db'}",
+        "RAZORPAY_WEBHOOK_SECRET": "",
+        "EVENTMILL_RAZORPAY_WEBHOOK_SECRET": "",
+        "EVENTMILL_SOURCES": '{"github": {"scheme": "github", "secrets": ["s"]}}',
+        "EVENTMILL_LOG_LEVEL": "warning",
+    }
+    server = Server(env, tmp_path / "server.log")
+    server.start()
+    try:
+        text = server.log_text()
+    finally:
+        server.stop()
+    assert f"API docs   {server.url}/docs" in text
+    assert "webhooks   POST /webhooks/github" in text
+    assert "Razorpay is off: set RAZORPAY_WEBHOOK_SECRET=" in text
+    assert f"{VENV_BIN / 'eventmill'}" in text or ".venv/bin/eventmill keys create" in text
+    assert "keys create <name> --scope publish --scope read" in text

@@ -16,10 +16,13 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     PlatformCollector,
@@ -27,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel
+from swagger_ui_bundle import swagger_ui_path
 
 from eventmill import __version__
 from eventmill.delivery import Delivery
@@ -43,11 +47,23 @@ from eventmill.web.errors import install_error_handlers
 from eventmill.web.seam import EVENTS_TOPIC, Feature, Resources
 from eventmill.web.tokens import JwtVerifier
 
-__all__ = ["EVENTS_TOPIC", "create_app", "features", "open_key_store", "resources_of"]
+__all__ = [
+    "DOCS_ASSETS",
+    "EVENTS_TOPIC",
+    "create_app",
+    "display_url",
+    "features",
+    "open_key_store",
+    "resources_of",
+    "startup_message",
+]
 
 _log = logging.getLogger("eventmill.app")
 _RECONNECT_MAX_SECONDS = 10.0
 _FIRST_ATTEMPT_SECONDS = 30.0
+DOCS_ASSETS = "/docs/assets"
+"""Where Swagger UI's own files are served from (the installed ``swagger-ui-bundle-v2``
+package): ``/docs`` needs no CDN, so it works offline and in a private network."""
 
 
 def features(settings: Settings, resources: Resources) -> list[Feature]:
@@ -236,13 +252,20 @@ def resources_of(app: FastAPI) -> Resources:
     return resources
 
 
-def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    freeze_gc: bool = False,
+    on_started: Callable[[], None] | None = None,
+) -> FastAPI:
     """Build the ASGI application (routes, error handlers, lifespan) for ``settings``.
 
     ``settings`` defaults to :meth:`Settings.load` (environment and config file).
     ``freeze_gc``: once started, move everything allocated so far out of the cyclic
     garbage collector's reach (``gc.freeze()``); only for a process the service owns
     (``eventmill serve`` sets it), since it changes collection for the whole process.
+    ``on_started``: called once the lifespan has started (``eventmill serve`` prints
+    :func:`startup_message`).
     """
     settings = settings if settings is not None else Settings.load()
     resources = Resources(
@@ -252,13 +275,17 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
     )
     ProcessCollector(registry=resources.metrics)
     PlatformCollector(registry=resources.metrics)
+    roles = set(settings.roles)
     feats = features(settings, resources)
+    workers = [f for f in feats if f.roles.workers in roles]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = _Runtime(settings, resources, feats)
+        runtime = _Runtime(settings, resources, workers)
         app.state.runtime = runtime
         await runtime.start()
+        if on_started is not None:
+            on_started()
         if freeze_gc:
             # What exists now (modules, app, open resources) lives as long as the process:
             # keep it out of the cyclic GC's full collections, which otherwise re-scan it
@@ -275,6 +302,8 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         summary="Webhook and event gateway: signed webhooks and service events in, "
         "durably stored and published on the bus.",
         lifespan=lifespan,
+        docs_url=None,  # served below, from installed assets
+        redoc_url=None,  # ReDoc has no installable assets: it would load from a CDN
     )
     app.state.settings = settings
     app.state.resources = resources
@@ -303,9 +332,79 @@ def create_app(settings: Settings | None = None, *, freeze_gc: bool = False) -> 
         """Prometheus metrics of this process (text exposition format)."""
         return Response(generate_latest(resources.metrics), media_type=CONTENT_TYPE_LATEST)
 
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI for the OpenAPI schema, from assets served by this app."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
+        )
+
     for feature in feats:
-        app.include_router(feature.router)
+        if feature.roles.routes in roles:
+            app.include_router(feature.router)
     return app
+
+
+def display_url(url: str) -> str:
+    """``url`` as shown to a person: password redacted, a relative SQLite path made
+    absolute (so it says which file, from whatever directory it was started)."""
+    shown = redact_url(url)
+    scheme, sep, rest = shown.partition(":///")
+    if sep and scheme.startswith("sqlite"):
+        path, q, query = rest.partition("?")
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return f"{scheme}:///{Path(path).absolute()}{q}{query}"
+    return shown
+
+
+def _browsable(host: str) -> str:
+    """An address a browser on this machine can open for a bound ``host``."""
+    if host in ("0.0.0.0", "", "::", "[::]"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def startup_message(
+    settings: Settings, command: str = "eventmill", *, dev_secrets: Path | None = None
+) -> str:
+    """What ``eventmill serve`` prints on start: where the docs are, the store and the
+    bus, which webhook sources are on (and how to turn Razorpay on), and how to create
+    an API key with ``command`` (the ``eventmill`` executable as the user can run it).
+    ``dev_secrets``: the file of the development secrets in use, if any."""
+    base = f"http://{_browsable(settings.host)}:{settings.port}"
+    sources = sorted(settings.sources)
+    razorpay_on = bool(settings.razorpay_webhook_secret)
+    if razorpay_on:
+        sources.insert(0, "razorpay")
+    on = ", ".join(f"POST /webhooks/{name}" for name in sources) if sources else "none"
+    lines = [
+        f"eventmill {__version__} on {base}",
+        f"  API docs   {base}/docs",
+        f"  store      {display_url(settings.store)}",
+        f"  bus        {display_url(settings.bus)}",
+        f"  webhooks   {on}",
+    ]
+    if dev_secrets is not None:
+        lines.append(
+            f"             development secrets (Razorpay, JWT) in {dev_secrets}; try {command} demo"
+        )
+    if not razorpay_on:
+        lines.append(
+            "             Razorpay is off: set RAZORPAY_WEBHOOK_SECRET=<your webhook secret> "
+            "and restart to turn on POST /webhooks/razorpay"
+        )
+    lines.append(
+        f"  API key    {command} keys create <name> --scope publish --scope read  "
+        "(for POST and GET /v1/events; the key is printed once)"
+    )
+    return "\n".join(lines)
 
 
 @contextlib.asynccontextmanager

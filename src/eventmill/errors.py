@@ -22,7 +22,6 @@ __all__ = [
     "HandlerError",
     "HandlerTimeoutError",
     "InvalidNameError",
-    "MessageStateError",
     "PubSubError",
     "PublishError",
     "RouterError",
@@ -44,10 +43,6 @@ class ConfigurationError(EventmillError):
 
 class InvalidNameError(ConfigurationError, ValueError):
     """A topic or group name is empty, too long or has characters outside ``[A-Za-z0-9._-]``."""
-
-
-class MessageStateError(EventmillError):
-    """A message was used in a way its state forbids (e.g. re-publishing while in flight)."""
 
 
 class PubSubError(EventmillError):

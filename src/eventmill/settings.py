@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -28,6 +29,7 @@ from eventmill.delivery.config import DeliverySettings
 from eventmill.errors import ConfigurationError
 from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
 from eventmill.realtime.config import RealtimeSettings
+from eventmill.web.seam import ROLES, Role
 from eventmill.web.tokens import JwtSettings
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings", "SourceConfig"]
@@ -109,8 +111,32 @@ class Settings(BaseSettings, IngestSettings):
     :class:`~eventmill.realtime.config.RealtimeSettings`)."""
 
     # -- operations ------------------------------------------------------------------------
+    roles: Annotated[list[Role], NoDecode] = Field(
+        default_factory=lambda: list(ROLES), min_length=1
+    )
+    """What this process runs (``EVENTMILL_ROLES=api,ingest`` or ``serve --role``; default
+    all): ``ingest`` the webhook receivers, ``/v1/events``, the outbox relay and the
+    audit handler; ``delivery`` the fan-out and the dispatcher; ``realtime`` ``/ws``,
+    ``/sse``, the dashboard and the hub; ``api`` the management routes (endpoints,
+    deliveries, replay, traces). Every role serves ``/healthz``, ``/readyz`` and
+    ``/metrics``."""
+    dev_secrets: bool = True
+    """On the embedded default (a SQLite store in ``data_dir``), ``serve`` and ``demo`` use
+    development secrets from ``<data_dir>/dev-secrets.json`` for what is not configured:
+    the Razorpay webhook secret, the JWT secret, and loopback outbound destinations
+    (default on; a PostgreSQL store never uses them)."""
+    shutdown_grace_seconds: int = Field(default=30, ge=1)
+    """On SIGTERM, how long in-flight requests, handlers and deliveries get to finish
+    before the process stops them (default 30 s)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the service (default ``info``)."""
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:

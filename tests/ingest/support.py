@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import signal
 import sqlite3
@@ -28,6 +30,7 @@ from eventmill.message import Message
 from eventmill.pubsub._subscription import AsyncCloseable
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.settings import Settings
+from tests import payloads
 from tests.conftest import free_port, require_service
 
 RAZORPAY_SECRET = "rzp_test_webhook_secret"
@@ -55,6 +58,58 @@ SOURCES: dict[str, Any] = {
     },
     "std": {"scheme": "standard_webhooks", "secrets": [STANDARD_SECRET]},
 }
+
+
+DELIVERY_ID_HEADERS: dict[str, str | None] = {
+    "razorpay": "X-Razorpay-Event-Id",
+    "github": "X-GitHub-Delivery",
+    "stripe": None,  # the body's "id"
+    "acme": "X-Acme-Delivery",
+    "std": "webhook-id",
+}
+"""Where each configured source carries its delivery id (the dedup key)."""
+
+
+def signed(source: str, body: bytes, delivery_id: str | None = None) -> dict[str, str]:
+    """Headers that make ``body`` a correctly signed webhook for ``source`` (one of
+    :data:`SOURCES` or ``razorpay``), with ``delivery_id`` in the source's id header.
+    Stripe's id lives in the body: put it there yourself."""
+    if source == "razorpay":
+        headers = payloads.razorpay_headers(body, RAZORPAY_SECRET, delivery_id or "")
+        if delivery_id is None:
+            del headers["X-Razorpay-Event-Id"]
+        return headers
+    if source == "github":
+        headers = payloads.github_headers(body, GITHUB_SECRET, delivery_id or "")
+        if delivery_id is None:
+            del headers["X-GitHub-Delivery"]
+        return headers
+    if source == "stripe":
+        return payloads.stripe_headers(body, STRIPE_SECRET)
+    if source == "acme":
+        headers = payloads.hmac_headers(
+            body,
+            HMAC_SECRET,
+            header="X-Acme-Signature",
+            algorithm="sha512",
+            encoding="base64",
+            prefix="v1=",
+        )
+        if delivery_id is not None:
+            headers["X-Acme-Delivery"] = delivery_id
+        return headers
+    if source == "std":  # computed here, byte for byte: the body need not be UTF-8
+        msg_id = delivery_id if delivery_id is not None else f"msg_{uuid.uuid4().hex}"
+        stamp = str(int(time.time()))
+        key = base64.b64decode(STANDARD_SECRET.removeprefix("whsec_"))
+        mac = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        return {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": stamp,
+            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+        }
+    raise ValueError(f"no signer for source {source!r}")
 
 
 def settings_for(tmp: Path, store_url: str, **overrides: Any) -> Settings:

@@ -90,45 +90,6 @@ async def test_published_messages_carry_their_store_position(
         await sub.close()
 
 
-async def test_idempotency_key(tmp_path: Path, store_url: str) -> None:
-    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        ctx = resources_of(app)
-        assert ctx.bus is not None
-        sub = await ctx.bus.subscribe("events")
-        key = await _key(app, "publish")
-        other_key = await _key(app, "publish")
-        idem = {"Idempotency-Key": "order-42-created"}
-
-        first = await client.post("/v1/events", json=_event(), headers={**key, **idem})
-        retry = await client.post("/v1/events", json=_event(), headers={**key, **idem})
-        assert retry.status_code == 200
-        assert retry.json()["ids"] == first.json()["ids"]
-        assert retry.json()["events"][0]["duplicate"] is True
-
-        # the same key with a different body is a conflict, not a silent success
-        changed = _event(user="u2")
-        conflict = await client.post("/v1/events", json=changed, headers={**key, **idem})
-        assert conflict.status_code == 409
-        assert conflict.json()["error"] == "idempotency_conflict"
-
-        # keys are scoped per API key: another caller's same key is a new event
-        theirs = await client.post("/v1/events", json=_event(), headers={**other_key, **idem})
-        assert theirs.json()["ids"] != first.json()["ids"]
-
-        # batches: each position is its own idempotent slot
-        batch = [_event(user="b1"), _event(user="b2")]
-        bidem = {"Idempotency-Key": "batch-1"}
-        b1 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
-        b2 = await client.post("/v1/events", json=batch, headers={**key, **bidem})
-        assert b1.json()["ids"] == b2.json()["ids"]
-        assert all(e["duplicate"] for e in b2.json()["events"])
-
-        published = await drain_until_sentinel(ctx.bus, sub)
-        expected = [*first.json()["ids"], *theirs.json()["ids"], *b1.json()["ids"]]
-        assert [m.id for m in published] == expected
-        await sub.close()
-
-
 async def test_batch_on_a_slow_bus_is_503_and_every_event_is_relayed(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -329,20 +290,147 @@ async def test_store_unreachable_is_503_for_the_api(tmp_path: Path, path: str) -
         assert r.json()["error"] == "store_unavailable"
 
 
-async def test_event_id_conflicts(tmp_path: Path, store_url: str) -> None:
+async def test_a_chosen_event_id_is_its_dedup_key_with_or_without_an_idempotency_key(
+    tmp_path: Path, store_url: str
+) -> None:
+    """An event whose id the caller chose is deduplicated by that id, Idempotency-Key or
+    not: a batch is never answered 409 after storing part of itself."""
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
-        key = await _key(app, "publish")
+        key = await _key(app, "publish", "read")
         body = _event(id="evt_taken_1")
         assert (await client.post("/v1/events", json=body, headers=key)).status_code == 200
-        # the same id under an Idempotency-Key (another dedup key) is a conflict
+        idem = {**key, "Idempotency-Key": "k-taken"}
+        batch = [_event(user="new"), body, _event(id="evt_twice_1"), _event(id="evt_twice_1")]
+        for headers in (idem, key):
+            r = await client.post("/v1/events", json=batch, headers=headers)
+            assert r.status_code == 200, r.text
+            ids = r.json()["ids"]
+            assert ids[1:] == ["evt_taken_1", "evt_twice_1", "evt_twice_1"]
+            duplicates = [e["duplicate"] for e in r.json()["events"]]
+            if headers is idem:
+                assert duplicates == [False, True, False, True]
+            else:  # the same batch again, without the key: the first event is new again
+                assert duplicates == [False, True, True, True]
+        page = await client.get("/v1/events", headers=key)
+        assert len(page.json()["events"]) == 4  # evt_taken_1, two "new", evt_twice_1
+
+
+@pytest.mark.parametrize("depth", [65, 253, 254, 255, 300, 5000])
+async def test_a_payload_nested_too_deep_is_422_naming_the_limit(
+    tmp_path: Path, store_url: str, depth: int
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        n = depth - 1  # the event object is one level
+        body = b'{"event_name": "deep.thing", "payload": ' + b"[" * n + b"]" * n + b"}"
+        r = await client.post("/v1/events", content=body, headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "json_too_deep"
+        assert "64 levels" in r.json()["message"]
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+        # the limit itself is fine
+        ok = b'{"event_name": "deep.thing", "payload": ' + b"[" * 63 + b"]" * 63 + b"}"
+        assert (await client.post("/v1/events", content=ok, headers=key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("id", "e" * 129), ("event_name", "e" * 201), ("source", "e" * 65), ("user_id", "u" * 257)],
+)
+async def test_an_over_long_field_is_422_naming_it(
+    tmp_path: Path, store_url: str, field: str, value: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish")
+        r = await client.post("/v1/events", json=_event(**{field: value}), headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"] == field
+        r = await client.post("/v1/events", json=[_event(), _event(**{field: value})], headers=key)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"][0]["field"] == f"1.{field}"
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+
+
+async def test_a_nul_in_a_lookup_matches_nothing(tmp_path: Path, store_url: str) -> None:
+    """PostgreSQL's text refuses NUL; no stored user id, source or id holds one."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        assert (await client.post("/v1/events", json=_event(), headers=key)).status_code == 200
+        for params in (
+            {"user_id": "\x00"},
+            {"user_id": "u1\x00"},
+            {"source": "a\x00b"},
+            {"source": "internal\x00", "user_id": "u1"},
+            {"user_id": "u\x1f1"},
+            {"user_id": "u" * 300},
+        ):
+            r = await client.get("/v1/events", params=params, headers=key)
+            assert r.status_code == 200, (params, r.text)
+            assert r.json() == {"events": [], "next_cursor": None, "has_more": False}
+        # the other checks still hold
+        r = await client.get("/v1/events", params={"user_id": "\x00", "cursor": "x"}, headers=key)
+        assert r.status_code == 400
+        for event_id in ("%00", "evt%00x", "a%1fb", "%E2%82%AC"):
+            r = await client.get(f"/v1/events/{event_id}", headers=key)
+            assert r.status_code == 404, (event_id, r.text)
+            assert r.json()["error"] == "not_found"
+
+
+async def test_a_nul_in_payload_or_metadata_strings_is_stored_exactly_or_refused(
+    tmp_path: Path, store_url: str
+) -> None:
+    """No 500 on either store: the event comes back exactly as sent, or is refused with
+    422 naming the field (and then nothing is stored)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        event = {
+            "event_name": "nul.inside",
+            "payload": {"a\x00": "x\x00y", "list": ["\x00"]},
+            "metadata": {"correlation_id": "c\x00", "headers": {"h\x00": "v\x00"}},
+        }
+        r = await client.post("/v1/events", json=event, headers=key)
+        assert r.status_code in (200, 422), r.text
+        store = resources_of(app).store
+        assert store is not None
+        if r.status_code == 422:
+            assert r.json()["details"][0]["field"].startswith(("payload", "metadata"))
+            assert (await store.events.query(limit=10)).events == []
+            return
+        got = await client.get(f"/v1/events/{r.json()['ids'][0]}", headers=key)
+        assert got.json()["payload"] == event["payload"]
+        assert got.json()["metadata"]["correlation_id"] == "c\x00"
+        assert got.json()["metadata"]["headers"] == {"h\x00": "v\x00"}
+
+
+async def test_a_null_payload_is_stored_as_json_null(tmp_path: Path, store_url: str) -> None:
+    """JSON ``null`` is a payload like any other (a webhook body may be ``null`` too)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
         r = await client.post(
-            "/v1/events", json=body, headers={**key, "Idempotency-Key": "k-taken"}
+            "/v1/events", json={"event_name": "nothing.here", "payload": None}, headers=key
         )
-        assert r.status_code == 409
-        assert r.json()["error"] == "duplicate_event"
-        # one id twice in a batch: stored once, the second is its duplicate
-        twice = [_event(id="evt_twice_1"), _event(id="evt_twice_1")]
-        r = await client.post("/v1/events", json=twice, headers=key)
-        assert r.status_code == 200
-        assert r.json()["ids"] == ["evt_twice_1", "evt_twice_1"]
-        assert [e["duplicate"] for e in r.json()["events"]] == [False, True]
+        assert r.status_code == 200, r.text
+        got = await client.get(f"/v1/events/{r.json()['ids'][0]}", headers=key)
+        assert got.json()["payload"] is None
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+async def test_a_time_outside_the_utc_years_is_422(
+    tmp_path: Path, store_url: str, when: str
+) -> None:
+    """Found by the fuzz test: converting it to UTC overflowed (a 500)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        for field in ("created_at", "processed_at"):
+            body = {"event_name": "x.y", field: when}
+            r = await client.post("/v1/events", json=body, headers=key)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == field
+        for param in ("since", "until"):
+            r = await client.get("/v1/events", params={param: when}, headers=key)
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == f"query.{param}"

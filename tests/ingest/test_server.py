@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import select
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -129,5 +130,77 @@ def test_huge_body_is_cut_off_at_the_socket(tmp_path: Path) -> None:
                     response += data
             assert response.startswith(b"HTTP/1.1 413"), response[:200]
             assert sent < 64 * 1024 * 1024, f"sent {sent} bytes before the answer"
+    finally:
+        server.stop()
+
+
+def _make_key(store_url: str) -> str:
+    async def create() -> str:
+        store = await open_store(store_url)
+        try:
+            _, plaintext = await store.api_keys.create("disconnect-test", {"admin"})
+            return plaintext
+        finally:
+            await store.close()
+
+    return asyncio.run(create())
+
+
+def test_a_client_leaving_mid_body_leaves_no_traceback(tmp_path: Path) -> None:
+    """Content-Length: 100 with 2 bytes sent, or a bad chunk size, then the client is
+    gone: at most one log line each (uvicorn's own for the bad chunk), no traceback."""
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    key = _make_key(store_url)
+    env = _env(
+        tmp_path,
+        store_url,
+        "memory://",
+        EVENTMILL_LOG_LEVEL="debug",
+        EVENTMILL_SOURCES='{"acme": {"scheme": "hmac", "secrets": ["s3cret"]}}',
+    )
+    log = tmp_path / "server.log"
+    server = Server(env, log)
+    server.start()
+    try:
+        start = log.stat().st_size
+        heads = {
+            "/v1/events": f"Authorization: Bearer {key}",
+            "/webhooks/razorpay": "X-Razorpay-Signature: 00",
+            "/webhooks/acme": "X-Signature: 00",
+        }
+        sent = 0
+        for path, auth in heads.items():
+            for framing, partial in (
+                ("Content-Length: 100", b'{"'),
+                ("Transfer-Encoding: chunked", b'2\r\n{"\r\nzz\r\n'),  # "zz": no chunk size
+            ):
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n"
+                    f"Content-Type: application/json\r\n{framing}\r\n\r\n"
+                )
+                with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+                    sock.sendall(head.encode() + partial)
+                sent += 1
+
+        def handled() -> int:
+            text = log.read_bytes()[start:].decode(errors="replace")
+            return text.count("the client disconnected")
+
+        deadline = time.monotonic() + 30  # hang guard: each disconnect is logged at DEBUG
+        while handled() < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = log.read_bytes()[start:].decode(errors="replace")
+        assert handled() == sent, text
+        assert "Traceback" not in text
+        assert "Exception in ASGI application" not in text
+        loud = [
+            line
+            for line in text.splitlines()
+            if line.split(" ", 1)[0].rstrip(":") in ("INFO", "WARNING", "ERROR", "CRITICAL")
+            or any(f" {level} " in line for level in ("INFO", "WARNING", "ERROR", "CRITICAL"))
+        ]
+        assert len(loud) <= sent, loud  # one line at most per request (uvicorn's 400)
+        # and the server still answers
+        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
     finally:
         server.stop()

@@ -20,6 +20,7 @@ from eventmill.settings import Settings
 from tests import payloads
 from tests.conftest import free_port
 from tests.ingest.support import (
+    DELIVERY_ID_HEADERS,
     GITHUB_SECRET,
     HMAC_SECRET,
     RAZORPAY_SECRET,
@@ -30,6 +31,7 @@ from tests.ingest.support import (
     gate_bus,
     running_app,
     settings_for,
+    signed,
 )
 
 
@@ -139,6 +141,12 @@ async def test_unknown_source_is_404_and_unconfigured_razorpay_too(
             r = await client.post(path, content=body, headers=headers)
             assert r.status_code == 404
             assert r.json()["error"] == "unknown_source"
+        # the message names the setting that turns the source on
+        r = await client.post("/webhooks/razorpay", content=body, headers=headers)
+        assert "set RAZORPAY_WEBHOOK_SECRET" in r.json()["message"]
+        r = await client.post("/webhooks/shop-ify", content=body, headers=headers)
+        assert "EVENTMILL_SOURCES__SHOP_IFY__SCHEME" in r.json()["message"]
+        assert "[sources.shop-ify]" in r.json()["message"]
 
 
 async def test_malformed_json_is_400_and_schema_violation_is_422(
@@ -505,3 +513,70 @@ async def test_store_stopped_while_running_is_503_then_recovers(tmp_path: Path) 
             assert back.json()["duplicate"] is False  # the 503 stored nothing
     finally:
         await asyncio.to_thread(server.cleanup)
+
+
+def _stripe_body(event_id: str) -> bytes:
+    return payloads.dumps(payloads.stripe_event(event_id))
+
+
+@pytest.mark.parametrize("source", list(DELIVERY_ID_HEADERS))
+async def test_a_delivery_id_over_256_characters_is_422_naming_its_header(
+    tmp_path: Path, store_url: str, source: str
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        store = resources_of(app).store
+        assert store is not None
+        header = DELIVERY_ID_HEADERS[source]
+        field = f"header.{header}" if header else "id"
+        for length, expected in ((256, 200), (257, 422), (5000, 422)):
+            delivery = ("e" * length)[:length]
+            if source == "stripe":
+                body = _stripe_body(delivery)
+            elif source == "razorpay":
+                body = payloads.dumps(payloads.payment_captured())
+            else:
+                body = payloads.dumps({"type": "thing.done", "n": length})
+            r = await client.post(
+                f"/webhooks/{source}", content=body, headers=signed(source, body, delivery)
+            )
+            assert r.status_code == expected, r.text
+            if expected == 422:
+                assert r.json()["error"] == "validation_failed"
+                assert r.json()["details"] == [
+                    {"field": field, "message": "must be at most 256 characters (the limit)"}
+                ]
+                assert (header or "id") in r.json()["message"]
+        page = await store.events.query(source=source, limit=10)
+        assert [e.external_id for e in page.events] == ["e" * 256]
+
+
+async def test_a_control_character_in_stripe_s_id_is_422(tmp_path: Path, store_url: str) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        for bad in ("evt_\x00nul", "evt_\ttab"):
+            body = _stripe_body(bad)
+            r = await client.post("/webhooks/stripe", content=body, headers=signed("stripe", body))
+            assert r.status_code == 422, r.text
+            assert r.json()["details"][0]["field"] == "id"
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []
+
+
+@pytest.mark.parametrize("depth", [65, 255, 300, 5000])
+async def test_a_signed_body_nested_too_deep_is_422_and_nothing_is_stored(
+    tmp_path: Path, store_url: str, depth: int
+) -> None:
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        n = depth - 3  # {"data": {"deep": [[…{…}…]]}} nests n + 3 levels
+        inner = b"[" * n + b'{"user_id": "u1"}' + b"]" * n
+        body = b'{"type": "thing.done", "data": {"deep": ' + inner + b"}}"
+        for source in ("acme", "razorpay"):
+            r = await client.post(
+                f"/webhooks/{source}", content=body, headers=signed(source, body, "dlv_deep")
+            )
+            assert r.status_code == 422, r.text
+            assert r.json()["error"] == "json_too_deep"
+            assert "64 levels" in r.json()["message"]
+        store = resources_of(app).store
+        assert store is not None
+        assert (await store.events.query(limit=10)).events == []

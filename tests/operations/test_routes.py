@@ -107,7 +107,7 @@ async def test_trace_shows_stored_published_and_journal_hops(
                 await asyncio.sleep(0.02)  # the publish marker writes in batches
         store.journal.hop(event_id, "handled", group="delivery")
         await store.journal.flush()
-        r = await client.get(f"/v1/events/{event_id}/trace", headers=admin)
+        r = await client.get(f"/v1/traces/{event_id}", headers=admin)
         assert r.status_code == 200, r.text
         hops = [h["hop"] for h in r.json()["hops"]]
         body = r.json()
@@ -115,7 +115,7 @@ async def test_trace_shows_stored_published_and_journal_hops(
         assert body["user_id"] == "u1"
         assert hops == ["stored", "published", "handled"]
         assert body["hops"][2]["detail"] == {"group": "delivery"}
-        missing = await client.get("/v1/events/evt_nope/trace", headers=admin)
+        missing = await client.get("/v1/traces/evt_nope", headers=admin)
         assert missing.status_code == 404
         assert missing.json()["error"] == "not_found"
 

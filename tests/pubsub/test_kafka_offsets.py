@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventmill.pubsub._kafka_offsets import PartitionOffsets
+from eventmill.pubsub.kafka._offsets import PartitionOffsets
 
 
 @given(

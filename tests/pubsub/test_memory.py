@@ -4,13 +4,53 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Self
 
 import pytest
 
-from eventmill import BufferFullError, ConfigurationError, Message, open_pubsub
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill import BufferFullError, ClosedError, ConfigurationError, Message, open_pubsub
+from eventmill.pubsub.base import Abortable, Capabilities, PubSub, Subscription
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
 from tests.pubsub.conformance import ConformanceSuite, Harness, collect, unique
+
+
+class _Client:
+    """One "process" using the shared in-memory bus: what it opened closes (or aborts)
+    with it, and the bus and its groups stay for the others."""
+
+    capabilities = MemoryPubSub.capabilities
+
+    def __init__(self, bus: MemoryPubSub) -> None:
+        self._bus = bus
+        self._subs: list[Subscription] = []
+        self._closed = False
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        if self._closed:
+            raise ClosedError("memory:// client is closed")
+        await self._bus.publish(topic, *messages)
+
+    async def subscribe(self, topic: str, *, group: str | None = None) -> Subscription:
+        sub = await self._bus.subscribe(topic, group=group)
+        self._subs.append(sub)
+        return sub
+
+    async def close(self) -> None:
+        self._closed = True
+        for sub in self._subs:
+            await sub.close()
+
+    async def abort(self) -> None:
+        self._closed = True
+        for sub in self._subs:
+            assert isinstance(sub, Abortable)
+            await sub.abort()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class MemoryHarness(Harness):
@@ -23,15 +63,15 @@ class MemoryHarness(Harness):
         return self._shared.capabilities
 
     async def _open(self) -> PubSub:
-        if self._shared._closed:
-            self._shared = MemoryPubSub()
-        return self._shared
+        return _Client(self._shared)
 
     async def crash(self, ps: PubSub) -> None:
-        # In-process, a consumer "dies" when its subscriptions go away unsettled.
-        assert isinstance(ps, MemoryPubSub)
-        for sub in list(ps._subs):
-            await sub.close()
+        assert isinstance(ps, _Client)
+        await ps.abort()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._shared.close()
 
 
 class TestMemoryConformance(ConformanceSuite):

@@ -23,9 +23,9 @@ from eventmill import (
     SubscribeError,
     open_pubsub,
 )
-from eventmill.pubsub._nats_config import consumer_name, stream_name
 from eventmill.pubsub.base import Capabilities, PubSub
 from eventmill.pubsub.nats import NatsConfig, NatsPubSub, NatsSubscription
+from eventmill.pubsub.nats._config import consumer_name, stream_name
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub._nats_server import NatsServer
 from tests.pubsub.conformance import (
@@ -68,7 +68,7 @@ class NatsHarness(Harness):
         self.base = url
         self.url = (
             f"{url}?ack_wait={ACK_WAIT}&stream_prefix={self.prefix}"
-            "&reconnect_max_wait=0.5&fetch_timeout=1"
+            "&reconnect_max_delay=0.5&fetch_timeout=1"
         )
         self.server = server
 
@@ -81,7 +81,7 @@ class NatsHarness(Harness):
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, NatsPubSub)
-        await ps._abort()
+        await ps.abort()
 
     async def restart_server(self, down_for: float) -> None:
         if self.server is None:
@@ -393,7 +393,7 @@ async def test_publish_while_server_down_raises_after_the_deadline(
 
 
 async def test_group_survives_restart_with_unacked_messages(private_server: NatsServer) -> None:
-    bus = await open_pubsub(f"{private_server.url}?ack_wait={ACK_WAIT}&reconnect_max_wait=0.5")
+    bus = await open_pubsub(f"{private_server.url}?ack_wait={ACK_WAIT}&reconnect_max_delay=0.5")
     assert isinstance(bus, NatsPubSub)
     topic = unique("t")
     sub = await bus.subscribe(topic, group="g")
@@ -428,7 +428,7 @@ async def test_stream_is_created_with_configured_limits(prefix: str) -> None:
 async def test_ephemeral_subscription_resumes_after_server_restart(
     private_server: NatsServer,
 ) -> None:
-    bus = await open_pubsub(f"{private_server.url}?reconnect_max_wait=0.5&fetch_timeout=1")
+    bus = await open_pubsub(f"{private_server.url}?reconnect_max_delay=0.5&fetch_timeout=1")
     topic = unique("t")
     sub = await bus.subscribe(topic)
     await bus.publish(topic, Message(b"before"))

@@ -22,7 +22,8 @@ from eventmill import (
     open_pubsub,
 )
 from eventmill.pubsub.base import Capabilities, PubSub
-from eventmill.pubsub.postgres import _CONSUMER_SETTINGS, PostgresConfig, PostgresPubSub
+from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
+from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub import _postgres_server
 from tests.pubsub.conformance import (
@@ -158,7 +159,7 @@ async def test_unrelated_open_transaction_delays_delivery_until_it_ends(
 ) -> None:
     """Delivery waits behind any open writing transaction, resumes without a NOTIFY
     once it ends, and a warning names the backend holding it back."""
-    from eventmill.pubsub import _postgres_subscriptions
+    from eventmill.pubsub.postgres import _subscriptions as _postgres_subscriptions
 
     monkeypatch.setattr(_postgres_subscriptions, "_HELD_BACK_WARN", 0.3)
     bus = await open_pubsub(url(schema, poll_interval=3600))
@@ -402,7 +403,7 @@ async def test_ephemeral_subscription_misses_nothing_while_its_listen_connection
     assert isinstance(bus, PostgresPubSub)
     topic = unique("t")
     sub = await bus.subscribe(topic)
-    listen_pid = bus._listen_conn.get_server_pid()
+    listen_pid = bus._wakeups.connection.get_server_pid()
     killer = await asyncpg.connect(BASE)
     try:
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", listen_pid)
@@ -413,8 +414,8 @@ async def test_ephemeral_subscription_misses_nothing_while_its_listen_connection
         await publisher.publish(topic, m)
     got = await collect(sub, 20, timeout=15)
     assert [m.id for m in got] == [m.id for m in sent]
-    assert bus._listen_conn is not None
-    assert bus._listen_conn.get_server_pid() != listen_pid, "LISTEN was not re-established"
+    assert bus._wakeups.connection is not None
+    assert bus._wakeups.connection.get_server_pid() != listen_pid, "LISTEN was not re-established"
     await bus.close()
     await publisher.close()
 
@@ -513,13 +514,13 @@ async def test_retention_deletes_only_fully_consumed_messages(schema: str) -> No
     await bus.flush_settlements()
     await bus.run_retention()
     count = f"SELECT count(*) FROM {bus.sql.table('messages')} WHERE tid = $1"
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         left = await conn.fetchval(count, bus._tids[topic])
     assert left == 6, "messages the slow group still needs must stay"
     await collect(slow, 6)
     await bus.flush_settlements()
     await bus.run_retention()
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         assert await conn.fetchval(count, bus._tids[topic]) == 0
     await bus.close()
 
@@ -550,7 +551,7 @@ async def test_reads_past_a_long_consumed_log_touch_only_its_end(schema: str) ->
     await bus.publish(topic, Message(b"new"))
     tid, sql = bus._tids[topic], bus.sql
     gid = bus._gids[(tid, group)]
-    async with bus._pool.acquire() as conn:
+    async with bus._runner.pool.acquire() as conn:
         last = await conn.fetchrow(
             f"SELECT txid, seq FROM {sql.table('messages')} WHERE tid = $1 "
             "ORDER BY txid DESC, seq DESC OFFSET 1 LIMIT 1",
@@ -567,7 +568,7 @@ async def test_reads_past_a_long_consumed_log_touch_only_its_end(schema: str) ->
     ):
         # A new session: custom plans, then (from the 6th run) the generic one. The
         # first run also reads the catalogs (compiling, planning): not counted.
-        conn = await asyncpg.connect(dsn, server_settings=_CONSUMER_SETTINGS)  # the bus's
+        conn = await asyncpg.connect(dsn, server_settings=CONSUMER_SETTINGS)  # the bus's
         try:
             touched = [await _blocks_touched(conn, statement, *args) for _ in range(8)][1:]
         finally:
@@ -586,7 +587,7 @@ async def test_schema_creation_is_idempotent_under_concurrent_starts() -> None:
         await buses[3].publish(topic, Message(b"ok"))
         (got,) = await collect(sub, 1)
         assert got.payload == b"ok"
-        async with buses[0]._pool.acquire() as conn:
+        async with buses[0]._runner.pool.acquire() as conn:
             tables = await conn.fetch(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
                 fresh,
@@ -620,10 +621,10 @@ def test_url_options_are_parsed() -> None:
     cfg = PostgresConfig.from_url(
         "postgres://app:s3cret@db.example:6543/bus?schema=ev&table_prefix=q_"
         "&visibility_timeout=45&poll_interval=0.5&prefetch=7&publish_batch=300"
-        "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=none"
+        "&publish_workers=3&max_pending=900&ack_interval=0.01&ack_batch=50&retention=unlimited"
         "&claim_linger=0"
         "&cleanup_interval=5&ephemeral_buffer=20&pool_min=0&pool_max=4&connect_timeout=3"
-        "&reconnect_timeout=9&backoff_max=1&sslmode=disable&application_name=svc"
+        "&reconnect_timeout=9&reconnect_max_delay=1&sslmode=disable&application_name=svc"
     )
     assert cfg == PostgresConfig(
         dsn="postgresql://app:s3cret@db.example:6543/bus?sslmode=disable&application_name=svc",
@@ -645,7 +646,7 @@ def test_url_options_are_parsed() -> None:
         pool_max=4,
         connect_timeout=3.0,
         reconnect_timeout=9.0,
-        backoff_max=1.0,
+        reconnect_max_delay=1.0,
     )
     assert PostgresConfig.from_url("postgresql+asyncpg://h/db?retention=60").retention == 60.0
     assert PostgresConfig.from_url("postgresql://h/db") == PostgresConfig(dsn="postgresql://h/db")

@@ -24,9 +24,9 @@ from eventmill import (
     Message,
     open_pubsub,
 )
-from eventmill.pubsub._redis_subscription import GroupSubscription
 from eventmill.pubsub.base import Capabilities, PubSub
 from eventmill.pubsub.redis import RedisConfig, RedisPubSub
+from eventmill.pubsub.redis._subscription import GroupSubscription
 from tests.conftest import REQUIRE_SERVICES, require_service
 from tests.pubsub._redis_server import RedisServer, redis_server_binary
 from tests.pubsub.conformance import (
@@ -89,7 +89,7 @@ class RedisHarness(Harness):
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, RedisPubSub)
-        await ps._crash()
+        await ps.abort()
 
     async def restart_server(self, down_for: float) -> None:
         assert self.server is not None, "this harness has no private server to restart"
@@ -271,7 +271,8 @@ async def test_entries_trimmed_while_pending_are_dropped_not_delivered(
     sub = await victim.subscribe(topic, group=group)
     await bus.publish(topic, *msgs(5, "old"))
     held = await collect(sub, 5, ack=False)
-    await victim._crash()  # type: ignore[attr-defined]
+    assert isinstance(victim, RedisPubSub)
+    await victim.abort()
     fresh = msgs(500, "new")
     await bus.publish(topic, *fresh)  # trims the held entries away
     survivor = await bus.subscribe(topic, group=group)

@@ -73,7 +73,7 @@ class SQLiteHarness(Harness):
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, SQLitePubSub)
-        await ps._abandon()
+        await ps.abort()
 
 
 class TestSQLiteConformance(ConformanceSuite):
@@ -380,7 +380,7 @@ async def test_max_age_deletes_unacked_messages_of_an_abandoned_group(tmp_path: 
     held = await gone.subscribe(topic, group="abandoned")
     await gone.publish(topic, *msgs(5))
     await collect(held, 2, ack=False)  # two leased to a consumer that dies, three wait
-    await gone._abandon()
+    await gone.abort()
     bus = await open_bus(path, retention=None, max_age=0.2, sweep_interval=0.05)
     await _wait_until(lambda: _count(path, topic) == 0, "old messages were not deleted")
     with contextlib.closing(sqlite3.connect(path)) as con:
@@ -400,7 +400,7 @@ async def test_max_age_deletes_unacked_messages_of_an_abandoned_group(tmp_path: 
 async def test_open_pubsub_parses_options(tmp_path: Path) -> None:
     url = (
         f"sqlite:///{tmp_path}/opts.db?synchronous=NORMAL&visibility_timeout=5&poll_interval=0.2"
-        "&prefetch=7&retention=forever&max_age=86400&sweep_interval=3&busy_timeout=2"
+        "&prefetch=7&retention=unlimited&max_age=1d&sweep_interval=3&busy_timeout=2"
         "&max_batch=500&max_pending=1000"
     )
     bus = await open_pubsub(url)
@@ -558,33 +558,38 @@ async def test_locked_file_sends_normal_publishes_to_the_writer_thread(tmp_path:
     await bus.close()
 
 
-async def test_inline_publishes_keep_the_wal_from_growing(tmp_path: Path) -> None:
-    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
-
-    path = tmp_path / "wal.db"
-    bus = await open_bus(path, synchronous="normal")
-    topic = unique("t")
-    payload = os.urandom(16_384)  # each commit appends more than this to the log
-    commits = 12 * CHECKPOINT_EVERY
-    for i in range(commits):
-        await bus.publish(topic, Message(payload, id=f"w{i}"))
-    wal = Path(f"{path}-wal").stat().st_size
-    assert bus.stats.checkpoints >= 5
-    # Never checkpointed, the log would hold every commit (> commits * 16 KiB); it is
-    # rewound after each checkpoint instead, and stays well below that.
-    assert wal < commits * 16_384 // 2, wal
-    await bus.close()
-    assert _count(path, topic) == commits
-
-
 def _wal_restarts(path: Path) -> int:
     """The WAL header's checkpoint sequence number: how often the log was rewound."""
     with open(f"{path}-wal", "rb") as wal:
         return int.from_bytes(wal.read(16)[12:16], "big")
 
 
+async def test_inline_publishes_keep_the_wal_from_growing(tmp_path: Path) -> None:
+    from eventmill._sqlite import CHECKPOINT_EVERY
+
+    path = tmp_path / "wal.db"
+    bus = await open_bus(path, synchronous="normal")
+    topic = unique("t")
+    await bus.publish(topic, Message(b"first"))
+    rewound = _wal_restarts(path)
+    payload = os.urandom(16_384)  # each commit appends more than this to the log
+    commits = 12 * CHECKPOINT_EVERY
+    for i in range(commits):
+        await bus.publish(topic, Message(payload, id=f"w{i}"))
+    wal = Path(f"{path}-wal").stat().st_size
+    assert bus.stats.checkpoints >= 5
+    # Each checkpoint copied the whole log and rewound it (issue 9: inline commits made
+    # while it copied were not copied, the log was not rewound, and it grew past 30 MB).
+    assert _wal_restarts(path) - rewound >= bus.stats.checkpoints
+    # Never checkpointed, the log would hold every commit (> commits * 16 KiB); it is
+    # rewound after each checkpoint instead, and stays well below that.
+    assert wal < commits * 16_384 // 2, wal
+    await bus.close()
+    assert _count(path, topic) == commits + 1
+
+
 async def test_the_writer_rewinds_the_wal_after_a_checkpoint(tmp_path: Path) -> None:
-    from eventmill.pubsub.sqlite import CHECKPOINT_EVERY
+    from eventmill._sqlite import CHECKPOINT_EVERY
 
     path = tmp_path / "rewind.db"
     bus = await open_bus(path, synchronous="normal")
@@ -632,7 +637,7 @@ async def test_skip_passes_over_marked_messages_without_leasing_them(
     path = tmp_path / "skip.db"
     bus = await open_bus(path, synchronous=synchronous)
     topic = unique("t")
-    skipping = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    skipping = await bus.subscribe_skipping(topic, group="audit", skip=("done", "1"))
     everyone = await bus.subscribe(topic, group="other")
     plain = [Message(b"p", id=f"plain-{i}") for i in range(3)]
     await bus.publish(topic, *_marked(5, "a"))
@@ -655,11 +660,11 @@ async def test_skip_applies_to_a_group_behind_its_backlog(tmp_path: Path) -> Non
     path = tmp_path / "behind.db"
     bus = await open_bus(path, prefetch=4)
     topic = unique("t")
-    first = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    first = await bus.subscribe_skipping(topic, group="audit", skip=("done", "1"))
     await first.close()  # the group exists, with no member: a backlog builds up
     await bus.publish(topic, Message(b"p", id="p-0"), *_marked(10, "a"))
     await bus.publish(topic, *_marked(10, "b"), Message(b"p", id="p-1"))
-    sub = await bus.subscribe(topic, group="audit", skip=("done", "1"))
+    sub = await bus.subscribe_skipping(topic, group="audit", skip=("done", "1"))
     assert [m.id for m in await collect(sub, 2)] == ["p-0", "p-1"]
     await sub.flush()
     assert _group_state(path, topic, "audit")[1] == 0
@@ -670,7 +675,7 @@ async def test_skip_is_off_while_members_of_the_group_disagree(tmp_path: Path) -
     path = tmp_path / "disagree.db"
     bus = await open_bus(path)
     topic = unique("t")
-    skipping = await bus.subscribe(topic, group="g", skip=("done", "1"))
+    skipping = await bus.subscribe_skipping(topic, group="g", skip=("done", "1"))
     plain = await bus.subscribe(topic, group="g")  # wants everything
     await bus.publish(topic, *_marked(4, "a"))
     seen: list[str] = []
@@ -695,5 +700,5 @@ async def test_skip_is_off_while_members_of_the_group_disagree(tmp_path: Path) -
 async def test_skip_needs_a_group(tmp_path: Path) -> None:
     bus = await open_bus(tmp_path / "nogroup.db")
     with pytest.raises(ValueError, match="group"):
-        await bus.subscribe(unique("t"), skip=("done", "1"))
+        await bus.subscribe_skipping(unique("t"), group=None, skip=("done", "1"))  # type: ignore[arg-type]
     await bus.close()

@@ -61,6 +61,45 @@ async def test_reopening_a_migrated_database_keeps_data(store_url: str) -> None:
         assert got.event == event
 
 
+async def _migrate(store: Store, target: str, *, down: bool = False) -> None:
+    """Run Alembic to ``target`` on the store's database, as ``open_store`` does."""
+    from alembic import command
+    from alembic.config import Config
+
+    from eventmill.store.database import MIGRATIONS_DIR
+
+    def run(sync_conn: sa.Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["connection"] = sync_conn
+        (command.downgrade if down else command.upgrade)(cfg, target)
+
+    async with store.transaction(write=True) as conn:
+        await conn.run_sync(run)
+
+
+async def _indexes(store: Store) -> set[str]:
+    async with store.transaction(write=False) as conn:
+        found = await conn.run_sync(lambda c: sa.inspect(c).get_indexes("events"))
+    return {index["name"] for index in found if index["name"]}
+
+
+async def test_a_database_before_the_query_indexes_is_upgraded_with_its_events(
+    store_url: str,
+) -> None:
+    async with await open_store(store_url) as store:
+        await _migrate(store, "0005", down=True)
+        assert await _version(store) == ["0005"]
+        assert "ix_events_source_event_name_position" not in await _indexes(store)
+        event = Event(event_name="razorpay.payment.captured", source="razorpay", user_id="u1")
+        await store.events.insert(event, "pay_1")
+    async with await open_store(store_url) as store:
+        assert await _version(store) == [_head()] == ["0006"]
+        assert "ix_events_source_event_name_position" in await _indexes(store)
+        page = await store.events.query(source="razorpay", event_name="razorpay.payment.*")
+        assert [s.event for s in page.events] == [event]
+
+
 async def test_many_concurrent_opens_of_fresh_sqlite_files_all_succeed(tmp_path: Path) -> None:
     """Opening one new file from many stores at once hits SQLite's WAL-switch window,
     where "database is locked" comes back without the busy handler: 20 rounds of 6."""

@@ -10,7 +10,13 @@ import pytest
 from eventmill.errors import EventValidationError
 from eventmill.events import Event, EventMetadata
 from eventmill.store import Store, StoredEvent
-from eventmill.store.errors import DuplicateEventError, InvalidCursorError, StoreError
+from eventmill.store.errors import (
+    DuplicateEventError,
+    InvalidCursorError,
+    InvalidValueError,
+    StoreError,
+)
+from eventmill.store.events import LIMITS, check_external_id, encode_cursor
 
 
 def make_event(name: str = "user.created", **kwargs: object) -> Event:
@@ -289,6 +295,68 @@ async def test_insert_many_dedups_within_the_batch_and_against_the_store(store: 
     assert await store.events.insert_many([]) == []
 
 
+async def _retry_storm(store: Store) -> list[tuple[Event, str]]:
+    """Store 20 events, then send them all again as new Event objects (a provider
+    retrying) until insert_many reads keys before inserting."""
+    keys = [f"storm-{i}" for i in range(20)]
+    await store.events.insert_many([(make_event(source="razorpay"), k) for k in keys])
+    again = [(make_event(source="razorpay"), k) for k in keys]
+    for _ in range(4):
+        results = await store.events.insert_many(again)
+        assert all(isinstance(r, tuple) and not r[1] for r in results)
+    assert store.events._duplicates > 0.5  # the read-first mode (see insert_many)
+    return again
+
+
+async def test_insert_many_during_a_retry_storm_answers_as_usual(store: Store) -> None:
+    again = await _retry_storm(store)
+    earlier = (await store.events.query(source="razorpay", limit=1)).events[0]
+    taken = make_event(source="razorpay")
+    await store.events.insert(taken, "taken-key")
+    a, b, d = (make_event(source="razorpay") for _ in range(3))
+    results = await store.events.insert_many(
+        [
+            again[0],  # stored: the first event of its key
+            (a, "k1"),
+            (b, "k1"),  # same key as a, in the same batch
+            (d, None),  # no key: dedup by id
+            (d, None),
+            (taken, "another-key"),  # id taken by another key
+        ]
+    )
+    assert isinstance(results[5], DuplicateEventError)
+    ok = [r for r in results[:5] if isinstance(r, tuple)]
+    assert [created for _, created in ok] == [False, True, False, True, False]
+    assert ok[0][0].id == earlier.id
+    assert ok[0][0].event == earlier.event
+    assert ok[1][0].id == ok[2][0].id == a.id
+    assert ok[3][0].id == ok[4][0].id == d.id
+    assert (await store.events.get(a.id)) is not None
+
+
+async def test_concurrent_insert_many_calls_during_a_retry_storm_create_each_key_once(
+    store: Store,
+) -> None:
+    await _retry_storm(store)
+    keys = [f"new-{i}" for i in range(20)]
+    calls = [[(make_event(source="razorpay"), k) for k in keys] for _ in range(5)]
+    all_results = await asyncio.gather(*(store.events.insert_many(c) for c in calls))
+    created = [r for results in all_results for r in results if isinstance(r, tuple) and r[1]]
+    assert len(created) == len(keys)
+    winners = {r[0].external_id: r[0].id for r in created}
+    for results in all_results:
+        assert all(isinstance(r, tuple) and winners[r[0].external_id] == r[0].id for r in results)
+
+
+async def test_the_read_first_mode_ends_with_the_storm(store: Store) -> None:
+    await _retry_storm(store)
+    for round_ in range(4):
+        fresh = [(make_event(source="razorpay"), f"after-{round_}-{i}") for i in range(10)]
+        results = await store.events.insert_many(fresh)
+        assert all(isinstance(r, tuple) and r[1] for r in results)
+    assert store.events._duplicates < 0.5
+
+
 async def test_insert_many_larger_than_one_chunk(store: Store) -> None:
     batch = [(make_event(user_id="bulk"), f"bulk-{i}") for i in range(1100)]
     results = await store.events.insert_many(batch, published=True)
@@ -313,10 +381,172 @@ async def test_concurrent_insert_many_calls_create_each_key_once(store: Store) -
     assert sorted(s.external_id or "" for s in page.events) == sorted(keys)
 
 
-@pytest.mark.parametrize("key", ["", "k" * 257])
-async def test_external_id_length_is_checked(store: Store, key: str) -> None:
-    with pytest.raises(StoreError):
-        await store.events.insert(make_event(), key)
+# -- values the store cannot hold: the caller's error, the same on both databases ------
+
+
+def _bad(field: str, value: object) -> tuple[Event, str | None]:
+    """An event (and external id) whose ``field`` is ``value``, built without
+    validation (model_copy), as a caller's model_construct would."""
+    if field == "external_id":
+        return make_event(source="razorpay"), value  # type: ignore[return-value]
+    return make_event(source="razorpay").model_copy(update={field: value}), None
+
+
+REFUSED = [
+    ("external_id", "k" * 257, "too_long"),
+    ("external_id", "", "empty"),
+    ("external_id", "a\x00b", "control_character"),
+    ("external_id", "line\nbreak", "control_character"),
+    ("external_id", "\ud800", "not_text"),
+    ("external_id", 42, "not_text"),
+    ("id", "e" * 129, "too_long"),
+    ("id", "evt\x00", "control_character"),
+    ("source", "s" * 65, "too_long"),
+    ("event_name", "n" * 201, "too_long"),
+    ("user_id", "u" * 257, "too_long"),
+    ("user_id", "u\x00", "control_character"),
+    ("user_id", "\udcff", "not_text"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), REFUSED)
+@pytest.mark.parametrize("method", ["insert", "insert_many"])
+async def test_a_value_over_its_column_is_the_callers_error_and_stores_nothing(
+    store: Store, method: str, field: str, value: object, problem: str
+) -> None:
+    event, ext = _bad(field, value)
+    good = (make_event(source="razorpay"), "good-key")
+    if method == "insert":
+        call = store.events.insert(event, ext)
+    else:
+        call = store.events.insert_many([good, (event, ext)])  # type: ignore[assignment]
+    with pytest.raises(InvalidValueError) as info:
+        await call
+    error = info.value
+    assert isinstance(error, EventValidationError)  # the service answers 422
+    assert isinstance(error, StoreError)
+    assert error.field == field
+    assert error.problem == problem
+    assert error.errors == [{"field": field, "message": str(error), "type": problem}]
+    if problem == "too_long":
+        assert error.limit == LIMITS[field]
+        assert f"1-{LIMITS[field]} characters" in str(error)
+    assert str(value) not in str(error) or not value  # the message never holds the value
+    assert (await store.events.query()).events == []
+
+
+@pytest.mark.parametrize(("key", "problem"), [("k" * 257, "too_long"), ("", "empty")])
+def test_check_external_id_names_the_field(key: str, problem: str) -> None:
+    with pytest.raises(InvalidValueError) as info:
+        check_external_id(key)
+    assert info.value.field == "external_id"
+    assert info.value.problem == problem
+    check_external_id("k" * 256)
+    check_external_id(None)
+
+
+async def test_values_at_their_column_sizes_are_stored_on_both_databases(store: Store) -> None:
+    event = Event(
+        id="e" * 128,
+        event_name="n" * 200,
+        source="s" * 64,
+        user_id="ü" * 256,
+        payload={},
+    )
+    [result] = await store.events.insert_many([(event, "k" * 256)])
+    assert isinstance(result, tuple)
+    assert result[1]
+    got = await store.events.get("e" * 128)
+    assert got is not None
+    assert got.event == event
+    assert got.external_id == "k" * 256
+    page = await store.events.query(user_id="ü" * 256, source="s" * 64, event_name="n" * 200)
+    assert [s.id for s in page.events] == ["e" * 128]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"set": {1, 2}},
+        {"text": "lone \ud800 surrogate"},
+        "deep",  # nested 300 levels, past orjson's limit (254)
+    ],
+)
+@pytest.mark.parametrize("method", ["insert", "insert_many", "insert_many_large"])
+async def test_a_payload_json_cannot_hold_is_the_callers_error(
+    store: Store, method: str, payload: object
+) -> None:
+    if payload == "deep":
+        deep: object = 1
+        for _ in range(300):
+            deep = [deep]
+        payload = deep
+    event = make_event(source="razorpay").model_copy(update={"payload": payload})
+    if method == "insert":
+        call = store.events.insert(event, "bad-payload")
+    elif method == "insert_many":
+        call = store.events.insert_many([(make_event(), "ok"), (event, "bad-payload")])  # type: ignore[assignment]
+    else:  # more than one chunk: the SQLAlchemy path on SQLite too
+        many = [(make_event(), f"ok-{i}") for i in range(600)]
+        call = store.events.insert_many([*many, (event, "bad-payload")])  # type: ignore[assignment]
+    with pytest.raises(InvalidValueError) as info:
+        await call
+    assert info.value.field == "payload"
+    assert info.value.problem == "not_json"
+    assert (await store.events.query()).events == []
+
+
+async def test_nul_in_payload_and_metadata_strings_is_stored_faithfully(store: Store) -> None:
+    """PostgreSQL's ``json`` column (not ``jsonb``) keeps ``\\u0000`` as written."""
+    event = Event(
+        event_name="user.created",
+        source="razorpay",
+        user_id="u1",
+        payload={"k\x00": "v\x00", "list": ["\x00", {"x": "a\x00b"}]},
+        metadata=EventMetadata(correlation_id="c\x00", headers={"h\x00": "\x00"}),
+    )
+    await store.events.insert(event, "nul-1")
+    other = event.model_copy(update={"id": "evt_nul_2"})
+    await store.events.insert_many([(other, "nul-2")])
+    for stored in (await store.events.get(event.id), await store.events.get("evt_nul_2")):
+        assert stored is not None
+        assert stored.event.payload == event.payload
+        assert stored.event.metadata == event.metadata
+    page = await store.events.query(user_id="u1")
+    assert [s.event.payload for s in page.events] == [event.payload, event.payload]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"user_id": "\x00"},
+        {"user_id": "u1\x00"},
+        {"source": "a\x00b"},
+        {"user_id": "u" * 257},
+        {"source": "s" * 65},
+        {"user_id": "\ud800"},
+        {"user_id": "u1", "source": "razorpay\x00"},
+    ],
+)
+async def test_a_query_value_no_event_can_hold_matches_nothing(
+    store: Store, filters: dict[str, str]
+) -> None:
+    """PostgreSQL cannot even compare text holding U+0000: the store answers as for
+    any value that matches nothing, on both databases."""
+    await store.events.insert(make_event(source="razorpay", user_id="u1"), "k1")
+    page = await store.events.query(**filters)  # type: ignore[arg-type]
+    assert page.events == []
+    assert not page.has_more
+    cursor = encode_cursor(1)
+    page = await store.events.query(after=cursor, **filters)  # type: ignore[arg-type]
+    assert page.next_cursor == cursor
+
+
+@pytest.mark.parametrize("event_id", ["\x00", "evt\x00x", "e" * 129, "\ud800"])
+async def test_get_of_an_id_no_event_can_have_is_none(store: Store, event_id: str) -> None:
+    await store.events.insert(make_event(), "k1")
+    assert await store.events.get(event_id) is None
+    assert await store.events.mark_published([event_id]) == 0
 
 
 async def test_concurrent_inserts_from_separate_stores_create_exactly_one(store_url: str) -> None:

@@ -109,3 +109,19 @@ def test_safe_headers_redacts_every_credential_like_header() -> None:
         "cookie",
     }
     assert len(safe["user-agent"]) == 256
+
+
+async def test_nul_characters_never_fail_a_flush_or_a_read(store: Store) -> None:
+    journal = store.journal
+    journal.rejected(
+        source="a\x00b", status=404, reason="unknown_source", message="m\x00", headers={}
+    )
+    journal.hop("evt\x00", "received")
+    journal.hop("evt_ok", "received")
+    await journal.flush()
+    assert journal.dropped == 0
+    assert [h.hop for h in await journal.hops("evt_ok")] == ["received"]
+    assert await journal.hops("evt\x00") == []
+    assert await journal.rejections(source="a\x00b") == []
+    [row] = await journal.rejections()
+    assert row.source == "a\ufffdb"

@@ -110,7 +110,7 @@ async def test_the_wal_is_checkpointed_as_inline_writes_go_on(file_store: Store)
     wal = Path(db_path(file_store) + "-wal")
     for i in range(CHECKPOINT_EVERY):
         await file_store.events.insert_many([(make_event(), f"wal-{i}")])
-    while file_store._checkpointing is not None:  # the checkpoint started by the last write
+    while file_store._checkpoints.running:  # the checkpoint started by the last write
         await asyncio.sleep(0.01)
     con = sqlite3.connect(db_path(file_store), isolation_level=None)
     try:

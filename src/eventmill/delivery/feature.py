@@ -20,7 +20,7 @@ from eventmill.delivery.store import DeliveryStore
 from eventmill.errors import RouterError
 from eventmill.router import Router, RouterConfig
 from eventmill.store import Store
-from eventmill.web.seam import Resources
+from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = ["FANOUT_GROUP", "Delivery"]
 
@@ -35,6 +35,7 @@ class Delivery:
     fan-out handler and the dispatcher run while the feature's lifespan is entered."""
 
     name = "delivery"
+    roles = FeatureRoles(routes="api", workers="delivery")
 
     def __init__(
         self,

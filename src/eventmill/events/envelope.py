@@ -84,7 +84,10 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     if value.utcoffset() != UTC.utcoffset(None):
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise ValueError("the time is outside the years 1-9999 in UTC") from None
     return value
 
 

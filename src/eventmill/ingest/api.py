@@ -3,32 +3,38 @@
 ``POST /v1/events`` (scope ``publish``) takes one event or a JSON array of up to
 :data:`MAX_BATCH` events, validates each against the envelope and the type registry
 (422 naming the field, e.g. ``1.payload.amount`` for the second event of a batch),
-and ingests them on the durable path. An ``Idempotency-Key`` header makes a retry
-safe: the same key (per API key) answers the events stored first and publishes
-nothing; the same key with different events → 409. Without one, an event is
-deduplicated only by its ``id`` if the caller chose it.
+and ingests them on the durable path. An ``Idempotency-Key`` header names the
+request (per API key, :mod:`eventmill.ingest.idempotency`): a retry with the same
+body is answered what the first was (``Idempotent-Replayed: true``), another body
+under the key is 409 ``idempotency_conflict`` and stores nothing. Without one, an
+event is deduplicated only by its ``id`` if the caller chose it.
 
 ``GET /v1/events`` (scope ``read``) filters by user, event name (``*`` wildcards),
-source and time range, and pages with an opaque cursor.
+source and time range, and pages with an opaque cursor. A filter value no stored
+event can hold (a control character in ``user_id``, an invalid ``source`` or id)
+matches nothing: an empty page, or 404 for one event.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from eventmill.errors import EventValidationError
-from eventmill.events import Event, EventMetadata
+from eventmill.events import SOURCE_RE, Event, EventMetadata
 from eventmill.ingest.context import IngestContext
+from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
 from eventmill.ingest.pipeline import ingest
-from eventmill.store import StoredEvent
+from eventmill.store import ApiKeyRecord, StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
-from eventmill.web.errors import ApiError, error_responses
+from eventmill.web.errors import ApiError, FieldError, error_responses
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = ["MAX_BATCH", "routes"]
 
@@ -37,15 +43,56 @@ MAX_BATCH = 500
 _IDEMPOTENCY_KEY_MAX = 200
 
 _DEFAULTED = frozenset({"id", "created_at", "metadata", "processed_at"})
+# What stored values look like (the envelope's rules): a filter value outside them
+# matches nothing, and is never sent to the database (PostgreSQL refuses NUL in text).
+_STORED_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_STORED_USER_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+_NOTHING = ""
+"""A filter value no stored user id or source equals (both are at least 1 character),
+safe for every database: what an impossible filter value is replaced with."""
+
+
+_TIME_FORMS = (
+    "An RFC 3339 date-time (`2024-01-20T10:30:00Z`; without an offset, UTC) or Unix seconds."
+)
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def _time(name: str, value: str | None) -> datetime | None:
+    """A time filter: documented as a plain string (what it is in a query), parsed as
+    pydantic parses datetimes; 422 naming the parameter when it is none."""
+    if value is None:
+        return None
+    try:
+        parsed = _DATETIME.validate_python(value)
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed
+    except (ValidationError, OverflowError) as exc:
+        problem = (
+            exc.errors(include_input=False)[0]["msg"]
+            if isinstance(exc, ValidationError)
+            else "the time is outside the years 1-9999 in UTC"
+        )
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"invalid query.{name}",
+            details=[FieldError(field=f"query.{name}", message=str(problem))],
+        ) from None
+
+
+def _matchable(value: str | None, rule: re.Pattern[str]) -> str | None:
+    return value if value is None or rule.fullmatch(value) is not None else _NOTHING
 
 
 class EventIn(BaseModel):
-    """An event to publish (``id`` and ``created_at`` default to new values)."""
+    """An event to publish (``id`` and ``created_at`` default to new values). Its
+    payload is checked against the model registered for its name, if any; a source
+    configured for signed webhooks is refused."""
 
-    id: str | None = Field(default=None, max_length=128)
-    event_name: str
-    source: str = "internal"
-    user_id: str | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")
+    event_name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+    source: str = Field(default="internal", pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")
     payload: Any = None
     metadata: EventMetadata | None = None
     created_at: datetime | None = None
@@ -130,15 +177,6 @@ def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
     return event
 
 
-def _same(a: Event, b: Event) -> bool:
-    return (a.event_name, a.source, a.user_id, a.payload) == (
-        b.event_name,
-        b.source,
-        b.user_id,
-        b.payload,
-    )
-
-
 def routes(ctx: IngestContext) -> APIRouter:
     """The publish and query routes, bound to the ingest feature's context."""
     router = APIRouter(prefix="/v1", tags=["events"])
@@ -146,7 +184,19 @@ def routes(ctx: IngestContext) -> APIRouter:
     @router.post(
         "/events",
         response_model=PublishResult,
-        responses=error_responses(400, 401, 403, 409, 413, 422, 503),
+        responses={
+            200: {
+                "description": "The events are stored and published (or were before)",
+                "headers": {
+                    REPLAYED_HEADER: {
+                        "description": "`true` when this is the answer recorded for an "
+                        "earlier request with the same Idempotency-Key",
+                        "schema": {"type": "string", "enum": ["true"]},
+                    }
+                },
+            },
+            **error_responses(400, 401, 403, 409, 413, 422, 503),
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -159,6 +209,7 @@ def routes(ctx: IngestContext) -> APIRouter:
                                 {
                                     "type": "array",
                                     "items": _event_in_schema(),
+                                    "minItems": 1,
                                     "maxItems": MAX_BATCH,
                                 },
                             ]
@@ -176,12 +227,21 @@ def routes(ctx: IngestContext) -> APIRouter:
             str | None,
             Header(
                 max_length=_IDEMPOTENCY_KEY_MAX,
-                description="Makes retries safe: the same key answers the first result.",
+                description="Names the request, per API key: a retry with the same body "
+                "is answered what the first request was answered (`Idempotent-Replayed: "
+                "true`); another body under the key is 409 `idempotency_conflict`. Keys "
+                "are remembered for `idempotency_ttl_seconds` (24 h by default).",
             ),
         ] = None,
     ) -> Response:
         """Validate the events against the registry, store them, publish them to topic
         `events` (keyed by user id) and answer their ids. Scope `publish`."""
+        if ctx.metrics is None:
+            return await accept(request, key, idempotency_key)
+        with ctx.metrics.measure("api"):
+            return await accept(request, key, idempotency_key)
+
+    async def accept(request: Request, key: ApiKeyRecord, idempotency_key: str | None) -> Response:
         raw = await read_limited(request, ctx.config.max_body_bytes)
         body = parse_json(raw)
         batch = isinstance(body, list)
@@ -193,26 +253,37 @@ def routes(ctx: IngestContext) -> APIRouter:
         events = [
             _validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
         ]
-        pairs: list[tuple[Event, str | None]] = []
-        for i, event in enumerate(events):
-            external = None
-            if idempotency_key:
-                external = f"{key.id}:{idempotency_key}" + (f":{i}" if batch else "")
-            pairs.append((event, external))
-        results = await ingest(ctx, pairs)
+        trace_id = TraceContext.continue_from(request.headers.get(TRACEPARENT_KEY)).trace_id
+        for event in events:
+            if not event.metadata.trace_id:
+                event.metadata.trace_id = trace_id
+
+        async def run(pairs: list[tuple[Event, str | None]], retry_safe: bool = True) -> bytes:
+            results = await ingest(ctx, pairs, retry_safe=retry_safe)
+            if ctx.metrics is not None:
+                duplicates = sum(r.duplicate for r in results)
+                ctx.metrics.accepted("api", new=len(results) - duplicates, duplicate=duplicates)
+            out = PublishResult(
+                ids=[r.id for r in results],
+                events=[AcceptedEvent(id=r.id, duplicate=r.duplicate) for r in results],
+            )
+            return out.model_dump_json().encode()
+
+        chosen = [item.get("id") is not None for item in items]
         if idempotency_key:
-            for event, result in zip(events, results, strict=True):
-                if result.duplicate and not _same(event, result.event):
-                    raise ApiError(
-                        409,
-                        "idempotency_conflict",
-                        "Idempotency-Key was already used with different events",
-                    )
-        out = PublishResult(
-            ids=[r.id for r in results],
-            events=[AcceptedEvent(id=r.id, duplicate=r.duplicate) for r in results],
-        )
-        return Response(out.model_dump_json(), media_type="application/json")
+            return await run_idempotent(
+                ctx,
+                owner=key.id,
+                key=idempotency_key,
+                route="POST /v1/events",
+                body=body,
+                events=events,
+                chosen_ids=chosen,
+                run=run,
+            )
+        # Without a key an event is deduplicated only by an id the caller chose.
+        content = await run([(event, None) for event in events], all(chosen))
+        return Response(content, media_type="application/json")
 
     @router.get(
         "/events",
@@ -229,10 +300,10 @@ def routes(ctx: IngestContext) -> APIRouter:
         ] = None,
         source: Annotated[str | None, Query(description="Only events from this source.")] = None,
         since: Annotated[
-            datetime | None, Query(description="created_at >= since (RFC 3339).")
+            str | None, Query(description=f"created_at >= since. {_TIME_FORMS}")
         ] = None,
         until: Annotated[
-            datetime | None, Query(description="created_at < until (RFC 3339).")
+            str | None, Query(description=f"created_at < until. {_TIME_FORMS}")
         ] = None,
         cursor: Annotated[
             str | None, Query(description="`next_cursor` of the previous page.")
@@ -244,11 +315,11 @@ def routes(ctx: IngestContext) -> APIRouter:
     ) -> EventPageOut:
         """Page through stored events matching every filter given. Scope `read`."""
         page = await ctx.require_events().query(
-            user_id=user_id,
+            user_id=_matchable(user_id, _STORED_USER_ID),
             event_name=event_name,
-            source=source,
-            since=since,
-            until=until,
+            source=_matchable(source, SOURCE_RE),
+            since=_time("since", since),
+            until=_time("until", until),
             after=cursor,
             limit=limit,
             order=order,
@@ -273,7 +344,8 @@ def routes(ctx: IngestContext) -> APIRouter:
         event_id: Annotated[str, Path(max_length=128, description="The event's id.")],
     ) -> StoredEventOut:
         """Return the event with this id. Scope `read`."""
-        stored = await ctx.require_events().get(event_id)
+        events = ctx.require_events()
+        stored = await events.get(event_id) if _STORED_ID.fullmatch(event_id) else None
         if stored is None:
             raise ApiError(404, "not_found", f"no event with id {event_id!r}")
         return StoredEventOut.model_validate(_out(stored))

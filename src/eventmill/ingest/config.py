@@ -144,6 +144,12 @@ class IngestSettings(BaseModel):
     (default: the transformer's own, ``notes.user_id`` then ``account_id``)."""
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     """Generic webhook sources by name, served at ``POST /webhooks/{name}`` (default none)."""
+    idempotency_ttl_seconds: float = Field(default=86_400.0, ge=1)
+    """How long an ``Idempotency-Key`` of ``POST /v1/events`` is remembered, from its
+    first use (default 86,400 s = 24 h): within it a retry is answered the first
+    response, and another body under the key is 409; after it the key is forgotten
+    (expired keys are deleted every 10 minutes, or every ``idempotency_ttl_seconds``
+    if shorter)."""
     relay_interval_seconds: float = Field(default=5.0, gt=0)
     """How often the outbox relay publishes stored-but-unpublished events (default 5 s)."""
     relay_grace_seconds: float = Field(default=10.0, ge=0)

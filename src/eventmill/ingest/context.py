@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from eventmill.events import EventRegistry, Transformer
 from eventmill.ingest._group_commit import GroupCommitInserter
 from eventmill.ingest._marker import PublishMarker
+from eventmill.ingest.metrics import IngestMetrics
 from eventmill.ingest.signatures import SignatureScheme
 from eventmill.pubsub.base import PubSub
 from eventmill.store import ApiKeyStore, EventStore
+from eventmill.web.metrics import BusMetrics
 from eventmill.web.seam import Resources
 
 __all__ = ["IngestConfig", "IngestContext", "Receiver"]
@@ -41,6 +43,8 @@ class IngestConfig:
     not in it answers 404 (default none)."""
     registry: EventRegistry = field(default_factory=EventRegistry.default)
     """Event name → payload model; validates every event on the way in."""
+    idempotency_ttl: float = 86_400.0
+    """Seconds an ``Idempotency-Key`` is remembered from its first use (default 24 h)."""
     crash_after_store: bool = False
     """Fault injection for the crash test: ``os._exit`` after storing, before publishing."""
 
@@ -55,6 +59,10 @@ class IngestContext:
     """Coalesces concurrent inserts into one transaction while the feature runs."""
     marker: PublishMarker | None = None
     """Batches ``mark_published`` across requests while the feature runs (else per request)."""
+    metrics: IngestMetrics | None = None
+    """Requests by source and outcome (``None``: not counted, e.g. the CLI)."""
+    bus_metrics: BusMetrics | None = None
+    """Publishes by topic (``None``: not counted)."""
 
     def require_events(self) -> EventStore:
         """The open event store (→ 503 while it is not open)."""

@@ -17,10 +17,13 @@ from eventmill.ingest._marker import PublishMarker
 from eventmill.ingest.audit import AuditSubscriber, audit_handler
 from eventmill.ingest.config import IngestSettings, receiver_for
 from eventmill.ingest.context import IngestConfig, IngestContext, Receiver
+from eventmill.ingest.idempotency import cleanup_loop
+from eventmill.ingest.metrics import IngestMetrics
 from eventmill.ingest.relay import OutboxRelay
 from eventmill.ingest.signatures import RazorpayScheme
 from eventmill.router import HandlerMetrics, Router, RouterConfig
-from eventmill.web.seam import Resources
+from eventmill.web.metrics import bus_metrics
+from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = ["Ingest", "ingest_config"]
 
@@ -42,6 +45,7 @@ def ingest_config(settings: IngestSettings, resources: Resources) -> IngestConfi
         request_timeout=settings.request_timeout_seconds,
         receivers=receivers,
         registry=resources.registry,
+        idempotency_ttl=settings.idempotency_ttl_seconds,
         crash_after_store=settings.fault == "crash_after_store",
     )
 
@@ -51,10 +55,16 @@ class Ingest:
     handler run while the feature's lifespan is entered."""
 
     name = "ingest"
+    roles = FeatureRoles(routes="ingest", workers="ingest")
 
     def __init__(self, settings: IngestSettings, resources: Resources) -> None:
         self.settings = settings
-        self.context = IngestContext(config=ingest_config(settings, resources), resources=resources)
+        self.context = IngestContext(
+            config=ingest_config(settings, resources),
+            resources=resources,
+            metrics=IngestMetrics(resources.metrics),
+            bus_metrics=bus_metrics(resources.metrics),
+        )
         self._router = APIRouter()
         # The sub-routers' routes themselves (each already carries its prefix and tags),
         # not the sub-routers: one level less of router nesting on every request.
@@ -81,8 +91,9 @@ class Ingest:
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        """Run the relay, the group-commit inserter, the publish marker and the audit
-        handler (its subscription open before this returns); stop them on exit."""
+        """Run the relay, the group-commit inserter, the publish marker, the deletion of
+        expired idempotency keys and the audit handler (its subscription open before
+        this returns); stop them on exit."""
         ctx, s = self.context, self.settings
         store = ctx.resources.require_store()
         bus = ctx.resources.require_bus()
@@ -96,7 +107,8 @@ class Ingest:
         inserter = GroupCommitInserter(store)
         marker = PublishMarker(ctx.require_events)
         ctx.inserter, ctx.marker = inserter, marker
-        tasks = [asyncio.create_task(w) for w in (relay.run(), inserter.run(), marker.run())]
+        workers = (relay.run(), inserter.run(), marker.run(), cleanup_loop(ctx))
+        tasks = [asyncio.create_task(w) for w in workers]
         router: Router | None = None
         try:
             if s.audit_enabled:

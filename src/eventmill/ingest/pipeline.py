@@ -24,6 +24,7 @@ from eventmill.store import StoredEvent
 from eventmill.store.errors import StoreError, StoreUnavailableError
 from eventmill.web.errors import PublishPendingError
 from eventmill.web.seam import POSITION_KEY, STORED_MARK
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = [
     "Accepted",
@@ -49,13 +50,20 @@ class Accepted:
     """The stored event."""
 
 
-async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) -> list[Accepted]:
+async def ingest(
+    ctx: IngestContext,
+    items: Sequence[tuple[Event, str | None]],
+    *,
+    retry_safe: bool = True,
+) -> list[Accepted]:
     """Store ``(event, external_id)`` pairs in order, then publish the new ones together.
 
     Storing and publishing share one ``request_timeout``. Raises
     :class:`~eventmill.store.errors.StoreUnavailableError` when the store cannot commit in time
     (nothing new is then acknowledged), :class:`PublishPendingError` when the bus
-    fails or times out after the store committed.
+    fails or times out after the store committed. ``retry_safe``: whether a retry of
+    the request would find its events stored (each has a dedup key or a chosen id);
+    the 503's message says which holds.
     """
     events = ctx.require_events()
     timeout = ctx.config.request_timeout
@@ -80,13 +88,13 @@ async def ingest(ctx: IngestContext, items: Sequence[tuple[Event, str | None]]) 
                 _log.critical("fault injection: crash_after_store, exiting before publish")
                 os._exit(CRASH_EXIT_CODE)
             if fresh:
-                await _send(ctx, fresh)
+                await _send(ctx, fresh, retry_safe=retry_safe)
     except TimeoutError as exc:
         if not stored:
             raise StoreUnavailableError(
                 f"the event store did not answer within {timeout:g} s"
             ) from None
-        raise _pending(fresh, exc) from exc
+        raise _pending(fresh, exc, retry_safe=retry_safe) from exc
     if fresh:
         await _mark(ctx, fresh, mark_now=False)
     return accepted
@@ -122,16 +130,29 @@ def _ids(events: Sequence[StoredEvent]) -> str:
     return ", ".join(e.id for e in events[:3]) + (" …" if len(events) > 3 else "")
 
 
-def _pending(events: Sequence[StoredEvent], exc: BaseException) -> PublishPendingError:
+def _pending(
+    events: Sequence[StoredEvent], exc: BaseException, *, retry_safe: bool = True
+) -> PublishPendingError:
     ids = _ids(events)
     _log.warning("publish of %s failed (%s); the relay will retry", ids, type(exc).__name__)
+    what = "event" if len(events) == 1 else "events"
+    if retry_safe:
+        retry = "and a retry of this request is answered as a duplicate"
+    else:
+        retry = (
+            "but a retry of this request would store its events again (it has no "
+            "Idempotency-Key and not every event has an id): send an Idempotency-Key "
+            "header to make retries safe"
+        )
     return PublishPendingError(
-        f"event stored ({ids}) but the bus is unavailable; it will be published "
-        "when the bus is back, and a retry of this request is answered as a duplicate"
+        f"{what} stored ({ids}) but the bus is unavailable; {'it' if len(events) == 1 else 'they'}"
+        f" will be published when the bus is back, {retry}"
     )
 
 
-async def _send(ctx: IngestContext, events: Sequence[StoredEvent]) -> None:
+async def _send(
+    ctx: IngestContext, events: Sequence[StoredEvent], *, retry_safe: bool = True
+) -> None:
     """Publish ``events`` (marked as stored, with their store position) in one call;
     the caller bounds the time. A bus error becomes :class:`PublishPendingError`."""
     messages = []
@@ -139,11 +160,19 @@ async def _send(ctx: IngestContext, events: Sequence[StoredEvent]) -> None:
         msg = stored.event.to_message()
         msg.metadata[STORED_MARK] = "1"
         msg.metadata[POSITION_KEY] = str(stored.position)
+        hop = TraceContext.from_trace_id(stored.event.metadata.trace_id)
+        if hop is not None:
+            msg.metadata[TRACEPARENT_KEY] = hop.header
         messages.append(msg)
+    bus, topic = ctx.require_bus(), ctx.config.topic
     try:
-        await ctx.require_bus().publish(ctx.config.topic, *messages)
+        if ctx.bus_metrics is None:
+            await bus.publish(topic, *messages)
+        else:
+            async with ctx.bus_metrics.publishing(topic):
+                await bus.publish(topic, *messages)
     except (PubSubError, OSError) as exc:  # OSError: a client error left untranslated
-        raise _pending(events, exc) from exc
+        raise _pending(events, exc, retry_safe=retry_safe) from exc
 
 
 async def _mark(ctx: IngestContext, events: Sequence[StoredEvent], *, mark_now: bool) -> None:

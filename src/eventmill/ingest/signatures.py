@@ -53,6 +53,9 @@ class Verified:
     payload_id_field: str | None = None
     """Top-level body field holding the provider's event id when no header carries it
     (Stripe: ``id``); the receiver reads it after parsing."""
+    delivery_header: str | None = None
+    """The header ``delivery_id`` came from (``X-Razorpay-Event-Id``, ``webhook-id``, …),
+    named in the error when its value cannot be a dedup key."""
 
 
 class SignatureScheme(Protocol):
@@ -142,7 +145,10 @@ class RazorpayScheme:
         expected = [_hexdigest(mac, body) for mac in self._macs]
         if not _any_match([given], expected):
             raise SignatureError("X-Razorpay-Signature does not match")
-        return Verified(delivery_id=h.get("x-razorpay-event-id") or None)
+        return Verified(
+            delivery_id=h.get("x-razorpay-event-id") or None,
+            delivery_header="X-Razorpay-Event-Id",
+        )
 
 
 class StandardWebhooksScheme:
@@ -188,7 +194,7 @@ class StandardWebhooksScheme:
         expected = [hmac.new(k, signed, hashlib.sha256).digest() for k in self._keys]
         if not _any_match(given, expected):
             raise SignatureError("webhook-signature does not match")
-        return Verified(delivery_id=msg_id)
+        return Verified(delivery_id=msg_id, delivery_header="webhook-id")
 
 
 class GitHubScheme:
@@ -216,6 +222,7 @@ class GitHubScheme:
         return Verified(
             delivery_id=h.get("x-github-delivery") or None,
             event_type=h.get("x-github-event") or None,
+            delivery_header="X-GitHub-Delivery",
         )
 
 
@@ -286,6 +293,7 @@ class HmacScheme:
         self._encoding = encoding
         self._prefix = prefix
         self._id_header = id_header.lower() if id_header else None
+        self._id_header_name = id_header or None
 
     def _encode(self, digest: bytes) -> bytes:
         if self._encoding == "hex":
@@ -308,4 +316,4 @@ class HmacScheme:
         if not _any_match([given.encode()], expected):
             raise SignatureError(f"{self._header} does not match")
         delivery = h.get(self._id_header) if self._id_header else None
-        return Verified(delivery_id=delivery or None)
+        return Verified(delivery_id=delivery or None, delivery_header=self._id_header_name)

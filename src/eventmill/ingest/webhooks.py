@@ -1,8 +1,10 @@
 """Webhook receivers: ``POST /webhooks/razorpay`` and ``POST /webhooks/{source}``.
 
-Per request: unknown source → 404; body over the limit → 413 (before reading it
-all); signature missing or wrong → 401; body not JSON → 400; transformer or
-registry rejects it → 422 naming the field; then the durable path
+Per request: unknown source → 404 (naming the setting that turns it on); body over
+the limit → 413 (before reading it all); signature missing or wrong → 401; body not
+JSON → 400, nested too deep → 422; a delivery id over :data:`MAX_DELIVERY_ID`
+characters → 422 naming its header (or body field); transformer or registry rejects
+it → 422 naming the field; then the durable path
 (:func:`~eventmill.ingest.pipeline.ingest`): stored (503 if the store is down),
 published (503 if the bus is down — the event stays stored for the relay) → 200.
 A repeat of a delivery (same dedup key) answers 200 with ``duplicate: true`` and is
@@ -11,8 +13,9 @@ not published again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, Path, Request
@@ -20,14 +23,17 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
+from eventmill.errors import EventmillError
 from eventmill.events import WebhookInput
+from eventmill.ingest.config import valid_source_name
 from eventmill.ingest.context import IngestContext, Receiver
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
 from eventmill.web.body import parse_json, read_limited
-from eventmill.web.errors import ApiError, error_responses
+from eventmill.web.errors import ApiError, FieldError, api_error_for, error_responses
+from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
-__all__ = ["WebhookAccepted", "routes"]
+__all__ = ["MAX_DELIVERY_ID", "WebhookAccepted", "routes"]
 
 _JSON_BODY: dict[str, Any] = {
     "requestBody": {
@@ -48,14 +54,60 @@ class WebhookAccepted(BaseModel):
     """Whether this delivery was received before (it was not published again)."""
 
 
+MAX_DELIVERY_ID: Final = 256
+"""Longest provider delivery/event id accepted as a dedup key (the store's limit)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _dedup_key(verified: Verified, body: Any, raw: bytes) -> str:
-    if verified.delivery_id:
-        return verified.delivery_id
-    if verified.payload_id_field and isinstance(body, dict):
+    """The dedup key: the provider's delivery id (header or body field), else the body's
+    digest. 422 naming the header or field when the id cannot be one (too long, or
+    holding control characters)."""
+    where = None
+    key = verified.delivery_id
+    if key:
+        where = f"header.{verified.delivery_header or 'delivery id'}"
+    elif verified.payload_id_field and isinstance(body, dict):
         value = body.get(verified.payload_id_field)
         if isinstance(value, str) and value:
-            return value
-    return body_digest(raw)
+            key, where = value, verified.payload_id_field
+    if key is None or where is None:
+        return body_digest(raw)
+    problem = None
+    if len(key) > MAX_DELIVERY_ID:
+        problem = f"must be at most {MAX_DELIVERY_ID} characters (the limit)"
+    elif _CONTROL.search(key) is not None:
+        problem = "must not contain control characters"
+    if problem is not None:
+        name = where.removeprefix("header.")
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"{name} {problem}: it is the dedup key",
+            details=[FieldError(field=where, message=problem)],
+        )
+    return key
+
+
+def _unknown_source(source: str) -> ApiError:
+    shown = source if len(source) <= 64 else source[:64] + "…"
+    if source == "razorpay":
+        hint = (
+            "set RAZORPAY_WEBHOOK_SECRET (the webhook secret from Razorpay's dashboard; "
+            "several, comma-separated, for rotation) and restart to turn it on"
+        )
+    elif not valid_source_name(source):
+        hint = "a source's name is 1-64 of a-z, 0-9, '_', '-' (see the sources setting)"
+    else:
+        env = shown.upper().replace("-", "_")
+        hint = (
+            "add it to the sources setting to turn it on (EVENTMILL_SOURCES__"
+            f"{env}__SCHEME and EVENTMILL_SOURCES__{env}__SECRETS, or [sources.{shown}] "
+            "in the config file)"
+        )
+    return ApiError(
+        404, "unknown_source", f"no webhook source named {shown!r} is configured; {hint}"
+    )
 
 
 _RAZORPAY_DOC: dict[str, Any] = {
@@ -82,10 +134,46 @@ _RAZORPAY_DOC: dict[str, Any] = {
 
 
 async def receive(ctx: IngestContext, request: Request, source: str) -> Response:
-    """Verify, parse, transform, validate and durably ingest one webhook."""
+    """Verify, parse, transform, validate and durably ingest one webhook; count it, and
+    keep a refused one in the store's journal of rejected webhooks."""
+    metrics = ctx.metrics
+    if metrics is None:
+        return await _receive(ctx, request, source)
+    with metrics.measure(source):
+        try:
+            response = await _receive(ctx, request, source)
+        except Exception as exc:
+            _reject(ctx, request, source, exc)
+            raise
+    return response
+
+
+def _reject(ctx: IngestContext, request: Request, source: str, exc: Exception) -> None:
+    """Journal a refused webhook (4xx): source, status, code, message, safe headers."""
+    store = ctx.resources.store
+    if store is None:
+        return
+    if isinstance(exc, ApiError):
+        error = exc
+    elif isinstance(exc, EventmillError):
+        error = api_error_for(exc)
+    else:
+        return
+    if error.status >= 500:
+        return
+    store.journal.rejected(
+        source=source,
+        status=error.status,
+        reason=error.error,
+        message=error.message,
+        headers=request.headers,
+    )
+
+
+async def _receive(ctx: IngestContext, request: Request, source: str) -> Response:
     receiver: Receiver | None = ctx.config.receivers.get(source)
     if receiver is None:
-        raise ApiError(404, "unknown_source", f"no webhook source named {source!r} is configured")
+        raise _unknown_source(source)
     raw = await read_limited(request, ctx.config.max_body_bytes)
     headers = request.headers
     verified = receiver.scheme.verify(headers, raw)
@@ -100,7 +188,13 @@ async def receive(ctx: IngestContext, request: Request, source: str) -> Response
         )
     )
     ctx.config.registry.validate(event)
+    if not event.metadata.trace_id:
+        event.metadata.trace_id = TraceContext.continue_from(headers.get(TRACEPARENT_KEY)).trace_id
     [accepted] = await ingest(ctx, [(event, external_id)])
+    if ctx.metrics is not None:
+        ctx.metrics.accepted(
+            source, new=int(not accepted.duplicate), duplicate=int(accepted.duplicate)
+        )
     content = orjson.dumps({"id": accepted.id, "duplicate": accepted.duplicate})
     return Response(content, media_type="application/json")  # a WebhookAccepted
 
@@ -146,6 +240,16 @@ def routes(ctx: IngestContext) -> APIRouter:
         openapi_extra=_RAZORPAY_DOC,
         summary="Receive a Razorpay webhook",
         route_class_override=_DirectRoute,  # the hot path: no dependency solving
+    )
+    router.add_api_route(
+        "/api/webhooks/razorpay",  # the system description's path, same receiver
+        razorpay_webhook,
+        methods=["POST"],
+        response_model=WebhookAccepted,
+        responses=_ERRORS,
+        openapi_extra=_RAZORPAY_DOC,
+        summary="Receive a Razorpay webhook (alias of /webhooks/razorpay)",
+        route_class_override=_DirectRoute,
     )
 
     @router.post(

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from eventmill.operations.replay import REPLAYED_MARK, ReplayResult, replay
 from eventmill.operations.routes import routes
 from eventmill.operations.trace import Trace, TraceHop, trace
-from eventmill.web.seam import Resources
+from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = [
     "REPLAYED_MARK",
@@ -32,6 +32,7 @@ class Operations:
     """The operator's HTTP routes; no workers."""
 
     name = "operations"
+    roles = FeatureRoles(routes="api", workers="api")
 
     def __init__(self, resources: Resources) -> None:
         self._router = routes(resources)

@@ -115,7 +115,7 @@ def routes(resources: Resources) -> APIRouter:
         )
 
     @router.get(
-        "/events/{event_id}/trace",
+        "/traces/{event_id}",
         response_model=TraceOut,
         responses=error_responses(401, 403, 404, 503),
         summary="Every hop of one event",

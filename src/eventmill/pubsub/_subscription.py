@@ -5,6 +5,8 @@
 * :class:`AsyncCloseable` / :class:`AsyncStartCloseable` - ``async with`` support
   for anything with ``close()`` (and ``start()``).
 * :class:`TopicGroup` - the ``topic`` / ``group`` properties of a subscription.
+* :class:`InFlight` - counts calls in progress (publishes), so ``close`` can wait
+  for them.
 * :class:`BufferedSubscription` - a subscription fed by a background task into a
   local buffer: the whole ``Subscription`` contract except what a backend must decide
   (what taking one item out of the buffer does, what to do before a reader parks,
@@ -30,6 +32,7 @@ __all__ = [
     "AsyncCloseable",
     "AsyncStartCloseable",
     "BufferedSubscription",
+    "InFlight",
     "ReaderQueue",
     "TopicGroup",
 ]
@@ -78,6 +81,31 @@ class ReaderQueue(deque["asyncio.Future[None]"]):
             if not fut.done():
                 fut.set_result(None)
         self.clear()
+
+
+class InFlight:
+    """Calls in progress: ``with in_flight:`` around each; ``await in_flight.idle()``
+    returns once none is (at once if none is)."""
+
+    __slots__ = ("_count", "_idle")
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self._count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._count -= 1
+        if not self._count:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Wait until no call is in progress."""
+        await self._idle.wait()
 
 
 class AsyncCloseable:

@@ -15,6 +15,7 @@ from eventmill.errors import InvalidNameError
 from eventmill.message import Message
 
 __all__ = [
+    "Abortable",
     "Capabilities",
     "PubSub",
     "Publisher",
@@ -170,6 +171,22 @@ class SkippingSubscriber(Protocol):
     async def subscribe_skipping(
         self, topic: str, *, group: str, skip: tuple[str, str]
     ) -> Subscription: ...
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """The crash hook for tests, on every backend and every subscription: ``abort()``.
+
+    ``await bus.abort()`` (or ``await subscription.abort()``) makes it vanish as if its
+    process had been killed: nothing is settled or released, and its connections drop.
+    Settlements not yet flushed are lost; messages it held are delivered again as
+    after a real crash (once the backend's visibility timeout, lease or session runs
+    out; memory:// keeps no lease, so at once); publishes in progress fail with
+    :class:`~eventmill.ClosedError`. Afterwards it behaves as closed. Tests use it to
+    check at-least-once delivery; an application closes (``close()``) instead.
+    """
+
+    async def abort(self) -> None: ...
 
 
 @runtime_checkable

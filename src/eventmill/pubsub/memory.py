@@ -20,10 +20,12 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-from eventmill.errors import BufferFullError, ClosedError, ConfigurationError
+from eventmill.errors import BufferFullError, ConfigurationError
 from eventmill.message import Message
+from eventmill.pubsub._errors import closed
+from eventmill.pubsub._options import apply_options, split_query
 from eventmill.pubsub._subscription import (
     AsyncCloseable,
     AsyncStartCloseable,
@@ -54,19 +56,8 @@ class MemoryConfig:
     @classmethod
     def from_url(cls, url: str) -> MemoryConfig:
         """Parse ``memory://?buffer_size=N&when_full=block|raise``."""
-        query = parse_qs(urlsplit(url).query)
-        unknown = set(query) - {"buffer_size", "when_full"}
-        if unknown:
-            raise ConfigurationError(f"unknown memory:// option(s): {', '.join(sorted(unknown))}")
-        kwargs: dict[str, object] = {}
-        if "buffer_size" in query:
-            try:
-                kwargs["buffer_size"] = int(query["buffer_size"][-1])
-            except ValueError:
-                raise ConfigurationError("memory:// buffer_size must be an integer") from None
-        if "when_full" in query:
-            kwargs["when_full"] = query["when_full"][-1]
-        return cls(**kwargs)  # type: ignore[arg-type]
+        options, _ = split_query(urlsplit(url).query)
+        return apply_options(cls(), options, scheme="memory://")
 
 
 class _Queue:
@@ -161,6 +152,8 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
             await q.readers.wait(q.items)
 
     async def close(self) -> None:
+        """Release unsettled messages to the group (an ephemeral subscription drops
+        them), end iteration."""
         if self._closed:
             return
         self._closed = True
@@ -176,6 +169,12 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
             # Wake our own waiters so they see we are closed; other members re-wait.
             q.readers.wake_all()
         self._owner._subs.discard(self)
+
+    async def abort(self) -> None:
+        """The crash hook for tests: the consumer died. Nothing it holds is settled;
+        memory:// keeps no lease that could run out, so its unsettled messages go back
+        to the group at once, as :meth:`close` does; settling them later does nothing."""
+        await self.close()
 
 
 class MemoryPubSub(AsyncStartCloseable):
@@ -206,7 +205,7 @@ class MemoryPubSub(AsyncStartCloseable):
 
     async def publish(self, topic: str, *messages: Message) -> None:
         if self._closed:
-            raise ClosedError("memory:// pubsub is closed")
+            raise closed("memory://")
         t = self._topics.get(topic)
         if t is None:
             validate_name("topic", topic)
@@ -247,11 +246,11 @@ class MemoryPubSub(AsyncStartCloseable):
             full.space.append(fut)
             await fut
             if self._closed:
-                raise ClosedError("memory:// pubsub is closed")
+                raise closed("memory://")
 
     async def subscribe(self, topic: str, *, group: str | None = None) -> _MemorySubscription:
         if self._closed:
-            raise ClosedError("memory:// pubsub is closed")
+            raise closed("memory://")
         validate_name("topic", topic)
         t = self._topics.get(topic)
         if t is None:
@@ -273,6 +272,8 @@ class MemoryPubSub(AsyncStartCloseable):
             q.wake_space()
 
     async def close(self) -> None:
+        """Close every subscription (releasing unsettled messages); publishing then
+        raises :class:`~eventmill.ClosedError`. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -281,3 +282,9 @@ class MemoryPubSub(AsyncStartCloseable):
         for t in self._topics.values():
             for q in (*t.groups.values(), *t.ephemeral):
                 q.close()
+
+    async def abort(self) -> None:
+        """The crash hook for tests: the process died. Every subscription aborts (see
+        :meth:`_MemorySubscription.abort`) and the bus closes; in-process, what it held
+        dies with it."""
+        await self.close()

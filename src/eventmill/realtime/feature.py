@@ -16,7 +16,7 @@ from eventmill.realtime.context import RealtimeContext
 from eventmill.realtime.feed import Feed
 from eventmill.realtime.hub import Hub
 from eventmill.realtime.shutdown import before_server_exit
-from eventmill.web.seam import Resources
+from eventmill.web.seam import FeatureRoles, Resources
 
 __all__ = ["Realtime"]
 
@@ -28,6 +28,7 @@ class Realtime:
     while the feature's lifespan is entered."""
 
     name = "realtime"
+    roles = FeatureRoles(routes="realtime", workers="realtime")
 
     def __init__(self, settings: RealtimeSettings, resources: Resources) -> None:
         self.settings = settings

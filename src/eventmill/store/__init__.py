@@ -11,6 +11,7 @@ from eventmill.store.database import Database
 from eventmill.store.errors import (
     DuplicateEventError,
     InvalidCursorError,
+    InvalidValueError,
     StoreError,
     StoreUnavailableError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "EventPage",
     "EventStore",
     "InvalidCursorError",
+    "InvalidValueError",
     "Store",
     "StoreConfig",
     "StoreError",

@@ -31,10 +31,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from eventmill._sqlite import (
+    CHECKPOINT_EVERY,
+    Checkpoints,
+    checkpoint_file,
+    connect_inline,
+    is_locked,
+)
 from eventmill.store.config import StoreConfig
 from eventmill.store.errors import StoreError, StoreUnavailableError
 
-__all__ = ["VERSION_TABLE", "Database", "advisory_key"]
+__all__ = ["CHECKPOINT_EVERY", "VERSION_TABLE", "Database", "advisory_key"]
 
 VERSION_TABLE: Final = "eventmill_schema_version"
 """Alembic's version table (not ``alembic_version``, so an application's own Alembic
@@ -45,9 +52,6 @@ MIGRATIONS_DIR: Final = Path(__file__).parent / "migrations"
 _WRITE_OPTION: Final = "eventmill_write"
 _WAIT_OPTION: Final = "eventmill_lock_wait_ms"
 _MIGRATION_WAIT_MS: Final = 120_000
-
-CHECKPOINT_EVERY: Final = 200
-"""Statements :meth:`Database.sqlite_write` runs inline between two WAL checkpoints."""
 
 
 def _json_dumps(value: Any) -> str:
@@ -77,8 +81,7 @@ class Database:
         self._write_lock = asyncio.Lock() if config.dialect == "sqlite" else None
         self._writer: PoolProxiedConnection | None = None
         self._inline: sqlite3.Connection | None = None
-        self._since_checkpoint = 0
-        self._checkpointing: asyncio.Task[None] | None = None
+        self._checkpoints = Checkpoints(self._copy_wal, self._writes_paused)
         self._queued = 0
         self._drained = asyncio.Event()
         self._drained.set()
@@ -107,8 +110,7 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._checkpointing is not None:
-            await asyncio.gather(self._checkpointing, return_exceptions=True)
+        await self._checkpoints.aclose()
         if self._inline is not None:
             self._inline.close()
             self._inline = None
@@ -171,7 +173,8 @@ class Database:
         With ``synchronous=normal`` (the default) the statement runs on the event loop's
         thread, on a connection that never waits: its busy timeout is 0 and it never
         checkpoints (a commit then only appends to the WAL, no fsync); checkpoints run
-        in a worker thread every :data:`CHECKPOINT_EVERY` statements. A round trip to
+        in a worker thread every :data:`CHECKPOINT_EVERY` statements
+        (:class:`~eventmill._sqlite.Checkpoints`). A round trip to
         a driver thread costs more than such a statement whenever the CPUs are busy.
         If the database is locked by another process, or with ``synchronous=full``, the
         statement goes to the dedicated writer connection's thread instead (which waits
@@ -213,21 +216,8 @@ class Database:
     def _inline_connection(self) -> sqlite3.Connection | None:
         if self.config.synchronous != "normal":
             return None
-        if self._inline is None:
-            con = sqlite3.connect(_sqlite_path(self.config), isolation_level=None)
-            try:
-                pragmas = (
-                    "PRAGMA busy_timeout = 0",
-                    "PRAGMA foreign_keys = ON",
-                    "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = NORMAL",
-                    "PRAGMA wal_autocheckpoint = 0",
-                )
-                apply_pragmas(con, pragmas, 0)  # on the loop: once (the file is WAL by now)
-            except BaseException:
-                con.close()
-                raise
-            self._inline = con
+        if self._inline is None:  # the file is in WAL mode by now (migrations ran)
+            self._inline = connect_inline(_sqlite_path(self.config), "PRAGMA foreign_keys = ON")
         return self._inline
 
     def _run_inline(
@@ -242,41 +232,24 @@ class Database:
             finally:
                 cursor.close()
         except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
+            if is_locked(exc):
                 return None
             raise
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpointing is None:
-            self._since_checkpoint = 0
-            self._checkpointing = asyncio.create_task(self._checkpoint())
+        self._checkpoints.committed()
         return result
 
-    async def _checkpoint(self) -> None:
-        """Copy the WAL into the database, so that the next write starts it over.
+    async def _copy_wal(self, final: bool) -> bool:
+        """A step of :class:`~eventmill._sqlite.Checkpoints`, on a worker thread."""
+        return await asyncio.to_thread(checkpoint_file, _sqlite_path(self.config), rewind=final)
 
-        SQLite rewinds the WAL (the next writer starts again at its beginning) only
-        once every frame in it has been copied, and a PASSIVE checkpoint copies only
-        the frames there when it began: one that runs while statements keep appending
-        never finishes the WAL, which then grows without bound under steady load (and
-        every write and checkpoint gets slower). So the first checkpoint copies the bulk
-        in a worker thread while writes go on (PASSIVE: it blocks neither writers nor
-        readers); a second one then runs with the write lock held, so nothing is
-        appended meanwhile (the event loop keeps serving; writers wait), and copies only
-        what was appended during the first: then the WAL is all copied, and the next
-        statement rewinds it.
-        """
-        path = _sqlite_path(self.config)
+    @contextlib.asynccontextmanager
+    async def _writes_paused(self) -> AsyncIterator[None]:
+        """No write in this process while inside: the write lock, and no statement
+        queued on the writer thread."""
         assert self._write_lock is not None
-        try:
-            await asyncio.to_thread(_checkpoint_wal, path)
-            async with self._write_lock:
-                await self._drained.wait()  # statements queued on the writer thread
-                await asyncio.to_thread(_checkpoint_wal, path)
-        except sqlite3.Error:
-            pass  # the next one retries; readers and writers are unaffected
-        finally:
-            self._checkpointing = None
+        async with self._write_lock:
+            await self._drained.wait()
+            yield
 
     def _late_statement_done(self, done: asyncio.Future[Any]) -> None:
         if not done.cancelled():
@@ -370,14 +343,6 @@ def _upgrade(sync_conn: sa.Connection) -> None:
 
 def _sqlite_path(config: StoreConfig) -> str:
     return config.url.split(":///", 1)[1].split("?", 1)[0]
-
-
-def _checkpoint_wal(path: str) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    try:
-        con.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
-    finally:
-        con.close()
 
 
 def _check_sqlite_directory(config: StoreConfig) -> None:

@@ -107,6 +107,11 @@ class RejectedWebhook:
     """The request's headers, without secrets."""
 
 
+def _text(value: str, limit: int) -> str:
+    """``value`` as a text column can hold it: no NUL (PostgreSQL refuses it), cut."""
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
@@ -148,9 +153,9 @@ class Journal:
         if self._room():
             self._hops.append(
                 {
-                    "event_id": event_id[:128],
+                    "event_id": _text(event_id, 128),
                     "at": datetime.now(UTC),
-                    "hop": hop[:64],
+                    "hop": _text(hop, 64),
                     "detail": detail,
                 }
             )
@@ -174,10 +179,10 @@ class Journal:
             self._rejected.append(
                 {
                     "at": datetime.now(UTC),
-                    "source": source[:64],
+                    "source": _text(source, 64),
                     "status": status,
-                    "reason": reason[:64],
-                    "message": message[:500],
+                    "reason": _text(reason, 64),
+                    "message": _text(message, 500),
                     "headers": safe_headers(headers),
                 }
             )
@@ -239,6 +244,8 @@ class Journal:
 
     async def hops(self, event_id: str, *, limit: int = 1000) -> list[Hop]:
         """The hops recorded for ``event_id``, oldest first (flushed ones only)."""
+        if "\x00" in event_id:
+            return []  # no stored id holds one
         stmt = (
             sa.select(event_hops.c.event_id, event_hops.c.at, event_hops.c.hop, event_hops.c.detail)
             .where(event_hops.c.event_id == event_id)
@@ -253,6 +260,8 @@ class Journal:
         self, *, source: str | None = None, before: int | None = None, limit: int = 100
     ) -> list[RejectedWebhook]:
         """Rejected webhooks, newest first; ``before`` is a ``seq`` to page from."""
+        if source is not None and "\x00" in source:
+            return []  # no stored source holds one
         t = rejected_webhooks
         stmt = sa.select(t).order_by(t.c.seq.desc()).limit(max(1, min(limit, 1000)))
         if source is not None:

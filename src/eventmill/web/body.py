@@ -1,15 +1,30 @@
-"""Reading a request body under a size limit, and parsing it as a JSON object."""
+"""Reading a request body under a size limit, and parsing it as JSON under a nesting limit.
+
+Every route that takes a body uses these two, so every route answers the same way:
+413 for a body over the size limit, 400 for a body that is not JSON, 422 for JSON
+nested deeper than :data:`MAX_JSON_DEPTH`; a client that goes away mid-body is
+:class:`~starlette.requests.ClientDisconnect` (answered by the app's error handlers
+with one debug log line, no traceback).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from eventmill.web.errors import ApiError
 
-__all__ = ["parse_json", "read_limited"]
+__all__ = ["MAX_JSON_DEPTH", "json_depth_exceeds", "parse_json", "read_limited"]
+
+MAX_JSON_DEPTH: Final = 64
+"""Most arrays and objects a JSON body may nest (``{"a": [1]}`` nests 2): deeper → 422
+``json_too_deep``. Far above any provider's webhook or any event, and far below what
+the store's serializer (orjson: 254 levels) and the parser (1,024) can take."""
+
+_OPEN_BRACKET: Final = ord("[")
+_OPEN_BRACE: Final = ord("{")
 
 
 def _too_large(limit: int) -> ApiError:
@@ -21,6 +36,14 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+def _too_deep(limit: int) -> ApiError:
+    return ApiError(
+        422,
+        "json_too_deep",
+        f"request body nests arrays and objects more than {limit} levels deep (the limit)",
+    )
+
+
 async def read_limited(request: Request, limit: int) -> bytes:
     """Return the raw body, or raise 413 as soon as it is known to exceed ``limit`` bytes.
 
@@ -28,6 +51,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     body without one (chunked) is counted while streaming and refused at the first
     chunk that crosses the limit, so at most ``limit`` bytes plus one chunk are read.
     The response asks the client to close the connection, so the unread rest is dropped.
+    A client that disconnects before the body is complete raises
+    :class:`~starlette.requests.ClientDisconnect` (nobody is left to answer).
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -58,11 +83,38 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise ClientDisconnect()
 
 
-def parse_json(body: bytes) -> Any:
-    """Parse ``body`` as JSON, or raise 400 with the position of the problem."""
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` (parsed JSON) nests arrays and objects more than ``limit`` deep."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:  # breadth first: one list per level, no per-node bookkeeping
+        depth += 1
+        if depth > limit:
+            return True
+        below = []
+        for node in level:
+            for child in node.values() if type(node) is dict else node:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
+    return False
+
+
+def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse ``body`` as JSON: 400 ``malformed_json`` (with the position of the problem)
+    if it is not, 422 ``json_too_deep`` if it nests more than ``max_depth`` levels."""
     if not body:
         raise ApiError(400, "malformed_json", "request body is empty; a JSON document is required")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in exc.msg:  # orjson's own bound (1,024 levels)
+            raise _too_deep(max_depth) from None
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    # Nesting needs one opening bracket per level: a body with no more of them than the
+    # limit (every webhook) is not walked at all; the count runs at C speed.
+    if body.count(_OPEN_BRACKET) + body.count(_OPEN_BRACE) > max_depth and json_depth_exceeds(
+        value, max_depth
+    ):
+        raise _too_deep(max_depth)
+    return value

@@ -10,18 +10,29 @@ Routes raise :class:`ApiError` (or an :class:`~eventmill.EventmillError`, mapped
 request validation errors, into that body. :func:`error_responses` documents the
 codes a route may answer in its OpenAPI entry. Messages never carry secrets: they
 come from exceptions whose texts are written not to.
+
+Every request has an id (:func:`request_id`): the client's ``X-Request-Id`` when it is
+1-128 characters of ``A-Z a-z 0-9 . _ : / + = -``, else a new one; it is echoed in the
+response's ``X-Request-Id`` header and named in every log line about the request. An
+exception no handler answers is answered 500 ``internal_error`` (the body names the
+request id) and logged once, at ERROR, with its traceback and the request id. A client
+that disconnects before its body is complete gets one DEBUG line, no traceback.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+import re
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eventmill.errors import (
     BackendUnavailableError,
@@ -33,17 +44,21 @@ from eventmill.errors import (
 from eventmill.store.errors import DuplicateEventError, InvalidCursorError, StoreUnavailableError
 
 __all__ = [
+    "REQUEST_ID_HEADER",
     "ApiError",
     "AuthenticationError",
     "ErrorBody",
     "FieldError",
     "PayloadTooLargeError",
     "PublishPendingError",
+    "RequestContextMiddleware",
     "ServiceError",
     "SignatureError",
     "UnknownSourceError",
+    "api_error_for",
     "error_responses",
     "install_error_handlers",
+    "request_id",
     "status_for",
 ]
 
@@ -125,9 +140,12 @@ _DESCRIPTIONS: dict[int, str] = {
     401: "Missing or wrong credentials (signature, API key)",
     403: "The API key lacks the required scope",
     404: "Not found (unknown source or event)",
-    409: "Conflict (Idempotency-Key reused with a different body)",
+    409: "Conflict: `idempotency_conflict` (Idempotency-Key used with another body), "
+    "`idempotency_in_progress` (its first request still runs), `duplicate_event` (event id "
+    "taken)",
     413: "Request body larger than the configured limit",
-    422: "Schema violation; `details` names the fields",
+    422: "Schema violation (`details` names the fields), or JSON nested more than 64 "
+    "levels deep (`json_too_deep`)",
     503: "Event store or bus unavailable; retry later (nothing was acknowledged)",
 }
 
@@ -170,8 +188,106 @@ def _validation_details(exc: RequestValidationError) -> list[FieldError]:
     return details
 
 
+def api_error_for(exc: EventmillError) -> ApiError:
+    """The :class:`ApiError` answered for an eventmill error: its status and code from
+    :func:`status_for`; for 422, ``details`` names the failing fields; a 500's message
+    says only "internal error" (the log has the rest)."""
+    status, code = status_for(exc)
+    message = str(exc) if status < 500 or status == 503 else "internal error"
+    details = None
+    if isinstance(exc, EventValidationError):
+        if exc.errors:
+            details = [FieldError(field=e["field"], message=e["message"]) for e in exc.errors]
+        elif exc.field:
+            details = [FieldError(field=exc.field, message=str(exc))]
+    return ApiError(status, code, message, details=details)
+
+
+# -- request ids and the last line of defence ------------------------------------------
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+"""Request header a client may name its request by; response header echoing the id."""
+_REQUEST_ID_KEY: Final = "eventmill.request_id"
+_HEADER_KEY: Final = b"x-request-id"
+_SANE_ID: Final = re.compile(rb"[A-Za-z0-9._:/+=\-]{1,128}")
+
+
+def request_id(conn: HTTPConnection) -> str:
+    """The id of the request (``-`` for one that did not pass the middleware)."""
+    rid = conn.scope.get(_REQUEST_ID_KEY)
+    return rid.decode("latin-1") if isinstance(rid, bytes) else "-"
+
+
+def _describe(scope: Scope) -> str:
+    return f"{scope.get('method', 'WS')} {scope.get('path', '?')}"
+
+
+class RequestContextMiddleware:
+    """Gives each HTTP request an id and answers what nothing else did.
+
+    The id is the client's ``X-Request-Id`` when it is sane, else 24 random hex digits;
+    the response carries it in ``X-Request-Id``. An exception that escapes the app
+    (no handler for it) is logged once with its traceback and the request id, and
+    answered 500 ``internal_error`` if no response has started; it does not propagate
+    to the server (which would log it a second time, without the id). A
+    :class:`~starlette.requests.ClientDisconnect` is one DEBUG line.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == _HEADER_KEY:
+                if _SANE_ID.fullmatch(value) is not None:
+                    rid = value
+                break
+        if rid is None:
+            rid = os.urandom(12).hex().encode()
+        scope[_REQUEST_ID_KEY] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", ()))
+                headers.append((_HEADER_KEY, rid))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            _log.debug(
+                "%s: the client disconnected mid-request (request id %s)",
+                _describe(scope),
+                rid.decode("latin-1"),
+            )
+        except Exception as exc:
+            text = rid.decode("latin-1")
+            _log.error(
+                "%s -> 500 internal_error (request id %s): %s: %s",
+                _describe(scope),
+                text,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            if not started:
+                response = ApiError(
+                    500, "internal_error", f"internal error (request id {text})"
+                ).response()
+                await response(scope, receive, send_with_id)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer :class:`ApiError`, eventmill errors and request validation errors as JSON."""
+    """Answer :class:`ApiError`, eventmill errors and request validation errors as JSON,
+    and install :class:`RequestContextMiddleware` (request ids, the 500 of last resort)."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -179,17 +295,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_eventmill_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EventmillError)
-        status, code = status_for(exc)
-        if status >= 500:
-            _log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-        message = str(exc) if status < 500 or status == 503 else "internal error"
-        details = None
-        if isinstance(exc, EventValidationError):
-            if exc.errors:
-                details = [FieldError(field=e["field"], message=e["message"]) for e in exc.errors]
-            elif exc.field:
-                details = [FieldError(field=exc.field, message=str(exc))]
-        return ApiError(status, code, message, details=details).response()
+        error = api_error_for(exc)
+        where = f"{request.method} {request.url.path}"
+        if error.status == 500:
+            _log.error(
+                "%s -> 500 internal_error (request id %s): %s: %s",
+                where,
+                request_id(request),
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            error.message = f"internal error (request id {request_id(request)})"
+        elif error.status >= 500:
+            _log.warning(
+                "%s -> %d %s (request id %s): %s",
+                where,
+                error.status,
+                error.error,
+                request_id(request),
+                exc,
+            )
+        return error.response()
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -204,7 +331,19 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {})
         ).response()
 
+    async def on_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody is left to read an answer: the server drops it. One line, no traceback.
+        _log.debug(
+            "%s %s: the client disconnected before its body was complete (request id %s)",
+            request.method,
+            request.url.path,
+            request_id(request),
+        )
+        return ApiError(400, "client_disconnected", "the request body was not complete").response()
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(EventmillError, on_eventmill_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_middleware(RequestContextMiddleware)

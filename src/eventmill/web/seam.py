@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 from fastapi import APIRouter, Depends
 from prometheus_client import CollectorRegistry
@@ -35,10 +35,13 @@ from eventmill.web.tokens import JwtVerifier
 __all__ = [
     "EVENTS_TOPIC",
     "POSITION_KEY",
+    "ROLES",
     "STORED_MARK",
     "Feature",
+    "FeatureRoles",
     "Resources",
     "ResourcesDep",
+    "Role",
     "get_resources",
 ]
 
@@ -100,11 +103,29 @@ class Resources:
         return self.require_store().api_keys
 
 
+Role = Literal["api", "ingest", "delivery", "realtime"]
+ROLES: tuple[Role, ...] = ("api", "ingest", "delivery", "realtime")
+"""The roles a process can run (``eventmill serve --role api,ingest``; default all):
+a deployment scales each separately on a shared bus and PostgreSQL store."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRoles:
+    """Under which roles a feature's routes and its workers run."""
+
+    routes: Role
+    """The role whose processes serve the feature's HTTP routes."""
+    workers: Role
+    """The role whose processes run the feature's lifespan (its workers)."""
+
+
 class Feature(Protocol):
     """One feature of the service, as the composition root sees it.
 
     * ``name`` - a short identifier (``ingest``, ``delivery``, ``realtime``): logs,
-      readiness, and the ``--role`` a deployment runs it under.
+      readiness, trace hops.
+    * ``roles`` - the role (one of :data:`ROLES`) serving its routes, and the one
+      running its workers: ``delivery``'s routes are ``api``, its dispatcher ``delivery``.
     * ``router`` - every HTTP route of the feature; the root includes it.
     * ``lifespan()`` - entered once the bus and the store are open: start the
       feature's workers (subscriptions, dispatchers, relays) and return once they run;
@@ -116,6 +137,9 @@ class Feature(Protocol):
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def roles(self) -> FeatureRoles: ...
 
     @property
     def router(self) -> APIRouter: ...

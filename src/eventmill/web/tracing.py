@@ -63,6 +63,19 @@ class TraceContext:
         parent = cls.parse(header)
         return cls.new() if parent is None else parent.child()
 
+    @classmethod
+    def from_trace_id(cls, trace_id: str) -> TraceContext | None:
+        """A new hop in trace ``trace_id`` (an event's ``metadata.trace_id``), or ``None``
+        when it is not a W3C trace id (32 hex characters, not all zero)."""
+        candidate = trace_id.lower()
+        if len(candidate) != 32 or candidate == _ZERO_TRACE:
+            return None
+        try:
+            int(candidate, 16)
+        except ValueError:
+            return None
+        return cls(candidate, os.urandom(8).hex())
+
     def child(self) -> TraceContext:
         """A new hop in the same trace."""
         return TraceContext(self.trace_id, os.urandom(8).hex(), self.flags)

@@ -1,0 +1,46 @@
+"""``eventmill serve``: run the gateway."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from eventmill.cli._common import ConfigOption, app, command_name, load_settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8080).")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="Roles to run, comma-separated: api, ingest, delivery, realtime (default all)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the gateway: the HTTP API, webhook receivers, delivery and realtime, as the
+    roles say. SIGTERM or Ctrl-C stops it gracefully within the shutdown grace period."""
+    import uvicorn
+
+    from eventmill.app import create_app, startup_message
+    from eventmill.devmode import dev_secrets_path, with_dev_secrets
+    from eventmill.logs import configure_logging
+
+    configured = load_settings(config, host=host, port=port, roles=role)
+    settings = with_dev_secrets(configured)
+    dev = dev_secrets_path(settings) if settings is not configured else None
+    message = startup_message(settings, command_name(), dev_secrets=dev)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # configure_logging routed uvicorn's loggers already
+        lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
