@@ -51,6 +51,24 @@ _UNSTORED_WAIT: Final = 10.0
 _UNSTORED_MAX: Final = 10_000
 """Most such events remembered at once (beyond, the oldest are forgotten)."""
 _RETRY_MAX: Final = 5.0
+_STOP_WAIT: Final = 5.0
+"""Seconds the hub waits for its tasks and its subscription to stop."""
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(subscription: object) -> None:
+    """Close a bus subscription in the background, bounded: a subscription whose close
+    waits (for a bus that is closing too) never holds the hub's shutdown."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_STOP_WAIT):
+                await subscription.close()  # type: ignore[attr-defined]
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 class LimitError(Exception):
@@ -148,8 +166,10 @@ class Hub:
         finally:
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.wait(self._tasks, timeout=_STOP_WAIT)
             self._tasks = []
+            if _closing:
+                await asyncio.wait(set(_closing), timeout=_STOP_WAIT)
 
     def health(self) -> Mapping[str, str]:
         """Problems of the hub (the bus subscription, store reads), if any."""
@@ -332,8 +352,7 @@ class Hub:
                     elif not position.isdigit() or int(position) > self.head:
                         self._wake.set()
             except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await subscription.close()  # type: ignore[attr-defined]
+                _close_soon(subscription)
                 raise
             except (EventmillError, OSError) as exc:
                 self._problems["bus"] = f"the hub's subscription to {topic!r} failed: {exc}"
@@ -341,8 +360,7 @@ class Hub:
             except Exception as exc:
                 self._problems["bus"] = f"the hub's subscription to {topic!r} failed: {exc!r}"
                 _log.exception("the hub's subscription failed; re-subscribing")
-            with contextlib.suppress(Exception):
-                await subscription.close()  # type: ignore[attr-defined]
+            _close_soon(subscription)
             subscription = None
             await asyncio.sleep(delay)
 
