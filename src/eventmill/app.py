@@ -40,6 +40,7 @@ from eventmill.ingest import Ingest
 from eventmill.operations import Operations
 from eventmill.pubsub.base import PubSub
 from eventmill.pubsub.factory import open_pubsub, redact_url
+from eventmill.realtime import Realtime
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
@@ -70,6 +71,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     return [
         Ingest(settings, resources),
         Delivery(settings.delivery, resources),
+        Realtime(settings.realtime, resources),
         Operations(resources),
     ]
 

@@ -28,6 +28,7 @@ from pydantic_settings import (
 from eventmill.delivery.config import DeliverySettings
 from eventmill.errors import ConfigurationError
 from eventmill.ingest.config import DEFAULT_MAX_BODY_BYTES, IngestSettings, SourceConfig
+from eventmill.realtime.config import RealtimeSettings
 from eventmill.web.seam import ROLES, Role
 from eventmill.web.tokens import JwtSettings
 
@@ -102,6 +103,12 @@ class Settings(BaseSettings, IngestSettings):
     """Outbound webhook delivery (``EVENTMILL_DELIVERY__RETRY_SCHEDULE='[0.2, 0.5]'``,
     ``EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]'``, …; see
     :class:`~eventmill.delivery.config.DeliverySettings`)."""
+
+    # -- realtime --------------------------------------------------------------------------
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    """WebSocket, SSE, the JS client and the dashboard (``EVENTMILL_REALTIME__*``: allowed
+    origins, heartbeat, buffers and limits, resume; see
+    :class:`~eventmill.realtime.config.RealtimeSettings`)."""
 
     # -- operations ------------------------------------------------------------------------
     roles: Annotated[list[Role], NoDecode] = Field(

@@ -15,7 +15,14 @@ from eventmill.events import (
     resolve_path,
     transformer_for,
 )
-from tests.payloads import SEED_FLAT_PAYMENT, order_paid, payment_event, refund_event
+from eventmill.events.transform import flatten_razorpay_entities
+from tests.payloads import (
+    SEED_FLAT_PAYMENT,
+    order_paid,
+    payment_captured,
+    payment_event,
+    refund_event,
+)
 
 RECEIVED = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -32,7 +39,7 @@ def test_razorpay_payment_maps_notes_user_id() -> None:
     assert event.event_name == "razorpay.payment.captured"
     assert event.source == "razorpay"
     assert event.user_id == "user_123"
-    assert event.payload == body
+    assert event.payload == {**body, "payment": body["payload"]["payment"]["entity"]}
     assert event.created_at == datetime.fromtimestamp(1567674606, UTC)
     EventRegistry.default(allow_unknown=False).validate(event)
 
@@ -62,6 +69,44 @@ def test_razorpay_seed_flat_shape() -> None:
     assert event.user_id == "acc_123"
     assert event.created_at == RECEIVED  # no created_at in the body
     EventRegistry.default(allow_unknown=False).validate(event)
+
+
+def test_razorpay_payload_carries_its_entities_flattened_beside_the_body() -> None:
+    body = order_paid(user_id="user_42")
+    event = RazorpayTransformer()(rzp(body))
+    payload = event.payload
+    # the body's own fields, all kept as they were
+    assert {k: payload[k] for k in body} == body
+    # and each entity of payload.<kind>.entity at the top, as the system description shows
+    assert set(payload) - set(body) == {"payment", "order"}
+    assert payload["payment"] == body["payload"]["payment"]["entity"]
+    assert payload["order"] == body["payload"]["order"]["entity"]
+    assert payload["payment"]["amount"] == 100  # the snippet's eventData.payload.payment.amount
+    EventRegistry.default(allow_unknown=False).validate(event)
+
+
+def test_razorpay_refund_flattens_refund_and_payment() -> None:
+    body = refund_event()
+    payload = RazorpayTransformer()(rzp(body)).payload
+    assert payload["refund"] == body["payload"]["refund"]["entity"]
+    assert payload["payment"]["refund_status"] == "full"
+    assert payload["payload"] == body["payload"]
+
+
+def test_flattening_never_replaces_a_top_level_field() -> None:
+    body = payment_captured()
+    body["payment"] = "the body's own"  # a top-level key the body already has wins
+    assert flatten_razorpay_entities(body)["payment"] == "the body's own"
+    # the flat example shape has no payload: it stays exactly as sent
+    assert flatten_razorpay_entities(SEED_FLAT_PAYMENT) == SEED_FLAT_PAYMENT
+    assert RazorpayTransformer()(rzp(SEED_FLAT_PAYMENT)).payload == SEED_FLAT_PAYMENT
+    # entries of payload that are not {"entity": {...}} are not flattened
+    odd = {"event": "x.y", "payload": {"a": [], "b": {"entity": "str"}, "c": {"id": 1}}}
+    assert flatten_razorpay_entities(odd) == odd
+    # the input is not modified
+    fresh = payment_captured()
+    flatten_razorpay_entities(fresh)
+    assert fresh == payment_captured()
 
 
 def test_razorpay_custom_paths_in_order() -> None:

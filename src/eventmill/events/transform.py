@@ -10,6 +10,12 @@ yields a non-empty string or integer wins (``notes.user_id``, ``data.object.meta
 a digit segment indexes a list). In Razorpay paths ``$entity`` names the event's main
 entity (``payload.payment.entity`` for ``payment.captured``, ``payload.order.entity``
 for ``order.paid``, ...).
+
+A Razorpay event's payload is the body with its entities also flattened at the top:
+``payload.payment.entity`` is copied to ``payment``, ``payload.order.entity`` to
+``order``, and so on (:func:`flatten_razorpay_entities`), so every consumer (the store,
+outbound deliveries, WebSocket and SSE clients) reads ``payload.payment.amount`` as in
+the system description, and nothing of the body is removed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = [
     "RazorpayTransformer",
     "Transformer",
     "WebhookInput",
+    "flatten_razorpay_entities",
     "github_transformer",
     "resolve_path",
     "standard_webhooks_transformer",
@@ -127,8 +134,10 @@ def _build(inp: WebhookInput, name: str, user_id: str | None, created_at: dateti
 class RazorpayTransformer:
     """Razorpay webhook -> Event named ``razorpay.<event>`` (e.g. ``razorpay.payment.captured``).
 
-    The payload is the webhook body unchanged; ``created_at`` is the body's
-    ``created_at`` (Unix seconds) when present, else the receive time.
+    The payload is the webhook body with its entities also flattened at the top
+    (:func:`flatten_razorpay_entities`: ``payment`` = ``payload.payment.entity``, ...);
+    ``created_at`` is the body's ``created_at`` (Unix seconds) when present, else the
+    receive time.
     """
 
     user_id_paths: tuple[str, ...] = DEFAULT_RAZORPAY_USER_ID_PATHS
@@ -162,7 +171,36 @@ class RazorpayTransformer:
                 created_at = datetime.fromtimestamp(created, UTC)
             except (OverflowError, OSError, ValueError):
                 created_at = inp.received_at
-        return _build(inp, f"{self.prefix}.{name}", user_id, created_at)
+        flat = WebhookInput(
+            source=inp.source,
+            body=flatten_razorpay_entities(body),
+            external_id=inp.external_id,
+            headers=inp.headers,
+            received_at=inp.received_at,
+        )
+        return _build(flat, f"{self.prefix}.{name}", user_id, created_at)
+
+
+def flatten_razorpay_entities(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Razorpay body with each entity of its ``payload`` also at the top level.
+
+    ``{"event": "payment.captured", "payload": {"payment": {"entity": {...}}}, ...}``
+    becomes the same body plus ``"payment": {...}`` (the entity itself), the shape of
+    the system description's converted event (``payload.payment.amount``). Every field
+    of the body is kept as it is; a top-level key the body already has is never
+    replaced (the flat example shape, which has ``payment`` at the top, stays as is).
+    """
+    flat = dict(body)
+    wrappers = body.get("payload")
+    if not isinstance(wrappers, Mapping):
+        return flat
+    for kind, wrapper in wrappers.items():
+        if kind in flat or not isinstance(wrapper, Mapping):
+            continue
+        entity = wrapper.get("entity")
+        if isinstance(entity, Mapping):
+            flat[kind] = entity
+    return flat
 
 
 def _main_entity(body: Mapping[str, Any], name: str) -> Any:

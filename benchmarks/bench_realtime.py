@@ -1,0 +1,446 @@
+"""Realtime fan-out: N WebSocket connections to one ``eventmill serve`` node (one user
+each), one event per connected user in a burst; beside a bare ``websockets`` server
+sending the same messages to the same number of connections.
+
+Figures per run (``--connections``, default 1,000 and 10,000):
+
+* latency p50 / p99 - from the burst's start to each client's receipt of its message;
+* messages/s - N / (last receipt - burst start);
+* memory per connection - the server process's resident memory with N connections
+  open minus before they were opened, divided by N.
+
+eventmill is measured two ways:
+
+* ``fan-out`` - the events are committed to the node's store (one transaction, as
+  ingest does) and one message with their position is published on the bus (Redis),
+  as ingest does after storing: the hub wakes, reads them from the store and sends
+  each to its user's connection. This is what the bare server does (it holds the
+  messages in memory and sends them on a trigger), so the ratio compares the two;
+* ``end-to-end`` - the events are POSTed to ``/v1/events`` in batches of 100 (store,
+  bus, hub, socket): the whole path, for reference.
+
+Clients are minimal asyncio WebSocket clients in this process (a few KB each), so the
+client side costs the same for both servers. The open-file limit is raised to its
+hard limit. Needs Redis on 127.0.0.1:6379. On a shared 2-core machine the client, the
+server and (end-to-end) the store share the CPUs: compare the ratio, not the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+
+from eventmill import open_pubsub
+from eventmill.events import Event
+from eventmill.store import open_store
+
+SECRET = "bench-realtime-secret-of-32-bytes-at-least"
+VENV_BIN = Path(sys.executable).parent
+CONNECT_CONCURRENCY = 200
+
+
+def raise_open_file_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+# -- a minimal WebSocket client -------------------------------------------------------
+
+
+class Client(asyncio.Protocol):
+    """Handshake, then read frames; answers pings; notes when its event arrived."""
+
+    def __init__(self, host: str, path: str, done: asyncio.Event, counter: list[int]) -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+        ).encode()
+        self.buffer = bytearray()
+        self.upgraded = asyncio.get_running_loop().create_future()
+        self.ready = asyncio.get_running_loop().create_future()
+        self.received_at: float | None = None
+        self.event_id: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self.done = done
+        self.counter = counter
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for fut in (self.upgraded, self.ready):
+            if not fut.done():
+                fut.set_exception(ConnectionError("closed"))
+                fut.exception()  # retrieved: an aborted client is not an error
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded.done():
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(self.buffer[:end]).split(b"\r\n", 1)[0]
+            del self.buffer[: end + 4]
+            if b" 101 " not in status + b" ":
+                self.upgraded.set_exception(ConnectionError(status.decode()))
+                return
+            self.upgraded.set_result(None)
+        self._frames()
+
+    def _frames(self) -> None:
+        buf = self.buffer
+        while len(buf) >= 2:
+            opcode, length = buf[0] & 0x0F, buf[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buf) < 4:
+                    return
+                length, offset = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return
+                length, offset = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < offset + length:
+                return
+            payload = bytes(buf[offset : offset + length])
+            del buf[: offset + length]
+            if opcode == 0x1:
+                self._text(payload)
+            elif opcode == 0x9:  # ping -> pong (client frames are masked)
+                self._send(0xA, payload)
+            elif opcode == 0x8:
+                self.closed = True
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        assert len(payload) < 126
+        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def _text(self, payload: bytes) -> None:
+        if payload.startswith(b'{"type":"event"'):
+            self.received_at = time.perf_counter()
+            self.event_id = orjson.loads(payload)["payload"]["id"]
+            self.counter[0] += 1
+            if self.counter[0] >= self.counter[1]:
+                self.done.set()
+        elif not self.ready.done() and payload.startswith(b'{"type":"connected"'):
+            self.ready.set_result(None)
+
+
+async def open_clients(
+    port: int, paths: list[str], wait_ready: bool
+) -> tuple[list[Client], asyncio.Event]:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    counter = [0, len(paths)]
+    clients: list[Client] = []
+    limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one(path: str) -> None:
+        async with limit:
+            _, client = await loop.create_connection(
+                lambda: Client(f"127.0.0.1:{port}", path, done, counter), "127.0.0.1", port
+            )
+            await asyncio.wait_for(client.upgraded, 60)
+            if wait_ready:
+                await asyncio.wait_for(client.ready, 60)
+            clients.append(client)
+
+    await asyncio.gather(*(one(p) for p in paths))
+    return clients, done
+
+
+def close_clients(clients: list[Client]) -> None:
+    for c in clients:
+        if c.transport is not None:
+            c.transport.abort()
+
+
+def figures(
+    name: str, n: int, t0: float, clients: list[Client], memory_kib: float
+) -> dict[str, Any]:
+    got = sorted(c.received_at - t0 for c in clients if c.received_at is not None)
+    missing = n - len(got)
+    if not got:
+        raise RuntimeError(f"{name}: no client received its message")
+    span = got[-1]
+    return {
+        "name": name,
+        "n": n,
+        "p50_ms": got[len(got) // 2] * 1000,
+        "p99_ms": got[min(len(got) - 1, int(len(got) * 0.99))] * 1000,
+        "msgs_per_s": len(got) / span if span > 0 else float("inf"),
+        "kib_per_conn": memory_kib / n,
+        "missing": missing,
+    }
+
+
+# -- the bare websockets server ------------------------------------------------------
+
+BARE_SERVER = r"""
+import asyncio, sys, orjson
+from websockets.asyncio.server import serve
+
+frames = [line.rstrip("\n") for line in open(sys.argv[2])]
+conns = {}
+
+async def handler(ws):
+    path = ws.request.path
+    if path.startswith("/control"):
+        await ws.recv()
+        for i, frame in enumerate(frames):
+            c = conns.get(i)
+            if c is not None:
+                await c.send(frame)
+        await ws.send("sent")
+        return
+    i = int(path.split("user=")[1])
+    conns[i] = ws
+    await ws.send('{"type":"connected"}')
+    try:
+        await ws.wait_closed()
+    finally:
+        conns.pop(i, None)
+
+async def main():
+    async with serve(handler, "127.0.0.1", int(sys.argv[1]), compression=None, max_queue=16):
+        print("ready", flush=True)
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def bare_server(frames: list[str]) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "bare.py"
+        script.write_text(BARE_SERVER)
+        frames_file = Path(tmp) / "frames.jsonl"
+        frames_file.write_text("\n".join(frames) + "\n")
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(port), str(frames_file)], stdout=subprocess.PIPE
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            yield port, proc
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+async def run_bare(n: int, frames: list[str]) -> dict[str, Any]:
+    with bare_server(frames) as (port, proc):
+        await asyncio.sleep(0.5)
+        before = rss_kib(proc.pid)
+        clients, done = await open_clients(port, [f"/ws?user={i}" for i in range(n)], True)
+        await asyncio.sleep(1.0)
+        after = rss_kib(proc.pid)
+        control, _ = await open_clients(port, ["/control"], False)
+        t0 = time.perf_counter()
+        assert control[0].transport is not None
+        mask = os.urandom(4)
+        control[0].transport.write(
+            bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
+        )
+        await asyncio.wait_for(done.wait(), 300)
+        result = figures("bare websockets", n, t0, clients, after - before)
+        close_clients(clients + control)
+        return result
+
+
+# -- eventmill -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def eventmill_server(tmp: Path, redis_prefix: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTMILL_DATA_DIR": str(tmp),
+        "EVENTMILL_STORE_URL": f"sqlite:///{tmp / 'events.db'}",
+        "EVENTMILL_BUS_URL": f"redis://127.0.0.1:6379/0?prefix={redis_prefix}",
+        "EVENTMILL_JWT__SECRET": SECRET,
+        "EVENTMILL_LOG_LEVEL": "warning",
+        "EVENTMILL_REALTIME__MAX_CONNECTIONS": "100000",
+        "EVENTMILL_AUDIT_ENABLED": "false",
+    }
+    proc = subprocess.Popen([str(VENV_BIN / "eventmill"), "serve", "--port", str(port)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("eventmill serve did not start")
+            time.sleep(0.1)
+        yield port, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def make_events(n: int, tag: str) -> list[Event]:
+    return [
+        Event(
+            event_name="shop.payment.captured",
+            source="bench",
+            user_id=f"u{tag}{i}",
+            payload={"payment": {"id": f"pay_{i}", "amount": 50000, "currency": "INR"}},
+        )
+        for i in range(n)
+    ]
+
+
+async def run_eventmill(n: int, mode: str, key_holder: dict[str, str]) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"bench-rt-{tag}:"
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        store = await open_store(f"sqlite:///{tmp / 'events.db'}")
+        _, key = await store.api_keys.create("bench", ["publish"])
+        await store.close()
+        with eventmill_server(tmp, prefix) as (port, proc):
+            await asyncio.sleep(0.5)
+            before = rss_kib(proc.pid)
+            now = int(time.time())
+            paths = [
+                "/ws?token=" + jwt.encode({"sub": f"u{tag}{i}", "exp": now + 3600}, SECRET, "HS256")
+                for i in range(n)
+            ]
+            clients, done = await open_clients(port, paths, True)
+            await asyncio.sleep(1.0)
+            after = rss_kib(proc.pid)
+            events = make_events(n, tag)
+            if mode == "fan-out":
+                store = await open_store(f"sqlite:///{tmp / 'events.db'}")
+                bus = await open_pubsub(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+                try:
+                    results = await store.events.insert_many(
+                        [(e, None) for e in events], published=True
+                    )
+                    last = max(r[0].position for r in results if isinstance(r, tuple))
+                    t0 = time.perf_counter()
+                    # what ingest publishes after storing: the event, marked as stored,
+                    # with its position (here the burst's last one wakes every hub)
+                    wake = events[-1].to_message()
+                    wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
+                    await bus.publish("events", wake)
+                    await asyncio.wait_for(done.wait(), 300)
+                finally:
+                    await bus.close()
+                    await store.close()
+            else:
+                bodies = [orjson.loads(e.to_json()) for e in events]
+                async with httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}",
+                    timeout=120,
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as http:
+                    t0 = time.perf_counter()
+                    for i in range(0, n, 100):
+                        r = await http.post("/v1/events", json=bodies[i : i + 100])
+                        r.raise_for_status()
+                    await asyncio.wait_for(done.wait(), 300)
+            result = figures(f"eventmill {mode}", n, t0, clients, after - before)
+            close_clients(clients)
+        with contextlib.suppress(Exception):
+            import redis.asyncio as aioredis
+
+            r = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+            keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await r.delete(*keys)
+            await r.aclose()
+        return result
+
+
+def frames_like_eventmill(n: int) -> list[str]:
+    """The messages eventmill sends for the burst (same shape and size)."""
+    out = []
+    for i, e in enumerate(make_events(n, "bare")):
+        out.append(f'{{"type":"event","position":{i + 1},"payload":{e.to_json().decode()}}}')
+    return out
+
+
+def show(row: dict[str, Any], base: dict[str, Any] | None) -> None:
+    ratio = f"  {row['msgs_per_s'] / base['msgs_per_s']:.2f}x bare" if base else ""
+    missing = f"  MISSING {row['missing']}" if row["missing"] else ""
+    print(
+        f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms"
+        f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s"
+        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
+        flush=True,
+    )
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--connections", type=int, nargs="*", default=[1_000, 10_000])
+    ap.add_argument("--modes", nargs="*", default=["fan-out", "end-to-end"])
+    args = ap.parse_args()
+    limit = raise_open_file_limit()
+    print(f"open-file limit {limit}; load average {os.getloadavg()[0]:.2f}; cpus {os.cpu_count()}")
+    for n in args.connections:
+        if n + 100 > limit:
+            print(f"skip n={n}: the open-file limit is {limit}")
+            continue
+        bare = await run_bare(n, frames_like_eventmill(n))
+        show(bare, None)
+        for mode in args.modes:
+            show(await run_eventmill(n, mode, {}), bare)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

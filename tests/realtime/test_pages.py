@@ -1,0 +1,425 @@
+"""The browser side, in headless Chromium (Debian's ``chromium`` and ``chromium-driver``,
+driven by Selenium): the system description's snippet verbatim in a page receives a
+real, signed Razorpay webhook and shows its amount; the dashboard shows a newly
+ingested event; the JS client resumes after the server restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http.server
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from eventmill.events import Event
+from eventmill.store import open_store
+from tests import payloads
+from tests.conftest import REQUIRE_SERVICES, free_port
+from tests.ingest.support import RAZORPAY_SECRET
+from tests.realtime.support import Node, admin_token, create_key, event, running_node, token
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+# The browser snippet of the system description ("Example 2: Real-time User
+# Notification"), verbatim: it connects to ws://localhost:8080/ws?token=jwt_token.
+SNIPPET = """\
+// Frontend WebSocket connection
+const ws = new WebSocket("ws://localhost:8080/ws?token=jwt_token");
+
+ws.onmessage = function (event) {
+  const message = JSON.parse(event.data);
+
+  if (message.type === "event") {
+    const eventData = message.payload;
+
+    switch (eventData.event_name) {
+      case "razorpay.payment.captured":
+        showPaymentSuccess(eventData.payload);
+        break;
+      case "user.profile.updated":
+        refreshUserProfile();
+        break;
+      default:
+        console.log("Received event:", eventData);
+    }
+  }
+};
+
+function showPaymentSuccess(paymentData) {
+  // Display success notification
+  showNotification({
+    type: "success",
+    title: "Payment Successful!",
+    message: `Payment of ₹${paymentData.payment.amount / 100} received.`,
+  });
+
+  // Update UI state
+  updatePaymentStatus("completed");
+}
+"""
+
+# The page around it: the app functions the snippet calls, and (since the snippet names
+# a placeholder URL and token) a WebSocket that points them at the test server.
+SNIPPET_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>snippet</title></head>
+<body>
+<div id="notification"></div><div id="payment-status"></div><div id="socket"></div>
+<script>
+  const TARGET = %(target)s;
+  const NativeWebSocket = window.WebSocket;
+  window.WebSocket = function (url, protocols) {
+    const real = url === "ws://localhost:8080/ws?token=jwt_token" ? TARGET : url;
+    const socket = new NativeWebSocket(real, protocols);
+    socket.addEventListener("open", () => {
+      document.getElementById("socket").textContent = "open";
+    });
+    return socket;
+  };
+  function showNotification(n) {
+    document.getElementById("notification").textContent = n.title + " " + n.message;
+  }
+  function updatePaymentStatus(status) {
+    document.getElementById("payment-status").textContent = status;
+  }
+  function refreshUserProfile() {}
+</script>
+<script>
+%(snippet)s
+</script>
+</body></html>
+"""
+
+CLIENT_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>client</title></head>
+<body>
+<script src="%(base)s/client.js"></script>
+<script>
+  window.received = [];
+  window.statuses = [];
+  window.client = new EventmillClient({
+    url: "%(ws)s",
+    token: () => "%(token)s",
+    minDelay: 200,
+    maxDelay: 1000,
+    onEvent: (event) => window.received.push(event.id),
+    onStatus: (status, detail) => window.statuses.push([status, detail && detail.code]),
+  });
+  window.client.connect();
+</script>
+</body></html>
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (fresh profile) driven through chromedriver."""
+    if shutil.which(CHROMIUM) is None or shutil.which(CHROMEDRIVER) is None:
+        reason = "chromium and chromium-driver are not installed (apt-get install -y ...)"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = Path(__import__("tempfile").mkdtemp(prefix="eventmill-chromium-"))
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def page_server(directory: Path) -> Iterator[str]:
+    """A static HTTP server for test pages (another origin than the service's)."""
+    port = free_port()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll ``condition`` until it is truthy (a hang guard, not an assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    directory = tmp_path_factory.mktemp("pages")
+    with page_server(directory) as origin:
+        yield directory, origin
+
+
+@pytest.fixture(scope="module")
+def node(
+    tmp_path_factory: pytest.TempPathFactory, pages: tuple[Path, str]
+) -> Iterator[tuple[Node, str]]:
+    tmp = tmp_path_factory.mktemp("realtime-browser")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url))
+    _, origin = pages
+    with running_node(
+        tmp,
+        store_url,
+        f"sqlite:///{tmp / 'bus.db'}",
+        key,
+        EVENTMILL_REALTIME__ALLOWED_ORIGINS=origin,
+    ) as node:
+        yield node, store_url
+
+
+def _text(driver: Any, element_id: str) -> str:
+    text: str = driver.find_element("id", element_id).text
+    return text
+
+
+def test_the_system_descriptions_snippet_shows_a_real_razorpay_payment(
+    chromium: Any, pages: tuple[Path, str], node: tuple[Node, str]
+) -> None:
+    server, _ = node
+    directory, origin = pages
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    target = f"{server.ws_url}?token={token(user)}"
+    (directory / "snippet.html").write_text(
+        SNIPPET_PAGE % {"target": orjson.dumps(target).decode(), "snippet": SNIPPET}
+    )
+    chromium.get(f"{origin}/snippet.html")
+    wait_until(lambda: _text(chromium, "socket") == "open")
+
+    # a real Razorpay payment.captured body, signed with the webhook secret
+    body = payloads.payment_event(
+        "payment.captured", id="pay_browser", amount=50000, notes={"user_id": user}
+    )
+    raw = payloads.dumps(body)
+    headers = payloads.razorpay_headers(raw, RAZORPAY_SECRET, f"evt_{uuid.uuid4().hex[:14]}")
+    response = httpx.post(f"{server.url}/webhooks/razorpay", content=raw, headers=headers)
+    assert response.status_code == 200, response.text
+
+    wait_until(lambda: _text(chromium, "notification"))
+    assert _text(chromium, "notification") == "Payment Successful! Payment of ₹500 received."
+    assert _text(chromium, "payment-status") == "completed"
+
+
+def test_the_dashboard_shows_a_newly_ingested_event(chromium: Any, node: tuple[Node, str]) -> None:
+    server, _ = node
+    chromium.get(f"{server.url}/")
+    chromium.find_element("id", "token").send_keys(admin_token())
+    chromium.find_element("id", "connect").click()
+    wait_until(lambda: _text(chromium, "status") == "live")
+
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    [shown, other] = asyncio.run(
+        server.publish(event(user, "shop.order.paid", amount=1234), event(None, "system.tick"))
+    )
+    rows = wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{shown}']"))
+    row = rows[0]
+    assert row.find_element("css selector", ".name").text == "shop.order.paid"
+    assert row.find_element("css selector", ".user").text == user
+    assert row.find_element("css selector", ".source").text == "tests"
+    row.click()  # expands the event's JSON
+    detail = chromium.execute_script("return arguments[0].nextElementSibling;", row)
+    wait_until(detail.is_displayed)
+    shown_json = orjson.loads(detail.find_element("css selector", "pre.json").text)
+    assert shown_json["id"] == shown
+    assert shown_json["payload"] == {"amount": 1234}
+    # its deliveries, from the delivery feature's API (none: no endpoint is registered)
+    deliveries = detail.find_element("css selector", ".deliveries")
+    wait_until(lambda: "No deliveries for this event." in deliveries.text)
+
+    # filters: by name, then by user
+    wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{other}']"))
+    other_row = chromium.find_element("css selector", f"tr[data-id='{other}']")
+    chromium.find_element("id", "filter-name").send_keys("shop.*")
+    wait_until(lambda: not other_row.is_displayed())
+    assert row.is_displayed()
+    chromium.find_element("id", "filter-name").clear()
+    chromium.find_element("id", "filter-user").send_keys("nobody-by-that-name")
+    wait_until(lambda: not row.is_displayed())
+
+
+def test_the_js_client_resumes_after_the_server_restarts(
+    chromium: Any, pages: tuple[Path, str], node: tuple[Node, str]
+) -> None:
+    server, store_url = node
+    directory, origin = pages
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    (directory / "client.html").write_text(
+        CLIENT_PAGE % {"base": server.url, "ws": server.ws_url, "token": token(user)}
+    )
+    chromium.get(f"{origin}/client.html")
+    wait_until(lambda: ["open", None] in chromium.execute_script("return window.statuses"))
+    received = lambda: chromium.execute_script("return window.received")  # noqa: E731
+
+    before = asyncio.run(server.publish(event(user, "test.before"), event(user, "test.before")))
+    wait_until(lambda: received() == before)
+
+    server.server.stop()  # SIGTERM: clients are told 1001 (going away)
+    wait_until(lambda: ["closed", 1001] in chromium.execute_script("return window.statuses"))
+
+    async def while_down() -> list[str]:
+        """Events stored while this node is down (as another node would store them)."""
+        store = await open_store(store_url)
+        try:
+            out = []
+            for n in range(3):
+                e = Event(event_name="test.missed", source="tests", user_id=user, payload={"n": n})
+                stored, _ = await store.events.insert(e, published=True)
+                out.append(stored.id)
+            return out
+        finally:
+            await store.close()
+
+    missed = asyncio.run(while_down())
+    server.server.start()  # the same port
+    wait_until(lambda: received() == before + missed, timeout=60)
+    after = asyncio.run(server.publish(event(user, "test.after")))
+    wait_until(lambda: len(received()) == len(before + missed + after))
+    assert received() == before + missed + after
+
+
+async def test_pages_are_served_with_their_types_and_a_csp(tmp_path: Path) -> None:
+    from tests.ingest.support import running_app, settings_for
+
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path / 'events.db'}")
+    async with running_app(settings) as (_, client):
+        index = await client.get("/")
+        assert index.status_code == 200
+        assert index.headers["content-type"] == "text/html; charset=utf-8"
+        assert "script-src 'self'" in index.headers["content-security-policy"]
+        for path in ("/client.js", "/static/dashboard.js"):
+            script = await client.get(path)
+            assert script.status_code == 200
+            assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert "EventmillClient" in (await client.get("/client.js")).text
+        css = await client.get("/static/dashboard.css")
+        assert css.headers["content-type"] == "text/css; charset=utf-8"
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that answers ``status`` (a class attribute the test flips)."""
+
+    status = 500
+    calls: list[str] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        type(self).calls.append(self.headers.get("webhook-id", ""))
+        self.send_response(type(self).status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
+    chromium: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("realtime-deliveries")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url, ("admin",)))
+    port = free_port()
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    _Receiver.status, _Receiver.calls = 500, []
+    try:
+        with running_node(
+            tmp,
+            store_url,
+            f"sqlite:///{tmp / 'bus.db'}",
+            key,
+            EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]',
+            EVENTMILL_DELIVERY__RETRY_SCHEDULE="[0, 0.1]",
+            EVENTMILL_DELIVERY__POLL_INTERVAL_SECONDS="0.1",
+        ) as server:
+            user = f"user_{uuid.uuid4().hex[:8]}"
+            created = httpx.post(
+                f"{server.url}/v1/endpoints",
+                json={"url": f"http://127.0.0.1:{port}/hook", "user_id": user},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert created.status_code == 201, created.text
+            chromium.get(f"{server.url}/")
+            chromium.find_element("id", "token").send_keys(key)  # an admin API key
+            chromium.find_element("id", "connect").click()
+            wait_until(lambda: _text(chromium, "status") == "live")
+
+            [event_id] = asyncio.run(server.publish(event(user, "shop.order.paid")))
+            wait_until(lambda: len(_Receiver.calls) == 2)  # both attempts failed: dead
+            row = wait_until(
+                lambda: chromium.find_elements("css selector", f"tr[data-id='{event_id}']")
+            )[0]
+            row.click()
+            detail = chromium.execute_script("return arguments[0].nextElementSibling;", row)
+            line = wait_until(lambda: detail.find_elements("css selector", ".delivery"))[0]
+            assert line.get_attribute("data-status") == "failed"
+            assert "2 attempt(s)" in line.text
+            line.find_element("xpath", ".//button[text()='Attempts']").click()
+            wait_until(lambda: len(line.find_elements("css selector", "ol.attempts li")) == 2)
+            assert "HTTP 500" in line.find_element("css selector", "ol.attempts").text
+
+            _Receiver.status = 200
+            line.find_element("css selector", "button.retry").click()
+            wait_until(lambda: len(_Receiver.calls) == 3)  # sent again, and answered 2xx
+            assert _Receiver.calls[2] == _Receiver.calls[0]  # the same webhook-id
+
+            def succeeded() -> bool:
+                row.click()  # collapse and expand: the section loads again
+                row.click()
+                lines = detail.find_elements("css selector", ".delivery")
+                return bool(lines) and lines[0].get_attribute("data-status") == "succeeded"
+
+            wait_until(succeeded)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+        thread.join(5)
