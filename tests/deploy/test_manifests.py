@@ -69,8 +69,6 @@ METRICS: dict[str, str] = {
 ``/metrics`` must expose exactly these names (docs/operations/deployment.md#metrics)."""
 
 PENDING = {
-    "eventmill_realtime_connections",
-    "eventmill_realtime_messages_sent_total",
     "eventmill_bus_reconnects_total",
     "eventmill_store_reconnects_total",
 }

@@ -184,3 +184,19 @@ async def test_an_event_published_straight_to_the_bus_arrives_once_the_audit_sto
                 await bus.close()
             await client.wait_for(lambda c: _ids(c) == [direct.id], timeout=30)
             assert client.of("event")[0]["position"] > client.of("connected")[0]["position"]
+
+
+async def test_recent_sends_the_latest_stored_events_of_the_client_then_live(node: Node) -> None:
+    alice = _user()
+    older = await node.publish(*[event(alice, "test.old", n=n) for n in range(3)])
+    others = await node.publish(*[event(_user(), "test.other") for _ in range(3)])
+    assert others
+    async with ws_client(f"{node.ws_url}?token={token(alice)}&recent=6") as client:
+        await client.wait_for(lambda c: c.of("resumed"))
+        assert _ids(client) == older  # the last 6 stored, of which alice's three
+        [live] = await node.publish(event(alice, "test.live"))
+        await client.wait_for(lambda c: live in _ids(c))
+        assert _ids(client) == [*older, live]
+    async with ws_client(f"{node.ws_url}?token={token(alice)}&recent=x") as client:
+        closed = await client.wait_closed()
+    assert close_code(closed) == CloseCode.BAD_REQUEST

@@ -423,3 +423,56 @@ def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
         receiver.shutdown()
         receiver.server_close()
         thread.join(5)
+
+
+def test_the_newcomer_sees_the_demo_and_its_deliveries_on_the_dashboard(
+    chromium: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The README's path: the service on its embedded default, then `eventmill demo`,
+    then the dashboard address it printed: the webhooks are there, each with its
+    delivery, succeeded."""
+    import os
+    import subprocess
+
+    from tests.ingest.support import VENV_BIN, Server
+
+    tmp = tmp_path_factory.mktemp("newcomer")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EVENTMILL_", "RAZORPAY_", "PUBSUB_"))
+    }
+    env["EVENTMILL_DATA_DIR"] = str(tmp / "eventmill-data")
+    server = Server(env, tmp / "serve.log")
+    server.start()
+    try:
+        demo = subprocess.run(
+            [str(VENV_BIN / "eventmill"), "demo", "--url", server.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        dashboard = demo.stdout.splitlines()[0].removeprefix("dashboard: ")
+        sent = [line.split()[2] for line in demo.stdout.splitlines() if line.startswith("sent ")]
+        assert len(sent) == 3
+        chromium.get(dashboard)
+        wait_until(lambda: _text(chromium, "status") == "live")
+        assert "#token" not in chromium.current_url  # it left the address bar
+        for event_id in sent:
+            row = wait_until(
+                lambda event_id=event_id: chromium.find_elements(
+                    "css selector", f"tr[data-id='{event_id}']"
+                )
+            )[0]
+            assert row.find_element("css selector", ".name").text == "razorpay.payment.captured"
+            assert row.find_element("css selector", ".user").text == "demo-user"
+            row.click()
+            detail = chromium.execute_script("return arguments[0].nextElementSibling;", row)
+            line = wait_until(
+                lambda detail=detail: detail.find_elements("css selector", ".delivery")
+            )[0]
+            assert line.get_attribute("data-status") == "succeeded"
+    finally:
+        server.stop()

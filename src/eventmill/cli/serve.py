@@ -41,6 +41,9 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # configure_logging routed uvicorn's loggers already
+        # Browsers negotiate permessage-deflate: ~45 KB more per WebSocket connection
+        # for events that are small JSON; the hub's frames go uncompressed.
+        ws_per_message_deflate=False,
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )

@@ -73,7 +73,8 @@ class Realtime:
             yield
             return
         resources = self.context.resources
-        hub = Hub(Feed(resources.require_store()), self.settings, resources.metrics)
+        store = resources.require_store()
+        hub = Hub(Feed(store), self.settings, resources.metrics, store.journal)
         async with hub.running(resources.require_bus(), resources.topic):
             self.context.hub = hub
             try:

@@ -34,12 +34,13 @@ from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.config import RealtimeSettings
 from eventmill.realtime.connection import Connection
 from eventmill.realtime.feed import Feed, FeedEvent
+from eventmill.store.journal import Journal
+from eventmill.web.seam import POSITION_KEY
 
-__all__ = ["POSITION_KEY", "Hub", "LimitError", "ResumeError"]
+__all__ = ["Hub", "LimitError", "ResumeError"]
 
 _log = logging.getLogger("eventmill.realtime")
 
-POSITION_KEY: Final = "eventmill_position"
 """Metadata key of the store position on messages ingest publishes (the same key ingest
 sets; features meet on the bus, they do not import each other)."""
 
@@ -99,8 +100,9 @@ class _Metrics:
             registry=registry,
         )
         self.sent = Counter(
-            "eventmill_realtime_events_sent",
-            "Events queued to realtime connections (live and replayed)",
+            "eventmill_realtime_messages_sent",
+            "Events queued to realtime connections (live and replayed), by transport",
+            ["transport"],
             registry=registry,
         )
         self.replayed = Counter(
@@ -124,8 +126,16 @@ class _Metrics:
 class Hub:
     """Connections by user, and the loop that follows the store for them."""
 
-    def __init__(self, feed: Feed, settings: RealtimeSettings, metrics: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        feed: Feed,
+        settings: RealtimeSettings,
+        metrics: CollectorRegistry,
+        journal: Journal | None = None,
+    ) -> None:
         self.feed = feed
+        self.journal = journal
+        """Where each event's push to connections is recorded (``eventmill trace``)."""
         self.settings = settings
         self.head = 0
         """The last store position handed out to live connections."""
@@ -312,7 +322,7 @@ class Hub:
             cursor = batch[-1].position if len(batch) == s.read_batch else target
         if replayed:
             self.metrics.replayed.inc(replayed)
-            self.metrics.sent.inc(replayed)
+            self.metrics.sent.labels(conn.transport).inc(replayed)
         return replayed
 
     def go_live(self, conn: Connection) -> None:
@@ -414,8 +424,10 @@ class Hub:
         and advance ``head``. Never waits: a connection whose buffer is full is closed."""
         by_user, everyone = self._by_user, self._everyone
         unstored = self._unstored
-        sent = 0
+        journal = self.journal
+        sent: dict[str, int] = {}
         for event in events:
+            pushed = 0
             if event.user_id is not None:
                 targets = by_user.get(event.user_id)
                 if targets:
@@ -426,7 +438,8 @@ class Hub:
                             and conn.wants(event.event_name)
                             and conn.push_event(event)
                         ):
-                            sent += 1
+                            pushed += 1
+                            sent[conn.transport] = sent.get(conn.transport, 0) + 1
             for conn in everyone:
                 if (
                     conn.live
@@ -434,12 +447,15 @@ class Hub:
                     and conn.wants(event.event_name)
                     and conn.push_event(event)
                 ):
-                    sent += 1
+                    pushed += 1
+                    sent[conn.transport] = sent.get(conn.transport, 0) + 1
+            if pushed and journal is not None:
+                journal.hop(event.id, "pushed", connections=pushed)
             if unstored:
                 unstored.pop(event.id, None)
             self.head = event.position
-        if sent:
-            self.metrics.sent.inc(sent)
+        for transport, count in sent.items():
+            self.metrics.sent.labels(transport).inc(count)
         self.metrics.head.set(self.head)
 
     # -- heartbeats ------------------------------------------------------------------

@@ -18,7 +18,8 @@ add), ``{"type": "unsubscribe", "events": [...]}``, ``{"type": "ping"}`` (→ ``
 ``id`` in a client message is echoed in the reply.
 
 Query parameters: ``token``, ``events`` (comma-separated patterns), ``since`` (resume
-from a position, the race-free way to resume). Close codes: :class:`CloseCode`.
+from a position, the race-free way to resume), ``recent`` (without ``since``: first the
+client's events among the last N stored, then live). Close codes: :class:`CloseCode`.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
         return
     try:
         since = parse_position(query.get("since"), "since")
+        recent = parse_position(query.get("recent"), "recent")
         patterns = parse_patterns(query.getlist("events"), s.max_patterns)
     except PatternError as exc:
         await _refuse(websocket, CloseCode.BAD_REQUEST, "bad_request", str(exc))
@@ -176,6 +178,12 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
             "events": conn.patterns,
             "heartbeat_seconds": s.heartbeat_seconds,
         }
+        if since is None and recent:
+            # The events among the last ``recent`` stored (those the client may see),
+            # then live: a dashboard opened after the fact shows what just happened.
+            oldest = await hub.feed.oldest()
+            floor = 0 if oldest is None else oldest - 1
+            since = max(floor, hub.head - min(recent, s.resume_max_events))
         if since is None:
             hub.go_live(conn)
             hello["position"] = conn.cursor

@@ -8,6 +8,7 @@
  *       url: "wss://events.example.com/ws",     // default: /ws on this page's host
  *       token: () => fetchTokenSomehow(),         // a string, or a (async) function
  *       events: ["razorpay.payment.*"],           // default: every event of the user
+ *       recent: 50,                               // first the last 50 stored (optional)
  *       onEvent(event, message) { ... },          // event = the Event JSON
  *       onStatus(status, detail) { ... },         // "connecting" | "open" | "closed" | "failed"
  *       onGap(info) { ... },                      // missed events can no longer be replayed
@@ -102,6 +103,7 @@
       var url = new URL(self.url, root.location ? root.location.href : undefined);
       if (token) url.searchParams.set("token", token);
       if (self.position != null) url.searchParams.set("since", String(self.position));
+      else if (self.options.recent) url.searchParams.set("recent", String(self.options.recent));
       if (self.events) url.searchParams.set("events", self.events.join(","));
       var ws = new root.WebSocket(url.toString());
       self._ws = ws;

@@ -185,6 +185,7 @@
     if (client) client.close();
     client = new EventmillClient({
       token: function () { return token; },
+      recent: 100,  // what happened just before the page opened, then live
       onEvent: addEvent,
       onStatus: setStatus,
       onGap: function () { setStatus("closed", { code: 4009, reason: "missed events were not replayed" }); },
@@ -211,7 +212,11 @@
     applyFilters();
   });
 
-  var saved = sessionStorage.getItem("eventmill_token");
+  // A link with #token=… (eventmill demo prints one) signs in; the token then leaves
+  // the address bar, so it is not bookmarked or shared by accident.
+  var fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromLink) history.replaceState(null, "", location.pathname + location.search);
+  var saved = fromLink || sessionStorage.getItem("eventmill_token");
   if (saved) { $("token").value = saved; connect(saved); }
   applyFilters();
 })();
