@@ -30,7 +30,7 @@ def _is_uvicorn(handler: Any) -> bool:
     return (
         callable(handler)
         and getattr(handler, "__name__", "") == "handle_exit"
-        and type(owner).__module__.startswith("uvicorn")
+        and any(c.__module__.startswith("uvicorn") for c in type(owner).__mro__)
     )
 
 
