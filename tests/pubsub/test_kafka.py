@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from eventmill import ConfigurationError, Message, open_pubsub
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.kafka import KafkaConfig, KafkaPubSub
+from eventmill.pubsub.kafka._consumer import KafkaSubscription
 from tests.conftest import REQUIRE_SERVICES
 from tests.pubsub._kafka_server import TansuServer, tansu_binary
 from tests.pubsub.conformance import (
@@ -53,6 +54,11 @@ def url_for(server: TansuServer, extra: str = "") -> str:
 
 class KafkaHarness(Harness):
     redelivery_timeout = 4.0
+    #: A group subscription's close() (and the bus's) leaves the group: it waits for
+    #: the coordinator's answer to LeaveGroup, one round trip, so that the group's
+    #: other members get its partitions at once rather than after the session timeout.
+    #: The bound is half the 1 s fetch wait a close must not wait out.
+    close_bound = 0.5
 
     def __init__(self, server: TansuServer) -> None:
         super().__init__()
@@ -66,6 +72,19 @@ class KafkaHarness(Harness):
         bus = KafkaPubSub.from_url(url_for(self.server))
         await bus.start()
         return bus
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        extra = "".join(f"&{k}={v}" for k, v in options.items())
+        bus = KafkaPubSub.from_url(url_for(self.server, extra))
+        await bus.start()
+        return bus
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(sub, KafkaSubscription)
+        member = sub._source
+        async with asyncio.timeout(30):  # the acked prefixes are committed
+            while any(po.needs_commit for po in member._parts.values()):
+                await asyncio.sleep(0.005)
 
     async def crash(self, ps: PubSub) -> None:
         """Members stop without committing and without leaving their groups, as a

@@ -21,7 +21,7 @@ from eventmill import (
     Message,
     open_pubsub,
 )
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
 from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
@@ -77,6 +77,13 @@ class PostgresHarness(Harness):
 
     async def _open(self) -> PubSub:
         return await open_pubsub(self.url)
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        return await open_pubsub(self.url + "".join(f"&{k}={v}" for k, v in options.items()))
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(ps, PostgresPubSub)
+        await ps.flush_settlements()
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, PostgresPubSub)

@@ -197,14 +197,12 @@ class Wakeups:
     # -- closing ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the LISTEN connection (given 2 s, then terminated)."""
+        """Drop the LISTEN connection, without waiting for the server: the session ends
+        with it (its LISTENs too), and an idle session's end is no error to the server."""
         self.closed = True
         conn, self.connection = self.connection, None
         if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:
-                conn.terminate()
+            conn.terminate()
 
     def abort(self) -> None:
         """Drop the LISTEN connection at once."""
