@@ -184,6 +184,60 @@ async def logged(
             await asyncio.sleep(0.02)
 
 
+async def outage_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+    bus: PubSub,
+    outage: Callable[[], Awaitable[None]],
+    *,
+    backend_logger: str,
+    client_logger: str | None,
+) -> None:
+    """Two outages of ``bus``'s server (``outage()`` takes it away and back) while a
+    group subscription is open: each makes eventmill log exactly one WARNING under
+    ``backend_logger`` (the server unreachable) and one INFO (reachable again). The
+    client library's own lines (under ``client_logger``) appear in the first and, with
+    that logger set to CRITICAL, not in the second."""
+    caplog.set_level(logging.INFO)
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    await bus.publish(topic, Message(b"before"))
+    await collect(sub, 1)
+    client = logging.getLogger(client_logger) if client_logger is not None else None
+    try:
+        for silenced in (False, True):
+            if client is not None and silenced:
+                client.setLevel(logging.CRITICAL)
+            caplog.clear()
+            await outage()
+            await logged(caplog, "reachable again", timeout=60)
+            after = Message(b"after")
+            await bus.publish(topic, after)
+            await collect_ids(sub, {after.id}, timeout=60)
+            ours = [
+                r
+                for r in caplog.records
+                if r.name == backend_logger and r.levelno >= logging.WARNING
+            ]
+            assert [r.getMessage() for r in ours] == [ours[0].getMessage()], (
+                "one warning per outage, not: " + "; ".join(r.getMessage() for r in ours)
+            )
+            assert "unreachable" in ours[0].getMessage()
+            if client_logger is not None:
+                theirs = [
+                    r
+                    for r in caplog.records
+                    if r.name == client_logger or r.name.startswith(client_logger + ".")
+                ]
+                if silenced:
+                    assert not theirs, [r.getMessage() for r in theirs]
+                else:
+                    assert theirs, f"no line of {client_logger} to silence"
+    finally:
+        if client is not None:
+            client.setLevel(logging.NOTSET)
+    await sub.close()
+
+
 def msgs(n: int, prefix: str = "m", **metadata: str) -> list[Message]:
     return [Message(f"{prefix}-{i}".encode(), {"i": str(i), **metadata}) for i in range(n)]
 
@@ -740,6 +794,7 @@ __all__ = [
     "logged",
     "msgs",
     "nothing_arrives",
+    "outage_is_logged_once",
     "parked",
     "unique",
 ]

@@ -22,6 +22,7 @@ from tests.pubsub.conformance import (
     Harness,
     collect,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -281,3 +282,20 @@ def test_url_options_parse() -> None:
     cfg = KafkaConfig.from_url("kafka://a:1,b:2?key=user_id&partitions=8&commit_interval=0.5")
     assert cfg.bootstrap_servers == "a:1,b:2"
     assert (cfg.key, cfg.partitions, cfg.commit_interval) == ("user_id", 8, 0.5)
+
+
+async def test_a_lost_broker_logs_one_line_and_aiokafka_lines_can_be_silenced(
+    kh: KafkaHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka logs every failed attempt under "aiokafka" (silence it there);
+    eventmill says once that the broker is unreachable, and once that it is back."""
+    bus = await kh.open()
+
+    async def outage() -> None:
+        await asyncio.to_thread(kh.server.proxy.cut)
+        await asyncio.sleep(2.0)  # the fetch loop notices within a second
+        await asyncio.to_thread(kh.server.proxy.restore)
+
+    await outage_is_logged_once(
+        caplog, bus, outage, backend_logger="eventmill.pubsub.kafka", client_logger="aiokafka"
+    )

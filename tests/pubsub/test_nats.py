@@ -36,6 +36,7 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -478,3 +479,21 @@ async def test_group_named_like_a_push_consumer_is_a_subscribe_error(prefix: str
     with pytest.raises(SubscribeError, match="push consumer"):
         await bus.subscribe(topic, group="pushy")
     await bus.close()
+
+
+async def test_a_restart_logs_one_line_and_nats_py_lines_can_be_silenced(
+    private_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """eventmill says once that the server is unreachable (and once that it is back);
+    what nats-py reports through its callbacks goes to eventmill.pubsub.nats.client."""
+    bus = await open_pubsub(f"{private_server.url}?reconnect_max_delay=0.2&fetch_timeout=1")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: private_server.restart(1.0),
+            backend_logger="eventmill.pubsub.nats",
+            client_logger="eventmill.pubsub.nats.client",
+        )
+    finally:
+        await bus.close()

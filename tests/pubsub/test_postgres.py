@@ -33,6 +33,7 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -743,3 +744,22 @@ async def test_listen_connection_comes_back_after_server_restart(
     assert first.id == sent[0].id
     await bus.close()
     await publisher.close()
+
+
+async def test_a_restart_logs_one_line_and_asyncpg_lines_can_be_silenced(
+    throwaway_server: _postgres_server.PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claims, acks, lease renewals, the LISTEN connection and publishes meet the same
+    outage: eventmill says once that the server is unreachable, and once that it is
+    back; asyncpg's own lines (its pool refilling) go to "asyncpg"."""
+    bus = await open_pubsub(throwaway_server.url + "?poll_interval=0.2&reconnect_max_delay=0.2")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: throwaway_server.restart(1.0),
+            backend_logger="eventmill.pubsub.postgres",
+            client_logger="asyncpg",
+        )
+    finally:
+        await bus.close()

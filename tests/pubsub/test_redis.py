@@ -38,6 +38,7 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
     parked,
     unique,
 )
@@ -525,3 +526,21 @@ async def test_restarts_under_load_delay_no_message_until_claim_idle(
             with contextlib.suppress(Exception):
                 await bus.close()
         await asyncio.to_thread(proxy.stop)
+
+
+async def test_a_restart_logs_one_line(
+    private_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readers, ack flushes and publishes meet the same outage: eventmill says once
+    that Redis is unreachable, and once that it is back (redis-py logs nothing)."""
+    bus = await open_pubsub(private_server.url + "?reconnect_max_delay=0.2")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: private_server.restart(1.0),
+            backend_logger="eventmill.pubsub.redis",
+            client_logger=None,
+        )
+    finally:
+        await bus.close()

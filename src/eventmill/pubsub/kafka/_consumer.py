@@ -27,10 +27,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotCoordinatorForGroupError,
+    RequestTimedOutError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub._subscription import (
     AsyncCloseable,
     ReaderQueue,
@@ -50,6 +59,17 @@ log = logging.getLogger("eventmill.pubsub.kafka")
 #: Header carrying ``Message.id``; the first header of every record eventmill writes.
 ID_HEADER = "eventmill.id"
 
+#: Errors of a commit that mean the broker (or the group's coordinator) is out of reach.
+_UNREACHABLE = (
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotCoordinatorForGroupError,
+    RequestTimedOutError,
+    OSError,
+)
+
 #: Most records a source fetches ahead of its readers when ``max_unsettled`` is unlimited.
 READ_AHEAD = 1000
 
@@ -62,6 +82,8 @@ class ConsumerSettings:
     client_options: dict[str, Any]
     republish: Callable[[str, int, list[Message]], Awaitable[None]]
     """Publish copies to (topic, partition) and return once acknowledged."""
+    outage: Outage
+    """The bus's one line for a broker that went away, and the one when it is back."""
 
 
 class _Delivery:
@@ -114,6 +136,7 @@ class _Source:
         self.config = settings.config
         self.client_options = settings.client_options
         self._republish = settings.republish
+        self._outage = settings.outage
         self.closed = False
         self.subs: set[KafkaSubscription] = set()
         self._ready: deque[_Delivery] = deque()
@@ -265,6 +288,12 @@ class _Source:
             backoff.reset()
             if batch and not self.closed:
                 self._accept(batch)
+            # aiokafka reconnects by itself (and logs each attempt under "aiokafka"):
+            # eventmill's own line comes from whether it has a live connection.
+            if _connected(consumer):
+                self._outage.ok()
+            elif not self.closed:
+                self._outage.lost(f"fetching {self.topic!r}", "no connection to the broker")
 
     async def _stop_tasks(self) -> None:
         self._readers.wake_all()
@@ -363,13 +392,17 @@ class GroupMember(_Source):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "kafka:// commit for group %r on %r failed (%s: %s)",
-                    self.group,
-                    self.topic,
-                    type(exc).__name__,
-                    exc,
-                )
+                if isinstance(exc, _UNREACHABLE) or self._outage.down:
+                    what = f"committing for group {self.group!r} on {self.topic!r}"
+                    self._outage.lost(what, f"{type(exc).__name__}: {exc}")
+                else:
+                    log.warning(
+                        "kafka:// commit for group %r on %r failed (%s: %s)",
+                        self.group,
+                        self.topic,
+                        type(exc).__name__,
+                        exc,
+                    )
                 return False
             for po, off in todo.values():
                 po.committed = off
@@ -467,6 +500,12 @@ class GroupMember(_Source):
 
 async def _stay_in_group() -> None:
     return None
+
+
+def _connected(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's client holds a live connection to a broker."""
+    conns: dict[Any, Any] = consumer._client._conns
+    return any(conn.connected() for conn in conns.values())
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -483,6 +483,10 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._end_request(subject)
         if status in ("408", "404"):  # request expired / nothing to fetch
             pass
+        elif status == "409" and "Server Shutdown" in description:
+            # The server is going away: the bus logs that once; pull again after a pause.
+            log.debug("nats: pull on topic %r: %s %s", self._topic, status, description)
+            self._throttled = True
         elif status == "409" and "Consumer Deleted" not in description:
             # Max waiting exceeded, leadership change, a push consumer of that name...:
             # pull again, but after a (growing) pause, so a lasting refusal is no hot loop.

@@ -11,6 +11,7 @@ from typing import Final, TypeVar
 from eventmill.errors import BackendUnavailableError
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub.postgres._asyncpg import Connection, Pool, create_pool
 from eventmill.pubsub.postgres._config import PostgresConfig
 from eventmill.pubsub.postgres._errors import is_transient, mapped
@@ -93,6 +94,8 @@ class Runner:
         self.consumer_pool: Pool | None = None
         self.closed = False
         self.aborted = False
+        #: The one line for a server gone away (every run that fails meets it).
+        self.outage = Outage(log, "postgresql://", where)
 
     async def start(self, prepare: Callable[[Pool], Awaitable[None]]) -> None:
         """Open both pools and run ``prepare(pool)``, retrying while the server is
@@ -157,7 +160,6 @@ class Runner:
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
         backoff = Backoff(self.config.reconnect_max_delay)
-        warned = False
         while True:
             if self.aborted or (stop is not None and stop()):
                 raise closed("postgresql://")
@@ -193,14 +195,7 @@ class Runner:
                         f"postgresql:// {what} gave up: server {self.where} unreachable "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
-                if not warned:
-                    warned = True
-                    log.warning(
-                        "postgresql:// %s: server %s unreachable (%s); retrying",
-                        what,
-                        self.where,
-                        type(exc).__name__,
-                    )
+                self.outage.lost(what, type(exc).__name__)
                 await asyncio.sleep(delay)
             except BaseException:  # cancelled: the pool waits for the server to cancel
                 if conn is not None:
@@ -209,6 +204,8 @@ class Runner:
             else:
                 if conn is not None:  # a failed release must not fail what was done
                     await _release(pool, conn, broken=False)
+                if self.outage.down:
+                    self.outage.ok()
                 return result
 
     def terminate(self) -> None:

@@ -101,9 +101,12 @@ class Wakeups:
             try:
                 async with self._lock:
                     await self.connect()
+                self._runner.outage.ok()
                 break
             except Exception as exc:
-                if not is_transient(exc):
+                if is_transient(exc):
+                    self._runner.outage.lost("LISTEN", type(exc).__name__)
+                else:
                     log.error("postgresql:// LISTEN reconnect failed: %s", type(exc).__name__)
                 await backoff.sleep()
         # NOTIFYs sent while we were away are lost: let every consumer look for work.

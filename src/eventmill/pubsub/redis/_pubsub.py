@@ -17,6 +17,7 @@ from eventmill.errors import BackendUnavailableError, ConfigurationError, Subscr
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub._subscription import AsyncStartCloseable, stop_task
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.redis._common import encode_fields, log
@@ -57,6 +58,7 @@ class RedisPubSub(AsyncStartCloseable):
         self._keys: dict[str, str] = {}
         self._xadd_head: dict[str, list[Any]] = {}
         self._goodbyes: set[asyncio.Task[None]] = set()
+        self._outage = Outage(log, "redis://", self.config.safe_url)
         self._closed = False
 
     @classmethod
@@ -165,7 +167,15 @@ class RedisPubSub(AsyncStartCloseable):
             )
             consumer = f"{_HOST}:{uuid.uuid4().hex[:12]}"
             sub = GroupSubscription(
-                self._client, self.config, topic, key, group, consumer, self._forget, self._goodbye
+                self._client,
+                self.config,
+                topic,
+                key,
+                group,
+                consumer,
+                self._forget,
+                self._outage,
+                self._goodbye,
             )
         else:
             last = await self._retrying(
@@ -173,7 +183,7 @@ class RedisPubSub(AsyncStartCloseable):
             )
             last_id: bytes = last[0][0] if last else b"0-0"
             sub = EphemeralSubscription(
-                self._client, self.config, topic, key, self._forget, last_id
+                self._client, self.config, topic, key, self._forget, self._outage, last_id
             )
         if self._closed:
             raise closed("redis://")

@@ -51,6 +51,7 @@ import redis.exceptions as rex
 
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub._subscription import BufferedSubscription, Unsettled, stop_task
 from eventmill.pubsub.redis._common import decode_entry, log
 from eventmill.pubsub.redis._config import RedisConfig
@@ -107,6 +108,7 @@ class _Base(BufferedSubscription[Message]):
         key: str,
         group: str | None,
         on_close: Callable[[_Base], None],
+        outage: Outage,
     ) -> None:
         what = f"redis:// subscription to {topic!r}" + (f" (group {group!r})" if group else "")
         super().__init__(
@@ -116,6 +118,7 @@ class _Base(BufferedSubscription[Message]):
         self._config = config
         self._key = key
         self._on_close = on_close
+        self._outage = outage
         self._room: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -175,9 +178,10 @@ class EphemeralSubscription(_Base):
         topic: str,
         key: str,
         on_close: Callable[[_Base], None],
+        outage: Outage,
         last_id: bytes,
     ) -> None:
-        super().__init__(client, config, topic, key, None, on_close)
+        super().__init__(client, config, topic, key, None, on_close, outage)
         self._last_id = last_id
 
     def _has_room(self) -> bool:
@@ -210,14 +214,8 @@ class EphemeralSubscription(_Base):
                     {self._key: self._last_id}, count=count, block=block_ms
                 )
             except TRANSIENT as exc:
-                delay = backoff.next()
-                log.warning(
-                    "redis:// XREAD %s: %s; retrying in %.2fs",
-                    self._topic,
-                    describe(exc, cfg),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                self._outage.lost(f"reading {self._topic!r}", describe(exc, cfg))
+                await backoff.sleep()
                 continue
             except rex.RedisError as exc:
                 delay = backoff.next()
@@ -225,6 +223,7 @@ class EphemeralSubscription(_Base):
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            self._outage.ok()
             n = 0
             for _stream, entries in resp or ():
                 for entry_id, fields in entries:
@@ -265,9 +264,10 @@ class GroupSubscription(_Base):
         group: str,
         consumer: str,
         on_close: Callable[[_Base], None],
+        outage: Outage,
         goodbye: Callable[[Callable[[], Awaitable[None]]], None],
     ) -> None:
-        super().__init__(client, config, topic, key, group, on_close)
+        super().__init__(client, config, topic, key, group, on_close, outage)
         self._goodbye = goodbye
         self._groupname = group
         self.consumer = consumer
@@ -365,19 +365,14 @@ class GroupSubscription(_Base):
                     self._groupname, self.consumer, {self._key: ">"}, count=count, block=block_ms
                 )
                 backoff.reset()
+                self._outage.ok()
                 for _stream, entries in resp or ():
                     self._deliver(entries)
             except TRANSIENT as exc:
                 own = b"0-0"
-                delay = backoff.next()
-                log.warning(
-                    "redis:// read %s/%s: %s; retrying in %.2fs",
-                    self._topic,
-                    self._groupname,
-                    describe(exc, cfg),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                where = f"reading {self._topic!r} (group {self._groupname!r})"
+                self._outage.lost(where, describe(exc, cfg))
+                await backoff.sleep()
             except rex.RedisError as exc:
                 if isinstance(exc, rex.ResponseError) and "NOGROUP" in str(exc):
                     # The stream or group vanished (deleted, or a server without
@@ -448,18 +443,14 @@ class GroupSubscription(_Base):
                 except TRANSIENT as exc:
                     self._acks[:0] = acks
                     self._touch[:0] = touch
-                    delay = backoff.next()
-                    log.warning(
-                        "redis:// ack flush: %s; retrying in %.2fs",
-                        describe(exc, self._config),
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
+                    self._outage.lost("sending acks", describe(exc, self._config))
+                    await backoff.sleep()
                     continue
                 except rex.RedisError as exc:
                     log.error("redis:// ack flush failed: %s", describe(exc, self._config))
                     continue
                 backoff.reset()
+                self._outage.ok()
                 if self._has_room():
                     self._room.set()
         finally:
