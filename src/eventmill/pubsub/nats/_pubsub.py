@@ -162,15 +162,18 @@ class NatsPubSub(AsyncStartCloseable):
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.AuthorizationError):
             self._auth_failed = True
-        client_log.warning("nats-py: %s", describe(exc))
+        # Each failed reconnect attempt is one: while the bus has said the server is
+        # away, they are details (INFO); otherwise they may be news (WARNING).
+        level = logging.INFO if self._outage.down else logging.WARNING
+        client_log.log(level, "nats-py: %s", describe(exc))
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
-            client_log.warning("nats-py: disconnected; reconnecting")
+            client_log.info("nats-py: disconnected; reconnecting")
             self._outage.lost("connection", "disconnected")
 
     async def _on_reconnected(self) -> None:
-        client_log.warning("nats-py: reconnected")
+        client_log.info("nats-py: reconnected")
         self._outage.ok()
         for sub in list(self._subs):
             sub._restart_pulling()
