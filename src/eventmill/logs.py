@@ -8,6 +8,10 @@ request or message being handled: ``request_id``, ``event_id``, ``correlation_id
 Third-party clients' own lines (nats-py, aiokafka, redis, asyncpg) are kept at
 ``WARNING`` and above unless ``EVENTMILL_LOG_LEVEL=debug``; silence one entirely with
 ``logging.getLogger("aiokafka").setLevel(logging.CRITICAL)`` in an embedding program.
+nats-py reports through callbacks rather than a logger: eventmill logs what they say
+under ``eventmill.pubsub.nats.client``. Whatever the clients say, eventmill logs its
+own line when a server goes away (and when it is back) under
+``eventmill.pubsub.<backend>``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,19 @@ import structlog
 
 __all__ = ["CLIENT_LOGGERS", "bind", "configure_logging"]
 
-CLIENT_LOGGERS = ("aiokafka", "kafka", "nats", "redis", "asyncpg", "aiosqlite", "alembic")
-"""Loggers of the client libraries eventmill drives: quiet below WARNING by default."""
+CLIENT_LOGGERS = (
+    "aiokafka",
+    "kafka",
+    "nats",
+    "eventmill.pubsub.nats.client",
+    "redis",
+    "asyncpg",
+    "aiosqlite",
+    "alembic",
+)
+"""Loggers of the client libraries eventmill drives: quiet below WARNING by default.
+``eventmill.pubsub.nats.client`` carries nats-py's reports (its error, disconnect and
+reconnect callbacks)."""
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:

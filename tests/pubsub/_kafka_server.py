@@ -8,7 +8,6 @@ connection (bootstrap and per-broker) goes through the proxy.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import os
@@ -16,13 +15,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from tests.conftest import free_port
+from tests.pubsub._tcp_proxy import TcpProxy
 
 __all__ = ["TansuServer", "TcpProxy", "tansu_binary"]
 
@@ -46,78 +43,6 @@ def _wait_port(port: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:``port`` to 127.0.0.1:``target``, in a thread of its own.
-
-    :meth:`cut` closes every open connection and stops listening; :meth:`restore`
-    listens again on the same port.
-    """
-
-    def __init__(self, target: int, port: int | None = None) -> None:
-        self.target = target
-        self.port = port or free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    def start(self) -> None:
-        self._thread.start()
-        self._call(self._listen())
-
-    def cut(self) -> None:
-        self._call(self._cut())
-
-    def restore(self) -> None:
-        self._call(self._listen())
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call(self._cut())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    async def _listen(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(
-                self._handle, "127.0.0.1", self.port, reuse_address=True
-            )
-
-    async def _cut(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.discard(writer)
-        self._writers.discard(up_writer)
 
 
 class TansuServer:

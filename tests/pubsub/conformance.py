@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import pytest
 
@@ -19,6 +22,14 @@ from eventmill import ClosedError, InvalidNameError, Message
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 
 RECEIVE_TIMEOUT = 30.0
+
+#: Seconds within which ``close()`` returns while the consumer is idle in a blocking read
+#: with nothing left to send (a contract bound of the API, not a speed figure: such a
+#: close makes no round trip to the server; see ``Harness.close_bound``).
+CLOSE_BOUND = 0.1
+
+#: Seconds the close tests leave the consumers idle, so each is in its blocking read.
+IDLE = 0.5
 
 
 class Harness:
@@ -31,6 +42,17 @@ class Harness:
 
     #: How long a message held by a crashed consumer takes to come back, in seconds.
     redelivery_timeout: float = 1.0
+
+    #: Seconds within which an idle group subscription's (and bus's) ``close()`` returns
+    #: once its settlements reached the backend: :data:`CLOSE_BOUND`, since such a close
+    #: makes no round trip to the server. A backend whose close must wait for the
+    #: server's answer (kafka://: LeaveGroup) states its own bound and why. An
+    #: ephemeral subscription's close is held to :data:`CLOSE_BOUND` on every backend.
+    close_bound: float = CLOSE_BOUND
+
+    #: URL options that make the backend's blocking reads (long polls) last at least
+    #: 2 s, so that a close waiting one out fails the bound of the close tests.
+    long_reads: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         self._opened: list[PubSub] = []
@@ -47,6 +69,21 @@ class Harness:
         if ps not in self._opened:
             self._opened.append(ps)
         return ps
+
+    async def open_with(self, **options: str) -> PubSub:
+        """A new PubSub like :meth:`open`'s, with these URL options (closed in ``aclose``);
+        the ones given the same options share the backend's storage."""
+        ps = await self._open_with(options)
+        if ps not in self._opened:
+            self._opened.append(ps)
+        return ps
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        raise NotImplementedError
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        """Return once the settlements made so far on ``sub`` have reached the backend
+        (and the subscription knows it), so its ``close()`` has nothing left to send."""
 
     async def crash(self, ps: PubSub) -> None:
         """Make ``ps`` vanish as a killed process would: no settlements flushed, no goodbye."""
@@ -120,6 +157,85 @@ async def collect_ids(
     except TimeoutError:
         pytest.fail(f"missing {len(want - seen)} of {len(want)} messages after {timeout}s")
     return seen
+
+
+async def parked(sub: Subscription) -> asyncio.Task[Message]:
+    """A reader waiting in ``sub.__anext__()`` (started, and given a turn to park)."""
+    task = asyncio.create_task(sub.__anext__())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    return task
+
+
+async def ended(reader: asyncio.Task[Message]) -> None:
+    """Assert the parked ``reader`` ended with ``StopAsyncIteration`` (its subscription closed)."""
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(reader, 5)
+
+
+async def logged(
+    caplog: pytest.LogCaptureFixture, text: str, *, timeout: float = RECEIVE_TIMEOUT
+) -> list[logging.LogRecord]:
+    """Wait until a captured record's message contains ``text``; return those that do."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = [r for r in caplog.records if text in r.getMessage()]
+            if found:
+                return found
+            await asyncio.sleep(0.02)
+
+
+async def outage_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+    bus: PubSub,
+    outage: Callable[[], Awaitable[None]],
+    *,
+    backend_logger: str,
+    client_logger: str | None,
+) -> None:
+    """Two outages of ``bus``'s server (``outage()`` takes it away and back) while a
+    group subscription is open: each makes eventmill log exactly one WARNING under
+    ``backend_logger`` (the server unreachable) and one INFO (reachable again). The
+    client library's own lines (under ``client_logger``) appear in the first and, with
+    that logger set to CRITICAL, not in the second."""
+    caplog.set_level(logging.INFO)
+    topic, group = unique("t"), unique("g")
+    sub = await bus.subscribe(topic, group=group)
+    await bus.publish(topic, Message(b"before"))
+    await collect(sub, 1)
+    client = logging.getLogger(client_logger) if client_logger is not None else None
+    try:
+        for silenced in (False, True):
+            if client is not None and silenced:
+                client.setLevel(logging.CRITICAL)
+            caplog.clear()
+            await outage()
+            await logged(caplog, "reachable again", timeout=60)
+            after = Message(b"after")
+            await bus.publish(topic, after)
+            await collect_ids(sub, {after.id}, timeout=60)
+            ours = [
+                r
+                for r in caplog.records
+                if r.name == backend_logger and r.levelno >= logging.WARNING
+            ]
+            assert [r.getMessage() for r in ours] == [ours[0].getMessage()], (
+                "one warning per outage, not: " + "; ".join(r.getMessage() for r in ours)
+            )
+            assert "unreachable" in ours[0].getMessage()
+            if client_logger is not None:
+                theirs = [
+                    r
+                    for r in caplog.records
+                    if r.name == client_logger or r.name.startswith(client_logger + ".")
+                ]
+                if silenced:
+                    assert not theirs, [r.getMessage() for r in theirs]
+                else:
+                    assert theirs, f"no line of {client_logger} to silence"
+    finally:
+        if client is not None:
+            client.setLevel(logging.NOTSET)
+    await sub.close()
 
 
 def msgs(n: int, prefix: str = "m", **metadata: str) -> list[Message]:
@@ -509,6 +625,144 @@ class ConformanceSuite:
         seen = await collect_ids(again, want, timeout=RECEIVE_TIMEOUT + harness.redelivery_timeout)
         assert seen == want, "acked messages were redelivered after the crash"
 
+    # -- closing -----------------------------------------------------------------------
+
+    async def test_close_returns_at_once_while_idle_and_keeps_settlements(
+        self, harness: Harness
+    ) -> None:
+        """An idle subscription's close() interrupts its blocking read instead of waiting
+        it out, and the settlements made before it stay made."""
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open_with(**harness.long_reads)
+        sub = await ps.subscribe(topic, group=group)
+        live = await ps.subscribe(topic)
+        sent = msgs(10)
+        await ps.publish(topic, *sent)
+        await collect(sub, 10)
+        await collect(live, 10)
+        await harness.settled(ps, sub)
+        readers = [await parked(sub), await parked(live)]
+        await asyncio.sleep(IDLE)  # the scenario: idle for a while, in a blocking read
+        for s, bound in ((live, CLOSE_BOUND), (sub, harness.close_bound)):
+            start = time.monotonic()
+            await s.close()
+            elapsed = time.monotonic() - start
+            assert elapsed < bound, (
+                f"{'group' if s.group else 'ephemeral'} subscription close() took "
+                f"{elapsed:.3f}s (bound {bound}s)"
+            )
+        for reader in readers:
+            await ended(reader)
+        # The acks landed: the group has nothing left but what comes next.
+        other = await harness.open_with(**harness.long_reads)
+        again = await other.subscribe(topic, group=group)
+        marker = Message(b"marker")
+        await other.publish(topic, marker)
+        (first,) = await collect(again, 1)
+        assert first.id == marker.id, "an acked message came back after close()"
+
+    async def test_ephemeral_close_returns_at_once_right_after_a_delivery(
+        self, harness: Harness
+    ) -> None:
+        """Closed while its reader is between reads (it just handed messages out), an
+        ephemeral subscription, which has nothing to send, returns as quickly."""
+        topic = unique("t")
+        ps = await harness.open_with(**harness.long_reads)
+        for _ in range(3):
+            live = await ps.subscribe(topic)
+            await ps.publish(topic, *msgs(10))
+            await collect(live, 10)
+            start = time.monotonic()
+            await live.close()
+            elapsed = time.monotonic() - start
+            assert elapsed < CLOSE_BOUND, f"close() took {elapsed:.3f}s"
+
+    async def test_bus_close_returns_at_once_while_idle(self, harness: Harness) -> None:
+        topic = unique("t")
+        ps = await harness.open_with(**harness.long_reads)
+        sub = await ps.subscribe(topic, group=unique("g"))
+        live = await ps.subscribe(topic)
+        await ps.publish(topic, Message(b"one"))
+        await collect(sub, 1)
+        await collect(live, 1)
+        await harness.settled(ps, sub)
+        readers = [await parked(sub), await parked(live)]
+        await asyncio.sleep(IDLE)
+        start = time.monotonic()
+        await ps.close()
+        elapsed = time.monotonic() - start
+        assert elapsed < harness.close_bound, f"bus close() took {elapsed:.3f}s"
+        for reader in readers:
+            await ended(reader)
+
+    # -- the bound on unsettled messages -----------------------------------------------
+
+    async def test_max_unsettled_holds_a_subscription_at_the_bound(self, harness: Harness) -> None:
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open_with(max_unsettled="3")
+        sub = await ps.subscribe(topic, group=group)
+        live = await ps.subscribe(topic)
+        sent = msgs(8)
+        await ps.publish(topic, *sent)
+        for s in (sub, live):
+            held = await collect(s, 3, ack=False)
+            await nothing_arrives(s, 0.5)  # three handed out, none settled: no fourth
+            held[0].ack()
+            (fourth,) = await collect(s, 1, ack=False)  # settling one lets the next through
+            await nothing_arrives(s, 0.3)
+            held[1].nack()
+            (fifth,) = await collect(s, 1, ack=False)  # a nack settles too
+            await nothing_arrives(s, 0.3)
+            for m in (held[2], fourth, fifth):
+                m.ack()
+            seen = {m.id for m in (held[0], held[2], fourth, fifth)}
+            rest = await collect_ids(s, {m.id for m in sent} - seen)
+            assert rest | seen == {m.id for m in sent}
+
+    async def test_max_unsettled_defaults_to_1000(self, bus: PubSub) -> None:
+        topic, group = unique("t"), unique("g")
+        sub = await bus.subscribe(topic, group=group)
+        await bus.publish(topic, *msgs(1001))
+        held = await collect(sub, 1000, ack=False)
+        await nothing_arrives(sub, 0.5)
+        held[0].ack()
+        await collect(sub, 1)
+
+    async def test_max_unsettled_can_be_unlimited(self, harness: Harness) -> None:
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open_with(max_unsettled="unlimited")
+        sub = await ps.subscribe(topic, group=group)
+        sent = msgs(1500)
+        await ps.publish(topic, *sent)
+        held = await collect(sub, 1500, ack=False)
+        assert {m.id for m in held} == {m.id for m in sent}
+
+    async def test_a_subscription_held_at_the_bound_warns_once(
+        self, harness: Harness, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="eventmill.pubsub")
+        topic, group = unique("t"), unique("g")
+        ps = await harness.open_with(max_unsettled="2", stall_warning="0.2")
+        sub = await ps.subscribe(topic, group=group)
+        await ps.publish(topic, *msgs(3))
+        held = await collect(sub, 2, ack=False)
+        reader = await parked(sub)
+        (warning,) = await logged(caplog, "raise max_unsettled")
+        await asyncio.sleep(0.7)  # held three more periods: still one warning
+        found = [r for r in caplog.records if "raise max_unsettled" in r.getMessage()]
+        assert found == [warning]
+        assert warning.levelno == logging.WARNING
+        assert warning.name.startswith("eventmill.pubsub."), warning.name
+        text = warning.getMessage()
+        assert "2 messages handed out and not settled" in text, text
+        assert "settle them (ack/nack) or raise max_unsettled" in text, text
+        assert repr(topic) in text, text
+        assert repr(group) in text, text
+        held[0].ack()
+        third = await asyncio.wait_for(reader, RECEIVE_TIMEOUT)
+        third.ack()
+        held[1].ack()
+
     async def test_reconnect_after_server_restart(self, harness: Harness) -> None:
         self.need(harness, has_server=True)
         topic, group = unique("t"), unique("g")
@@ -536,7 +790,11 @@ __all__ = [
     "Harness",
     "collect",
     "collect_ids",
+    "ended",
+    "logged",
     "msgs",
     "nothing_arrives",
+    "outage_is_logged_once",
+    "parked",
     "unique",
 ]

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from eventmill import ConfigurationError, Message, open_pubsub
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.kafka import KafkaConfig, KafkaPubSub
+from eventmill.pubsub.kafka._consumer import KafkaSubscription
 from tests.conftest import REQUIRE_SERVICES
 from tests.pubsub._kafka_server import TansuServer, tansu_binary
 from tests.pubsub.conformance import (
@@ -21,6 +22,7 @@ from tests.pubsub.conformance import (
     Harness,
     collect,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -53,6 +55,11 @@ def url_for(server: TansuServer, extra: str = "") -> str:
 
 class KafkaHarness(Harness):
     redelivery_timeout = 4.0
+    #: A group subscription's close() (and the bus's) leaves the group: it waits for
+    #: the coordinator's answer to LeaveGroup, one round trip, so that the group's
+    #: other members get its partitions at once rather than after the session timeout.
+    #: The bound is half the 1 s fetch wait a close must not wait out.
+    close_bound = 0.5
 
     def __init__(self, server: TansuServer) -> None:
         super().__init__()
@@ -66,6 +73,19 @@ class KafkaHarness(Harness):
         bus = KafkaPubSub.from_url(url_for(self.server))
         await bus.start()
         return bus
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        extra = "".join(f"&{k}={v}" for k, v in options.items())
+        bus = KafkaPubSub.from_url(url_for(self.server, extra))
+        await bus.start()
+        return bus
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(sub, KafkaSubscription)
+        member = sub._source
+        async with asyncio.timeout(30):  # the acked prefixes are committed
+            while any(po.needs_commit for po in member._parts.values()):
+                await asyncio.sleep(0.005)
 
     async def crash(self, ps: PubSub) -> None:
         """Members stop without committing and without leaving their groups, as a
@@ -262,3 +282,20 @@ def test_url_options_parse() -> None:
     cfg = KafkaConfig.from_url("kafka://a:1,b:2?key=user_id&partitions=8&commit_interval=0.5")
     assert cfg.bootstrap_servers == "a:1,b:2"
     assert (cfg.key, cfg.partitions, cfg.commit_interval) == ("user_id", 8, 0.5)
+
+
+async def test_a_lost_broker_logs_one_line_and_aiokafka_lines_can_be_silenced(
+    kh: KafkaHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiokafka logs every failed attempt under "aiokafka" (silence it there);
+    eventmill says once that the broker is unreachable, and once that it is back."""
+    bus = await kh.open()
+
+    async def outage() -> None:
+        await asyncio.to_thread(kh.server.proxy.cut)
+        await asyncio.sleep(2.0)  # the fetch loop notices within a second
+        await asyncio.to_thread(kh.server.proxy.restore)
+
+    await outage_is_logged_once(
+        caplog, bus, outage, backend_logger="eventmill.pubsub.kafka", client_logger="aiokafka"
+    )

@@ -58,6 +58,7 @@ class MemoryHarness(Harness):
     def __init__(self) -> None:
         super().__init__()
         self._shared = MemoryPubSub()
+        self._configured: dict[str, MemoryPubSub] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -66,6 +67,13 @@ class MemoryHarness(Harness):
     async def _open(self) -> PubSub:
         return _Client(self._shared)
 
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        url = "memory://?" + "&".join(f"{k}={v}" for k, v in sorted(options.items()))
+        bus = self._configured.get(url)
+        if bus is None:
+            bus = self._configured[url] = MemoryPubSub.from_url(url)
+        return _Client(bus)
+
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, _Client)
         await ps.abort()
@@ -73,6 +81,8 @@ class MemoryHarness(Harness):
     async def aclose(self) -> None:
         await super().aclose()
         await self._shared.close()
+        for bus in self._configured.values():
+            await bus.close()
 
 
 class TestMemoryConformance(ConformanceSuite):

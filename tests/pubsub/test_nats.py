@@ -7,6 +7,7 @@ test (the streams are deleted at teardown); the restart tests run a private
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from eventmill import (
     SubscribeError,
     open_pubsub,
 )
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.nats import NatsConfig, NatsPubSub, NatsSubscription
 from eventmill.pubsub.nats._config import consumer_name, stream_name
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
@@ -35,6 +36,7 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -61,6 +63,7 @@ async def _delete_streams(url: str, prefix: str) -> None:
 
 class NatsHarness(Harness):
     redelivery_timeout = ACK_WAIT
+    long_reads = {"fetch_timeout": "5"}
 
     def __init__(self, url: str, server: NatsServer | None = None) -> None:
         super().__init__()
@@ -78,6 +81,15 @@ class NatsHarness(Harness):
 
     async def _open(self) -> PubSub:
         return await open_pubsub(self.url)
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        return await open_pubsub(self.url + "".join(f"&{k}={v}" for k, v in options.items()))
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(sub, NatsSubscription)
+        async with asyncio.timeout(30):  # sent, and a flush confirmed them
+            while sub._settlements or sub._sent != sub._confirmed:
+                await asyncio.sleep(0.005)
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, NatsPubSub)
@@ -342,7 +354,8 @@ def test_url_options_are_parsed() -> None:
         "nats://localhost?ack_wait=soon",
         "nats://localhost?max_deliver=0",
         "nats://localhost?batch=0",
-        "nats://localhost?batch=2000",  # more than max_ack_pending
+        "nats://localhost?max_unsettled=0",
+        "nats://localhost?stall_warning=-1",
         "nats://localhost?storage=disk",
         "nats://localhost?dedupe=maybe",
         "nats://localhost?stream_prefix=a.b",
@@ -466,3 +479,21 @@ async def test_group_named_like_a_push_consumer_is_a_subscribe_error(prefix: str
     with pytest.raises(SubscribeError, match="push consumer"):
         await bus.subscribe(topic, group="pushy")
     await bus.close()
+
+
+async def test_a_restart_logs_one_line_and_nats_py_lines_can_be_silenced(
+    private_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """eventmill says once that the server is unreachable (and once that it is back);
+    what nats-py reports through its callbacks goes to eventmill.pubsub.nats.client."""
+    bus = await open_pubsub(f"{private_server.url}?reconnect_max_delay=0.2&fetch_timeout=1")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: private_server.restart(1.0),
+            backend_logger="eventmill.pubsub.nats",
+            client_logger="eventmill.pubsub.nats.client",
+        )
+    finally:
+        await bus.close()

@@ -81,6 +81,9 @@ def test_an_unknown_option_lists_the_known_ones() -> None:
         ("kafka://h:1?reconnect_backoff_min=1", KafkaConfig.from_url, "reconnect_min_delay"),
         ("nats://h?reconnect_max_wait=1", NatsConfig.from_url, "reconnect_max_delay"),
         ("nats://h?reconnect_wait=1", NatsConfig.from_url, "reconnect_min_delay"),
+        ("nats://h?max_ack_pending=10", NatsConfig.from_url, "max_unsettled"),
+        ("redis://h?max_in_flight=10", RedisConfig.from_url, "max_unsettled"),
+        ("kafka://h:1?max_in_flight=10", KafkaConfig.from_url, "max_unsettled"),
     ],
 )
 def test_a_renamed_option_says_its_new_name(url: str, parse: object, new: str) -> None:
@@ -104,3 +107,29 @@ def test_the_cap_of_the_reconnect_backoff_has_one_name_everywhere() -> None:
         KafkaConfig.from_url("kafka://h:1?reconnect_max_delay=0.5"),
     ):
         assert cfg.reconnect_max_delay == 0.5
+
+
+_EVERY_BACKEND = {
+    "memory://": MemoryConfig.from_url,
+    "sqlite:///b.db": SQLiteConfig.from_url,
+    "postgresql://h/db": PostgresConfig.from_url,
+    "redis://h": RedisConfig.from_url,
+    "nats://h": NatsConfig.from_url,
+    "kafka://h:1": KafkaConfig.from_url,
+}
+
+
+@pytest.mark.parametrize("base", list(_EVERY_BACKEND))
+def test_the_bound_on_unsettled_messages_has_one_name_and_default_everywhere(base: str) -> None:
+    parse = _EVERY_BACKEND[base]
+    sep = "&" if "?" in base else "?"
+    default = parse(base)
+    assert default.max_unsettled == 1000  # type: ignore[attr-defined]
+    assert default.stall_warning == 30.0  # type: ignore[attr-defined]
+    cfg = parse(f"{base}{sep}max_unsettled=5&stall_warning=2m")
+    assert (cfg.max_unsettled, cfg.stall_warning) == (5, 120.0)  # type: ignore[attr-defined]
+    cfg = parse(f"{base}{sep}max_unsettled=unlimited&stall_warning=unlimited")
+    assert (cfg.max_unsettled, cfg.stall_warning) == (None, None)  # type: ignore[attr-defined]
+    for bad in ("max_unsettled=0", "max_unsettled=-1", "stall_warning=0"):
+        with pytest.raises(ConfigurationError, match=bad.split("=")[0]):
+            parse(f"{base}{sep}{bad}")

@@ -21,7 +21,7 @@ from eventmill import (
     Message,
     open_pubsub,
 )
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
 from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
@@ -34,6 +34,7 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
     unique,
 )
 
@@ -78,6 +79,13 @@ class PostgresHarness(Harness):
 
     async def _open(self) -> PubSub:
         return await open_pubsub(self.url)
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        return await open_pubsub(self.url + "".join(f"&{k}={v}" for k, v in options.items()))
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(ps, PostgresPubSub)
+        await ps.flush_settlements()
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, PostgresPubSub)
@@ -784,3 +792,22 @@ async def test_listen_connection_comes_back_after_server_restart(
     assert first.id == sent[0].id
     await bus.close()
     await publisher.close()
+
+
+async def test_a_restart_logs_one_line_and_asyncpg_lines_can_be_silenced(
+    throwaway_server: _postgres_server.PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claims, acks, lease renewals, the LISTEN connection and publishes meet the same
+    outage: eventmill says once that the server is unreachable, and once that it is
+    back; asyncpg's own lines (its pool refilling) go to "asyncpg"."""
+    bus = await open_pubsub(throwaway_server.url + "?poll_interval=0.2&reconnect_max_delay=0.2")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: throwaway_server.restart(1.0),
+            backend_logger="eventmill.pubsub.postgres",
+            client_logger="asyncpg",
+        )
+    finally:
+        await bus.close()

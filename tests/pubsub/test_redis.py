@@ -12,6 +12,7 @@ import contextlib
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,12 +25,13 @@ from eventmill import (
     Message,
     open_pubsub,
 )
-from eventmill.pubsub.base import Capabilities, PubSub
+from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.redis import RedisConfig, RedisPubSub
 from eventmill.pubsub.redis._subscription import GroupSubscription
 from tests.conftest import REQUIRE_SERVICES, require_service
 from tests.pubsub._redis_server import RedisServer, redis_server_binary
 from tests.pubsub._tasks import tasks_created
+from tests.pubsub._tcp_proxy import TcpProxy
 from tests.pubsub.conformance import (
     ConformanceSuite,
     Harness,
@@ -37,6 +39,8 @@ from tests.pubsub.conformance import (
     collect_ids,
     msgs,
     nothing_arrives,
+    outage_is_logged_once,
+    parked,
     unique,
 )
 
@@ -70,6 +74,7 @@ async def delete_prefix(url: str, prefix: str) -> None:
 
 class RedisHarness(Harness):
     redelivery_timeout = CLAIM_IDLE + 1.0  # claim_idle plus one claim-scan interval
+    long_reads = {"block": "5"}
 
     def __init__(self, url: str, server: RedisServer | None = None) -> None:
         super().__init__()
@@ -87,6 +92,15 @@ class RedisHarness(Harness):
 
     async def _open(self) -> PubSub:
         return await open_pubsub(self.bus_url())
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        return await open_pubsub(self.bus_url(**options))
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(sub, GroupSubscription)
+        async with asyncio.timeout(30):
+            while sub._acks or sub._flusher is not None:
+                await asyncio.sleep(0.005)
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, RedisPubSub)
@@ -215,8 +229,10 @@ async def test_killed_consumers_pending_entries_are_claimed_after_claim_idle(
             while dead in (names := await consumer_names(client, shared.prefix + topic, group)):
                 await asyncio.sleep(0.2)
         assert sub.consumer in names
-        await sub.close()
-        assert await consumer_names(client, shared.prefix + topic, group) == set()
+        await sub.close()  # nothing to flush: the member is deleted in the background
+        async with asyncio.timeout(30):
+            while await consumer_names(client, shared.prefix + topic, group):
+                await asyncio.sleep(0.02)
     finally:
         await client.aclose()
 
@@ -360,7 +376,7 @@ async def test_entries_trimmed_while_pending_are_dropped_not_delivered(
 async def test_url_options_are_parsed() -> None:
     bus = RedisPubSub.from_url(
         "rediss://user:pw@example.com:6380/2?prefix=app:&maxlen=5000&batch_size=50"
-        "&max_in_flight=500&block=1.5&claim_idle=60&publish_timeout=5&publish_batch=200"
+        "&max_unsettled=500&block=1.5&claim_idle=60&publish_timeout=5&publish_batch=200"
         "&max_pending_publishes=2000&reconnect_max_delay=1&socket_timeout=4&connect_timeout=2"
         "&consumer_timeout=600"
         "&ssl_cert_reqs=none"
@@ -372,7 +388,7 @@ async def test_url_options_are_parsed() -> None:
         prefix="app:",
         maxlen=5000,
         batch_size=50,
-        max_in_flight=500,
+        max_unsettled=500,
         block=1.5,
         claim_idle=60.0,
         consumer_timeout=600.0,
@@ -397,7 +413,8 @@ async def test_url_options_are_parsed() -> None:
         "redis://localhost?claim_idle=-1",
         "redis://localhost?claim_idle=nan",
         "redis://localhost?block=20&socket_timeout=10",
-        "redis://localhost?max_in_flight=10&batch_size=100",
+        "redis://localhost?max_unsettled=0",
+        "redis://localhost?stall_warning=0",
         "redis://localhost?publish_timeout=soon",
         "redis://localhost?unknown_option=1",
         "redis://localhost?consumer_timeout=1",
@@ -446,3 +463,149 @@ async def test_publish_waits_through_an_outage_and_raises_after_publish_timeout(
         for bus in (patient, hasty):
             with contextlib.suppress(Exception):
                 await bus.close()
+
+
+# -- replies lost in a restart ----------------------------------------------------------
+
+#: claim_idle of the tests below: an entry whose reply was lost waits this long for the
+#: claim scan unless the consumer re-reads its own pending list after reconnecting.
+LONG_CLAIM_IDLE = 60.0
+#: Most seconds between a publish returning and the message being handled, across a
+#: restart (server down, reconnect backoff, re-read): well below LONG_CLAIM_IDLE.
+RESTART_DELAY_BOUND = 10.0
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    need_shared_redis()
+    p = TcpProxy(6379)
+    await asyncio.to_thread(p.start)
+    try:
+        yield p
+    finally:
+        await asyncio.to_thread(p.stop)
+
+
+async def test_an_entry_whose_reply_was_lost_is_handled_after_the_reconnect(
+    proxy: TcpProxy, shared: RedisHarness
+) -> None:
+    """XREADGROUP handed an entry to the consumer, its reply never arrived, the
+    connection dropped: the consumer reads its own pending list again after it
+    reconnects, so the entry comes at once instead of after claim_idle."""
+    topic, group = unique("t"), unique("g")
+    options = {"prefix": shared.prefix, "claim_idle": LONG_CLAIM_IDLE, "block": 5}
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    consumer_bus = await open_pubsub(f"redis://127.0.0.1:{proxy.port}/0?{query}")
+    shared._opened.append(consumer_bus)
+    producer = await shared.open()
+    sub = await consumer_bus.subscribe(topic, group=group)
+    reader = await parked(sub)
+    await asyncio.sleep(0.3)  # the consumer waits in its blocking XREADGROUP
+    await asyncio.to_thread(proxy.swallow)
+    sent = Message(b"lost reply")
+    await producer.publish(topic, sent)
+    client = aioredis.Redis.from_url(SHARED_URL)
+    try:
+        async with asyncio.timeout(10):  # handed to our consumer, the reply swallowed
+            while (await client.xpending(shared.prefix + topic, group))["pending"] != 1:
+                await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+    assert not reader.done()
+    await asyncio.to_thread(proxy.cut)
+    await asyncio.to_thread(proxy.restore)
+    got = await asyncio.wait_for(reader, RESTART_DELAY_BOUND)
+    assert got.id == sent.id
+    got.ack()
+
+
+async def test_restarts_under_load_delay_no_message_until_claim_idle(
+    private_server: RedisServer,
+) -> None:
+    """Redis killed and restarted three times while messages stream through a group
+    whose consumer lags behind (so each read brings a batch published earlier): every
+    message is handled within RESTART_DELAY_BOUND of its publish returning.
+
+    A restart loses the replies Redis had not sent when it died, XREADGROUP's among
+    them: the entries are then pending for the consumer, which never saw them (they
+    used to wait for claim_idle). The consumer reaches the server through a proxy that
+    drops the replies of the last 50 ms before each kill, so every restart loses some
+    (a kill alone hits that window only by chance).
+    """
+    proxy = TcpProxy(private_server.port)
+    await asyncio.to_thread(proxy.start)
+    options = f"?claim_idle={LONG_CLAIM_IDLE}&reconnect_max_delay=0.5"
+    producer = await open_pubsub(private_server.url + options)
+    consumer_bus = await open_pubsub(f"redis://127.0.0.1:{proxy.port}/0{options}")
+    topic, group = unique("t"), unique("g")
+    total, batch, restarts = 4000, 20, 3
+    published: dict[str, float] = {}
+    handled: dict[str, float] = {}
+    sub = await consumer_bus.subscribe(topic, group=group)
+    done = asyncio.Event()
+
+    async def consume() -> None:
+        async for m in sub:
+            handled.setdefault(m.id, time.monotonic())
+            m.ack()
+            if len(handled) == total:
+                done.set()
+            await asyncio.sleep(0.0005)  # lag behind: reads bring backlog
+
+    async def publish() -> None:
+        for start in range(0, total, batch):
+            sent = [Message(str(i).encode()) for i in range(start, start + batch)]
+            await producer.publish(topic, *sent)
+            now = time.monotonic()
+            published.update((m.id, now) for m in sent)
+
+    consumer = asyncio.create_task(consume())
+    publisher = asyncio.create_task(publish())
+    try:
+        for restart in range(1, restarts + 1):
+            async with asyncio.timeout(60):  # at 1/4, 2/4 and 3/4 of the stream
+                while len(published) < total * restart // (restarts + 1):
+                    await asyncio.sleep(0.005)
+            await asyncio.to_thread(proxy.swallow)
+            await asyncio.sleep(0.05)
+            await private_server.restart(down_for=0.2)
+            await asyncio.to_thread(proxy.cut)  # (ends the swallowing)
+            await asyncio.to_thread(proxy.restore)
+        await asyncio.wait_for(publisher, 120)
+        with contextlib.suppress(TimeoutError):  # the last ones are late after this
+            await asyncio.wait_for(done.wait(), RESTART_DELAY_BOUND + 1)
+        now = time.monotonic()
+        delays = {mid: handled.get(mid, now) - at for mid, at in published.items()}
+        late = {mid: d for mid, d in delays.items() if d > RESTART_DELAY_BOUND}
+        assert not late, (
+            f"{len(late)} of {total} messages handled more than {RESTART_DELAY_BOUND}s after "
+            f"their publish returned (worst {max(late.values()):.1f}s; claim_idle "
+            f"{LONG_CLAIM_IDLE}s)"
+        )
+        assert set(handled) == set(published)
+    finally:
+        for task in (consumer, publisher):
+            task.cancel()
+        await asyncio.gather(consumer, publisher, return_exceptions=True)
+        for bus in (producer, consumer_bus):
+            with contextlib.suppress(Exception):
+                await bus.close()
+        await asyncio.to_thread(proxy.stop)
+
+
+async def test_a_restart_logs_one_line(
+    private_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Readers, ack flushes and publishes meet the same outage: eventmill says once
+    that Redis is unreachable, and once that it is back (redis-py logs nothing)."""
+    bus = await open_pubsub(private_server.url + "?reconnect_max_delay=0.2")
+    try:
+        await outage_is_logged_once(
+            caplog,
+            bus,
+            lambda: private_server.restart(1.0),
+            backend_logger="eventmill.pubsub.redis",
+            client_logger=None,
+        )
+    finally:
+        await bus.close()

@@ -24,7 +24,7 @@ from eventmill import (
     open_pubsub,
 )
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
-from eventmill.pubsub.sqlite import SQLiteConfig, SQLitePubSub
+from eventmill.pubsub.sqlite import SQLiteConfig, SQLitePubSub, SQLiteSubscription
 from tests.pubsub.conformance import (
     ConformanceSuite,
     Harness,
@@ -49,6 +49,7 @@ async def open_bus(path: Path, **options: Any) -> SQLitePubSub:
 
 class SQLiteHarness(Harness):
     redelivery_timeout = VISIBILITY
+    long_reads = {"poll_interval": "5"}
 
     def __init__(self, path: Path, synchronous: str = "full") -> None:
         super().__init__()
@@ -60,16 +61,23 @@ class SQLiteHarness(Harness):
         return SQLitePubSub.capabilities
 
     async def _open(self) -> PubSub:
-        ps = SQLitePubSub(
-            SQLiteConfig(
-                path=str(self.path),
-                visibility_timeout=VISIBILITY,
-                poll_interval=0.05,
-                synchronous=self.synchronous,  # type: ignore[arg-type]
-            )
-        )
+        return await self._open_with({})
+
+    async def _open_with(self, options: dict[str, str]) -> PubSub:
+        query = {
+            "visibility_timeout": str(VISIBILITY),
+            "poll_interval": "0.05",
+            "synchronous": self.synchronous,
+            **options,
+        }
+        url = f"sqlite:///{self.path}?" + "&".join(f"{k}={v}" for k, v in query.items())
+        ps = SQLitePubSub.from_url(url)
         await ps.start()
         return ps
+
+    async def settled(self, ps: PubSub, sub: Subscription) -> None:
+        assert isinstance(sub, SQLiteSubscription)
+        await sub.flush()
 
     async def crash(self, ps: PubSub) -> None:
         assert isinstance(ps, SQLitePubSub)

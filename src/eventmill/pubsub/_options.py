@@ -49,7 +49,16 @@ from eventmill.errors import ConfigurationError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["RENAMED", "UNLIMITED", "Seconds", "apply_options", "split_query"]
+__all__ = [
+    "MAX_UNSETTLED",
+    "RENAMED",
+    "STALL_WARNING",
+    "UNLIMITED",
+    "Seconds",
+    "apply_options",
+    "check_unsettled",
+    "split_query",
+]
 
 UNLIMITED: Final = "unlimited"
 """The one word, on every backend, for "no limit": ``retention=unlimited``, ``maxlen=unlimited``."""
@@ -64,9 +73,19 @@ _SECONDS: Final = _Unit()
 Seconds = Annotated[float, _SECONDS]
 """A duration in seconds; in a URL also ``500ms``, ``30s``, ``5m``, ``2h``, ``7d``."""
 
+MAX_UNSETTLED: Final = 1000
+"""Default of every backend's ``max_unsettled``: the messages one subscription hands out
+and holds unsettled before it hands out no more."""
+
+STALL_WARNING: Final = 30.0
+"""Default of every backend's ``stall_warning``: seconds a subscription may be held at
+``max_unsettled`` before it logs one warning."""
+
 #: Options of earlier versions, and what they are called now.
 RENAMED: Final = {
     "backoff_max": "reconnect_max_delay",
+    "max_ack_pending": "max_unsettled",
+    "max_in_flight": "max_unsettled",
     "reconnect_backoff_max": "reconnect_max_delay",
     "reconnect_backoff_min": "reconnect_min_delay",
     "reconnect_max_wait": "reconnect_max_delay",
@@ -122,6 +141,24 @@ def apply_options(
     if not changes:
         return config
     return dataclasses.replace(config, **changes)
+
+
+def check_unsettled(scheme: str, max_unsettled: int | None, stall_warning: float | None) -> None:
+    """Raise :class:`~eventmill.ConfigurationError` unless ``max_unsettled`` is at least 1
+    (or ``None``: no bound) and ``stall_warning`` a positive number of seconds (or ``None``:
+    never warn); every backend's config checks its two fields with this."""
+    if max_unsettled is not None and (
+        isinstance(max_unsettled, bool) or not isinstance(max_unsettled, int) or max_unsettled < 1
+    ):
+        raise ConfigurationError(f"{scheme} max_unsettled must be at least 1 (or unlimited)")
+    if stall_warning is not None and not (
+        isinstance(stall_warning, int | float)
+        and math.isfinite(stall_warning)
+        and stall_warning > 0
+    ):
+        raise ConfigurationError(
+            f"{scheme} stall_warning must be a positive number of seconds (or unlimited)"
+        )
 
 
 def _unknown(scheme: str, name: str, known: Collection[str]) -> str:

@@ -82,14 +82,20 @@ class Subscription(Protocol):
     * ``await sub.__anext__()`` may be called from many tasks at once; each message
       goes to exactly one of them. Iteration ends (``StopAsyncIteration``) once the
       subscription or its backend is closed.
-    * The next message is handed out whether or not the previous one was settled:
-      a consumer may hold many unsettled messages (bounded by the backend's
-      prefetch/visibility settings), and none of them is lost: a nack, or the
-      consumer going away without settling, means redelivery (at-least-once).
+    * The next message is handed out whether or not the previous one was settled,
+      up to ``max_unsettled`` (a URL option of every backend, default 1000,
+      ``unlimited`` allowed) handed out and not settled; at that bound ``__anext__``
+      waits until one is settled, and a reader held there for ``stall_warning``
+      seconds makes the subscription log one warning saying why. None is lost: a
+      nack, or the consumer going away without settling, means redelivery
+      (at-least-once).
     * ``close()`` flushes the settlements made so far (they land before it returns)
       and releases messages handed out but not settled, which are redelivered to
       the group (or, for an ephemeral subscription, dropped with it). Settling a
-      message after its subscription closed has no effect.
+      message after its subscription closed has no effect. It never waits for a
+      blocking read in progress, and with nothing to flush or release it makes no
+      round trip to the server (kafka://: but for the LeaveGroup of a group
+      member's last subscription), so it returns at once.
     """
 
     @property

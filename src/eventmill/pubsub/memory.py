@@ -9,15 +9,17 @@ Buffers: each group and each ephemeral subscription holds at most
 ``MemoryConfig.buffer_size`` undelivered messages. When a publish would overflow
 one, the policy ``MemoryConfig.when_full`` applies: ``"block"`` (default) waits
 until every target has room, ``"raise"`` raises :class:`~eventmill.BufferFullError`
-and publishes nothing. Messages are never dropped silently.
+and publishes nothing. Messages are never dropped silently. A subscription hands out
+at most ``max_unsettled`` messages not yet settled; then it waits for a settlement.
 
-URL options: ``memory://?buffer_size=10000&when_full=block``.
+URL options: ``memory://?buffer_size=10000&when_full=block&max_unsettled=1000``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,16 +29,26 @@ from urllib.parse import urlsplit
 from eventmill.errors import BufferFullError, ConfigurationError
 from eventmill.message import _PENDING, Message
 from eventmill.pubsub._errors import closed
-from eventmill.pubsub._options import apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 from eventmill.pubsub._subscription import (
     AsyncCloseable,
     AsyncStartCloseable,
     ReaderQueue,
     TopicGroup,
+    Unsettled,
 )
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 
 __all__ = ["MemoryConfig", "MemoryPubSub"]
+
+log = logging.getLogger("eventmill.pubsub.memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +60,20 @@ class MemoryConfig:
     when_full: Literal["block", "raise"] = "block"
     """What ``publish`` does when a target buffer is full: wait for room, or raise
     :class:`~eventmill.BufferFullError` without publishing anything (default ``block``)."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more until one is settled (default 1000;
+    ``unlimited`` in a URL: no bound)."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
             raise ConfigurationError("memory:// buffer_size must be at least 1")
         if self.when_full not in ("block", "raise"):
             raise ConfigurationError("memory:// when_full must be 'block' or 'raise'")
+        check_unsettled("memory://", self.max_unsettled, self.stall_warning)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryConfig:
@@ -111,8 +131,10 @@ class _Queue:
                 fut.set_result(None)
 
     def settle(self, msg: Message, ok: bool) -> None:
-        if self.inflight.pop(msg, None) is None:
+        sub = self.inflight.pop(msg, None)
+        if sub is None:
             return
+        sub._limit.done()
         if not ok:
             self.items.appendleft(_item(msg))
             self.readers.wake()
@@ -161,7 +183,7 @@ class _Topic:
 
 
 class _MemorySubscription(TopicGroup, AsyncCloseable):
-    __slots__ = ("_closed", "_group", "_owner", "_queue", "_topic")
+    __slots__ = ("_closed", "_group", "_limit", "_owner", "_queue", "_topic")
 
     def __init__(self, owner: MemoryPubSub, topic: str, group: str | None, queue: _Queue) -> None:
         self._owner = owner
@@ -169,16 +191,24 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
         self._group = group
         self._queue = queue
         self._closed = False
+        cfg = owner.config
+        what = f"memory:// subscription to {topic!r}" + (f" (group {group!r})" if group else "")
+        self._limit = Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Message:
         q = self._queue
+        unsettled = self._limit
         while True:
             if self._closed or q.closed:
                 raise StopAsyncIteration
-            if q.items:
+            if unsettled.full:
+                if q.items:
+                    q.readers.wake()  # this one takes nothing: another member may
+                await unsettled.wait()
+            elif q.items:
                 item = q.items.popleft()
                 if len(item) == 2:  # no metadata: the common case, built in line
                     msg = _new(Message)
@@ -189,10 +219,12 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
                 else:
                     msg = _message(item, q.on_settle)
                 q.inflight[msg] = self
+                unsettled.count += 1
                 if q.space:
                     q.wake_space()
                 return msg
-            await q.readers.wait(q.items)
+            else:
+                await q.readers.wait(q.items)
 
     async def close(self) -> None:
         """Release unsettled messages to the group (an ephemeral subscription drops
@@ -200,6 +232,7 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
         if self._closed:
             return
         self._closed = True
+        self._limit.close()
         q = self._queue
         if self._group is None:
             self._owner._drop_ephemeral(self._topic, q)

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from eventmill.errors import ConfigurationError
-from eventmill.pubsub._options import Seconds, apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 
 __all__ = ["KafkaConfig"]
 
@@ -40,9 +47,15 @@ class KafkaConfig:
     multi-broker cluster (against one Tansu broker, 1 measured fastest)."""
     publish_timeout: Seconds = 30.0
     """Seconds a ``publish`` keeps retrying after lost connections before it raises."""
-    max_in_flight: int = 1_000
-    """Most messages a group member (or ephemeral subscription) has fetched and not
-    acked; fetching pauses while that many are out (the buffer never drops)."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more until one is settled (default 1000;
+    ``unlimited`` in a URL: no bound). A group member (shared by the subscriptions of
+    one bus to a group) pauses fetching while it holds this many per subscription,
+    fetched and not acked, so the buffer never drops."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
     session_timeout_ms: int = 10_000
     """Group session timeout: a member silent this long is removed and its partitions
     move (this is how long a crashed consumer's messages wait)."""
@@ -69,6 +82,7 @@ class KafkaConfig:
     """Seconds ``close`` waits for the final commit and for the clients to stop."""
 
     def __post_init__(self) -> None:
+        check_unsettled("kafka://", self.max_unsettled, self.stall_warning)
         if not self.bootstrap_servers:
             raise ConfigurationError("kafka:// needs host:port")
         if not self.key:
@@ -79,7 +93,6 @@ class KafkaConfig:
             "max_batch_size",
             "max_request_size",
             "producers",
-            "max_in_flight",
             "session_timeout_ms",
             "heartbeat_interval_ms",
             "rebalance_timeout_ms",

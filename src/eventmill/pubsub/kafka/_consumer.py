@@ -9,15 +9,16 @@ partition at its end.
 Bookkeeping: every fetched record becomes a :class:`_Delivery`, tracked in its
 partition's :class:`PartitionOffsets` until acked. A nack puts the delivery back at
 the front of the local ready queue (the partition's commit point stays at it, so it
-also comes back after a crash). At most ``max_in_flight`` deliveries per source are
-fetched and not yet acked; when that many are out, fetching pauses until acks free
-room (the bounded-buffer policy: wait, never drop).
+also comes back after a crash). A subscription hands out at most ``max_unsettled``
+deliveries not yet settled; a source fetches while fewer than ``max_unsettled`` per
+subscription are fetched and not yet acked (``READ_AHEAD`` fetched and not yet handed
+out with no bound), and otherwise pauses until acks free room (the bounded-buffer
+policy: wait, never drop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,11 +27,26 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotCoordinatorForGroupError,
+    RequestTimedOutError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
-from eventmill.pubsub._subscription import AsyncCloseable, ReaderQueue, TopicGroup
+from eventmill.pubsub._outage import Outage
+from eventmill.pubsub._subscription import (
+    AsyncCloseable,
+    ReaderQueue,
+    TopicGroup,
+    Unsettled,
+    stop_task,
+)
 from eventmill.pubsub.kafka._offsets import PartitionOffsets
 
 if TYPE_CHECKING:
@@ -43,6 +59,20 @@ log = logging.getLogger("eventmill.pubsub.kafka")
 #: Header carrying ``Message.id``; the first header of every record eventmill writes.
 ID_HEADER = "eventmill.id"
 
+#: Errors of a commit that mean the broker (or the group's coordinator) is out of reach.
+_UNREACHABLE = (
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotCoordinatorForGroupError,
+    RequestTimedOutError,
+    OSError,
+)
+
+#: Most records a source fetches ahead of its readers when ``max_unsettled`` is unlimited.
+READ_AHEAD = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
@@ -52,6 +82,8 @@ class ConsumerSettings:
     client_options: dict[str, Any]
     republish: Callable[[str, int, list[Message]], Awaitable[None]]
     """Publish copies to (topic, partition) and return once acknowledged."""
+    outage: Outage
+    """The bus's one line for a broker that went away, and the one when it is back."""
 
 
 class _Delivery:
@@ -104,6 +136,7 @@ class _Source:
         self.config = settings.config
         self.client_options = settings.client_options
         self._republish = settings.republish
+        self._outage = settings.outage
         self.closed = False
         self.subs: set[KafkaSubscription] = set()
         self._ready: deque[_Delivery] = deque()
@@ -117,10 +150,16 @@ class _Source:
     # -- handing out -----------------------------------------------------------------
 
     async def next(self, sub: KafkaSubscription) -> Message:
+        limit = sub._limit
         while True:
             if sub.closed or self.closed:
                 raise StopAsyncIteration
             ready = self._ready
+            if limit.full:
+                if ready:
+                    self._readers.wake()  # this one takes nothing: another subscription may
+                await limit.wait()
+                continue
             while ready:
                 d = ready.popleft()
                 if d.po.dropped:
@@ -129,6 +168,9 @@ class _Source:
                 d.msg = msg
                 d.sub = sub
                 sub.held.add(d)
+                limit.count += 1
+                if not self._space.is_set():
+                    self._space.set()
                 return msg
             await self._readers.wait(ready)
 
@@ -141,6 +183,7 @@ class _Source:
         sub, d.sub = d.sub, None
         if sub is not None:
             sub.held.discard(d)
+            sub._limit.done()
         if ok:
             self._outstanding -= 1
             if not self._space.is_set():
@@ -163,6 +206,7 @@ class _Source:
                 d.msg = None
             d.sub = None
         sub.held.clear()
+        sub._limit.close()
         self.subs.discard(sub)
         self._readers.wake_all()
 
@@ -170,6 +214,7 @@ class _Source:
         """Put the messages ``sub`` holds unsettled back at the front, in offset order."""
         held = sorted(sub.held, key=lambda d: (d.tp.partition, d.offset), reverse=True)
         sub.held.clear()
+        sub._limit.close()
         for d in held:
             if d.msg is not None:
                 d.msg._on_settle = None
@@ -218,7 +263,9 @@ class _Source:
         cfg = self.config
         backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
         while not self.closed:
-            room = cfg.max_in_flight - self._outstanding
+            room = READ_AHEAD - len(self._ready)
+            if cfg.max_unsettled is not None:
+                room = min(room, cfg.max_unsettled * max(1, len(self.subs)) - self._outstanding)
             if room <= 0:
                 self._space.clear()
                 await self._space.wait()
@@ -241,15 +288,20 @@ class _Source:
             backoff.reset()
             if batch and not self.closed:
                 self._accept(batch)
+            # aiokafka reconnects by itself (and logs each attempt under "aiokafka"):
+            # eventmill's own line comes from whether it has a live connection.
+            if _connected(consumer):
+                self._outage.ok()
+            elif not self.closed:
+                self._outage.lost(f"fetching {self.topic!r}", "no connection to the broker")
 
     async def _stop_tasks(self) -> None:
         self._readers.wake_all()
+        for sub in self.subs:
+            sub._limit.close()
         self._space.set()
         task, self._fetch_task = self._fetch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_task(task)
 
     async def _stop_consumer(self) -> None:
         consumer = self._consumer
@@ -340,13 +392,17 @@ class GroupMember(_Source):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "kafka:// commit for group %r on %r failed (%s: %s)",
-                    self.group,
-                    self.topic,
-                    type(exc).__name__,
-                    exc,
-                )
+                if isinstance(exc, _UNREACHABLE) or self._outage.down:
+                    what = f"committing for group {self.group!r} on {self.topic!r}"
+                    self._outage.lost(what, f"{type(exc).__name__}: {exc}")
+                else:
+                    log.warning(
+                        "kafka:// commit for group %r on %r failed (%s: %s)",
+                        self.group,
+                        self.topic,
+                        type(exc).__name__,
+                        exc,
+                    )
                 return False
             for po, off in todo.values():
                 po.committed = off
@@ -391,10 +447,7 @@ class GroupMember(_Source):
             consumer._coordinator._maybe_leave_group = _stay_in_group
         await self._stop_tasks()
         task, self._commit_task = self._commit_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_task(task)
         if commit:
             try:
                 async with asyncio.timeout(self.config.close_timeout):
@@ -447,6 +500,12 @@ class GroupMember(_Source):
 
 async def _stay_in_group() -> None:
     return None
+
+
+def _connected(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's client holds a live connection to a broker."""
+    conns: dict[Any, Any] = consumer._client._conns
+    return any(conn.connected() for conn in conns.values())
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -519,7 +578,7 @@ class EphemeralReader(_Source):
 class KafkaSubscription(TopicGroup, AsyncCloseable):
     """A subscription handed to the user; see :class:`eventmill.pubsub.base.Subscription`."""
 
-    __slots__ = ("_group", "_on_close", "_source", "_topic", "closed", "held")
+    __slots__ = ("_group", "_limit", "_on_close", "_source", "_topic", "closed", "held")
 
     def __init__(
         self, source: _Source, on_close: Callable[[KafkaSubscription, bool], Awaitable[None]]
@@ -530,6 +589,11 @@ class KafkaSubscription(TopicGroup, AsyncCloseable):
         self._on_close = on_close
         self.closed = False
         self.held: set[_Delivery] = set()
+        cfg = source.config
+        what = f"kafka:// subscription to {self._topic!r}"
+        if self._group is not None:
+            what += f" (group {self._group!r})"
+        self._limit = Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what)
 
     def __aiter__(self) -> Self:
         return self

@@ -20,6 +20,7 @@ from eventmill.errors import (
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed, describe
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub._subscription import AsyncStartCloseable, InFlight
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.kafka._config import KafkaConfig
@@ -68,6 +69,7 @@ class KafkaPubSub(AsyncStartCloseable):
         self._members: dict[tuple[str, str], GroupMember] = {}
         self._readers: set[EphemeralReader] = set()
         self._publishing = InFlight()
+        self._outage = Outage(log, "kafka://", self.config.bootstrap_servers)
         self._started = False
         self._closed = False
 
@@ -241,7 +243,7 @@ class KafkaPubSub(AsyncStartCloseable):
     # -- subscribing -----------------------------------------------------------------
 
     def _settings(self) -> ConsumerSettings:
-        return ConsumerSettings(self.config, self._client_options, self._republish)
+        return ConsumerSettings(self.config, self._client_options, self._republish, self._outage)
 
     async def _republish(self, topic: str, partition: int, messages: list[Message]) -> None:
         """Append copies to one partition (used by a closing group member)."""

@@ -9,7 +9,14 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from eventmill.errors import ConfigurationError
-from eventmill.pubsub._options import Seconds, apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 
 __all__ = ["NatsConfig", "consumer_name", "stream_name"]
 
@@ -111,11 +118,18 @@ class NatsConfig:
     max_deliver: int | None = None
     """Most deliveries of a message (first one included); after that the server stops
     delivering it to the group (default ``None``, ``unlimited`` in a URL: no limit)."""
-    max_ack_pending: int = 1000
-    """Most unacknowledged messages a group (or ephemeral subscription) holds; the
-    server sends no more until some are settled (default 1000)."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more until one is settled (default 1000;
+    ``unlimited`` in a URL: no bound). It is also the consumer's ``max_ack_pending``,
+    which the server applies to the whole group: the members of a group together
+    hold at most this many unsettled (those received and not yet handed out count)."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
     batch: int = 100
-    """Messages requested per pull (fetch) and held in the local buffer (default 100)."""
+    """Messages requested per pull (fetch) and held in the local buffer (default 100;
+    at most ``max_unsettled``)."""
     fetch_timeout: Seconds = 5.0
     """Seconds a pull request lingers on the server waiting for messages (default 5)."""
     nak_delay: Seconds = 0.0
@@ -149,11 +163,10 @@ class NatsConfig:
                 "nats:// subject_prefix must be empty or end with '.' "
                 "and contain only [A-Za-z0-9._-]"
             )
-        for name in ("replicas", "batch", "max_ack_pending", "max_pending"):
+        for name in ("replicas", "batch", "max_pending"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"nats:// {name} must be at least 1")
-        if self.max_ack_pending < self.batch:
-            raise ConfigurationError("nats:// max_ack_pending must be at least batch")
+        check_unsettled("nats://", self.max_unsettled, self.stall_warning)
         for name in ("max_deliver", "max_msgs", "max_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -27,6 +27,7 @@ from eventmill.errors import (
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed, describe
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub._subscription import AsyncStartCloseable, InFlight
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
 from eventmill.pubsub.nats._config import NatsConfig, consumer_name, stream_name
@@ -48,6 +49,10 @@ from eventmill.pubsub.nats._subscription import (
 __all__ = ["NatsConfig", "NatsPubSub", "NatsSubscription"]
 
 log = logging.getLogger("eventmill.pubsub.nats")
+#: nats-py's own lines: the errors, disconnects and reconnects it reports through the
+#: callbacks eventmill gives it (it logs nothing else). Silence them with
+#: ``logging.getLogger("eventmill.pubsub.nats.client").setLevel(logging.CRITICAL)``.
+client_log = logging.getLogger("eventmill.pubsub.nats.client")
 
 _HEADER_SAFE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 _STREAM_NAME_IN_USE = 10058
@@ -75,6 +80,7 @@ class NatsPubSub(AsyncStartCloseable):
         self._tokens = itertools.count()
         self._slots = asyncio.Semaphore(self.config.max_pending)
         self._auth_failed = False
+        self._outage = Outage(log, "nats://", ", ".join(self.config.servers))
 
     @classmethod
     def from_url(cls, url: str) -> NatsPubSub:
@@ -156,14 +162,19 @@ class NatsPubSub(AsyncStartCloseable):
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.AuthorizationError):
             self._auth_failed = True
-        log.debug("nats: connection error: %s", type(exc).__name__)
+        # Each failed reconnect attempt is one: while the bus has said the server is
+        # away, they are details (INFO); otherwise they may be news (WARNING).
+        level = logging.INFO if self._outage.down else logging.WARNING
+        client_log.log(level, "nats-py: %s", describe(exc))
 
     async def _on_disconnected(self) -> None:
         if not self._closed:
-            log.warning("nats: disconnected; reconnecting")
+            client_log.info("nats-py: disconnected; reconnecting")
+            self._outage.lost("connection", "disconnected")
 
     async def _on_reconnected(self) -> None:
-        log.warning("nats: reconnected")
+        client_log.info("nats-py: reconnected")
+        self._outage.ok()
         for sub in list(self._subs):
             sub._restart_pulling()
 
@@ -411,9 +422,8 @@ class NatsPubSub(AsyncStartCloseable):
         self._stop_sweeper()
         nc, self._nc = self._nc, None
         if nc is not None:
-            with contextlib.suppress(Exception):
-                if nc.is_connected:
-                    await nc.flush(timeout=self.config.publish_timeout)
+            # Publishes got their PubAcks, subscriptions flushed their settlements; what
+            # nats-py still buffers (goodbyes nobody waits for) it writes before closing.
             with contextlib.suppress(Exception):
                 await nc.close()
 

@@ -12,14 +12,19 @@ ends one (408 expired, 409) names it. A request that outlived its expiry is
 forgotten too, and after a reconnect all are re-issued.
 
 ``__anext__`` hands messages out of the buffer to any number of concurrent
-callers. Settling is synchronous: ``ack()``/``nack()`` only queue the
-``+ACK``/``-NAK`` reply, and a second task sends the queue to the server without
-blocking the consumer. The queue is bounded by the consumer's ``max_ack_pending``,
-since the server delivers no more while that many messages are unsettled.
-``close()`` withdraws the pull requests, sends what is queued, naks the messages
-handed out or buffered but not settled (so the group gets them again without
-waiting for ``ack_wait``), and flushes the connection, so the settlements have
-reached the server when it returns.
+callers, at most ``max_unsettled`` of them not yet settled. Settling is synchronous:
+``ack()``/``nack()`` only queue the ``+ACK``/``-NAK`` reply, and a second task sends
+the queue to the server without blocking the consumer, then flushes the connection
+(a PING the server answers once it has read what came before). The queue is bounded
+by the consumer's ``max_ack_pending`` (``max_unsettled``), since the server delivers
+no more while that many messages are unsettled. ``close()`` withdraws the pull
+requests (interrupting none: nothing waits for them), sends what is queued, naks
+the messages handed out or buffered but not settled (so the group gets them again
+without waiting for ``ack_wait``), and, if it sent anything or an earlier flush is
+outstanding, flushes the connection, so the settlements have reached the server
+when it returns; with nothing to send it makes no round trip. An ephemeral
+subscription's consumer is deleted with a request nobody waits for (the server
+reaps it after ``inactive_threshold`` if that is lost).
 
 Those naks carry a delay that outlasts every pull request of ours still waiting
 on the server (the server cannot be told to drop one), messages that arrive
@@ -50,7 +55,7 @@ from nats.js import api
 from eventmill.errors import SubscribeError
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
-from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub._subscription import BufferedSubscription, Unsettled, stop_task
 from eventmill.pubsub.nats._config import NatsConfig
 
 __all__ = ["Host", "NatsSubscription"]
@@ -119,6 +124,20 @@ def _nak_payload(delay: float, minimum: float) -> bytes:
     return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
 
 
+async def _flush(nc: Any, timeout: float) -> None:
+    """``nc.flush(timeout)`` (PING, wait for the PONG), shielded: nats-py cannot have a
+    flush cancelled (the PONG that comes later finds its future cancelled and breaks
+    the connection's read loop), so a cancelled caller leaves the flush to finish."""
+    task = asyncio.ensure_future(nc.flush(timeout=timeout))
+    task.add_done_callback(_retrieve)
+    await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class Host(Protocol):
     """What a subscription needs of its bus (private by convention)."""
 
@@ -157,16 +176,17 @@ class NatsSubscription(BufferedSubscription[Message]):
         consumer: str | None,
         subject: str,
     ) -> None:
-        super().__init__(topic, group)
+        cfg = owner.config
+        what = f"nats:// subscription to {topic!r}" + (f" (group {group!r})" if group else "")
+        super().__init__(topic, group, Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what))
         self._owner = owner
         self._subject = subject
         self._stream = stream
         self._consumer = consumer  # durable name; the ephemeral's name once created
-        cfg = owner.config
-        self._batch = cfg.batch
+        self._batch = cfg.batch if cfg.max_unsettled is None else min(cfg.batch, cfg.max_unsettled)
         self._nak_delay = cfg.nak_delay
         self._nak = _nak_payload(0.0, cfg.nak_delay)
-        self._half = max(1, cfg.batch // 2)
+        self._half = max(1, self._batch // 2)
         # outstanding pull requests: reply subject ->
         # [messages still owed, expiry (loop time at issue + fetch_timeout),
         #  loop time its first message arrived (the server had it by then) or inf]
@@ -184,6 +204,9 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._terminate: set[Message] = set()
         self._settlements: list[tuple[str, bytes]] = []
         self._settle_wanted = asyncio.Event()
+        # batches of settlements sent, and how many of them a flush confirmed
+        self._sent = 0
+        self._confirmed = 0
         self._isub: Any = None
         self._next_seq: int | None = None  # ephemeral: first stream sequence not yet seen
         self._last_reply = ""  # ephemeral: ack subject of the last message received
@@ -213,6 +236,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             return
         self._closed = True
         self._wake_all()
+        self._limit.close()
         await self._stop_tasks()
         loop = asyncio.get_running_loop()
         nc = self._owner._nc
@@ -239,10 +263,13 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._buffer.clear()
         try:
             await self._send_settlements()
-            if self._group is None and self._consumer is not None:
-                await self._owner._js.delete_consumer(self._stream, self._consumer)
-            if nc is not None and nc.is_connected:
-                await nc.flush(timeout=self._owner.config.publish_timeout)
+            if self._group is None and self._consumer is not None and nc is not None:
+                # Nobody waits for the answer: an idle close makes no round trip.
+                js_prefix = self._owner._js._prefix
+                await nc.publish(f"{js_prefix}.CONSUMER.DELETE.{self._stream}.{self._consumer}")
+            if self._sent != self._confirmed and nc is not None and nc.is_connected:
+                await _flush(nc, self._owner.config.publish_timeout)
+                self._confirmed = self._sent
         except Exception as exc:  # the server is away: the consumer's ack_wait takes over
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
         self._owner._forget(self)
@@ -264,6 +291,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         nothing said to the server; ``ack_wait`` redelivers what it held."""
         self._closed = True
         self._wake_all()
+        self._limit.close()
         await self._stop_tasks()
         self._unsettled.clear()
         self._late.clear()
@@ -278,7 +306,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             "ack_policy": api.AckPolicy.EXPLICIT,
             "ack_wait": cfg.ack_wait,
             "max_deliver": -1 if cfg.max_deliver is None else cfg.max_deliver,
-            "max_ack_pending": cfg.max_ack_pending,
+            "max_ack_pending": -1 if cfg.max_unsettled is None else cfg.max_unsettled,
             "filter_subject": self._subject,
         }
         if self._group is not None:
@@ -335,12 +363,8 @@ class NatsSubscription(BufferedSubscription[Message]):
             )
 
     async def _stop_tasks(self) -> None:
-        tasks = [t for t in (self._puller, self._flusher) if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        for task in (self._puller, self._flusher):
+            await stop_task(task)
         self._puller = self._flusher = None
 
     # -- receiving -----------------------------------------------------------------------
@@ -459,6 +483,10 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._end_request(subject)
         if status in ("408", "404"):  # request expired / nothing to fetch
             pass
+        elif status == "409" and "Server Shutdown" in description:
+            # The server is going away: the bus logs that once; pull again after a pause.
+            log.debug("nats: pull on topic %r: %s %s", self._topic, status, description)
+            self._throttled = True
         elif status == "409" and "Consumer Deleted" not in description:
             # Max waiting exceeded, leadership change, a push consumer of that name...:
             # pull again, but after a (growing) pause, so a lasting refusal is no hot loop.
@@ -482,6 +510,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         reply = self._unsettled.pop(msg, None)
         if reply is None or self._closed:
             return
+        self._limit.done()
         if ok:
             payload = _ACK
         elif msg in self._terminate:
@@ -494,11 +523,16 @@ class NatsSubscription(BufferedSubscription[Message]):
     async def _settle_loop(self) -> None:
         wanted = self._settle_wanted
         backoff = self._owner._backoff()
+        timeout = self._owner.config.publish_timeout
         while True:
             await wanted.wait()
             wanted.clear()
             try:
                 await self._send_settlements()
+                if self._sent != self._confirmed:  # then know they reached the server
+                    sent = self._sent
+                    await _flush(self._owner._nc, timeout)
+                    self._confirmed = sent
             except Exception as exc:  # nats-py buffers while reconnecting; this is rarer
                 log.debug("nats: sending acks failed (%s); retrying", type(exc).__name__)
                 await backoff.sleep()
@@ -511,6 +545,7 @@ class NatsSubscription(BufferedSubscription[Message]):
         if not pending:
             return
         self._settlements = []
+        self._sent += 1
         publish = self._owner._nc.publish
         for i, (reply, payload) in enumerate(pending):
             try:

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from eventmill.errors import ConfigurationError
-from eventmill.pubsub._options import Seconds, apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 from eventmill.pubsub.factory import redact_url
 
 __all__ = ["PostgresConfig"]
@@ -92,6 +99,13 @@ class PostgresConfig:
     ``0`` deletes them as soon as they are fully consumed (at the next cleanup)."""
     cleanup_interval: Seconds = 30.0
     """Seconds between retention passes (one process at a time runs each pass)."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more, and claims no more than it has room
+    for, until one is settled (default 1000; ``unlimited`` in a URL: no bound)."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
     ephemeral_buffer: int = 10_000
     """Most undelivered messages an ephemeral (group-less) subscription holds. When
     full, the oldest is dropped (and counted in a warning): a slow ephemeral reader
@@ -111,6 +125,7 @@ class PostgresConfig:
     """Cap of the exponential backoff (from 50 ms, with jitter) between reconnect attempts."""
 
     def __post_init__(self) -> None:
+        check_unsettled("postgresql://", self.max_unsettled, self.stall_warning)
         if _IDENT.fullmatch(self.schema) is None:
             raise ConfigurationError(
                 "postgresql:// schema must be 1-40 characters of [a-z0-9_], not a digit first"

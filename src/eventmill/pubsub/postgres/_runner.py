@@ -13,6 +13,7 @@ import asyncpg
 from eventmill.errors import BackendUnavailableError
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub.postgres._asyncpg import Connection, Pool, create_pool
 from eventmill.pubsub.postgres._config import PostgresConfig
 from eventmill.pubsub.postgres._errors import is_transient, mapped
@@ -104,6 +105,8 @@ class Runner:
         self.consumer_pool: Pool | None = None
         self.closed = False
         self.aborted = False
+        #: The one line for a server gone away (every run that fails meets it).
+        self.outage = Outage(log, "postgresql://", where)
 
     async def start(self, prepare: Callable[[Pool], Awaitable[None]]) -> None:
         """Open both pools and run ``prepare(pool)``, retrying while the server is
@@ -168,7 +171,6 @@ class Runner:
         loop = asyncio.get_running_loop()
         end = None if deadline is None else loop.time() + deadline
         backoff = Backoff(self.config.reconnect_max_delay)
-        warned = False
         while True:
             if self.aborted or (stop is not None and stop()):
                 raise closed("postgresql://")
@@ -206,14 +208,7 @@ class Runner:
                         f"postgresql:// {what} gave up: server {self.where} unreachable "
                         f"({type(exc).__name__}: {exc})"
                     ) from exc
-                if not warned:
-                    warned = True
-                    log.warning(
-                        "postgresql:// %s: server %s unreachable (%s); retrying",
-                        what,
-                        self.where,
-                        type(exc).__name__,
-                    )
+                self.outage.lost(what, type(exc).__name__)
                 await asyncio.sleep(delay)
             except BaseException:  # cancelled: the pool waits for the server to cancel
                 if conn is not None:
@@ -222,6 +217,8 @@ class Runner:
             else:
                 if conn is not None:  # a failed release must not fail what was done
                     await _release(pool, conn, broken=False)
+                if self.outage.down:
+                    self.outage.ok()
                 return result
 
     def terminate(self) -> None:
@@ -231,10 +228,11 @@ class Runner:
                 pool.terminate()
 
     async def close(self) -> None:
-        """Close both pools (each given 5 s, then terminated)."""
-        for pool in (self.pool, self.consumer_pool):
-            if pool is not None:
-                try:
-                    await asyncio.wait_for(pool.close(), 5)
-                except Exception:
-                    pool.terminate()
+        """Drop both pools' connections, once the bus's statements have ended.
+
+        Not ``Pool.close()``, which waits for the server to answer each connection's
+        Terminate: a bus's close would then wait on a server that may be busy. A session
+        that ends outside a transaction is no error to the server (it notes it at
+        DEBUG1 only), and nothing of the bus is left to say to it.
+        """
+        self.terminate()

@@ -20,7 +20,12 @@ import orjson
 from eventmill.errors import ClosedError, PubSubError
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
-from eventmill.pubsub._subscription import AsyncCloseable, BufferedSubscription, TopicGroup
+from eventmill.pubsub._subscription import (
+    AsyncCloseable,
+    BufferedSubscription,
+    TopicGroup,
+    Unsettled,
+)
 from eventmill.pubsub.postgres._asyncpg import Connection, Record
 from eventmill.pubsub.postgres._config import PostgresConfig
 from eventmill.pubsub.postgres._settlements import Lease
@@ -103,7 +108,8 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
     """One member of a consumer group.
 
     Claims a batch of up to ``prefetch`` messages at a time (one lease, for
-    ``visibility_timeout``), hands them out in commit order, and sleeps when there
+    ``visibility_timeout``; no more than ``max_unsettled`` leaves room for), hands
+    them out in commit order, and sleeps when there
     is no work until a NOTIFY for its topic, a lease expiring, or ``poll_interval``
     wakes it (or, while committed messages wait behind an open transaction, a short
     backoff). Leases it holds are renewed while it is open; ``close()`` flushes
@@ -126,15 +132,23 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self._fetch_lock = asyncio.Lock()
         self._claim_task: asyncio.Task[float | None] | None = None
         self._closed = False
+        cfg = owner.config
+        what = f"postgresql:// subscription to {topic!r} (group {group!r})"
+        self._limit = Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what)
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Message:
+        limit = self._limit
         while True:
             if self._closed:
                 raise StopAsyncIteration
+            if limit.full:
+                await limit.wait()
+                continue
             if self._buffer:
+                limit.count += 1
                 return self._buffer.popleft()
             async with self._fetch_lock:
                 if self._buffer or self._closed:
@@ -171,10 +185,12 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         cfg = owner.config
         sql = owner.sql
 
+        want = cfg.prefetch
+        if cfg.max_unsettled is not None:  # the room the bound leaves (at least 1 here)
+            want = max(1, min(want, cfg.max_unsettled - self._limit.count - len(self._buffer)))
+
         async def op(conn: Connection) -> tuple[list[Record], float | None, bool]:
-            rows = await conn.fetch(
-                sql.claim, self.gid, self.tid, cfg.prefetch, cfg.visibility_timeout
-            )
+            rows = await conn.fetch(sql.claim, self.gid, self.tid, want, cfg.visibility_timeout)
             if rows:
                 return rows, None, False
             state = await conn.fetchrow(sql.idle_state, self.gid)
@@ -199,7 +215,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             return wait if next_visible is None else min(wait, next_visible)
         self._held_back_since = None
         self._backoff.reset()
-        if len(rows) < cfg.prefetch:
+        if len(rows) < want:
             self._linger_until = asyncio.get_running_loop().time() + cfg.claim_linger
         lid, counter = rows[0][0], rows[0][1]
         lease = Lease(lid, counter, len(rows))
@@ -223,6 +239,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         entry = self.inflight.pop(msg, None)
         if entry is None or self._closed:
             return
+        self._limit.done()
         lease, txid, seq = entry
         lease.open -= 1
         if ok:
@@ -243,6 +260,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             return
         self._closed = True
         self.wake.set()
+        self._limit.close()
         task = self._claim_task
         if task is not None and not task.done():
             done, _ = await asyncio.wait({task}, timeout=5)
@@ -271,6 +289,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         """Stop without flushing or releasing anything."""
         self._closed = True
         self.wake.set()
+        self._limit.close()
         for msg in self.inflight:
             msg._on_settle = None
         self.inflight.clear()
@@ -396,11 +415,13 @@ class EphemeralSubscription(BufferedSubscription[Row]):
     """
 
     def __init__(self, owner: Host, topic: str, tid: int, limit: int, since: Snapshot) -> None:
-        super().__init__(topic, None)
+        cfg = owner.config
+        what = f"postgresql:// subscription to {topic!r}"
+        super().__init__(topic, None, Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what))
         self._owner = owner
         self.tid = tid
         self.since = since
-        self._limit = limit
+        self._capacity = limit
         self.dropped = 0
 
     def push(self, item: Row) -> None:
@@ -411,14 +432,14 @@ class EphemeralSubscription(BufferedSubscription[Row]):
         """
         if self._closed:
             return
-        if len(self._buffer) >= self._limit:
+        if len(self._buffer) >= self._capacity:
             self._buffer.popleft()
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning(
                     "ephemeral subscription to %r is full (%d messages): dropped %d so far",
                     self._topic,
-                    self._limit,
+                    self._capacity,
                     self.dropped,
                 )
         self._buffer.append(item)
@@ -429,7 +450,10 @@ class EphemeralSubscription(BufferedSubscription[Row]):
         return Message._received(msg_id, dict(metadata), payload, self._settle)
 
     def _settle(self, msg: Message, ok: bool) -> None:
-        if not ok and not self._closed:
+        if self._closed:
+            return
+        self._limit.done()
+        if not ok:
             self._buffer.appendleft((msg.id, dict(msg.metadata), msg.payload))
             self._readers.wake()
 
@@ -448,3 +472,4 @@ class EphemeralSubscription(BufferedSubscription[Row]):
         self._closed = True
         self._buffer.clear()
         self._readers.wake_all()
+        self._limit.close()

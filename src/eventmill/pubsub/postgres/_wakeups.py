@@ -102,9 +102,12 @@ class Wakeups:
             try:
                 async with self._lock:
                     await self.connect()
+                self._runner.outage.ok()
                 break
             except Exception as exc:
-                if not is_transient(exc):
+                if is_transient(exc):
+                    self._runner.outage.lost("LISTEN", type(exc).__name__)
+                else:
                     log.error("postgresql:// LISTEN reconnect failed: %s", type(exc).__name__)
                 await backoff.sleep()
         # NOTIFYs sent while we were away are lost: let every consumer look for work.
@@ -211,14 +214,12 @@ class Wakeups:
     # -- closing ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the LISTEN connection (given 2 s, then terminated)."""
+        """Drop the LISTEN connection, without waiting for the server: the session ends
+        with it (its LISTENs too), and an idle session's end is no error to the server."""
         self.closed = True
         conn, self.connection = self.connection, None
         if conn is not None:
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:
-                conn.terminate()
+            conn.terminate()
 
     def abort(self) -> None:
         """Drop the LISTEN connection at once."""

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 from eventmill.errors import ConfigurationError
-from eventmill.pubsub._options import Seconds, apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 from eventmill.pubsub.factory import redact_url
 
 __all__ = ["RedisConfig"]
@@ -51,9 +58,14 @@ class RedisConfig:
     by Redis memory)."""
     batch_size: int = 100
     """Most entries one ``XREADGROUP``/``XREAD``/``XAUTOCLAIM`` call fetches (default 100)."""
-    max_in_flight: int = 1_000
-    """Most messages a group subscription holds at once, buffered or handed out and not
-    settled. When reached it stops reading until messages are settled (default 1000)."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more, and reads no more, until one is settled
+    (default 1000; ``unlimited`` in a URL: no bound). A group subscription counts the
+    entries it has read and not yet handed out, and acks not yet sent, against it too."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
     block: Seconds = 2.0
     """Seconds one blocking read waits on the server for new entries before it asks
     again (the reads never poll in a loop; default 2.0). Must be below ``socket_timeout``."""
@@ -94,7 +106,8 @@ class RedisConfig:
             raise ConfigurationError("redis:// prefix must be a string")
         if self.maxlen is not None and self.maxlen < 1:
             raise ConfigurationError("redis:// maxlen must be at least 1 (or omitted)")
-        for name in ("batch_size", "max_in_flight", "publish_batch", "max_pending_publishes"):
+        check_unsettled("redis://", self.max_unsettled, self.stall_warning)
+        for name in ("batch_size", "publish_batch", "max_pending_publishes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"redis:// {name} must be at least 1")
         for name in (
@@ -113,8 +126,6 @@ class RedisConfig:
             raise ConfigurationError("redis:// block must be shorter than socket_timeout")
         if self.consumer_timeout <= self.block:
             raise ConfigurationError("redis:// consumer_timeout must be longer than block")
-        if self.max_in_flight < self.batch_size:
-            raise ConfigurationError("redis:// max_in_flight must be at least batch_size")
 
     @property
     def safe_url(self) -> str:

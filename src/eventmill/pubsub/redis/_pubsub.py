@@ -17,9 +17,10 @@ from eventmill.errors import BackendUnavailableError, ConfigurationError, Subscr
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
-from eventmill.pubsub._subscription import AsyncStartCloseable
+from eventmill.pubsub._outage import Outage
+from eventmill.pubsub._subscription import AsyncStartCloseable, stop_task
 from eventmill.pubsub.base import Capabilities, check_messages, validate_name
-from eventmill.pubsub.redis._common import encode_fields
+from eventmill.pubsub.redis._common import encode_fields, log
 from eventmill.pubsub.redis._config import RedisConfig
 from eventmill.pubsub.redis._errors import TRANSIENT, describe, mapped, unavailable
 from eventmill.pubsub.redis._publisher import CoalescingPublisher, PublishStats
@@ -56,6 +57,8 @@ class RedisPubSub(AsyncStartCloseable):
         self._subs: set[_Base] = set()
         self._keys: dict[str, str] = {}
         self._xadd_head: dict[str, list[Any]] = {}
+        self._goodbyes: set[asyncio.Task[None]] = set()
+        self._outage = Outage(log, "redis://", self.config.safe_url)
         self._closed = False
 
     @classmethod
@@ -164,7 +167,15 @@ class RedisPubSub(AsyncStartCloseable):
             )
             consumer = f"{_HOST}:{uuid.uuid4().hex[:12]}"
             sub = GroupSubscription(
-                self._client, self.config, topic, key, group, consumer, self._forget
+                self._client,
+                self.config,
+                topic,
+                key,
+                group,
+                consumer,
+                self._forget,
+                self._outage,
+                self._goodbye,
             )
         else:
             last = await self._retrying(
@@ -172,7 +183,7 @@ class RedisPubSub(AsyncStartCloseable):
             )
             last_id: bytes = last[0][0] if last else b"0-0"
             sub = EphemeralSubscription(
-                self._client, self.config, topic, key, self._forget, last_id
+                self._client, self.config, topic, key, self._forget, self._outage, last_id
             )
         if self._closed:
             raise closed("redis://")
@@ -194,6 +205,20 @@ class RedisPubSub(AsyncStartCloseable):
                 if loop.time() + delay > deadline:
                     raise unavailable(exc, self.config, action) from exc
                 await asyncio.sleep(delay)
+
+    def _goodbye(self, call: Callable[[], Awaitable[None]]) -> None:
+        """Run ``call()`` (a closed member's last words) without anyone waiting for it;
+        one still running when the bus closes is cancelled."""
+
+        async def run() -> None:
+            try:
+                await call()
+            except Exception as exc:  # best effort: the members' scan tidies up later
+                log.debug("redis:// goodbye of a closed subscription failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._goodbyes.add(task)
+        task.add_done_callback(self._goodbyes.discard)
 
     def _forget(self, sub: _Base) -> None:
         self._subs.discard(sub)
@@ -218,6 +243,8 @@ class RedisPubSub(AsyncStartCloseable):
         await asyncio.gather(*(s.close() for s in subs), return_exceptions=True)
         if self._publisher is not None:
             await self._publisher.close()
+        for task in list(self._goodbyes):
+            await stop_task(task)
         if self._redis is not None:
             await self._redis.aclose()
             await self._redis.connection_pool.disconnect()
@@ -233,6 +260,8 @@ class RedisPubSub(AsyncStartCloseable):
         self._subs.clear()
         for sub in subs:
             await sub._disconnect()
+        for task in list(self._goodbyes):
+            task.cancel()
         if self._publisher is not None:
             await self._publisher.abort()
         if self._redis is not None:

@@ -7,19 +7,25 @@ with a unique name (``host:pid:random``):
   left by dead members, released by closed ones) with blocking ``XREADGROUP ... >``
   reads of up to ``batch_size`` new entries; the blocking read waits on the server,
   at most ``block`` seconds or until the next claim scan is due;
-* entries are buffered locally; the reader stops reading while the subscription
-  holds ``max_in_flight`` messages (buffered, handed out unsettled, or acked but
-  not yet flushed) and reads ahead only while fewer than ``batch_size / 2`` are
-  buffered;
+* after a connection error, the reader first reads its own pending entries again
+  (``XREADGROUP ... 0``): entries Redis handed to this consumer whose reply was lost
+  with the connection (a restart) are delivered at once, not after ``claim_idle``;
+* entries are buffered locally; at most ``max_unsettled`` messages are handed out
+  and not settled, the reader stops reading while the subscription holds that many
+  (buffered, handed out unsettled, or acked but not yet flushed) and reads ahead only
+  while fewer than ``batch_size / 2`` are buffered;
 * ``ack()`` queues an ``XACK``; a flush task sends queued acks in one command per
   round trip (acks made during a round trip go in the next), on a connection of the
   subscription's own (:class:`~eventmill.pubsub.redis._conn.DirectConnection`);
 * ``nack()`` puts a fresh copy of the message back at the front of this
   subscription's buffer at once (the entry stays in this consumer's pending list;
   its idle time is reset with ``XCLAIM ... JUSTID`` in the next flush);
-* ``close()`` stops reading, flushes the acks, and releases every unsettled entry
-  with ``XCLAIM ... IDLE <long> JUSTID`` so that any other member's next claim
-  scan takes it at once; the consumer is deleted if it has nothing pending.
+* ``close()`` interrupts the blocking read (it never waits it out), flushes the acks
+  and releases every unsettled entry with ``XCLAIM ... IDLE <long> JUSTID`` so that
+  any other member's next claim scan takes it at once, in one round trip that also
+  deletes the consumer if it has nothing pending. With nothing to flush or release
+  it makes no round trip: the consumer is deleted in the background (if the bus
+  closes first, the other members' scan removes it after ``consumer_timeout``).
 
 An entry claimed by the scan that this subscription still holds is not handed out a
 second time (the claim only renewed its idle time).
@@ -28,8 +34,9 @@ Ephemeral subscription (``subscribe(topic)``): ``XREAD`` from the last entry id 
 subscribe time, then from the last id read, so nothing published after
 ``subscribe`` returned is missed (unless ``maxlen`` trimming removed it before it
 was read). It keeps no state on the server. ``nack()`` puts the message back at the
-front of its buffer; ``ack()`` does nothing. The buffer holds at most
-``max_in_flight`` messages; when full, reading pauses (the entries wait in the stream).
+front of its buffer; ``ack()`` does nothing. It reads ahead while fewer than
+``batch_size / 2`` messages are buffered and fewer than ``max_unsettled`` are handed
+out and not settled; otherwise reading pauses (the entries wait in the stream).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -45,7 +52,8 @@ import redis.exceptions as rex
 
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
-from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub._outage import Outage
+from eventmill.pubsub._subscription import BufferedSubscription, Unsettled, stop_task
 from eventmill.pubsub.redis._common import decode_entry, log
 from eventmill.pubsub.redis._config import RedisConfig
 from eventmill.pubsub.redis._conn import DirectConnection
@@ -102,12 +110,17 @@ class _Base(BufferedSubscription[Message]):
         key: str,
         group: str | None,
         on_close: Callable[[_Base], None],
+        outage: Outage,
     ) -> None:
-        super().__init__(topic, group)
+        what = f"redis:// subscription to {topic!r}" + (f" (group {group!r})" if group else "")
+        super().__init__(
+            topic, group, Unsettled(config.max_unsettled, config.stall_warning, log, what)
+        )
         self._client = client
         self._config = config
         self._key = key
         self._on_close = on_close
+        self._outage = outage
         self._room: asyncio.Event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -142,6 +155,14 @@ class _Base(BufferedSubscription[Message]):
     def _has_room(self) -> bool:
         raise NotImplementedError
 
+    def _room_for(self, held: int) -> int:
+        """How many entries one read may fetch while ``held`` count against
+        ``max_unsettled`` (at most ``batch_size``)."""
+        cfg = self._config
+        if cfg.max_unsettled is None:
+            return cfg.batch_size
+        return min(cfg.batch_size, cfg.max_unsettled - held)
+
     async def _wait_room(self) -> None:
         while not self._has_room():
             self._room.clear()
@@ -150,11 +171,8 @@ class _Base(BufferedSubscription[Message]):
     async def _stop_reader(self) -> None:
         self._closed = True
         self._readers.wake_all()
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._limit.close()
+        await stop_task(self._task)
 
 
 class EphemeralSubscription(_Base):
@@ -167,16 +185,25 @@ class EphemeralSubscription(_Base):
         topic: str,
         key: str,
         on_close: Callable[[_Base], None],
+        outage: Outage,
         last_id: bytes,
     ) -> None:
-        super().__init__(client, config, topic, key, None, on_close)
+        super().__init__(client, config, topic, key, None, on_close, outage)
         self._last_id = last_id
 
     def _has_room(self) -> bool:
-        return len(self._buffer) < self._config.max_in_flight
+        return (
+            len(self._buffer) <= self._config.batch_size // 2
+            and self._room_for(self._limit.count + len(self._buffer)) > 0
+        )
 
     def _settle(self, msg: Message, ok: bool) -> None:
-        if ok or self._closed:
+        if self._closed:
+            return
+        self._limit.done()
+        if not self._room.is_set() and self._has_room():
+            self._room.set()
+        if ok:
             return
         again = Message._received(msg.id, dict(msg.metadata), msg.payload, self._settle)
         self._buffer.appendleft(again)
@@ -188,20 +215,14 @@ class EphemeralSubscription(_Base):
         backoff = Backoff(cfg.reconnect_max_delay)
         while not self._closed:
             await self._wait_room()
-            count = min(cfg.batch_size, cfg.max_in_flight - len(self._buffer))
+            count = self._room_for(self._limit.count + len(self._buffer))
             try:
                 resp: Any = await self._client.xread(
                     {self._key: self._last_id}, count=count, block=block_ms
                 )
             except TRANSIENT as exc:
-                delay = backoff.next()
-                log.warning(
-                    "redis:// XREAD %s: %s; retrying in %.2fs",
-                    self._topic,
-                    describe(exc, cfg),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                self._outage.lost(f"reading {self._topic!r}", describe(exc, cfg))
+                await backoff.sleep()
                 continue
             except rex.RedisError as exc:
                 delay = backoff.next()
@@ -209,6 +230,7 @@ class EphemeralSubscription(_Base):
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            self._outage.ok()
             n = 0
             for _stream, entries in resp or ():
                 for entry_id, fields in entries:
@@ -232,6 +254,7 @@ class EphemeralSubscription(_Base):
     def _vanish(self) -> None:
         self._closed = True
         self._readers.wake_all()
+        self._limit.close()
         if self._task is not None:
             self._task.cancel()
 
@@ -248,8 +271,11 @@ class GroupSubscription(_Base):
         group: str,
         consumer: str,
         on_close: Callable[[_Base], None],
+        outage: Outage,
+        goodbye: Callable[[Callable[[], Awaitable[None]]], None],
     ) -> None:
-        super().__init__(client, config, topic, key, group, on_close)
+        super().__init__(client, config, topic, key, group, on_close, outage)
+        self._goodbye = goodbye
         self._groupname = group
         self.consumer = consumer
         self._held: dict[bytes, Message] = {}
@@ -264,20 +290,22 @@ class GroupSubscription(_Base):
     # -- reading ------------------------------------------------------------------------
 
     def _has_room(self) -> bool:
-        cfg = self._config
         return (
-            len(self._buffer) <= cfg.batch_size // 2
-            and len(self._held) + len(self._acks) < cfg.max_in_flight
+            len(self._buffer) <= self._config.batch_size // 2
+            and self._room_for(len(self._held) + len(self._acks)) > 0
         )
 
     def claim_soon(self) -> None:
         """Run a claim scan before the next read (another member released entries)."""
         self._claim_now.set()
 
-    def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
+    def _deliver(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]], acked: frozenset[bytes] = frozenset()
+    ) -> int:
+        """Buffer ``entries`` (except those held, or ``acked`` but not yet flushed)."""
         n = 0
         for entry_id, fields in entries:
-            if entry_id is None or fields is None or entry_id in self._held:
+            if entry_id is None or fields is None or entry_id in self._held or entry_id in acked:
                 continue
             mid, md, payload = decode_entry(entry_id, fields)
             msg = Message._received(mid, md, payload, functools.partial(self._settle, entry_id))
@@ -294,12 +322,27 @@ class GroupSubscription(_Base):
         backoff = Backoff(cfg.reconnect_max_delay)
         claim_idle_ms = max(1, int(cfg.claim_idle * 1000))
         cursor: bytes | str = "0-0"
+        # After a connection error: the id after which our own pending list is read again.
+        own: bytes | None = None
         next_claim = 0.0
         next_sweep = 0.0
         while not self._closed:
             await self._wait_room()
-            count = min(cfg.batch_size, cfg.max_in_flight - len(self._held) - len(self._acks))
+            count = self._room_for(len(self._held) + len(self._acks))
             try:
+                if own is not None:
+                    # Entries Redis handed to this consumer may have had their reply lost
+                    # with the connection: they wait in our pending list, unseen.
+                    mine: Any = await self._client.xreadgroup(
+                        self._groupname, self.consumer, {self._key: own}, count=count
+                    )
+                    entries = mine[0][1] if mine else []
+                    if not entries:
+                        own = None
+                        continue
+                    own = entries[-1][0]
+                    self._deliver(entries, frozenset(self._acks))
+                    continue
                 now = loop.time()
                 if now >= next_claim or self._claim_now.is_set():
                     self._claim_now.clear()
@@ -330,18 +373,14 @@ class GroupSubscription(_Base):
                     self._groupname, self.consumer, {self._key: ">"}, count=count, block=block_ms
                 )
                 backoff.reset()
+                self._outage.ok()
                 for _stream, entries in resp or ():
                     self._deliver(entries)
             except TRANSIENT as exc:
-                delay = backoff.next()
-                log.warning(
-                    "redis:// read %s/%s: %s; retrying in %.2fs",
-                    self._topic,
-                    self._groupname,
-                    describe(exc, cfg),
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                own = b"0-0"
+                where = f"reading {self._topic!r} (group {self._groupname!r})"
+                self._outage.lost(where, describe(exc, cfg))
+                await backoff.sleep()
             except rex.RedisError as exc:
                 if isinstance(exc, rex.ResponseError) and "NOGROUP" in str(exc):
                     # The stream or group vanished (deleted, or a server without
@@ -354,6 +393,7 @@ class GroupSubscription(_Base):
                     with contextlib.suppress(*TRANSIENT, rex.RedisError):
                         await ensure_group(self._client, self._key, self._groupname)
                     cursor = "0-0"
+                    own = None
                 else:
                     log.error(
                         "redis:// read %s/%s failed: %s",
@@ -384,6 +424,7 @@ class GroupSubscription(_Base):
     def _settle(self, entry_id: bytes, msg: Message, ok: bool) -> None:
         if self._held.get(entry_id) is not msg:
             return  # settled after close, or a stale copy
+        self._limit.done()
         if ok:
             del self._held[entry_id]
             self._acks.append(entry_id)
@@ -410,18 +451,14 @@ class GroupSubscription(_Base):
                 except TRANSIENT as exc:
                     self._acks[:0] = acks
                     self._touch[:0] = touch
-                    delay = backoff.next()
-                    log.warning(
-                        "redis:// ack flush: %s; retrying in %.2fs",
-                        describe(exc, self._config),
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
+                    self._outage.lost("sending acks", describe(exc, self._config))
+                    await backoff.sleep()
                     continue
                 except rex.RedisError as exc:
                     log.error("redis:// ack flush failed: %s", describe(exc, self._config))
                     continue
                 backoff.reset()
+                self._outage.ok()
                 if self._has_room():
                     self._room.set()
         finally:
@@ -468,6 +505,11 @@ class GroupSubscription(_Base):
         self._buffer.clear()
         acks, self._acks = self._acks, []
         self._touch.clear()
+        if not acks and not release:
+            # Nothing the group needs: say goodbye without waiting for the answer.
+            self._goodbye(functools.partial(self._send, [], [], [], final=True))
+            self._on_close(self)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.publish_timeout
         backoff = Backoff(self._config.reconnect_max_delay)
@@ -506,6 +548,7 @@ class GroupSubscription(_Base):
     def _vanish(self) -> None:
         self._closed = True
         self._readers.wake_all()
+        self._limit.close()
         for task in (self._task, self._flusher):
             if task is not None:
                 task.cancel()

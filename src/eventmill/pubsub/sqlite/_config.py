@@ -8,7 +8,14 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from eventmill.errors import ConfigurationError
-from eventmill.pubsub._options import Seconds, apply_options, split_query
+from eventmill.pubsub._options import (
+    MAX_UNSETTLED,
+    STALL_WARNING,
+    Seconds,
+    apply_options,
+    check_unsettled,
+    split_query,
+)
 
 __all__ = ["SQLiteConfig"]
 
@@ -49,6 +56,13 @@ class SQLiteConfig:
     prefetch: int = 100
     """Most messages a subscription leases ahead of its readers (default 100); it
     refills when half are handed out. Each fetch takes at most this many."""
+    max_unsettled: int | None = MAX_UNSETTLED
+    """Most messages one subscription hands out and holds unsettled (neither acked nor
+    nacked); at the bound it hands out no more, and leases no more than it has room
+    for, until one is settled (default 1000; ``unlimited`` in a URL: no bound)."""
+    stall_warning: Seconds | None = STALL_WARNING
+    """Seconds a subscription may hold a reader at ``max_unsettled`` before it logs one
+    warning saying why (default 30; ``unlimited``: never)."""
     retention: Seconds | None = 3600.0
     """Seconds a message acked by every consumer group of its topic (or, on a
     topic without groups, any message) is kept, so a new group can replay it
@@ -88,6 +102,7 @@ class SQLiteConfig:
             _positive("retention", self.retention, allow_zero=True)
         if self.max_age is not None:
             _positive("max_age", self.max_age)
+        check_unsettled("sqlite://", self.max_unsettled, self.stall_warning)
         for name in ("prefetch", "max_batch", "max_pending"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -19,7 +19,7 @@ from eventmill._sqlite import is_locked
 from eventmill.errors import ClosedError, PubSubError
 from eventmill.message import Message
 from eventmill.pubsub._backoff import Backoff
-from eventmill.pubsub._subscription import BufferedSubscription
+from eventmill.pubsub._subscription import BufferedSubscription, Unsettled, stop_task
 from eventmill.pubsub.sqlite._config import SQLiteConfig
 from eventmill.pubsub.sqlite._ops import Fetch, Flush, Op, Read, Release
 
@@ -55,7 +55,8 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
     :class:`~eventmill.Subscription`).
 
     A background task, started by the first read, keeps up to ``prefetch``
-    messages leased ahead of the readers and refills when half are handed out.
+    messages leased ahead of the readers (no more than ``max_unsettled`` leaves room
+    for) and refills when half are handed out.
     """
 
     def __init__(
@@ -66,7 +67,9 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         head: int,
         skip: tuple[str, str] | None = None,
     ) -> None:
-        super().__init__(topic, group)
+        cfg = owner.config
+        what = f"sqlite:// subscription to {topic!r}" + (f" (group {group!r})" if group else "")
+        super().__init__(topic, group, Unsettled(cfg.max_unsettled, cfg.stall_warning, log, what))
         self._owner = owner
         self._skip = skip
         self._token = uuid.uuid4().hex
@@ -76,9 +79,10 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         self._room = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._error: PubSubError | None = None
-        prefetch = owner.config.prefetch
+        prefetch = cfg.prefetch
         self._prefetch = prefetch
         self._refill_at = prefetch // 2
+        self._max_unsettled = cfg.max_unsettled
 
     def _take(self, item: tuple[int, Message]) -> Message:
         seq, msg = item
@@ -100,12 +104,14 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         poll = owner.config.poll_interval
         backoff = Backoff(5.0, poll)
         while not self._closed:
-            if len(self._buffer) > self._refill_at:
+            limit = self._prefetch - len(self._buffer)
+            if self._max_unsettled is not None:
+                limit = min(limit, self._max_unsettled - self._limit.count - len(self._buffer))
+            if len(self._buffer) > self._refill_at or limit <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
             self._wake.clear()
-            limit = self._prefetch - len(self._buffer)
             try:
                 if self._group is None:
                     rows = await owner._call(partial(Read, self._topic, self._after, limit))
@@ -143,6 +149,9 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         seq = self._held.pop(msg, None)
         if seq is None or self._closed:
             return
+        self._limit.done()
+        if not self._room.is_set():
+            self._room.set()  # the pump may have waited for room under max_unsettled
         if self._group is not None:
             self._owner._settle(ok, self._topic, self._group, seq, self._token)
         elif not ok:  # ephemeral: deliver again to this subscription
@@ -164,12 +173,10 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
             return
         self._closed = True
         self._readers.wake_all()
+        self._limit.close()
         self._room.set()
         self._wake.set()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
+        await stop_task(self._pump)
         for msg in self._held:
             msg._on_settle = None
         self._held.clear()
@@ -198,6 +205,7 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         """Stop without flushing or releasing anything."""
         self._closed = True
         self._readers.wake_all()
+        self._limit.close()
         if self._pump is not None:
             self._pump.cancel()
         for msg in self._held:
