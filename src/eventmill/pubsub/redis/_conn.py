@@ -48,6 +48,20 @@ class DirectConnection:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._make(**self._kwargs)
+        # A connection kept idle may have been closed by the server meanwhile (a
+        # restart): such a one gets one quiet retry on a new connection. Should the
+        # connection instead have died mid-exchange, a command Redis already ran is sent
+        # again: at-least-once, as with every retry of a publish (ids drop duplicates).
+        reused = bool(conn.is_connected)
+        while True:
+            try:
+                return await self._exchange(conn, commands)
+            except rex.ConnectionError:
+                if not reused:
+                    raise
+                reused = False
+
+    async def _exchange(self, conn: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
         replies: list[Any] = []
         try:
             async with asyncio.timeout(self._timeout):

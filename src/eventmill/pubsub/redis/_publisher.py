@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from eventmill.errors import PublishError
 from eventmill.pubsub._backoff import Backoff
 from eventmill.pubsub._errors import closed
+from eventmill.pubsub._outage import Outage
 from eventmill.pubsub.redis._common import log
 from eventmill.pubsub.redis._config import RedisConfig
 from eventmill.pubsub.redis._conn import DirectConnection
@@ -62,8 +63,11 @@ class CoalescingPublisher:
     """Sends ``XADD`` commands inline when idle, in pipelined batches when busy (see the
     module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, config: RedisConfig) -> None:
+    def __init__(
+        self, client: aioredis.Redis, config: RedisConfig, outage: Outage | None = None
+    ) -> None:
         self._config = config
+        self._outage = outage
         self._conn = DirectConnection(client, config.socket_timeout)
         self._queue: deque[_Request] = deque()
         self._queued = 0
@@ -184,9 +188,14 @@ class CoalescingPublisher:
                     return [closed("redis://")] * len(batch)
                 if loop.time() + delay > deadline:
                     return [unavailable(exc, self._config, "publish")] * len(batch)
-                log.warning(
-                    "redis:// publish: %s; retrying in %.2fs", describe(exc, self._config), delay
-                )
+                if self._outage is not None:
+                    self._outage.lost("publish", describe(exc, self._config))
+                else:
+                    log.warning(
+                        "redis:// publish: %s; retrying in %.2fs",
+                        describe(exc, self._config),
+                        delay,
+                    )
                 await asyncio.sleep(delay)
             except PublishError as error:
                 return [error] * len(batch)

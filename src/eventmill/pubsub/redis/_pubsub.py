@@ -136,7 +136,9 @@ class RedisPubSub(AsyncStartCloseable):
             return
         publisher = self._publisher
         if publisher is None:
-            publisher = self._publisher = CoalescingPublisher(self._client, self.config)
+            publisher = self._publisher = CoalescingPublisher(
+                self._client, self.config, self._outage
+            )
         await publisher.publish(topic, commands)
 
     @property
