@@ -44,6 +44,7 @@ from eventmill.realtime import Realtime
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
+from eventmill.web.metrics import ReconnectCollector
 from eventmill.web.seam import EVENTS_TOPIC, Feature, Resources
 from eventmill.web.tokens import JwtVerifier
 
@@ -275,6 +276,7 @@ def create_app(
     )
     ProcessCollector(registry=resources.metrics)
     PlatformCollector(registry=resources.metrics)
+    resources.metrics.register(ReconnectCollector(resources))
     roles = set(settings.roles)
     feats = features(settings, resources)
     workers = [f for f in feats if f.roles.workers in roles]

@@ -598,6 +598,9 @@ async def test_a_restart_logs_one_line(
 ) -> None:
     """Readers, ack flushes and publishes meet the same outage: eventmill says once
     that Redis is unreachable, and once that it is back (redis-py logs nothing)."""
+    from eventmill.pubsub._outage import reconnects
+
+    before = reconnects().get("redis://", 0)
     bus = await open_pubsub(private_server.url + "?reconnect_max_delay=0.2")
     try:
         await outage_is_logged_once(
@@ -607,5 +610,6 @@ async def test_a_restart_logs_one_line(
             backend_logger="eventmill.pubsub.redis",
             client_logger=None,
         )
+        assert reconnects()["redis://"] == before + 2  # two outages, each came back
     finally:
         await bus.close()

@@ -240,3 +240,17 @@ async def test_sqlite_write_lock_held_elsewhere_is_unavailable_until_released(
             other.close()
         _, created = await store.events.insert(Event(event_name="a.b"), "k1")
         assert created
+
+
+async def test_a_lost_database_that_comes_back_counts_one_reconnect(tmp_path: Path) -> None:
+    async with await open_store(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        assert store.reconnects == 0
+        lost = store.translate(ConnectionResetError("the server went away"))
+        assert isinstance(lost, StoreUnavailableError)
+        busy = store.translate(__import__("sqlite3").OperationalError("database is locked"))
+        assert isinstance(busy, StoreUnavailableError)  # busy, not lost
+        async with store.transaction(write=False):
+            pass
+        async with store.transaction(write=False):
+            pass
+        assert store.reconnects == 1

@@ -14,7 +14,15 @@ from __future__ import annotations
 import logging
 import time
 
-__all__ = ["Outage"]
+__all__ = ["Outage", "reconnects"]
+
+_RECONNECTS: dict[str, int] = {}
+
+
+def reconnects() -> dict[str, int]:
+    """How often each kind of server (by URL scheme, e.g. ``redis://``) came back after
+    an outage, in this process: what ``eventmill_bus_reconnects_total`` reports."""
+    return dict(_RECONNECTS)
 
 
 class Outage:
@@ -57,6 +65,7 @@ class Outage:
         if since is None:
             return
         self._since = None
+        _RECONNECTS[self._scheme] = _RECONNECTS.get(self._scheme, 0) + 1
         self._log.info(
             "%s server %s reachable again after %.1fs",
             self._scheme,

@@ -85,6 +85,9 @@ class Database:
         self._queued = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        self._lost = False
+        self.reconnects = 0
+        """How often the database came back after a lost connection (a metric)."""
         self._closed = False
 
     @classmethod
@@ -161,6 +164,9 @@ class Database:
                         **{_WRITE_OPTION: write, _WAIT_OPTION: wait}
                     )
                 await stack.enter_async_context(conn.begin())
+                if self._lost:  # the database is back after a lost connection
+                    self._lost = False
+                    self.reconnects += 1
                 yield conn
         except (TimeoutError, sa_exc.SQLAlchemyError, OSError) as exc:
             raise self.translate(exc) from exc
@@ -280,6 +286,8 @@ class Database:
         kind = type(orig).__name__
         where = self.config.dialect
         if _unavailable(exc, orig, self.config.dialect):
+            if not isinstance(orig, sqlite3.OperationalError):  # not a busy SQLite file
+                self._lost = True
             return StoreUnavailableError(f"store database ({where}) is unavailable: {kind}")
         return StoreError(f"store database ({where}) error: {kind}")
 

@@ -8,13 +8,21 @@ a second series of one name).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-__all__ = ["BusMetrics", "bus_metrics"]
+from eventmill.pubsub._outage import reconnects
+
+if TYPE_CHECKING:
+    from eventmill.web.seam import Resources
+
+__all__ = ["BusMetrics", "ReconnectCollector", "bus_metrics"]
 
 
 class BusMetrics:
@@ -58,3 +66,26 @@ def bus_metrics(registry: CollectorRegistry) -> BusMetrics:
     if found is None:
         found = _SHARED[registry] = BusMetrics(registry)
     return found
+
+
+class ReconnectCollector(Collector):
+    """``eventmill_bus_reconnects_total`` (times a bus's server came back after an outage,
+    in this process) and ``eventmill_store_reconnects_total`` (times the store's database
+    did), read when scraped."""
+
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+
+    def collect(self) -> Iterator[Metric]:
+        bus = CounterMetricFamily(
+            "eventmill_bus_reconnects", "Times the bus's server came back after an outage."
+        )
+        bus.add_metric([], float(sum(reconnects().values())))
+        yield bus
+        store = CounterMetricFamily(
+            "eventmill_store_reconnects",
+            "Times the store's database came back after a lost connection.",
+        )
+        db = self._resources.store
+        store.add_metric([], float(db.reconnects if db is not None else 0))
+        yield store
