@@ -24,11 +24,11 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.brokers import BUSES, broker_bus_url, tansu_server
+from tests.brokers import BUSES, broker_bus_url
 from tests.conftest import free_port
 from tests.ingest.support import VENV_BIN, pg_store_url
 from tests.payloads import dumps, payment_event, razorpay_headers
-from tests.pubsub._kafka_server import TansuServer
+from tests.pubsub._kafka_server import TansuServer, tansu_server
 from tests.realtime.support import RAZORPAY_SECRET, create_key, running_node, token, ws_client
 
 pytestmark = pytest.mark.slow

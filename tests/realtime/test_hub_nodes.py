@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import broker_bus_url, tansu_server
+from tests.brokers import broker_bus_url
 from tests.ingest.support import pg_store_url
-from tests.pubsub._kafka_server import TansuServer
+from tests.pubsub._kafka_server import TansuServer, tansu_server
 from tests.realtime.support import WsClient, create_key, event, running_node, token, ws_client
 
 pytestmark = pytest.mark.slow
