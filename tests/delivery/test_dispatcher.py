@@ -276,3 +276,25 @@ async def test_a_burst_to_one_endpoint_is_fed_as_its_lane_drains(
             await svc.publish(*events[i : i + 100])
         await rec.wait_for(lambda: len(rec.received) >= 500, timeout=60, what="the burst")
         assert len({r.headers["webhook-id"] for r in rec.received}) == 500
+
+
+async def test_a_delivery_continues_the_trace_of_the_request_that_published_it(
+    tmp_path: Path, store_url: str
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    incoming = f"00-{trace_id}-00f067aa0ba902b7-01"
+    async with receiver() as rec, service(delivery_settings(tmp_path, store_url)) as svc:
+        await svc.create_endpoint(url=rec.url(), user_id="user_1")
+        answer = await svc.client.post(
+            "/v1/events", json=_event(), headers={**svc.auth, "traceparent": incoming}
+        )
+        assert answer.status_code == 200, answer.text
+        await svc.publish(_event())  # no traceparent: a trace of its own
+        await rec.wait_for(lambda: len(rec.received) == 2)
+        parents = {orjson.loads(r.body)["id"]: r.headers["traceparent"] for r in rec.received}
+        traced = parents[answer.json()["ids"][0]]
+        version, trace, span, flags = traced.split("-")
+        assert (version, trace, flags) == ("00", trace_id, "01")
+        assert span != "00f067aa0ba902b7"  # eventmill's own hop
+        others = [p for i, p in parents.items() if i != answer.json()["ids"][0]]
+        assert others[0].split("-")[1] != trace_id

@@ -58,6 +58,7 @@ from eventmill.errors import EventmillError
 from eventmill.events import Event
 from eventmill.message import Message
 from eventmill.pubsub.base import Publisher
+from eventmill.web.tracing import TraceContext
 
 __all__ = ["DEAD_LETTER_TOPIC", "Dispatcher", "Job"]
 
@@ -75,6 +76,17 @@ _RECORD_LINGER: Final = 0.01
 _QUEUE_MAX: Final = 10
 """A fast endpoint's lane holds up to this many times its concurrency (see ``_Lane``)."""
 _SWEEP_SECONDS: Final = 15.0
+
+
+def _trace_hop(envelope: bytes) -> TraceContext | None:
+    """This attempt's hop in the trace the event belongs to (its ``metadata.trace_id``,
+    set at ingest from the request's ``traceparent``), sent as ``traceparent``."""
+    try:
+        metadata = orjson.loads(envelope).get("metadata") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    trace_id = metadata.get("trace_id") if isinstance(metadata, dict) else None
+    return TraceContext.from_trace_id(trace_id) if isinstance(trace_id, str) else None
 
 
 @dataclass(slots=True)
@@ -548,6 +560,9 @@ class Dispatcher:
                 endpoint, claimed, started, None, None, "refused", "https_only: not an https URL"
             )
         headers = self._headers(endpoint, target, claimed.id, body)
+        hop = _trace_hop(job.body)
+        if hop is not None:
+            headers.append((b"traceparent", hop.header.encode()))
         t0 = time.perf_counter()
         retry_after: float | None = None
         try:
