@@ -91,3 +91,41 @@ async def test_a_store_error_is_500_logged_with_traceback_and_request_id(
         assert rid in record.getMessage()
         assert record.exc_info is not None
         assert key not in caplog.text
+
+
+async def test_log_lines_of_a_request_carry_its_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``eventmill serve``'s log configuration, a line logged while handling a
+    request (here: the rejected webhook's warning path) names the request's id."""
+    import json
+
+    import structlog
+
+    from eventmill.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("info", json=True)
+    try:
+        app = create_app(settings_for(tmp_path, f"sqlite:///{tmp_path / 'e.db'}"))
+        async with app.router.lifespan_context(app), _client(app) as client:
+            capsys.readouterr()
+
+            @app.get("/_log_something")
+            async def log_something() -> dict[str, str]:
+                logging.getLogger("eventmill.test").warning("inside the request")
+                return {}
+
+            r = await client.get("/_log_something", headers={"X-Request-Id": "req-logged-1"})
+            assert r.status_code == 200
+            logging.getLogger("eventmill.test").warning("outside any request")
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+        inside = [x for x in lines if x["event"] == "inside the request"]
+        outside = [x for x in lines if x["event"] == "outside any request"]
+        assert inside[0]["request_id"] == "req-logged-1"
+        assert "request_id" not in outside[0]
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()

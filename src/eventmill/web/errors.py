@@ -26,6 +26,7 @@ import os
 import re
 from typing import Any, Final
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -260,6 +261,9 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        # Every log line of this request carries its id (structlog's context variables,
+        # which ``eventmill serve``'s log configuration merges into each line).
+        bound = structlog.contextvars.bind_contextvars(request_id=rid.decode("latin-1"))
         try:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
@@ -283,6 +287,8 @@ class RequestContextMiddleware:
                     500, "internal_error", f"internal error (request id {text})"
                 ).response()
                 await response(scope, receive, send_with_id)
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
 
 
 def install_error_handlers(app: FastAPI) -> None:
