@@ -25,7 +25,14 @@ from eventmill.errors import (
     UnknownEventError,
 )
 from eventmill.message import Message, new_message_id
-from eventmill.pubsub.base import Capabilities, Publisher, PubSub, Subscriber, Subscription
+from eventmill.pubsub.base import (
+    Capabilities,
+    Publisher,
+    PubSub,
+    Subscriber,
+    Subscription,
+    TransactionalPublisher,
+)
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
 from eventmill.router import Router, RouterConfig
@@ -86,6 +93,7 @@ __all__ = [
     "SubscribeError",
     "Subscriber",
     "Subscription",
+    "TransactionalPublisher",
     "UnknownEventError",
     "__version__",
     "new_message_id",

@@ -1,6 +1,13 @@
 """Publishers, subscribers and their backends."""
 
-from eventmill.pubsub.base import Capabilities, Publisher, PubSub, Subscriber, Subscription
+from eventmill.pubsub.base import (
+    Capabilities,
+    Publisher,
+    PubSub,
+    Subscriber,
+    Subscription,
+    TransactionalPublisher,
+)
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
 
@@ -12,5 +19,6 @@ __all__ = [
     "Publisher",
     "Subscriber",
     "Subscription",
+    "TransactionalPublisher",
     "open_pubsub",
 ]

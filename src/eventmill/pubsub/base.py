@@ -22,6 +22,7 @@ __all__ = [
     "SkippingSubscriber",
     "Subscriber",
     "Subscription",
+    "TransactionalPublisher",
     "check_messages",
     "validate_name",
 ]
@@ -73,6 +74,10 @@ class Capabilities:
     retained message (not only at messages published after it subscribed)."""
     has_server: bool
     """The backend talks to a server that can go away and come back (reconnect tests)."""
+    transactions: bool = False
+    """``publish(topic, *messages, transaction=conn)`` inserts the messages in the
+    caller's open database transaction (postgresql://, sqlite:///): they commit with
+    the caller's other writes, or not at all. See :class:`TransactionalPublisher`."""
 
 
 @runtime_checkable
@@ -137,6 +142,26 @@ class Publisher(Protocol):
     async def publish(self, topic: str, *messages: Message) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class TransactionalPublisher(Publisher, Protocol):
+    """A publisher whose ``publish`` also takes the caller's open database transaction
+    (``capabilities.transactions``: postgresql:// and sqlite:///).
+
+    ``await bus.publish(topic, *messages, transaction=conn)`` inserts the messages
+    through ``conn`` (the backend's driver connection, or a SQLAlchemy
+    ``AsyncConnection`` or ``AsyncSession``, on the bus's database), inside the
+    transaction holding the caller's other writes: they are published when it commits,
+    and never if it rolls back or the process dies first. It returns once the insert
+    ran, before the commit; consumers see the messages after the commit. A connection
+    that would commit the insert on its own (autocommit) or belongs to another database
+    is refused with :class:`~eventmill.PublishError`, an object of another kind with
+    ``TypeError``.
+    """
+
+    async def publish(
+        self, topic: str, *messages: Message, transaction: object | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

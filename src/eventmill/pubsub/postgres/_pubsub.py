@@ -40,6 +40,7 @@ from eventmill.pubsub.postgres._subscriptions import (
     Snapshot,
     TopicReader,
 )
+from eventmill.pubsub.postgres._transactions import publish_in
 from eventmill.pubsub.postgres._wakeups import Wakeups
 
 __all__ = ["PostgresConfig", "PostgresPubSub"]
@@ -59,6 +60,7 @@ class PostgresPubSub(AsyncStartCloseable):
         redelivers_after_crash=True,
         replay=True,
         has_server=True,
+        transactions=True,
     )
 
     def __init__(self, config: PostgresConfig | None = None) -> None:
@@ -180,7 +182,17 @@ class PostgresPubSub(AsyncStartCloseable):
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(self, topic: str, *messages: Message) -> None:
+    async def publish(
+        self, topic: str, *messages: Message, transaction: object | None = None
+    ) -> None:
+        """Commit ``messages`` to ``topic``; return once they are durable.
+
+        With ``transaction`` (an asyncpg connection in a transaction, or a SQLAlchemy
+        ``AsyncConnection`` or ``AsyncSession``, on the bus's database) the messages are
+        inserted in that transaction instead: they commit when the caller commits, with
+        the caller's other writes, and a rollback publishes nothing. Consumers see them
+        right after the commit (a NOTIFY sent with it).
+        """
         if self._closed:
             raise closed("postgresql://")
         if topic not in self._tids:
@@ -198,6 +210,9 @@ class PostgresPubSub(AsyncStartCloseable):
             (tid, m.id, dumps(m.metadata).decode() if m.metadata else "{}", m.payload)
             for m in messages
         ]
+        if transaction is not None:
+            await publish_in(transaction, self.sql, tid, rows)
+            return
         await self._publishing.publish(tid, rows)
 
     # -- topics and groups --------------------------------------------------------------

@@ -274,6 +274,36 @@ SELECT u.t, u.i, u.m, u.p
 FROM unnest($1::int[], $2::text[], $3::text[], $4::bytea[]) WITH ORDINALITY AS u(t, i, m, p, o)
 ORDER BY u.o"""
 
+    @cached_property
+    def publish_in_transaction(self) -> str:
+        """:meth:`in_transaction` with asyncpg's ``$n`` parameters."""
+        return self.in_transaction("$")
+
+    @cached_property
+    def publish_in_transaction_named(self) -> str:
+        """:meth:`in_transaction` with SQLAlchemy's named parameters."""
+        return self.in_transaction(":")
+
+    def in_transaction(self, style: str) -> str:
+        """Insert messages of one topic in the caller's transaction, and NOTIFY the topic's
+        channel: PostgreSQL delivers the NOTIFY when the transaction commits, and drops
+        it on rollback, so consumers everywhere (this process's too) wake after the
+        commit and never for a rolled-back message.
+
+        ``style="$"``: asyncpg's ``$n`` parameters (``tids, ids, metas, payloads, channel,
+        note``); ``style=":"``: SQLAlchemy's named ones, of the same names.
+        """
+        names = ("tids", "ids", "metas", "payloads", "channel", "note")
+        p = [f"${n}" for n in range(1, 7)] if style == "$" else [f":{n}" for n in names]
+        return f"""
+WITH ins AS (
+INSERT INTO {self.table("messages")} (tid, msg_id, metadata, payload)
+SELECT u.t, u.i, u.m, u.p
+FROM unnest(CAST({p[0]} AS int[]), CAST({p[1]} AS text[]), CAST({p[2]} AS text[]),
+            CAST({p[3]} AS bytea[])) WITH ORDINALITY AS u(t, i, m, p, o)
+ORDER BY u.o)
+SELECT pg_notify(CAST({p[4]} AS text), CAST({p[5]} AS text))"""
+
     # -- consume ------------------------------------------------------------------------
 
     @cached_property

@@ -34,6 +34,7 @@ from eventmill.pubsub.sqlite._ops import (
     failure,
 )
 from eventmill.pubsub.sqlite._subscription import SQLiteSubscription
+from eventmill.pubsub.sqlite._transactions import publish_in
 from eventmill.pubsub.sqlite._writer import Batch, Writer, WriterStats
 
 __all__ = ["SQLiteConfig", "SQLitePubSub", "SQLiteStats", "SQLiteSubscription"]
@@ -60,6 +61,7 @@ class SQLitePubSub(AsyncStartCloseable):
         redelivers_after_crash=True,
         replay=True,
         has_server=False,
+        transactions=True,
     )
 
     def __init__(self, config: SQLiteConfig) -> None:
@@ -126,11 +128,19 @@ class SQLitePubSub(AsyncStartCloseable):
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish(self, topic: str, *messages: Message) -> None:
+    async def publish(
+        self, topic: str, *messages: Message, transaction: object | None = None
+    ) -> None:
         """Commit ``messages`` to ``topic``; return once they are durable.
 
         Raises :class:`~eventmill.PublishError` (nothing committed) if the
         transaction fails, :class:`~eventmill.ClosedError` after ``close()``.
+
+        With ``transaction`` (a ``sqlite3`` or ``aiosqlite`` connection, or a SQLAlchemy
+        ``AsyncConnection`` or ``AsyncSession``, on the bus's database file) the messages
+        are inserted in the caller's transaction instead: they commit when the caller
+        commits, with its other writes, and a rollback publishes nothing. Consumers read
+        them after the commit, at their next poll (``poll_interval``).
         """
         if self._closed:
             raise closed("sqlite://")
@@ -151,6 +161,9 @@ class SQLitePubSub(AsyncStartCloseable):
             await self.start()
             writer = self._writer
             assert writer is not None
+        if transaction is not None:
+            await publish_in(transaction, self.config.path, topic, rows)
+            return
         skips = writer.skips.get(topic)
         skippers: frozenset[str] = frozenset()
         if skips:
