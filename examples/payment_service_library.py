@@ -47,6 +47,9 @@ async def process_payment(
         metadata=EventMetadata(correlation_id=correlation_id),
     )
     # Returns once the bus has accepted the event (durably, where the bus is durable).
+    # To commit the event with your own database writes (on postgresql:// or sqlite:///),
+    # pass your open transaction: bus.publish(..., transaction=conn), see
+    # docs/library/transactions.md.
     await bus.publish("events", event.to_message())
     return event
 
