@@ -48,6 +48,7 @@ import httpx
 import jwt
 import orjson
 
+from _report import record
 from eventmill import open_pubsub
 from eventmill.events import Event
 from eventmill.store import open_store
@@ -438,7 +439,22 @@ async def main() -> None:
         bare = await run_bare(n, frames_like_eventmill(n))
         show(bare, None)
         for mode in args.modes:
-            show(await run_eventmill(n, mode, {}), bare)
+            row = await run_eventmill(n, mode, {})
+            show(row, bare)
+            record(
+                "realtime",
+                f"{n:,} WebSocket connections, one event each in a burst ({mode})",
+                row["msgs_per_s"],
+                short=f"{n:,} {mode}",
+                raw=bare["msgs_per_s"],
+                raw_label="bare websockets server sending the same messages",
+                ratio_raw=row["msgs_per_s"] / bare["msgs_per_s"],
+                peer_note="-",
+                note=f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms "
+                f"(bare {bare['p50_ms']:.0f} / {bare['p99_ms']:.0f} ms); "
+                f"{row['kib_per_conn']:.1f} KiB/conn (bare {bare['kib_per_conn']:.1f}); "
+                f"missing {row['missing']}",
+            )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
