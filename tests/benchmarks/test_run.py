@@ -139,3 +139,21 @@ def test_quick_is_passed_only_to_a_benchmark_that_takes_it(tmp_path: Path, takes
     assert outcome.status == "ok"
     assert outcome.rows[0]["workload"] == ("quick" if takes else "full")
     assert sys.executable  # the scripts ran under this interpreter
+
+
+def test_update_keeps_the_report_rows_of_the_benchmarks_not_run_again(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text(
+        '{"date": "2026-12-06 01:58 UTC", "benchmarks": ['
+        '{"name": "ingest", "status": "ok", "reason": "", "seconds": 60.0,'
+        ' "rows": [{"subject": "ingest", "workload": "w", "ours": 1.0}], "info": {}},'
+        '{"name": "delivery", "status": "failed", "reason": "printed no JSON line",'
+        ' "seconds": 90.0, "rows": [], "info": {}}]}'
+    )
+    delivery = next(j for j in run.JOBS if j.name == "delivery")
+    kept = run._kept_outcomes(report, [delivery])
+    assert kept.pop("_date").reason == "2026-12-06 01:58 UTC"
+    assert list(kept) == ["ingest"]  # delivery runs again: its old row is not kept
+    assert kept["ingest"].rows[0]["ours"] == 1.0
+    with pytest.raises(SystemExit, match="no report"):
+        run._kept_outcomes(tmp_path / "absent.json", [delivery])
