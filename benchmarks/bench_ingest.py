@@ -1,8 +1,9 @@
 """Ingest throughput: signed Razorpay webhooks through ``eventmill`` vs a bare FastAPI endpoint.
 
-Starts the servers as uvicorn subprocesses with the same options (httptools, uvloop,
+Starts the servers as subprocesses on uvicorn with the same options (httptools, uvloop,
 no access log): a bare FastAPI endpoint that reads the body and answers 200, and
-eventmill with a SQLite store and a memory:// or sqlite:/// bus, where every request
+``eventmill serve`` as installed (all roles; then the ingest role only) with a SQLite
+store and a memory:// or sqlite:/// bus, where every request
 is a distinct, correctly signed Razorpay webhook, verified, parsed, validated, stored
 and published before its 200. All three run for the whole benchmark; after a 1 s
 warm-up each, ``--rounds`` rounds load them in turn for ``--seconds`` each with the
@@ -209,16 +210,18 @@ def python_load(name: str, port: int, requests: list[bytes], conns: int, seconds
 
 
 def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [
+    """``args`` ``["serve"]``: ``eventmill serve``, as installed (uvicorn with uvloop and
+    httptools, the GC frozen after start-up); otherwise uvicorn serving ``args``."""
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if args == ["serve"]:
+        command = [str(Path(sys.executable).with_name("eventmill")), "serve", *where]
+    else:
+        command = [
             sys.executable,
             "-m",
             "uvicorn",
             *args,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
+            *where,
             "--no-access-log",
             "--log-level",
             "warning",
@@ -226,8 +229,9 @@ def start_server(args: list[str], env: dict[str, str], port: int) -> subprocess.
             "uvloop",
             "--http",
             "httptools",
-        ],
-        env={**os.environ, **env},
+        ]
+    proc = subprocess.Popen(
+        command, env={**os.environ, **env}, stderr=subprocess.DEVNULL if args == ["serve"] else None
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -291,7 +295,22 @@ def main() -> None:
             "EVENTMILL_LOG_LEVEL": "warning",
         }
         label = "eventmill, sqlite store, " + bus.split(":")[0] + " bus"
-        servers.append((label, ["eventmill.app:create_app", "--factory"], env))
+        servers.append((label, ["serve"], env))
+    # The same process with the ingest role only (an ingest node of a deployment scaled by
+    # role): the rows above also run the delivery fan-out and the realtime hub, which read
+    # every event back from the store.
+    servers.append(
+        (
+            "eventmill, sqlite store, sqlite bus, ingest role",
+            ["serve"],
+            {
+                **env,
+                "EVENTMILL_BUS_URL": f"sqlite:///{tmp}/bus-ingest.db?synchronous=normal",
+                "EVENTMILL_STORE_URL": f"sqlite:///{tmp}/events-{len(servers)}.db",
+                "EVENTMILL_ROLES": "ingest",
+            },
+        )
+    )
 
     def run(name: str, port: int, part: str, seconds: float) -> Run:
         if client == "wrk":
