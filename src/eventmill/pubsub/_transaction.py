@@ -20,17 +20,20 @@ if TYPE_CHECKING:
 __all__ = ["failed", "sqlalchemy_connection", "unsupported"]
 
 
-async def sqlalchemy_connection(transaction: object, scheme: str) -> AsyncConnection | None:
+async def sqlalchemy_connection(
+    transaction: object, scheme: str, *, dialect: str, takes: str
+) -> AsyncConnection:
     """The SQLAlchemy ``AsyncConnection`` of ``transaction`` (an ``AsyncConnection``, or an
-    ``AsyncSession``: its connection, in its transaction), or ``None`` for any other object.
+    ``AsyncSession``: its connection, in its transaction) on a ``dialect`` database.
 
-    Raises :class:`~eventmill.PublishError` for a connection in ``AUTOCOMMIT`` mode, whose
-    statements would commit one by one. A connection with no transaction begun yet is
-    fine: SQLAlchemy begins one with the first statement, which the caller then commits
-    (or rolls back).
+    Raises ``TypeError`` (:func:`unsupported`, naming what the backend ``takes``) for any
+    other object, and :class:`~eventmill.PublishError` for a connection to another kind of
+    database or in ``AUTOCOMMIT`` mode, whose statements would commit one by one. A
+    connection with no transaction begun yet is fine: SQLAlchemy begins one with the first
+    statement, which the caller then commits (or rolls back).
     """
     if not type(transaction).__module__.startswith("sqlalchemy"):
-        return None
+        raise unsupported(scheme, transaction, takes)
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
     if isinstance(transaction, AsyncSession):
@@ -38,7 +41,12 @@ async def sqlalchemy_connection(transaction: object, scheme: str) -> AsyncConnec
     elif isinstance(transaction, AsyncConnection):
         conn = transaction
     else:
-        return None
+        raise unsupported(scheme, transaction, takes)
+    if conn.dialect.name != dialect:
+        raise PublishError(
+            f"{scheme} cannot publish in a transaction of a {conn.dialect.name} database: "
+            "the transaction must be on the bus's own database"
+        )
     if conn.sync_connection is not None and (
         conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
     ):

@@ -17,7 +17,7 @@ import asyncpg
 import asyncpg.pool
 
 from eventmill.errors import PublishError
-from eventmill.pubsub._transaction import failed, sqlalchemy_connection, unsupported
+from eventmill.pubsub._transaction import failed, sqlalchemy_connection
 from eventmill.pubsub.postgres._publishing import Row
 from eventmill.pubsub.postgres._sql import Sql
 
@@ -52,14 +52,7 @@ async def publish_in(transaction: object, sql: Sql, tid: int, rows: list[Row]) -
         except Exception as exc:
             raise failed(_SCHEME, exc, hint) from exc
         return
-    conn = await sqlalchemy_connection(transaction, _SCHEME)
-    if conn is None:
-        raise unsupported(_SCHEME, transaction, _TAKES)
-    if conn.dialect.name != "postgresql":
-        raise PublishError(
-            f"{_SCHEME} cannot publish in a transaction of a {conn.dialect.name} database: "
-            "the transaction must be on the bus's PostgreSQL database"
-        )
+    conn = await sqlalchemy_connection(transaction, _SCHEME, dialect="postgresql", takes=_TAKES)
     from sqlalchemy import text
 
     params = {

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventmill.errors import PublishError
-from eventmill.pubsub._transaction import failed, sqlalchemy_connection, unsupported
+from eventmill.pubsub._transaction import failed, sqlalchemy_connection
 from eventmill.pubsub.sqlite import _schema as sql
 from eventmill.pubsub.sqlite._ops import Row
 
@@ -59,14 +59,7 @@ async def publish_in(transaction: object, path: str, topic: str, rows: list[Row]
             except sqlite3.Error as exc:
                 raise failed(_SCHEME, exc, _HINT) from exc
             return
-    conn = await sqlalchemy_connection(transaction, _SCHEME)
-    if conn is None:
-        raise unsupported(_SCHEME, transaction, _TAKES)
-    if conn.dialect.name != "sqlite":
-        raise PublishError(
-            f"{_SCHEME} cannot publish in a transaction of a {conn.dialect.name} database: "
-            "the transaction must be on the bus's database file"
-        )
+    conn = await sqlalchemy_connection(transaction, _SCHEME, dialect="sqlite", takes=_TAKES)
     from sqlalchemy import text
 
     listed = await conn.exec_driver_sql("PRAGMA database_list")
