@@ -60,21 +60,11 @@ async def publish_in(transaction: object, path: str, topic: str, rows: list[Row]
                 raise failed(_SCHEME, exc, _HINT) from exc
             return
     conn = await sqlalchemy_connection(transaction, _SCHEME, dialect="sqlite", takes=_TAKES)
-    from sqlalchemy import text
-
     listed = await conn.exec_driver_sql("PRAGMA database_list")
     _check_file(_main_file(listed.fetchall()), path)
-    try:
-        await conn.execute(
-            text("INSERT OR IGNORE INTO eventmill_topics (topic) VALUES (:t)"), {"t": topic}
-        )
-        await conn.execute(
-            text(
-                "INSERT INTO eventmill_messages (topic, id, metadata, payload)"
-                " VALUES (:t, :i, :m, :p)"
-            ),
-            [{"t": t, "i": i, "m": m, "p": p} for t, i, m, p in rows],
-        )
+    try:  # the driver's own statements (qmark), as the bus's writer runs them
+        await conn.exec_driver_sql(sql.INSERT_TOPIC, (topic,))
+        await conn.exec_driver_sql(sql.INSERT_MESSAGE, rows)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
