@@ -9,6 +9,7 @@ nothing, and a process killed before or right after its commit loses neither.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sqlite3
@@ -30,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from eventmill import Message, PublishError, open_pubsub
 from eventmill.pubsub.base import PubSub, Subscription
 from tests.conftest import require_service
-from tests.pubsub.conformance import RECEIVE_TIMEOUT, collect, nothing_arrives
+from tests.pubsub.conformance import collect, nothing_arrives
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 CHILD = Path(__file__).with_name("_transaction_child.py")
@@ -151,10 +152,12 @@ async def pool_tx(db: Database) -> AsyncIterator[Tx]:
 
 
 @asynccontextmanager
-async def sqlalchemy_tx(db: Database) -> AsyncIterator[Tx]:
+async def sqlalchemy_tx(db: Database, *, session: bool = False) -> AsyncIterator[Tx]:
+    """A SQLAlchemy ``AsyncConnection`` (or, with ``session``, an ``AsyncSession``)."""
     engine = create_async_engine(db.sqlalchemy_url)
     try:
-        async with engine.connect() as conn:
+        opened = AsyncSession(engine) if session else engine.connect()
+        async with opened as conn:
 
             async def insert(order_id: str) -> None:
                 await conn.execute(
@@ -166,20 +169,7 @@ async def sqlalchemy_tx(db: Database) -> AsyncIterator[Tx]:
         await engine.dispose()
 
 
-@asynccontextmanager
-async def session_tx(db: Database) -> AsyncIterator[Tx]:
-    engine = create_async_engine(db.sqlalchemy_url)
-    try:
-        async with AsyncSession(engine) as session:
-
-            async def insert(order_id: str) -> None:
-                await session.execute(
-                    text(f"INSERT INTO {db.orders} (id) VALUES (:id)"), {"id": order_id}
-                )
-
-            yield Tx(session, insert, session.commit, session.rollback)
-    finally:
-        await engine.dispose()
+session_tx = functools.partial(sqlalchemy_tx, session=True)
 
 
 @asynccontextmanager
@@ -443,4 +433,3 @@ async def test_backends_without_transactions_say_so_in_their_capabilities() -> N
 
     assert PostgresPubSub.capabilities.transactions
     assert SQLitePubSub.capabilities.transactions
-    assert RECEIVE_TIMEOUT > QUIET
