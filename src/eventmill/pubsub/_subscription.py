@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections import deque
 from collections.abc import Sized
 from types import TracebackType
@@ -133,6 +134,7 @@ class Unsettled:
         "_timer",
         "_waiters",
         "_warn_after",
+        "cap",
         "count",
         "limit",
     )
@@ -145,6 +147,8 @@ class Unsettled:
         describe: str,
     ) -> None:
         self.limit = limit
+        self.cap = sys.maxsize if limit is None else limit
+        """``limit``, or the largest int when there is none: ``count >= cap`` is :attr:`full`."""
         self.count = 0
         self._warn_after = warn_after
         self._log = log
@@ -156,8 +160,7 @@ class Unsettled:
     @property
     def full(self) -> bool:
         """Whether no further message may be handed out."""
-        limit = self.limit
-        return limit is not None and self.count >= limit
+        return self.count >= self.cap
 
     def add(self, n: int = 1) -> None:
         """``n`` more messages were handed out."""
@@ -166,11 +169,12 @@ class Unsettled:
     def done(self) -> None:
         """One message handed out was settled: room for the next, if a reader waits."""
         self.count -= 1
-        if self._waiters:
-            self._wake_one()
-        if self._timer is not None and not self.full:
-            self._timer.cancel()
-            self._timer = None
+        if self._waiters or self._timer is not None:  # else nothing to do: the common case
+            if self._waiters:
+                self._wake_one()
+            if self._timer is not None and self.count < self.cap:
+                self._timer.cancel()
+                self._timer = None
 
     def close(self) -> None:
         """Forget every message (the subscription closed) and wake every reader."""

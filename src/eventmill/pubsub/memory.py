@@ -201,15 +201,16 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
     async def __anext__(self) -> Message:
         q = self._queue
         unsettled = self._limit
+        items = q.items
         while True:
             if self._closed or q.closed:
                 raise StopAsyncIteration
-            if unsettled.full:
-                if q.items:
+            if unsettled.count >= unsettled.cap:
+                if items:
                     q.readers.wake()  # this one takes nothing: another member may
                 await unsettled.wait()
-            elif q.items:
-                item = q.items.popleft()
+            elif items:
+                item = items.popleft()
                 if len(item) == 2:  # no metadata: the common case, built in line
                     msg = _new(Message)
                     msg.payload, msg.id = item
