@@ -44,6 +44,7 @@ from eventmill.realtime import Realtime
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
+from eventmill.web.fastlane import DirectRoute, FastLane, lane_routes
 from eventmill.web.metrics import ReconnectCollector
 from eventmill.web.seam import EVENTS_TOPIC, Feature, Resources
 from eventmill.web.tokens import JwtVerifier
@@ -309,7 +310,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.resources = resources
-    install_error_handlers(app)
+    laned: dict[tuple[str, str], DirectRoute] = {}  # filled once every route is in
+    app.add_middleware(FastLane, routes=laned)  # inside the request-id middleware:
+    install_error_handlers(app)  # added after it, so outer
 
     @app.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Health:
@@ -348,9 +351,12 @@ def create_app(
             swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
         )
 
+    routes = list(app.routes)  # in the order the router tries them
     for feature in feats:
         if feature.roles.routes in roles:
             app.include_router(feature.router)
+            routes.extend(feature.router.routes)
+    laned.update(lane_routes(routes))
     return app
 
 

@@ -18,6 +18,7 @@ matches nothing: an empty page, or 404 for one event.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -236,10 +237,17 @@ def routes(ctx: IngestContext) -> APIRouter:
     ) -> Response:
         """Validate the events against the registry, store them, publish them to topic
         `events` (keyed by user id) and answer their ids. Scope `publish`."""
-        if ctx.metrics is None:
+        metrics = ctx.metrics
+        if metrics is None:
             return await accept(request, key, idempotency_key)
-        with ctx.metrics.measure("api"):
-            return await accept(request, key, idempotency_key)
+        started = time.perf_counter()
+        try:
+            response = await accept(request, key, idempotency_key)
+        except BaseException as exc:
+            metrics.finished("api", started, exc)
+            raise
+        metrics.finished("api", started)
+        return response
 
     async def accept(request: Request, key: ApiKeyRecord, idempotency_key: str | None) -> Response:
         raw = await read_limited(request, ctx.config.max_body_bytes)

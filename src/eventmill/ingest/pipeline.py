@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -164,15 +165,18 @@ async def _send(
         if hop is not None:
             msg.metadata[TRACEPARENT_KEY] = hop.header
         messages.append(msg)
-    bus, topic = ctx.require_bus(), ctx.config.topic
+    bus, topic, metrics = ctx.require_bus(), ctx.config.topic, ctx.bus_metrics
+    started = time.perf_counter()
     try:
-        if ctx.bus_metrics is None:
-            await bus.publish(topic, *messages)
-        else:
-            async with ctx.bus_metrics.publishing(topic):
-                await bus.publish(topic, *messages)
-    except (PubSubError, OSError) as exc:  # OSError: a client error left untranslated
-        raise _pending(events, exc, retry_safe=retry_safe) from exc
+        await bus.publish(topic, *messages)
+    except BaseException as exc:
+        if metrics is not None:
+            metrics.failed(topic)
+        if isinstance(exc, PubSubError | OSError):  # OSError: a client error left untranslated
+            raise _pending(events, exc, retry_safe=retry_safe) from exc
+        raise
+    if metrics is not None:
+        metrics.published(topic, started)
     store = ctx.resources.store
     if store is not None:
         store.journal.hops_many([s.event.id for s in events], "published", topic=topic)

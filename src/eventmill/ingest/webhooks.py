@@ -14,23 +14,24 @@ not published again.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Coroutine
+import time
 from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from eventmill.errors import EventmillError
 from eventmill.events import WebhookInput
 from eventmill.ingest.config import valid_source_name
 from eventmill.ingest.context import IngestContext, Receiver
+from eventmill.ingest.metrics import UNCONFIGURED_SOURCE
 from eventmill.ingest.pipeline import ingest
 from eventmill.ingest.signatures import Verified, body_digest
 from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, FieldError, api_error_for, error_responses
+from eventmill.web.fastlane import DirectRoute
 from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = ["MAX_DELIVERY_ID", "WebhookAccepted", "routes"]
@@ -139,12 +140,16 @@ async def receive(ctx: IngestContext, request: Request, source: str) -> Response
     metrics = ctx.metrics
     if metrics is None:
         return await _receive(ctx, request, source)
-    with metrics.measure(source):
-        try:
-            response = await _receive(ctx, request, source)
-        except Exception as exc:
+    label = source if source in ctx.config.receivers else UNCONFIGURED_SOURCE
+    started = time.perf_counter()
+    try:
+        response = await _receive(ctx, request, source)
+    except BaseException as exc:
+        metrics.finished(label, started, exc)
+        if isinstance(exc, Exception):
             _reject(ctx, request, source, exc)
-            raise
+        raise
+    metrics.finished(label, started)
     return response
 
 
@@ -199,27 +204,6 @@ async def _receive(ctx: IngestContext, request: Request, source: str) -> Respons
     return Response(content, media_type="application/json")  # a WebhookAccepted
 
 
-class _DirectRoute(APIRoute):
-    """An :class:`APIRoute` for an endpoint that takes only the ``Request`` and returns a
-    ``Response``: the endpoint is awaited directly, skipping FastAPI's per-request
-    dependency solving (there is nothing to solve) and response handling. The route is
-    still documented in OpenAPI and wrapped by the app's exception handlers like any
-    other; an endpoint with parameters or dependencies gets the standard handler.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        d = self.dependant
-        params = (d.path_params, d.query_params, d.header_params, d.cookie_params)
-        if d.dependencies or d.body_params or any(params) or d.request_param_name is None:
-            return super().get_route_handler()
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
-
-        async def handler(request: Request) -> Response:
-            return await endpoint(request)
-
-        return handler
-
-
 def routes(ctx: IngestContext) -> APIRouter:
     """The webhook receivers, bound to the ingest feature's context."""
     router = APIRouter(tags=["webhooks"])
@@ -239,7 +223,7 @@ def routes(ctx: IngestContext) -> APIRouter:
         responses=_ERRORS,
         openapi_extra=_RAZORPAY_DOC,
         summary="Receive a Razorpay webhook",
-        route_class_override=_DirectRoute,  # the hot path: no dependency solving
+        route_class_override=DirectRoute,  # the hot path: no dependency solving
     )
     router.add_api_route(
         "/api/webhooks/razorpay",  # the system description's path, same receiver
@@ -249,7 +233,7 @@ def routes(ctx: IngestContext) -> APIRouter:
         responses=_ERRORS,
         openapi_extra=_RAZORPAY_DOC,
         summary="Receive a Razorpay webhook (alias of /webhooks/razorpay)",
-        route_class_override=_DirectRoute,
+        route_class_override=DirectRoute,
     )
 
     @router.post(

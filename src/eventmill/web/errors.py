@@ -293,7 +293,8 @@ class RequestContextMiddleware:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer :class:`ApiError`, eventmill errors and request validation errors as JSON,
-    and install :class:`RequestContextMiddleware` (request ids, the 500 of last resort)."""
+    and install :class:`RequestContextMiddleware` (request ids, the 500 of last resort).
+    Middleware added before this call runs inside that one."""
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)

@@ -8,8 +8,7 @@ a second series of one name).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
@@ -42,19 +41,23 @@ class BusMetrics:
             ["topic"],
             registry=registry,
         )
+        self._topics: dict[str, tuple[Counter, Histogram]] = {}
 
-    @asynccontextmanager
-    async def publishing(self, topic: str) -> AsyncIterator[None]:
-        """Count and time the publish call made inside the block."""
-        start = time.perf_counter()
-        outcome = "error"
-        try:
-            yield
-            outcome = "ok"
-        finally:
-            self.publishes.labels(topic, outcome).inc()
-            if outcome == "ok":
-                self.duration.labels(topic).observe(time.perf_counter() - start)
+    def published(self, topic: str, started: float) -> None:
+        """A publish call to ``topic`` that began at ``started`` (``time.perf_counter()``)
+        was accepted: count it and observe its duration."""
+        children = self._topics.get(topic)
+        if children is None:  # labels() costs more than the count: look them up once
+            children = self._topics[topic] = (
+                self.publishes.labels(topic, "ok"),
+                self.duration.labels(topic),
+            )
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
+
+    def failed(self, topic: str) -> None:
+        """A publish call to ``topic`` failed."""
+        self.publishes.labels(topic, "error").inc()
 
 
 _SHARED: WeakKeyDictionary[CollectorRegistry, BusMetrics] = WeakKeyDictionary()

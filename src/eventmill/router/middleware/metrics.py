@@ -69,8 +69,19 @@ class HandlerMetrics:
             registry=registry,
         )
 
+        self._series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+
+    def _outcome(self, name: str, outcome: str) -> tuple[Counter, Histogram]:
+        series = self._series.get((name, outcome))
+        if series is None:  # labels() costs more than the count: look them up once
+            series = self._series[name, outcome] = (
+                self.messages.labels(name, outcome),
+                self.duration.labels(name, outcome),
+            )
+        return series
+
     def __call__(self, handler: Handler) -> Handler:
-        messages, duration, retries = self.messages, self.duration, self.retries
+        retries, outcome_series = self.retries, self._outcome
 
         async def measured(msg: Message) -> HandlerResult:
             attempts = _Attempts()
@@ -84,8 +95,9 @@ class HandlerMetrics:
             finally:
                 _attempts.reset(token)
                 name = _name()
-                messages.labels(name, outcome).inc()
-                duration.labels(name, outcome).observe(time.perf_counter() - start)
+                count, duration = outcome_series(name, outcome)
+                count.inc()
+                duration.observe(time.perf_counter() - start)
                 if attempts.count > 1:
                     retries.labels(name).inc(attempts.count - 1)
 
