@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -133,7 +134,8 @@ class Journal:
         self._flush_interval = flush_interval
         self._retention = retention
         self._max_rejected = max_rejected
-        self._hops: list[dict[str, Any]] = []
+        self._hops: list[tuple[str, float, str, dict[str, Any]]] = []
+        """Recorded hops: ``(event_id, time.time(), hop, detail)``."""
         self._rejected: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -151,19 +153,14 @@ class Journal:
     def hop(self, event_id: str, hop: str, **detail: Any) -> None:
         """Record that ``hop`` happened to ``event_id`` (never waits; may drop)."""
         if self._room():
-            self._hops.append(
-                {
-                    "event_id": _text(event_id, 128),
-                    "at": datetime.now(UTC),
-                    "hop": _text(hop, 64),
-                    "detail": detail,
-                }
-            )
+            self._hops.append((event_id, time.time(), hop, detail))
 
     def hops_many(self, event_ids: Sequence[str], hop: str, **detail: Any) -> None:
         """Record one ``hop`` for each of ``event_ids``."""
+        now = time.time()
         for event_id in event_ids:
-            self.hop(event_id, hop, **detail)
+            if self._room():
+                self._hops.append((event_id, now, hop, detail))
 
     def rejected(
         self,
@@ -189,10 +186,19 @@ class Journal:
 
     async def flush(self) -> None:
         """Write everything buffered now (errors are logged; the entries are dropped)."""
-        hops, self._hops = self._hops, []
+        pending, self._hops = self._hops, []
         rejected, self._rejected = self._rejected, []
-        if not hops and not rejected:
+        if not pending and not rejected:
             return
+        hops = [  # made into rows here, not in the request that recorded them
+            {
+                "event_id": _text(event_id, 128),
+                "at": datetime.fromtimestamp(at, UTC),
+                "hop": _text(hop, 64),
+                "detail": detail,
+            }
+            for event_id, at, hop, detail in pending
+        ]
         try:
             async with self._db.transaction(write=True) as conn:
                 if hops:
