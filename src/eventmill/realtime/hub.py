@@ -406,6 +406,17 @@ class Hub:
             delay = 0.2
 
     async def _catch_up(self) -> None:
+        if not self.connections:
+            # Nobody to push to: move ``head`` to the newest stored position without
+            # reading the events. A connection that registers during the read goes live
+            # at the old ``head``: then the events after it are read and pushed below.
+            newest = await self.feed.head()
+            if not self.connections:
+                if newest > self.head:
+                    self.head = newest
+                    self.metrics.head.set(newest)
+                self._unstored.clear()  # stored or not, nobody waits for them
+                return
         batch_size = self.settings.read_batch
         while True:
             batch = await self.feed.after(self.head, batch_size)
