@@ -65,6 +65,8 @@ def serve(
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,  # configure_logging routed uvicorn's loggers already
+        # Above "info" no access line is printed: uvicorn then need not build one per request.
+        access_log=settings.log_level in ("debug", "info"),
         # Browsers negotiate permessage-deflate: ~45 KB more per WebSocket connection
         # for events that are small JSON; the hub's frames go uncompressed.
         ws_per_message_deflate=False,
