@@ -3,27 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import orjson
-import pytest
 
 from eventmill.events import Event, EventMetadata
 from eventmill.realtime import Feed
-from eventmill.store import Store, open_store
-from tests.ingest.support import store_url
-
-__all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    store = await open_store(store_url)
-    try:
-        yield store
-    finally:
-        await store.close()
+from eventmill.store import Store
 
 
 def _event(user: str | None, name: str, **payload: object) -> Event:

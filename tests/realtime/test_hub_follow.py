@@ -19,11 +19,8 @@ from eventmill.realtime import Feed, Hub
 from eventmill.realtime.config import RealtimeSettings
 from eventmill.realtime.connection import Connection
 from eventmill.realtime.feed import FeedEvent
-from eventmill.store import Store, open_store
+from eventmill.store import Store
 from eventmill.web.seam import POSITION_KEY
-from tests.ingest.support import store_url
-
-__all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
 
 
 class CountingFeed(Feed):
@@ -45,15 +42,6 @@ class CountingFeed(Feed):
         if hook is not None:
             hook()
         return newest
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    store = await open_store(store_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture
