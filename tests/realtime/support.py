@@ -187,10 +187,14 @@ def close_reason(closed: ConnectionClosed) -> str | None:
 
 @contextlib.asynccontextmanager
 async def ws_client(url: str, **kwargs: Any) -> AsyncIterator[WsClient]:
-    """A connected :class:`WsClient` (closed on exit)."""
+    """A connected :class:`WsClient` (closed on exit), once the server's first message
+    (``connected``, or the error before a refusal's close) arrived: the server accepts
+    before it checks the token and registers the connection, and an event published
+    in between would be neither live for it nor replayed."""
     async with connect(url, open_timeout=30, **kwargs) as ws:
         client = WsClient(ws)
         try:
+            await client.wait_for(lambda c: c.messages or c.closed is not None)
             yield client
         finally:
             await client.close()
