@@ -30,6 +30,7 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel
+from starlette.routing import BaseRoute
 from swagger_ui_bundle import swagger_ui_path
 
 from eventmill import __version__
@@ -44,7 +45,7 @@ from eventmill.realtime import Realtime
 from eventmill.settings import Settings
 from eventmill.store import ApiKeyStore, Store, open_store
 from eventmill.web.errors import install_error_handlers
-from eventmill.web.fastlane import DirectRoute, FastLane, lane_routes
+from eventmill.web.fastlane import FastLane, lane_routes
 from eventmill.web.metrics import ReconnectCollector
 from eventmill.web.seam import EVENTS_TOPIC, Feature, Resources
 from eventmill.web.tokens import JwtVerifier
@@ -310,7 +311,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.resources = resources
-    laned: dict[tuple[str, str], DirectRoute] = {}  # filled once every route is in
+    laned: dict[tuple[str, str], BaseRoute] = {}  # filled once every route is in
     app.add_middleware(FastLane, routes=laned)  # inside the request-id middleware:
     install_error_handlers(app)  # added after it, so outer
 

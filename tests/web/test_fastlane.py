@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.testclient import TestClient
 
 from eventmill.web.errors import ApiError, install_error_handlers
-from eventmill.web.fastlane import DirectRoute, FastLane, lane_routes
+from eventmill.web.fastlane import WEBSOCKET, DirectRoute, FastLane, lane_routes
 
 
 def _via_router(request: Request) -> bool:
@@ -45,10 +47,19 @@ async def needs(request: Request, value: str = Depends(lambda: "from a dependenc
     return JSONResponse({"value": value, "router": _via_router(request)})
 
 
+async def socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    text = await websocket.receive_text()
+    if text == "api-error":
+        raise ApiError(409, "conflict_here", "a conflict, on purpose")
+    await websocket.send_json({"echo": text, "params": websocket.path_params})
+    await websocket.close()
+
+
 def build() -> FastAPI:
     """An app wired as :func:`eventmill.app.create_app` wires the service's."""
     app = FastAPI()
-    laned: dict[tuple[str, str], DirectRoute] = {}
+    laned: dict[tuple[str, str], BaseRoute] = {}
     app.add_middleware(FastLane, routes=laned)
     install_error_handlers(app)
     router = APIRouter()
@@ -57,6 +68,8 @@ def build() -> FastAPI:
     router.add_api_route("/shadow/{name}", shadow, methods=["POST"])
     router.add_api_route("/shadow/fixed", fixed, methods=["POST"], route_class_override=DirectRoute)
     router.add_api_route("/needs", needs, methods=["POST"], route_class_override=DirectRoute)
+    router.routes.append(WebSocketRoute("/socket", socket))
+    router.routes.append(WebSocketRoute("/socket-routed/{any}", socket))  # never laned
     routes = list(app.routes)
     app.include_router(router)
     routes.extend(router.routes)
@@ -74,7 +87,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def test_only_fixed_direct_routes_no_earlier_route_matches_are_laned() -> None:
     app = build()
     [lane] = [m.kwargs["routes"] for m in app.user_middleware if m.cls is FastLane]
-    assert set(lane) == {("POST", "/direct")}  # not /shadow/fixed, not /needs
+    # not /shadow/fixed (a route before it matches), not /needs (a dependency)
+    assert set(lane) == {("POST", "/direct"), (WEBSOCKET, "/socket")}
 
 
 async def test_a_laned_route_answers_without_the_router(client: httpx.AsyncClient) -> None:
@@ -113,3 +127,27 @@ async def test_an_unhandled_exception_is_the_500_of_last_resort(
     assert r.json()["error"] == "internal_error"
     assert "r-boom" in r.json()["message"]
     assert "nobody handles this" not in r.text
+
+
+def _failure(client: TestClient, path: str) -> str:
+    """How a socket whose endpoint raises a handled error ends, as the client sees it."""
+    with client.websocket_connect(path) as ws:
+        ws.send_text("api-error")
+        try:
+            ws.receive_json()
+        except Exception as exc:  # the server ended the socket
+            return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def test_a_laned_websocket_route_is_served_and_fails_as_a_routed_one() -> None:
+    with TestClient(build()) as client:
+        with client.websocket_connect("/socket") as ws:
+            ws.send_text("hello")
+            assert ws.receive_json() == {"echo": "hello", "params": {}}
+        with client.websocket_connect("/socket-routed/x") as ws:
+            ws.send_text("hello")
+            assert ws.receive_json() == {"echo": "hello", "params": {"any": "x"}}
+        laned = _failure(client, "/socket")
+        assert laned != "no error"
+        assert laned == _failure(client, "/socket-routed/x")

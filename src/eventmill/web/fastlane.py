@@ -7,37 +7,42 @@ no dependencies: the webhook receivers. It stays an ordinary FastAPI route (Open
 :class:`FastLane`, a middleware just inside
 :class:`~eventmill.web.errors.RequestContextMiddleware`, answers a request for it
 directly (the app lists the routes with :func:`lane_routes` once every route is in):
-it builds the ``Request``, awaits the endpoint, answers an exception with the app's
-exception handler for it (as Starlette's ``ExceptionMiddleware`` does: by status code
-for an ``HTTPException``, else by the exception's class and its bases), and sends the
-response. An exception without a handler goes up unchanged, to the request-id
-middleware's 500 of last resort.
+it builds the ``Request``, awaits the endpoint and sends its response, under
+Starlette's own exception wrapper with the app's exception handlers (by status code
+for an ``HTTPException``, else by the exception's class and its bases; 500 and
+``Exception`` are left to the outer layers, as Starlette's ``ExceptionMiddleware``
+leaves them). An exception without a handler goes up unchanged, to the request-id
+middleware's 500 of last resort. Fixed-path WebSocket routes (``/ws``) take the
+lane too, under the same wrapper.
 
 What it skips is the part of every request that does nothing for these routes: the
 exception and exit-stack middlewares, matching the path against the app's routes in
 turn, and FastAPI's per-request wrappers (exit stacks for dependencies the route does
 not have). On the ingest benchmark that is about 60 µs of ~450 µs per webhook
-(2 cores, Intel Xeon, 2026-12-06).
+(2 cores, Intel Xeon, 2026-12-06); a WebSocket connection, which keeps its whole
+chain of ASGI calls suspended while it is open, holds those layers' frames no more.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, Final
 
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
+from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
-__all__ = ["DirectRoute", "FastLane", "lane_routes"]
+__all__ = ["WEBSOCKET", "DirectRoute", "FastLane", "lane_routes"]
+
+WEBSOCKET: Final = "WEBSOCKET"
+"""The method :func:`lane_routes` files WebSocket routes under."""
 
 Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
-ExceptionHandler = Callable[[Request, Exception], Awaitable[Response] | Response]
 
 
 class DirectRoute(APIRoute):
@@ -74,19 +79,24 @@ class DirectRoute(APIRoute):
         return handler
 
 
-def lane_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], DirectRoute]:
-    """``(method, path)`` → route for the fixed-path :class:`DirectRoute` routes among
-    ``routes``, given in the order the router tries them. The router answers with the
+def lane_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], BaseRoute]:
+    """``(method, path)`` → route for the fixed-path :class:`DirectRoute` routes and
+    WebSocket routes (method :data:`WEBSOCKET`) among ``routes``, given in the order the
+    router tries them. The router answers with the
     first route that matches a request's path and method, so a direct route is laned
     only if no route before it matches its path with its method (a route of a kind
     without a path pattern, such as an included router, is taken to match anything)."""
-    laned: dict[tuple[str, str], DirectRoute] = {}
+    laned: dict[tuple[str, str], BaseRoute] = {}
     before: list[BaseRoute] = []
     for route in routes:
+        keys: list[tuple[str, str]] = []
         if isinstance(route, DirectRoute) and route.direct and not route.param_convertors:
-            for method in sorted(route.methods or ()):
-                if not any(_matches(r, method, route.path) for r in before):
-                    laned.setdefault((method, route.path), route)
+            keys = [(method, route.path) for method in sorted(route.methods or ())]
+        elif isinstance(route, WebSocketRoute) and not route.param_convertors:
+            keys = [(WEBSOCKET, route.path)]
+        for method, path in keys:
+            if not any(_matches(r, method, path) for r in before):
+                laned.setdefault((method, path), route)
         before.append(route)
     return laned
 
@@ -97,7 +107,9 @@ def _matches(route: BaseRoute, method: str, path: str) -> bool:
         return True
     if regex.match(path) is None:
         return False
-    methods = getattr(route, "methods", None)
+    if isinstance(route, WebSocketRoute):
+        return method == WEBSOCKET
+    methods = getattr(route, "methods", None)  # an HTTP route answers no WebSocket
     return methods is None or method in methods
 
 
@@ -107,47 +119,49 @@ class FastLane:
     router; every other request goes on to the app. See the module docstring. The
     app's exception handlers are read at the first request."""
 
-    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], DirectRoute]) -> None:
+    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], BaseRoute]) -> None:
         self.app = app
         self._routes = routes
-        self._handlers: dict[Any, ExceptionHandler] | None = None
+        self._handlers: tuple[dict[Any, Any], dict[int, Any]] | None = None
 
-    def _handler_for(self, app: Any, exc: Exception) -> ExceptionHandler | None:
-        handlers = self._handlers
-        if handlers is None:
-            # As Starlette's ExceptionMiddleware: 500 and Exception are the outer layers'.
-            handlers = self._handlers = {
-                key: handler
-                for key, handler in getattr(app, "exception_handlers", {}).items()
-                if key not in (500, Exception)
-            }
-        if isinstance(exc, HTTPException) and exc.status_code in handlers:
-            return handlers[exc.status_code]
-        for cls in type(exc).__mro__:
-            if cls in handlers:
-                return handlers[cls]
-        return None
+    def _exception_handlers(self, app: Any) -> tuple[dict[Any, Any], dict[int, Any]]:
+        """The app's handlers as Starlette's ExceptionMiddleware holds them: by class, and
+        by status code (500 and ``Exception`` belong to the outer layers)."""
+        if self._handlers is None:
+            handlers = getattr(app, "exception_handlers", {})
+            by_class = {k: h for k, h in handlers.items() if not isinstance(k, int)}
+            by_class.pop(Exception, None)
+            by_status = {k: h for k, h in handlers.items() if isinstance(k, int) and k != 500}
+            self._handlers = (by_class, by_status)
+        return self._handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("root_path"):
-            await self.app(scope, receive, send)  # mounted under a prefix: the router knows
-            return
-        route = self._routes.get((scope["method"], scope["path"]))
+        kind = scope["type"]
+        route = None
+        if not scope.get("root_path"):  # mounted under a prefix: the router knows
+            if kind == "http":
+                route = self._routes.get((scope["method"], scope["path"]))
+            elif kind == "websocket":
+                route = self._routes.get((WEBSOCKET, scope["path"]))
         if route is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = route
-        scope["endpoint"] = route.endpoint
+        scope["endpoint"] = getattr(route, "endpoint", None)
         scope.setdefault("path_params", {})
+        # What Starlette's ExceptionMiddleware would have put there for the route.
+        scope["starlette.exception_handlers"] = self._exception_handlers(scope.get("app"))
+        if kind == "websocket":
+            assert isinstance(route, WebSocketRoute)
+            connection = WebSocket(scope, receive, send)
+            await wrap_app_handling_exceptions(route.app, connection)(scope, receive, send)
+            return
+        assert isinstance(route, DirectRoute)
+        endpoint: Endpoint = route.endpoint
         request = Request(scope, receive, send)
-        try:
-            response = await route.endpoint(request)
-        except Exception as exc:
-            handler = self._handler_for(scope.get("app"), exc)
-            if handler is None:
-                raise
-            if inspect.iscoroutinefunction(handler):
-                response = await handler(request, exc)
-            else:  # as Starlette runs a plain function handler
-                response = await run_in_threadpool(handler, request, exc)
-        await response(scope, receive, send)
+
+        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            response = await endpoint(request)
+            await response(scope, receive, send)
+
+        await wrap_app_handling_exceptions(answer, request)(scope, receive, send)
