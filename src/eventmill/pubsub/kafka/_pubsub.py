@@ -152,7 +152,7 @@ class KafkaPubSub(AsyncStartCloseable):
         cfg = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.publish_timeout
-        backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
+        backoff: Backoff | None = None  # made on the first retry: most publishes need none
         todo = list(messages)
         first = True
         while True:
@@ -178,6 +178,8 @@ class KafkaPubSub(AsyncStartCloseable):
                 return
             if self._closed:
                 raise closed("kafka://")
+            if backoff is None:
+                backoff = Backoff(cfg.reconnect_max_delay, cfg.reconnect_min_delay)
             delay = backoff.next()
             if loop.time() + delay > deadline:
                 raise PublishError(

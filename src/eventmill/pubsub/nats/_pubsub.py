@@ -212,7 +212,7 @@ class NatsPubSub(AsyncStartCloseable):
         deadline = loop.time() + cfg.publish_deadline
         subject = cfg.subject_prefix + topic
         todo = list(messages)
-        backoff = self._backoff()
+        backoff: Backoff | None = None  # made on the first re-send: most publishes need none
         last: BaseException | None = None
         while True:
             if self._closed and self._nc is None:
@@ -254,6 +254,8 @@ class NatsPubSub(AsyncStartCloseable):
                     f"{cfg.publish_deadline}s ({reason})"
                 ) from last
             log.debug("nats: re-sending %d message(s) to %r: %s", len(todo), topic, last)
+            if backoff is None:
+                backoff = self._backoff()
             await asyncio.sleep(min(backoff.next(), max(0.0, deadline - loop.time())))
 
     async def _send(self, subject: str, m: Message) -> asyncio.Future[None]:
