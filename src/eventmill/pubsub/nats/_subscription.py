@@ -46,7 +46,7 @@ import contextlib
 import itertools
 import json
 import logging
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -122,6 +122,11 @@ def _nak_payload(delay: float, minimum: float) -> bytes:
     if delay <= 0:
         return _NAK
     return b"-NAK " + json.dumps({"delay": int(delay * 1_000_000_000)}).encode()
+
+
+_CONFIRM_AFTER: Final = 0.05
+"""Seconds without new settlements after which the settle loop confirms (flushes) what
+it sent, so that an idle close has nothing left to confirm."""
 
 
 async def _flush(nc: Any, timeout: float) -> None:
@@ -525,11 +530,20 @@ class NatsSubscription(BufferedSubscription[Message]):
         backoff = self._owner._backoff()
         timeout = self._owner.config.publish_timeout
         while True:
-            await wanted.wait()
-            wanted.clear()
+            if self._sent != self._confirmed:
+                # Confirm what was sent (a flush: PING, wait for the PONG) once the
+                # settlements pause, not after every batch while acks keep coming: a
+                # round trip per message would halve a one-at-a-time consumer.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CONFIRM_AFTER):
+                        await wanted.wait()
+            else:
+                await wanted.wait()
             try:
-                await self._send_settlements()
-                if self._sent != self._confirmed:  # then know they reached the server
+                if wanted.is_set():
+                    wanted.clear()
+                    await self._send_settlements()
+                else:  # a pause: know that what was sent reached the server
                     sent = self._sent
                     await _flush(self._owner._nc, timeout)
                     self._confirmed = sent
