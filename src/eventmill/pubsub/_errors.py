@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from eventmill.errors import ClosedError
+from collections.abc import Callable
+from types import TracebackType
 
-__all__ = ["closed", "describe"]
+from eventmill.errors import ClosedError, PubSubError
+
+__all__ = ["Mapped", "closed", "describe"]
 
 
 def closed(scheme: str, what: str = "pubsub") -> ClosedError:
@@ -21,3 +24,42 @@ def describe(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__name__
     return f"{name}: {text}" if text and text != name else name
+
+
+Translate = Callable[[BaseException, str, type[PubSubError]], BaseException]
+
+
+class Mapped:
+    """A backend's error mapping as a context manager: an ``Exception`` raised inside
+    becomes ``translate(exc, what, error)`` (``raise ... from`` it) unless ``passes(exc)``
+    (left unchanged for the caller's retry loop) or ``translate`` returns it as it is.
+    A plain class, not a generator: publishes enter one per call, and a generator-based
+    context manager cost about 2.5 µs a call."""
+
+    __slots__ = ("error", "passes", "translate", "what")
+
+    def __init__(
+        self,
+        translate: Translate,
+        what: str,
+        error: type[PubSubError],
+        passes: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        self.translate = translate
+        self.what = what
+        self.error = error
+        self.passes = passes
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not isinstance(exc, Exception):
+            return  # no error, or not an Exception (a cancellation): it goes on unchanged
+        if self.passes is not None and self.passes(exc):
+            return
+        new = self.translate(exc, self.what, self.error)
+        if new is not exc:
+            raise new from exc
