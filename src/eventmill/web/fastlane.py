@@ -82,10 +82,10 @@ class DirectRoute(APIRoute):
 def lane_routes(routes: Iterable[BaseRoute]) -> dict[tuple[str, str], BaseRoute]:
     """``(method, path)`` → route for the fixed-path :class:`DirectRoute` routes and
     WebSocket routes (method :data:`WEBSOCKET`) among ``routes``, given in the order the
-    router tries them. The router answers with the
-    first route that matches a request's path and method, so a direct route is laned
-    only if no route before it matches its path with its method (a route of a kind
-    without a path pattern, such as an included router, is taken to match anything)."""
+    router tries them. The router answers with the first route that matches a request's
+    path and method, so a route is laned only if no route before it matches its path
+    with its method (a route of a kind without a path pattern, such as an included
+    router, is taken to match anything)."""
     laned: dict[tuple[str, str], BaseRoute] = {}
     before: list[BaseRoute] = []
     for route in routes:
