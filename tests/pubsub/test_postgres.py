@@ -23,6 +23,8 @@ from eventmill import (
 )
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 from eventmill.pubsub.postgres import PostgresConfig, PostgresPubSub
+from eventmill.pubsub.postgres._asyncpg import Connection
+from eventmill.pubsub.postgres._publishing import Row
 from eventmill.pubsub.postgres._runner import CONSUMER_SETTINGS
 from tests.conftest import REQUIRE_SERVICES, free_port, require_service
 from tests.pubsub import _postgres_server
@@ -299,6 +301,34 @@ async def test_a_lone_publish_commits_in_the_callers_task(schema: str) -> None:
     got = await collect(sub, len(sent) + 1)
     assert [m.id for m in got[1:]] == [m.id for m in sent]
     await bus.close()
+
+
+async def test_concurrent_publishers_share_transactions_evenly(schema: str) -> None:
+    """100 publishers awaiting one message at a time: the two publish transactions in
+    flight take about half the queued calls each, rather than one carrying a lone call
+    round after round beside a batch of all the others."""
+    bus = PostgresPubSub.from_url(url(schema))
+    await bus.start()
+    topic = unique("t")
+    await bus.publish(topic, Message(b"creates the topic"))
+    sizes: list[int] = []
+    insert_rows = bus._publishing._insert_rows
+
+    async def counted(rows: list[Row], conn: Connection) -> None:
+        sizes.append(len(rows))
+        await insert_rows(rows, conn)
+
+    bus._publishing._insert_rows = counted  # type: ignore[method-assign]
+
+    async def publisher() -> None:
+        for _ in range(20):
+            await bus.publish(topic, Message(b"x"))
+
+    await asyncio.gather(*(publisher() for _ in range(100)))
+    await bus.close()
+    assert sum(sizes) == 2_000
+    small = [n for n in sizes if n < 10]
+    assert len(small) <= len(sizes) // 10, f"transactions of under 10 rows: {sizes}"
 
 
 async def test_a_lone_publish_survives_its_kept_connection_dying_while_idle(schema: str) -> None:

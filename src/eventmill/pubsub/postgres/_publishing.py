@@ -6,8 +6,9 @@ task, no pool acquire: what one application task awaiting each publish pays).
 Calls made meanwhile queue here; a worker takes up to ``publish_batch`` messages of
 many calls into one statement committed on its own (a binary ``COPY``, or one
 ``INSERT`` for a few rows), ``publish_workers`` transactions at a time (the inline
-commit counts as one), and each call returns when the transaction holding its
-messages commits. Messages of one call are never split between transactions.
+commit counts as one), each taking about an even share of what is queued and in
+flight, and each call returns when the transaction holding its messages commits.
+Messages of one call are never split between transactions.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class GroupCommit:
         self._pending_count = 0
         self._workers: set[asyncio.Task[None]] = set()
         self._running = 0
+        self._in_flight = 0  # rows of transactions being committed
         self._space: deque[asyncio.Future[None]] = deque()
         self._collecting = False  # a worker is about to take a batch (see _work)
         # The connection of inline commits, kept between them if that leaves one for
@@ -101,6 +103,7 @@ class GroupCommit:
         """Commit ``rows`` in the caller's task (nothing else is being committed)."""
         self._running += 1
         self._inline += 1
+        self._in_flight += len(rows)
         try:
             await self._runner.run(
                 functools.partial(self._insert_rows, rows),
@@ -117,6 +120,7 @@ class GroupCommit:
         finally:
             self._running -= 1
             self._inline -= 1
+            self._in_flight -= len(rows)
             if (
                 self._pending
                 and not self._collecting
@@ -146,31 +150,33 @@ class GroupCommit:
         # Keep a connection only if that leaves one for topic and group creation.
         held = HeldConnection() if cfg.publish_workers < cfg.pool_max else None
         try:
-            while self._pending and not self._runner.aborted:
-                # Publishers woken by the last commit queue their next call first.
+            while True:
+                # Publishers woken by the last commit queue their next call first (so
+                # they join this worker's next batch rather than one of them finding
+                # the bus idle and committing a lone call inline beside it).
                 self._collecting = True
                 await asyncio.sleep(0)
                 self._collecting = False
-                # With a worker slot free, take half the calls and hand the rest to a
-                # second transaction: one commits while the other's publishers run.
-                calls = len(self._pending)
-                if calls > 1 and self._running < cfg.publish_workers:
-                    calls = (calls + 1) // 2
+                if not self._pending or self._runner.aborted:
+                    break
+                # Two transactions of even size: one commits while the other's
+                # publishers run. So with a second worker possible, take half of what
+                # is queued and in flight (a free slot takes the rest; a busy one
+                # takes it once its commit is done); a lone call committed beside a
+                # large batch would otherwise stay that small round after round.
+                limit = cfg.publish_batch
+                if cfg.publish_workers > 1:
+                    limit = min(limit, (self._pending_count + self._in_flight + 1) // 2)
                 batch: list[_Pending] = []
                 count = 0
-                while self._pending and (
-                    not batch
-                    or (
-                        len(batch) < calls
-                        and count + len(self._pending[0].rows) <= cfg.publish_batch
-                    )
-                ):
+                while self._pending and (not batch or count + len(self._pending[0].rows) <= limit):
                     item = self._pending.popleft()
                     batch.append(item)
                     count += len(item.rows)
                 if not batch:  # another worker took everything
                     break
                 self._pending_count -= count
+                self._in_flight += count
                 if self._pending and self._running < cfg.publish_workers:
                     self._start_worker()
                 self._wake_space()
@@ -183,11 +189,13 @@ class GroupCommit:
                         held=held,
                     )
                 except Exception as exc:
+                    self._in_flight -= count
                     for item in batch:
                         if not item.fut.done():
                             item.fut.set_exception(exc)
                             item.fut.exception()  # mark retrieved; the caller re-raises it
                 else:
+                    self._in_flight -= count
                     for item in batch:
                         if not item.fut.done():
                             item.fut.set_result(None)
