@@ -41,7 +41,7 @@ def _connections(context: ssl.SSLContext | None = None) -> Connections:
 
 
 def _headers(target: Target) -> list[tuple[bytes, bytes]]:
-    return [*target.headers, (b"content-length", b"%d" % len(BODY))]
+    return [(b"content-length", b"%d" % len(BODY))]
 
 
 async def test_one_connection_is_kept_and_reused() -> None:

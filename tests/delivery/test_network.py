@@ -51,7 +51,7 @@ async def test_a_name_resolving_to_loopback_is_refused_at_connect_time() -> None
 
     async with receiver() as rec:
         target = Target.parse(f"http://rebind.test:{rec.port}/hook", {})
-        headers = [*target.headers, (b"content-length", b"2")]
+        headers = [(b"content-length", b"2")]
         guarded = Connections(
             GuardedBackend(AddressPolicy(), rebinding), default_ssl_context(), connect_timeout=5
         )

@@ -30,6 +30,7 @@ import contextlib
 import email.utils
 import logging
 import random
+import re
 import ssl
 import time
 from collections import OrderedDict, deque
@@ -76,6 +77,7 @@ _RECORD_LINGER: Final = 0.01
 _QUEUE_MAX: Final = 10
 """A fast endpoint's lane holds up to this many times its concurrency (see ``_Lane``)."""
 _SWEEP_SECONDS: Final = 15.0
+_HEX: Final = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _trace_hop(envelope: bytes) -> TraceContext | None:
@@ -86,7 +88,9 @@ def _trace_hop(envelope: bytes) -> TraceContext | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     trace_id = metadata.get("trace_id") if isinstance(metadata, dict) else None
-    return TraceContext.from_trace_id(trace_id) if isinstance(trace_id, str) else None
+    if not isinstance(trace_id, str) or _HEX.fullmatch(trace_id) is None:
+        return None  # (it goes into a header: nothing but hex digits)
+    return TraceContext.from_trace_id(trace_id)
 
 
 @dataclass(slots=True)
@@ -509,19 +513,19 @@ class Dispatcher:
             self._done(lane)
 
     def _headers(
-        self, endpoint: EndpointRecord, target: Target, delivery_id: str, body: bytes
+        self, endpoint: EndpointRecord, delivery_id: str, body: bytes
     ) -> list[tuple[bytes, bytes]]:
+        """The attempt's own headers (``Host`` and the endpoint's are in its target)."""
         timestamp = int(time.time())
         keys = endpoint.signing_keys(datetime.now(UTC))
-        headers = list(target.headers)
-        headers += (
+        headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
             (b"user-agent", self._user_agent),
             (b"webhook-id", delivery_id.encode()),
             (b"webhook-timestamp", b"%d" % timestamp),
             (b"webhook-signature", sign(keys, delivery_id, timestamp, body).encode()),
-        )
+        ]
         return headers
 
     def _body(self, claimed: Claimed, envelope: bytes) -> bytes:
@@ -559,7 +563,7 @@ class Dispatcher:
             return self._failure(
                 endpoint, claimed, started, None, None, "refused", "https_only: not an https URL"
             )
-        headers = self._headers(endpoint, target, claimed.id, body)
+        headers = self._headers(endpoint, claimed.id, body)
         hop = _trace_hop(job.body)
         if hop is not None:
             headers.append((b"traceparent", hop.header.encode()))
