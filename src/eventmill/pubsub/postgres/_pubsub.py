@@ -75,6 +75,10 @@ class PostgresPubSub(AsyncStartCloseable):
         self._settlements = Settlements(
             self._runner, sql, cfg, self._held_leases, self._wakeups.announce
         )
+        # What subscriptions call per settled message, bound once (no call in between).
+        self._settled = self._settlements.done
+        self._acked = self._settlements.acked
+        self._nacked = self._settlements.nacked
         self._upkeep = Upkeep(
             self._runner, sql, cfg, self._settlements, self._wakeups, self._held_leases
         )
@@ -391,15 +395,6 @@ class PostgresPubSub(AsyncStartCloseable):
             group,
             who,
         )
-
-    def _settled(self, lease: Lease) -> None:
-        self._settlements.done(lease)
-
-    def _acked(self) -> None:
-        self._settlements.acked()
-
-    def _nacked(self, tid: int, lease: Lease, txid: int, seq: int) -> None:
-        self._settlements.nacked(tid, lease, txid, seq)
 
     async def _flush_settlements(self) -> None:
         await self._settlements.flush()

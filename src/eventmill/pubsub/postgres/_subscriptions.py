@@ -144,7 +144,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if limit.full:
+            if limit.count >= limit.cap:  # limit.full, without a property call per message
                 await limit.wait()
                 continue
             if self._buffer:
