@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import re
 import ssl
@@ -83,6 +84,8 @@ _HEX: Final = re.compile(r"[0-9a-fA-F]{32}")
 def _trace_hop(envelope: bytes) -> TraceContext | None:
     """This attempt's hop in the trace the event belongs to (its ``metadata.trace_id``,
     set at ingest from the request's ``traceparent``), sent as ``traceparent``."""
+    if b'"trace_id"' not in envelope:
+        return None
     try:
         metadata = orjson.loads(envelope).get("metadata") or {}
     except (orjson.JSONDecodeError, AttributeError):
@@ -115,6 +118,8 @@ class _Lane:
         "endpoint",
         "http",
         "idle_since",
+        "keys",
+        "keys_until",
         "latency",
         "limiter",
         "queue",
@@ -151,11 +156,15 @@ class _Lane:
         self.latency = latency
         """Seconds an attempt takes, smoothed (a new lane assumes the timeout)."""
         self.idle_since = time.monotonic()
+        self.keys: list[bytes] | None = None
+        self.keys_until = 0.0
         self.refresh(endpoint)
 
     def refresh(self, endpoint: EndpointRecord) -> None:
         old = self.endpoint
         self.endpoint = endpoint
+        if endpoint is not old:
+            self.keys = None
         if self.target is None or old.url != endpoint.url or old.headers != endpoint.headers:
             try:
                 self.target, self.target_error = Target.parse(endpoint.url, endpoint.headers), None
@@ -185,6 +194,16 @@ class _Lane:
             return self.rate_capacity
         rounds = int(self.budget / max(self.latency, 0.001))
         return self.concurrency * max(1, min(_QUEUE_MAX, rounds))
+
+    def signing_keys(self) -> list[bytes]:
+        """The endpoint's HMAC keys, decoded once (again when the previous secret's
+        overlap ends, or the endpoint is refreshed)."""
+        if self.keys is None or time.time() >= self.keys_until:
+            endpoint = self.endpoint
+            self.keys = endpoint.signing_keys(datetime.now(UTC))
+            expires = endpoint.previous_secret_expires_at
+            self.keys_until = expires.timestamp() if len(self.keys) > 1 and expires else math.inf
+        return self.keys
 
     def answered(self, seconds: float) -> None:
         """Note how long an attempt took."""
@@ -475,22 +494,28 @@ class Dispatcher:
 
     def _pump(self, lane: _Lane) -> None:
         while lane.active < lane.concurrency and lane.queue:
-            job = lane.queue.popleft()
             lane.active += 1
-            task = asyncio.create_task(self._attempt(lane, job))
+            task = asyncio.create_task(self._slot(lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _done(self, lane: _Lane) -> None:
-        lane.active -= 1
-        self._load -= 1
-        if lane.load == 0:
-            lane.idle_since = time.monotonic()
-        if not self._stopping:
-            self._pump(lane)
-            if lane.backlog and 2 * lane.free >= lane.capacity:
-                self._wake.set()  # room for its next batch: claim it
-        self._on_room()
+    async def _slot(self, lane: _Lane) -> None:
+        """One of the lane's ``concurrency`` slots: sends its queued deliveries, one after
+        another, until the queue is empty (one task per slot, not per attempt)."""
+        try:
+            while lane.queue and not self._stopping:
+                job = lane.queue.popleft()
+                try:
+                    await self._attempt(lane, job)
+                finally:
+                    self._load -= 1
+                    if lane.backlog and not self._stopping and 2 * lane.free >= lane.capacity:
+                        self._wake.set()  # room for its next batch: claim it
+                    self._on_room()
+        finally:
+            lane.active -= 1
+            if lane.load == 0:
+                lane.idle_since = time.monotonic()
 
     async def _attempt(self, lane: _Lane, job: Job) -> None:
         try:
@@ -509,15 +534,11 @@ class Dispatcher:
             raise
         except Exception:  # pragma: no cover - a bug; the lease expiry retries it
             _log.exception("delivery %s: unexpected error", job.claimed.id)
-        finally:
-            self._done(lane)
 
-    def _headers(
-        self, endpoint: EndpointRecord, delivery_id: str, body: bytes
-    ) -> list[tuple[bytes, bytes]]:
+    def _headers(self, lane: _Lane, delivery_id: str, body: bytes) -> list[tuple[bytes, bytes]]:
         """The attempt's own headers (``Host`` and the endpoint's are in its target)."""
         timestamp = int(time.time())
-        keys = endpoint.signing_keys(datetime.now(UTC))
+        keys = lane.signing_keys()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", b"%d" % len(body)),
@@ -563,7 +584,7 @@ class Dispatcher:
             return self._failure(
                 endpoint, claimed, started, None, None, "refused", "https_only: not an https URL"
             )
-        headers = self._headers(endpoint, claimed.id, body)
+        headers = self._headers(lane, claimed.id, body)
         hop = _trace_hop(job.body)
         if hop is not None:
             headers.append((b"traceparent", hop.header.encode()))
