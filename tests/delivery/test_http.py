@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from starlette.requests import Request
 from starlette.responses import Response
 
-from eventmill.delivery.http import Connections, Target, default_ssl_context
+from eventmill.delivery.http import Answer, Connections, Target, default_ssl_context
 from eventmill.delivery.network import AddressPolicy, GuardedBackend
 from tests.conftest import free_port
 from tests.delivery.support import LOCAL, receiver
@@ -191,3 +191,94 @@ async def test_https_with_a_trusted_certificate_and_not_with_an_untrusted_one(
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class _Raw:
+    """A server on 127.0.0.1 that answers each request with the same raw bytes (and
+    closes the connection after it, if asked)."""
+
+    def __init__(self, answer: bytes, *, close: bool) -> None:
+        self.answer = answer
+        self.close = close
+        self.requests: list[bytes] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                self.requests.append(head + await reader.readexactly(length))
+                writer.write(self.answer)
+                await writer.drain()
+                if self.close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook?x=1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+
+async def test_an_interim_answer_is_skipped_and_a_chunked_one_read_with_retry_after() -> None:
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    raw = _Raw(answer, close=False)
+    async with raw as url:
+        conns = _connections()
+        target = Target.parse(url, {"X-Custom": "1"})
+        for _ in range(2):
+            assert await conns.post(target, _headers(target), BODY, 5) == Answer(429, "7", b"abcde")
+        assert conns.idle == 1  # one connection, kept
+        await conns.close_idle()
+    head, _, body = raw.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /hook?x=1 HTTP/1.1\r\n")
+    assert b"\r\nx-custom: 1\r\n" in head + b"\r\n"
+    assert body == BODY
+    assert len(raw.requests) == 2
+
+
+async def test_an_answer_without_a_length_ends_when_the_server_closes() -> None:
+    async with _Raw(b"HTTP/1.1 200 OK\r\n\r\nhello", close=True) as url:
+        conns = _connections()
+        target = Target.parse(url, {})
+        assert await conns.post(target, _headers(target), BODY, 5) == Answer(200, None, b"hello")
+        assert conns.idle == 0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",  # cut short
+        b"",  # closed unanswered
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ],
+)
+async def test_a_malformed_or_cut_answer_is_a_protocol_error(answer: bytes) -> None:
+    async with _Raw(answer, close=True) as url:
+        conns = _connections()
+        target = Target.parse(url, {})
+        with pytest.raises(httpcore.RemoteProtocolError):
+            await conns.post(target, _headers(target), BODY, 5)
+        assert conns.idle == 0
+
+
+def test_a_header_that_could_break_the_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be sent"):
+        Target.parse("http://127.0.0.1/hook", {"X-Evil": "a\r\nInjected: 1"})
+    with pytest.raises(ValueError, match="cannot be sent"):
+        Target.parse("http://127.0.0.1/hook", {"Bad Name": "1"})

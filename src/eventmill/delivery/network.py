@@ -8,13 +8,13 @@ is refused, as is any address that is loopback, private, link-local, multicast,
 shared (CGNAT), reserved, unspecified or a cloud metadata address, unless it lies in
 ``delivery.allow_networks``.
 
-httpcore (httpx's transport layer) opens connections through a network backend; each
-endpoint's connections (:mod:`eventmill.delivery.http`) use :class:`GuardedBackend`,
-over :class:`AsyncioBackend`: sockets on asyncio's own transports rather than anyio's
-streams (httpcore's default), which costs about a fifth less CPU per request: a
-request's writes go out in one ``send`` when its answer is read, and an idle
-connection's "closed by the server?" check, made before each reuse, reads a flag
-instead of making two system calls.
+Each endpoint's connections (:mod:`eventmill.delivery.http`) are opened through
+:class:`GuardedBackend` (httpcore's network backend interface), over
+:class:`AsyncioBackend`: sockets on asyncio's own transports rather than anyio's
+streams (httpcore's default), which costs less CPU per request: a request's writes go
+out in one ``send`` when its answer is read, and an idle connection's "closed by the
+server?" check, made before each reuse, reads a flag instead of making two system
+calls.
 """
 
 from __future__ import annotations
