@@ -85,6 +85,9 @@ def _serve_receiver(port: int) -> None:
         access_log=False,
         interface="asgi3",
         lifespan="off",
+        # longer than any client's idle time here: with uvicorn's 5 s, the bare client's
+        # pool of 500 connections at ~200/s reused one the receiver was closing (ReadError)
+        timeout_keep_alive=60,
     )
 
 
