@@ -52,11 +52,13 @@ def check_patterns(patterns: Iterable[object], limit: int) -> list[str]:
 
 
 class Connection:
-    """A client's connection. The hub pushes frames into its buffer without ever
-    waiting; its sender (the route serving it) writes them to the socket. When the
-    buffer would exceed ``max_messages`` frames or ``max_bytes`` characters, the
-    connection is closed as a slow consumer and its buffer dropped: one slow client
-    never holds memory beyond that, nor delays anyone else."""
+    """A client's connection. The hub pushes frames without ever waiting: a frame
+    pushed while nothing is queued goes to the ``direct`` writer when there is one
+    (WebSocket: written to the socket in the pusher's stack); otherwise it waits in the
+    buffer, in order, for the sender (the route serving it). When the buffer would
+    exceed ``max_messages`` frames or ``max_bytes`` characters, the connection is closed
+    as a slow consumer and its buffer dropped: one slow client never holds memory
+    beyond that, nor delays anyone else."""
 
     __slots__ = (
         "_match",
@@ -66,6 +68,7 @@ class Connection:
         "all_users",
         "closing",
         "cursor",
+        "direct",
         "explicit",
         "grace",
         "live",
@@ -129,6 +132,10 @@ class Connection:
         self.spawn: Callable[[], None] | None = None
         """Starts the sender when there is something to write (WebSocket: the sender
         runs only then); ``None`` when the sender waits in :meth:`next` instead."""
+        self.direct: Callable[[str | bytes], bool] | None = None
+        """Writes a frame to the socket at once when nothing is queued, returning
+        whether it took the frame (WebSocket: no task is woken for it); ``None``: every
+        frame goes through the buffer."""
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -163,6 +170,9 @@ class Connection:
         size = len(frame)
         queue = self.queue
         if queue is None:
+            direct = self.direct
+            if direct is not None and direct(frame):
+                return True
             queue = self.queue = deque()
         elif len(queue) >= self.max_messages or self.pending_bytes + size > self.max_bytes:
             self.close(CloseCode.SLOW_CONSUMER, "slow_consumer")
@@ -178,6 +188,9 @@ class Connection:
             return False
         queue = self.queue
         if queue is None:
+            direct = self.direct
+            if direct is not None and direct(frame):
+                return True
             queue = self.queue = deque()
         elif len(queue) >= self.max_messages:
             return False

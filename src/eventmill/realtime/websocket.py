@@ -35,6 +35,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from eventmill.realtime import eager
 from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
 from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.connection import Connection, PatternError, check_patterns
@@ -111,7 +112,7 @@ class _Endpoint:
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _serve(WebSocket(scope, receive, send), self.ctx)
+        await _serve(WebSocket(scope, receive, send), send, self.ctx)
 
 
 def routes(ctx: RealtimeContext) -> list[WebSocketRoute]:
@@ -119,8 +120,10 @@ def routes(ctx: RealtimeContext) -> list[WebSocketRoute]:
     return [WebSocketRoute("/ws", _Endpoint(ctx), name="realtime_websocket")]
 
 
-async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
-    """Live events for the token's user over WebSocket (see the module docs)."""
+async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None:
+    """Live events for the token's user over WebSocket (see the module docs); frames go
+    through the raw ASGI ``send`` (Starlette's ``WebSocket`` does the handshake, the
+    reads and the close)."""
     s = ctx.settings
     credential = credential_of(websocket, ctx.resources)  # masks it for the access log
     query = websocket.query_params
@@ -168,8 +171,9 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
     conn.grace = s.close_grace_seconds
     expiry = _Expiry(conn, ctx.leeway)
     expiry.set(principal.expires_at)
-    sender = _Sender(websocket, conn, hub, s.close_grace_seconds)
+    sender = _Sender(websocket, send, conn, hub, s.close_grace_seconds)
     conn.spawn = sender.start
+    conn.direct = sender.write_now
     try:
         hello: dict[str, Any] = {
             "type": "connected",
@@ -197,28 +201,58 @@ async def _serve(websocket: WebSocket, ctx: RealtimeContext) -> None:
     finally:
         expiry.cancel()
         conn.release()
-        conn.spawn = None
+        conn.spawn = conn.direct = None
         hub.unregister(conn)
         sender.cancel()
 
 
 class _Sender:
-    """Writes the connection's frames (and its replays) to the socket. It runs only
-    while there is something to write: an idle connection holds no task for it."""
+    """Writes the connection's frames (and its replays) to the socket. A frame pushed
+    while nothing is queued is written at once, in the pusher's stack
+    (:meth:`write_now`); a task runs only while frames wait (the client's socket is
+    full, a replay is under way): an idle connection holds no task for it."""
 
-    __slots__ = ("conn", "grace", "hub", "task", "websocket")
+    __slots__ = ("conn", "grace", "hub", "send", "task", "websocket")
 
-    def __init__(self, websocket: WebSocket, conn: Connection, hub: Hub, grace: float) -> None:
+    def __init__(
+        self, websocket: WebSocket, send: Send, conn: Connection, hub: Hub, grace: float
+    ) -> None:
         self.websocket = websocket
+        self.send = send
         self.conn = conn
         self.hub = hub
         self.grace = grace
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Called by the connection when it has something to write."""
+        """Called by the connection when it has queued something to write."""
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def write_now(self, frame: str | bytes) -> bool:
+        """Write ``frame`` at once if no run is under way and no replay is due (so
+        frames keep their order); return whether the frame was taken. The write
+        finishes here unless the client's socket is full: then a run waits for it and
+        writes what is queued meanwhile."""
+        conn = self.conn
+        if self.task is not None or conn.resume_from is not None or conn.closing is not None:
+            return False
+        assert isinstance(frame, str)
+        try:
+            pending = eager.start(self.send({"type": "websocket.send", "text": frame}))
+        except (OSError, RuntimeError):  # the client is gone
+            conn.close(_DISCONNECTED, "disconnected")
+            return True
+        except Exception:  # never the pusher's (the hub's) problem: drop this client
+            _log.exception("writing to a WebSocket failed; dropping the connection")
+            conn.close(_DISCONNECTED, "disconnected")
+            if conn.abort is not None:
+                conn.abort()
+            return True
+        if pending is not None:
+            conn.sending = True
+            self.task = asyncio.get_running_loop().create_task(self._run(pending))
+        return True
 
     async def finished(self) -> None:
         """Wait until the current run (if any) is done."""
@@ -237,22 +271,27 @@ class _Sender:
         conn = self.conn
         conn.sending = True
         try:
-            await self.websocket.send_text(text)
+            await self.send({"type": "websocket.send", "text": text})
         finally:
             conn.sending = False
 
     async def _send_event(self, event: FeedEvent) -> None:
         await self._send(event.ws_frame())
 
-    async def _run(self) -> None:
+    async def _run(self, pending: asyncio.Future[None] | None = None) -> None:
         try:
-            await self._write()
+            await self._write(pending)
         finally:
             self.task = None
 
-    async def _write(self) -> None:
+    async def _write(self, pending: asyncio.Future[None] | None) -> None:
         conn = self.conn
         try:
+            if pending is not None:  # a frame written at once that waits for the socket
+                try:
+                    await pending
+                finally:
+                    conn.sending = False
             while conn.closing is None:
                 frame = conn.pop()
                 if frame is not None:
@@ -261,7 +300,7 @@ class _Sender:
                 elif conn.resume_from is not None:
                     await self._resume(conn.resume_from)
                 else:
-                    return  # idle: the next push starts a new run
+                    return  # idle: the next push writes at once
         except (WebSocketDisconnect, OSError, RuntimeError):
             conn.close(_DISCONNECTED, "disconnected")
             return
