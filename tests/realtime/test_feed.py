@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
+import pytest
 
 from eventmill.events import Event, EventMetadata
-from eventmill.realtime import Feed
-from eventmill.store import Store
+from eventmill.realtime import Feed, FeedEvent
+from eventmill.store import Store, open_store
 
 
 def _event(user: str | None, name: str, **payload: object) -> Event:
@@ -93,3 +96,69 @@ async def test_reads_are_bounded_ordered_and_filtered(store: Store) -> None:
     assert await feed.count_for_client(0, user_id=None, patterns=None, cap=5) == 6  # cap + 1
     later = await feed.count_for_client(first[-1].position, user_id=None, patterns=None, cap=100)
     assert later == len(rest)
+
+
+async def test_the_hubs_reads_and_a_clients_reads_give_the_same_events(store: Store) -> None:
+    """On SQLite the hub reads on the event loop's own connection, a client's replay
+    through the pool: both give the same events, in the same JSON."""
+    for i in range(7):
+        await store.events.insert(_event(f"u{i % 2}", "test.same", i=i))
+    feed = Feed(store)
+    try:
+        head = await feed.head()
+        hub = await feed.after(0, 100)
+        client = await feed.for_client(0, head, user_id=None, patterns=None, limit=100)
+        assert [(e.position, e.id, e.user_id, e.json) for e in hub] == [
+            (e.position, e.id, e.user_id, e.json) for e in client
+        ]
+        assert hub[-1].position == head
+        assert await feed.oldest() == hub[0].position
+    finally:
+        feed.close()
+
+
+@pytest.mark.parametrize("problem", ["busy", "broken"])
+async def test_a_read_the_event_loop_cannot_make_goes_through_the_pool(
+    tmp_path: Path, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When SQLite reports the file busy to the event loop's connection (it never waits
+    for a lock), or that connection fails, the hub's read goes through the pool instead
+    (which waits for the file); a failed connection is opened again for the next read."""
+    store = await open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    stored, _ = await store.events.insert(_event("u1", "test.busy"))
+    feed = Feed(store)
+    try:
+        assert [e.id for e in await feed.after(0, 10)] == [stored.id]
+        inline = feed._inline
+        assert inline is not None
+        assert inline.conn is not None
+        failures = 0
+
+        def fail(*args: object, **kwargs: object) -> None:
+            nonlocal failures
+            failures += 1
+            error = sqlite3.OperationalError(
+                "database is locked" if problem == "busy" else "disk I/O error"
+            )
+            error.sqlite_errorcode = (
+                sqlite3.SQLITE_BUSY if problem == "busy" else sqlite3.SQLITE_IOERR
+            )
+            raise error
+
+        with monkeypatch.context() as patch:  # the driver's answer to the next statement
+            patch.setattr(inline.engine.dialect, "do_execute", fail)
+            assert [e.id for e in await feed.after(0, 10)] == [stored.id]
+        assert failures == 1
+        assert (inline.conn is None) == (problem == "broken")
+        assert [e.id for e in await feed.after(0, 10)] == [stored.id]
+        assert inline.conn is not None
+    finally:
+        feed.close()
+        await store.close()
+
+
+def test_a_feed_event_needs_its_json_or_its_row() -> None:
+    with pytest.raises(ValueError, match="JSON text or its stored row"):
+        FeedEvent(1, "evt_1", "test.a", None)
+    built = FeedEvent(1, "evt_1", "test.a", None, '{"id":"evt_1"}')
+    assert built.ws_frame() == '{"type":"event","position":1,"payload":{"id":"evt_1"}}'

@@ -180,6 +180,7 @@ class Hub:
             self._tasks = []
             if _closing:
                 await asyncio.wait(set(_closing), timeout=_STOP_WAIT)
+            self.feed.close()
 
     def health(self) -> Mapping[str, str]:
         """Problems of the hub (the bus subscription, store reads), if any."""
@@ -432,41 +433,37 @@ class Hub:
 
     def dispatch(self, events: list[FeedEvent]) -> None:
         """Push each event (in position order, after ``head``) to its live connections
-        and advance ``head``. Never waits: a connection whose buffer is full is closed."""
+        and advance ``head``. Never waits: a connection whose buffer is full is closed.
+        An event is serialized only if a connection takes it (once per transport)."""
         by_user, everyone = self._by_user, self._everyone
         unstored = self._unstored
-        journal = self.journal
-        sent: dict[str, int] = {}
+        sent = {"ws": 0, "sse": 0}
+        pushed_ids: dict[int, list[str]] = {}
         for event in events:
+            position, name = event.position, event.event_name
             pushed = 0
-            if event.user_id is not None:
-                targets = by_user.get(event.user_id)
-                if targets:
-                    for conn in targets:
-                        if (
-                            conn.live
-                            and event.position > conn.cursor
-                            and conn.wants(event.event_name)
-                            and conn.push_event(event)
-                        ):
-                            pushed += 1
-                            sent[conn.transport] = sent.get(conn.transport, 0) + 1
-            for conn in everyone:
-                if (
-                    conn.live
-                    and event.position > conn.cursor
-                    and conn.wants(event.event_name)
-                    and conn.push_event(event)
-                ):
-                    pushed += 1
-                    sent[conn.transport] = sent.get(conn.transport, 0) + 1
-            if pushed and journal is not None:
-                journal.hop(event.id, "pushed", connections=pushed)
+            targets = by_user.get(event.user_id) if event.user_id is not None else None
+            for group in (targets, everyone):
+                if not group:
+                    continue
+                for conn in group:
+                    if not conn.live or position <= conn.cursor or not conn.wants(name):
+                        continue
+                    transport = conn.transport
+                    if conn.push(event.ws_frame() if transport == "ws" else event.sse_frame()):
+                        pushed += 1
+                        sent[transport] += 1
+            if pushed:
+                pushed_ids.setdefault(pushed, []).append(event.id)
             if unstored:
                 unstored.pop(event.id, None)
-            self.head = event.position
-        for transport, count in sent.items():
-            self.metrics.sent.labels(transport).inc(count)
+            self.head = position
+        if self.journal is not None:
+            for count, ids in pushed_ids.items():
+                self.journal.hops_many(ids, "pushed", connections=count)
+        for kind, count in sent.items():
+            if count:
+                self.metrics.sent.labels(kind).inc(count)
         self.metrics.head.set(self.head)
 
     # -- heartbeats ------------------------------------------------------------------
