@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
 
 from eventmill.web.errors import ApiError, install_error_handlers
 from eventmill.web.fastlane import WEBSOCKET, DirectRoute, FastLane, lane_routes
@@ -151,3 +152,26 @@ def test_a_laned_websocket_route_is_served_and_fails_as_a_routed_one() -> None:
         laned = _failure(client, "/socket")
         assert laned != "no error"
         assert laned == _failure(client, "/socket-routed/x")
+
+
+async def test_a_laned_websocket_endpoint_writes_through_the_servers_own_send() -> None:
+    """Its frames go straight to the server's ``send`` (no wrapper call per frame)."""
+    given: list[object] = []
+
+    class Endpoint:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            given.append(send)
+
+    async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("the lane serves /raw")
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    lane = FastLane(fallback, {(WEBSOCKET, "/raw"): WebSocketRoute("/raw", Endpoint())})
+    scope: Scope = {"type": "websocket", "path": "/raw", "headers": [], "query_string": b""}
+    await lane(scope, receive, send)
+    assert given == [send]

@@ -13,7 +13,7 @@ for an ``HTTPException``, else by the exception's class and its bases; 500 and
 ``Exception`` are left to the outer layers, as Starlette's ``ExceptionMiddleware``
 leaves them). An exception without a handler goes up unchanged, to the request-id
 middleware's 500 of last resort. Fixed-path WebSocket routes (``/ws``) take the
-lane too, under the same wrapper.
+lane too, under the same wrapper, and write through the server's own ``send``.
 
 What it skips is the part of every request that does nothing for these routes: the
 exception and exit-stack middlewares, matching the path against the app's routes in
@@ -154,7 +154,14 @@ class FastLane:
         if kind == "websocket":
             assert isinstance(route, WebSocketRoute)
             connection = WebSocket(scope, receive, send)
-            await wrap_app_handling_exceptions(route.app, connection)(scope, receive, send)
+            websocket_app = route.app
+
+            async def serve(scope: Scope, receive: Receive, _: Send) -> None:
+                # The server's own send: the wrapper's watches for an HTTP response's
+                # start only, and would add a call to every frame the socket carries.
+                await websocket_app(scope, receive, send)
+
+            await wrap_app_handling_exceptions(serve, connection)(scope, receive, send)
             return
         assert isinstance(route, DirectRoute)
         endpoint: Endpoint = route.endpoint
