@@ -307,6 +307,9 @@ def eventmill_server(tmp: Path, redis_prefix: str) -> Iterator[tuple[int, subpro
         "EVENTMILL_JWT__SECRET": SECRET,
         "EVENTMILL_LOG_LEVEL": "warning",
         "EVENTMILL_REALTIME__MAX_CONNECTIONS": "100000",
+        # the hub's periodic store read must not start the burst before the clock does
+        # (the events are committed just before the wake-up is published)
+        "EVENTMILL_REALTIME__POLL_INTERVAL_SECONDS": "60",
         "EVENTMILL_AUDIT_ENABLED": "false",
     }
     proc = subprocess.Popen([str(VENV_BIN / "eventmill"), "serve", "--port", str(port)], env=env)
