@@ -18,11 +18,10 @@ are published at once, so this is mostly the time the burst takes to drain), thi
 process's CPU per delivery (eventmill: everything from the bus on — consuming, fan-out,
 dispatcher, recorder, journal — but not making and publishing the events, nor the
 benchmark's polling of the receiver; bare: the client), and store statements per
-delivery. CPU per delivery
-is the figure to compare across runs on a shared machine. eventmill runs on uvloop, the
-loop ``eventmill serve`` runs on; the bare client runs on both asyncio's loop and uvloop
-and its faster run is the one printed (httpx is the faster on asyncio's loop here). Target: ≥ 0.5x bare,
-≥ 2,000/s.
+delivery. CPU per delivery is the figure to compare across runs on a shared machine.
+eventmill runs on uvloop, the loop ``eventmill serve`` runs on; the bare client runs on
+both asyncio's loop and uvloop and its faster run is the one printed (httpx is the
+faster on asyncio's loop here). Target: ≥ 0.5x bare, ≥ 2,000/s.
 """
 
 from __future__ import annotations
