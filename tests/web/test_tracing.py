@@ -40,3 +40,23 @@ def test_an_invalid_header_starts_a_new_trace(header: str | None) -> None:
 
 def test_uppercase_and_whitespace_are_tolerated() -> None:
     assert TraceContext.parse(f"  {VALID.upper()} ") == TraceContext.parse(VALID)
+
+
+@pytest.mark.parametrize(
+    "trace_id",
+    [
+        "0x" + "4bf92f3577b34da6a3ce929d0e0e47",  # int(…, 16) would take these
+        "4bf92f3577b34da6_3ce929d0e0e4736",
+        " 4bf92f3577b34da6a3ce929d0e0e473",
+        "0" * 32,
+        "4bf92f3577b34da6a3ce929d0e0e473",  # short
+    ],
+)
+def test_an_event_trace_id_that_is_not_32_hex_digits_starts_no_hop(trace_id: str) -> None:
+    assert TraceContext.from_trace_id(trace_id) is None
+
+
+def test_an_event_trace_id_of_either_case_continues_its_trace() -> None:
+    hop = TraceContext.from_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736")
+    assert hop is not None
+    assert hop.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -12,7 +12,6 @@ from typing import Final, Literal
 from eventmill.errors import ConfigurationError
 from eventmill.events import compile_pattern
 from eventmill.realtime.codes import CloseCode
-from eventmill.realtime.feed import FeedEvent
 
 __all__ = ["RESUME", "Connection", "PatternError", "Transport", "check_patterns"]
 
@@ -156,12 +155,6 @@ class Connection:
         return match is None or match.fullmatch(event_name) is not None
 
     # -- the buffer ------------------------------------------------------------------
-
-    def push_event(self, event: FeedEvent) -> bool:
-        """Queue ``event`` (the hub's live path): never waits; on overflow the
-        connection is closed as a slow consumer. Returns whether it was queued."""
-        frame: str | bytes = event.ws_frame() if self.transport == "ws" else event.sse_frame()
-        return self.push(frame)
 
     def push(self, frame: str | bytes) -> bool:
         """Queue a frame; on overflow close the connection (slow consumer)."""

@@ -24,6 +24,7 @@ TRACEPARENT_KEY: Final = "traceparent"
 """Message metadata key (and HTTP header) carrying the W3C ``traceparent``."""
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _ZERO_TRACE = "0" * 32
 _ZERO_PARENT = "0" * 16
 
@@ -68,12 +69,8 @@ class TraceContext:
         """A new hop in trace ``trace_id`` (an event's ``metadata.trace_id``), or ``None``
         when it is not a W3C trace id (32 hex characters, not all zero)."""
         candidate = trace_id.lower()
-        if len(candidate) != 32 or candidate == _ZERO_TRACE:
-            return None
-        try:
-            int(candidate, 16)
-        except ValueError:
-            return None
+        if _TRACE_ID.fullmatch(candidate) is None or candidate == _ZERO_TRACE:
+            return None  # (it goes into a header: nothing but hex digits)
         return cls(candidate, os.urandom(8).hex())
 
     def child(self) -> TraceContext:
