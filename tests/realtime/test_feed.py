@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -103,6 +103,16 @@ async def test_the_hubs_reads_and_a_clients_reads_give_the_same_events(store: St
     through the pool: both give the same events, in the same JSON."""
     for i in range(7):
         await store.events.insert(_event(f"u{i % 2}", "test.same", i=i))
+    # times without a fraction, in another zone, and set by the caller
+    india = timezone(timedelta(hours=5, minutes=30))
+    await store.events.insert(
+        Event(
+            event_name="test.same",
+            source="tests",
+            created_at=datetime(2024, 3, 1, 12, 0, 0, tzinfo=india),
+            processed_at=datetime(2024, 3, 1, 12, 0, 1, 5, tzinfo=UTC),
+        )
+    )
     feed = Feed(store)
     try:
         head = await feed.head()
@@ -119,7 +129,7 @@ async def test_the_hubs_reads_and_a_clients_reads_give_the_same_events(store: St
 
 @pytest.mark.parametrize("problem", ["busy", "broken"])
 async def test_a_read_the_event_loop_cannot_make_goes_through_the_pool(
-    tmp_path: Path, problem: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, problem: str
 ) -> None:
     """When SQLite reports the file busy to the event loop's connection (it never waits
     for a lock), or that connection fails, the hub's read goes through the pool instead
@@ -132,26 +142,37 @@ async def test_a_read_the_event_loop_cannot_make_goes_through_the_pool(
         inline = feed._inline
         assert inline is not None
         assert inline.conn is not None
+        real = inline.conn
         failures = 0
 
-        def fail(*args: object, **kwargs: object) -> None:
-            nonlocal failures
-            failures += 1
-            error = sqlite3.OperationalError(
-                "database is locked" if problem == "busy" else "disk I/O error"
-            )
-            error.sqlite_errorcode = (
-                sqlite3.SQLITE_BUSY if problem == "busy" else sqlite3.SQLITE_IOERR
-            )
-            raise error
+        class Failing:
+            """The driver's answer to the next statement."""
 
-        with monkeypatch.context() as patch:  # the driver's answer to the next statement
-            patch.setattr(inline.engine.dialect, "do_execute", fail)
-            assert [e.id for e in await feed.after(0, 10)] == [stored.id]
+            def execute(self, *args: object) -> None:
+                nonlocal failures
+                failures += 1
+                error = sqlite3.OperationalError(
+                    "database is locked" if problem == "busy" else "disk I/O error"
+                )
+                error.sqlite_errorcode = (
+                    sqlite3.SQLITE_BUSY if problem == "busy" else sqlite3.SQLITE_IOERR
+                )
+                raise error
+
+            def close(self) -> None:
+                real.close()
+
+        inline.conn = Failing()  # type: ignore[assignment]
+        assert [e.id for e in await feed.after(0, 10)] == [stored.id]
         assert failures == 1
-        assert (inline.conn is None) == (problem == "broken")
+        if problem == "busy":  # kept for the next read
+            assert isinstance(inline.conn, Failing)
+            inline.conn = real
+        else:  # closed, opened again for the next read
+            assert inline.conn is None
         assert [e.id for e in await feed.after(0, 10)] == [stored.id]
         assert inline.conn is not None
+        assert failures == 1
     finally:
         feed.close()
         await store.close()
