@@ -7,11 +7,14 @@ import asyncio
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from eventmill.errors import ConfigurationError
 from eventmill.events import compile_pattern
 from eventmill.realtime.codes import CloseCode
+
+if TYPE_CHECKING:
+    from eventmill.realtime.feed import FeedEvent
 
 __all__ = ["RESUME", "Connection", "PatternError", "Transport", "check_patterns"]
 
@@ -81,6 +84,7 @@ class Connection:
         "spawn",
         "transport",
         "user_id",
+        "wire",
     )
 
     def __init__(
@@ -135,6 +139,11 @@ class Connection:
         """Writes a frame to the socket at once when nothing is queued, returning
         whether it took the frame (WebSocket: no task is woken for it); ``None``: every
         frame goes through the buffer."""
+        self.wire: Callable[[bytes], bool] | None = None
+        """Like ``direct``, for an event's WebSocket frame as bytes on the wire
+        (:meth:`FeedEvent.ws_wire`, built once for every connection the event goes
+        to); ``None`` when the connection cannot write those (SSE, or a server whose
+        socket it cannot reach)."""
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -174,6 +183,20 @@ class Connection:
         self.pending_bytes += size
         self._wake()
         return True
+
+    def push_event(self, event: FeedEvent) -> bool:
+        """Queue ``event`` in this connection's transport's form (see :meth:`push`)."""
+        if self.transport == "sse":
+            return self.push(event.sse_frame())
+        wire = self.wire
+        if (
+            wire is not None
+            and self.queue is None
+            and self.closing is None
+            and wire(event.ws_wire())
+        ):
+            return True
+        return self.push(event.ws_frame())
 
     def push_if_room(self, frame: str | bytes) -> bool:
         """Queue a frame that may be skipped (a heartbeat): never closes the connection."""

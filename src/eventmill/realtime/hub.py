@@ -449,10 +449,9 @@ class Hub:
                 for conn in group:
                     if not conn.live or position <= conn.cursor or not conn.wants(name):
                         continue
-                    transport = conn.transport
-                    if conn.push(event.ws_frame() if transport == "ws" else event.sse_frame()):
+                    if conn.push_event(event):
                         pushed += 1
-                        sent[transport] += 1
+                        sent[conn.transport] += 1
             if pushed:
                 pushed_ids.setdefault(pushed, []).append(event.id)
             if unstored:

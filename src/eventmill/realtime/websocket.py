@@ -35,7 +35,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from eventmill.realtime import eager
+from eventmill.realtime import eager, frames
 from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
 from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.connection import Connection, PatternError, check_patterns
@@ -174,6 +174,8 @@ async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None
     sender = _Sender(websocket, send, conn, hub, s.close_grace_seconds)
     conn.spawn = sender.start
     conn.direct = sender.write_now
+    if sender.raw is not None:
+        conn.wire = sender.write_wire
     try:
         hello: dict[str, Any] = {
             "type": "connected",
@@ -201,7 +203,7 @@ async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None
     finally:
         expiry.cancel()
         conn.release()
-        conn.spawn = conn.direct = None
+        conn.spawn = conn.direct = conn.wire = None
         hub.unregister(conn)
         sender.cancel()
 
@@ -212,7 +214,7 @@ class _Sender:
     (:meth:`write_now`); a task runs only while frames wait (the client's socket is
     full, a replay is under way): an idle connection holds no task for it."""
 
-    __slots__ = ("conn", "grace", "hub", "send", "task", "websocket")
+    __slots__ = ("conn", "grace", "hub", "raw", "send", "task", "websocket")
 
     def __init__(
         self, websocket: WebSocket, send: Send, conn: Connection, hub: Hub, grace: float
@@ -223,6 +225,9 @@ class _Sender:
         self.hub = hub
         self.grace = grace
         self.task: asyncio.Task[None] | None = None
+        self.raw = frames.raw_protocol(send)
+        """The server's protocol when frames may be written to its transport directly
+        (:mod:`eventmill.realtime.frames`)."""
 
     def start(self) -> None:
         """Called by the connection when it has queued something to write."""
@@ -238,7 +243,10 @@ class _Sender:
         if self.task is not None or conn.resume_from is not None or conn.closing is not None:
             return False
         assert isinstance(frame, str)
+        raw = self.raw
         try:
+            if raw is not None and frames.write_frame(raw, frames.text_frame(frame.encode())):
+                return True
             pending = eager.start(self.send({"type": "websocket.send", "text": frame}))
         except (OSError, RuntimeError):  # the client is gone
             conn.close(_DISCONNECTED, "disconnected")
@@ -253,6 +261,18 @@ class _Sender:
             conn.sending = True
             self.task = asyncio.get_running_loop().create_task(self._run(pending))
         return True
+
+    def write_wire(self, frame: bytes) -> bool:
+        """Write ``frame``, a whole WebSocket frame, to the socket at once if nothing
+        else is under way and the server's protocol would write it now (else the
+        caller queues the frame's text); return whether it was written."""
+        conn = self.conn
+        if self.task is not None or conn.resume_from is not None or conn.closing is not None:
+            return False
+        try:
+            return frames.write_frame(self.raw, frame)
+        except Exception:  # the client is gone, or worse: the text's way will tell
+            return False
 
     async def finished(self) -> None:
         """Wait until the current run (if any) is done."""
