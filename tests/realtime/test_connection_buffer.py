@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from eventmill.realtime import CloseCode
 from eventmill.realtime.connection import Connection
+from eventmill.realtime.feed import FeedEvent
 
 
 class Writer:
@@ -75,3 +76,45 @@ def test_a_closing_connection_writes_nothing() -> None:
     assert not conn.push("a")
     assert not conn.push_if_room("heartbeat")
     assert writer.written == []
+
+
+def _feed_event(position: int) -> FeedEvent:
+    return FeedEvent(position, f"evt_{position}", "test.a", "u1", f'{{"id":"evt_{position}"}}')
+
+
+def test_an_event_goes_to_the_wire_writer_as_its_frame_on_the_wire() -> None:
+    conn, writer, _ = _connection()
+    wire = Writer()
+    conn.wire = wire
+    event = _feed_event(1)
+    assert conn.push_event(event)
+    assert wire.written == [event.ws_wire()]
+    assert writer.written == []
+    # the frame is the text frame of the event's message (FIN + text opcode, length)
+    message = event.ws_frame().encode()
+    assert event.ws_wire() == bytes((0x81, len(message))) + message
+
+
+def test_an_event_the_wire_writer_cannot_take_goes_the_texts_way_in_order() -> None:
+    conn, writer, _ = _connection()
+    wire = Writer()
+    conn.wire = wire
+    wire.open = writer.open = False  # the socket is full
+    first, second = _feed_event(1), _feed_event(2)
+    assert conn.push_event(first)
+    wire.open = writer.open = True
+    assert conn.push_event(second)  # the first is queued: the second waits behind it
+    assert wire.written == writer.written == []
+    assert [conn.pop(), conn.pop()] == [first.ws_frame(), second.ws_frame()]
+    assert conn.push_event(_feed_event(3))
+    assert len(wire.written) == 1
+
+
+def test_an_sse_connection_gets_the_events_sse_frame() -> None:
+    conn = Connection(
+        "sse", user_id="u1", all_users=False, patterns=None, max_messages=3, max_bytes=1 << 20
+    )
+    conn.wire = Writer()  # never used for SSE
+    event = _feed_event(7)
+    assert conn.push_event(event)
+    assert conn.pop() == b'id: 7\nevent: test.a\ndata: {"id":"evt_7"}\n\n'
