@@ -2,12 +2,18 @@
 each), one event per connected user in a burst; beside a bare ``websockets`` server
 sending the same messages to the same number of connections.
 
-Figures per run (``--connections``, default 1,000 and 10,000):
+Figures per run (``--connections``, default 1,000 and 10,000), each the median of
+``--bursts`` bursts (default 5) on the same connections, half a second apart (every
+burst's p99 is printed too: this machine kind's speed moves between runs, and one
+burst alone mostly measures that):
 
 * latency p50 / p99 - from the burst's start to each client's receipt of its message;
 * messages/s - N / (last receipt - burst start);
 * memory per connection - the server process's resident memory with N connections
   open minus before they were opened, divided by N.
+
+Every event message a client gets is parsed once the burst is over (not on the clock)
+and must be for that client's user.
 
 eventmill is measured two ways:
 
@@ -35,6 +41,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +63,8 @@ from eventmill.store import open_store
 SECRET = "bench-realtime-secret-of-32-bytes-at-least"
 VENV_BIN = Path(sys.executable).parent
 CONNECT_CONCURRENCY = 200
+BETWEEN_BURSTS = 0.5
+"""Seconds between two bursts on the same connections (the last one's stragglers)."""
 
 
 def raise_open_file_limit() -> int:
@@ -82,23 +91,46 @@ def rss_kib(pid: int) -> int:
 # -- a minimal WebSocket client -------------------------------------------------------
 
 
+class Burst:
+    """Counts the clients that got their event in the current burst."""
+
+    def __init__(self, clients: int) -> None:
+        self.target = clients
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def got_one(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+    def rearm(self, clients: list[Client]) -> None:
+        """Forget the last burst (on every client too)."""
+        self.count = 0
+        self.done = asyncio.Event()
+        for client in clients:
+            client.received_at = None
+            client.message = None
+
+
 class Client(asyncio.Protocol):
     """Handshake, then read frames; answers pings; notes when its event arrived."""
 
-    def __init__(self, host: str, path: str, done: asyncio.Event, counter: list[int]) -> None:
+    def __init__(self, host: str, path: str, burst: Burst) -> None:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
         ).encode()
+        self.path = path
         self.buffer = bytearray()
         self.upgraded = asyncio.get_running_loop().create_future()
         self.ready = asyncio.get_running_loop().create_future()
         self.received_at: float | None = None
-        self.event_id: str | None = None
+        self.message: bytes | None = None
+        """The event message, parsed and checked after the clock stops."""
         self.transport: asyncio.Transport | None = None
-        self.done = done
-        self.counter = counter
+        self.burst = burst
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,27 +193,22 @@ class Client(asyncio.Protocol):
     def _text(self, payload: bytes) -> None:
         if payload.startswith(b'{"type":"event"'):
             self.received_at = time.perf_counter()
-            self.event_id = orjson.loads(payload)["payload"]["id"]
-            self.counter[0] += 1
-            if self.counter[0] >= self.counter[1]:
-                self.done.set()
+            self.message = payload
+            self.burst.got_one()
         elif not self.ready.done() and payload.startswith(b'{"type":"connected"'):
             self.ready.set_result(None)
 
 
-async def open_clients(
-    port: int, paths: list[str], wait_ready: bool
-) -> tuple[list[Client], asyncio.Event]:
+async def open_clients(port: int, paths: list[str], wait_ready: bool) -> tuple[list[Client], Burst]:
     loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    counter = [0, len(paths)]
+    burst = Burst(len(paths))
     clients: list[Client] = []
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def one(path: str) -> None:
         async with limit:
             _, client = await loop.create_connection(
-                lambda: Client(f"127.0.0.1:{port}", path, done, counter), "127.0.0.1", port
+                lambda: Client(f"127.0.0.1:{port}", path, burst), "127.0.0.1", port
             )
             await asyncio.wait_for(client.upgraded, 60)
             if wait_ready:
@@ -189,7 +216,7 @@ async def open_clients(
             clients.append(client)
 
     await asyncio.gather(*(one(p) for p in paths))
-    return clients, done
+    return clients, burst
 
 
 def close_clients(clients: list[Client]) -> None:
@@ -199,8 +226,23 @@ def close_clients(clients: list[Client]) -> None:
 
 
 def figures(
-    name: str, n: int, t0: float, clients: list[Client], memory_kib: float
+    name: str,
+    n: int,
+    t0: float,
+    clients: list[Client],
+    memory_kib: float,
+    users: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The burst's figures; with ``users`` (each client's user by its path), every
+    message received must be an event for its client's user."""
+    if users is not None:
+        for client in clients:
+            user = users[client.path]
+            if client.message is not None:
+                event = orjson.loads(client.message)["payload"]
+                if event["user_id"] != user:
+                    other = event["user_id"]
+                    raise RuntimeError(f"{name}: {user}'s connection got {other}'s event")
     got = sorted(c.received_at - t0 for c in clients if c.received_at is not None)
     missing = n - len(got)
     if not got:
@@ -217,6 +259,17 @@ def figures(
     }
 
 
+def median(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median burst's figures (each figure's own median), with every burst's p99."""
+    out = dict(rows[0])
+    for key in ("p50_ms", "p99_ms", "msgs_per_s"):
+        out[key] = statistics.median(r[key] for r in rows)
+    out["missing"] = max(r["missing"] for r in rows)
+    out["p99s"] = [r["p99_ms"] for r in rows]
+    out["rates"] = [r["msgs_per_s"] for r in rows]
+    return out
+
+
 # -- the bare websockets server ------------------------------------------------------
 
 BARE_SERVER = r"""
@@ -229,12 +282,12 @@ conns = {}
 async def handler(ws):
     path = ws.request.path
     if path.startswith("/control"):
-        await ws.recv()
-        for i, frame in enumerate(frames):
-            c = conns.get(i)
-            if c is not None:
-                await c.send(frame)
-        await ws.send("sent")
+        async for _ in ws:  # one burst per message
+            for i, frame in enumerate(frames):
+                c = conns.get(i)
+                if c is not None:
+                    await c.send(frame)
+            await ws.send("sent")
         return
     i = int(path.split("user=")[1])
     conns[i] = ws
@@ -273,24 +326,28 @@ def bare_server(frames: list[str]) -> Iterator[tuple[int, subprocess.Popen[bytes
             proc.wait(10)
 
 
-async def run_bare(n: int, frames: list[str]) -> dict[str, Any]:
+async def run_bare(n: int, frames: list[str], bursts: int) -> dict[str, Any]:
     with bare_server(frames) as (port, proc):
         await asyncio.sleep(0.5)
         before = rss_kib(proc.pid)
-        clients, done = await open_clients(port, [f"/ws?user={i}" for i in range(n)], True)
+        clients, burst = await open_clients(port, [f"/ws?user={i}" for i in range(n)], True)
         await asyncio.sleep(1.0)
         after = rss_kib(proc.pid)
         control, _ = await open_clients(port, ["/control"], False)
-        t0 = time.perf_counter()
         assert control[0].transport is not None
-        mask = os.urandom(4)
-        control[0].transport.write(
-            bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
-        )
-        await asyncio.wait_for(done.wait(), 300)
-        result = figures("bare websockets", n, t0, clients, after - before)
+        rows = []
+        for _ in range(bursts):
+            burst.rearm(clients)
+            mask = os.urandom(4)
+            t0 = time.perf_counter()
+            control[0].transport.write(
+                bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
+            )
+            await asyncio.wait_for(burst.done.wait(), 300)
+            rows.append(figures("bare websockets", n, t0, clients, after - before))
+            await asyncio.sleep(BETWEEN_BURSTS)
         close_clients(clients + control)
-        return result
+        return median(rows)
 
 
 # -- eventmill -------------------------------------------------------------------------
@@ -346,7 +403,7 @@ def make_events(n: int, tag: str) -> list[Event]:
     ]
 
 
-async def run_eventmill(n: int, mode: str, key_holder: dict[str, str]) -> dict[str, Any]:
+async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-rt-{tag}:"
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -362,41 +419,48 @@ async def run_eventmill(n: int, mode: str, key_holder: dict[str, str]) -> dict[s
                 "/ws?token=" + jwt.encode({"sub": f"u{tag}{i}", "exp": now + 3600}, SECRET, "HS256")
                 for i in range(n)
             ]
-            clients, done = await open_clients(port, paths, True)
+            clients, burst = await open_clients(port, paths, True)
             await asyncio.sleep(1.0)
             after = rss_kib(proc.pid)
-            events = make_events(n, tag)
-            if mode == "fan-out":
-                store = await open_store(f"sqlite:///{tmp / 'events.db'}")
-                bus = await open_pubsub(f"redis://127.0.0.1:6379/0?prefix={prefix}")
-                try:
-                    results = await store.events.insert_many(
-                        [(e, None) for e in events], published=True
-                    )
-                    last = max(r[0].position for r in results if isinstance(r, tuple))
-                    t0 = time.perf_counter()
-                    # what ingest publishes after storing: the event, marked as stored,
-                    # with its position (here the burst's last one wakes every hub)
-                    wake = events[-1].to_message()
-                    wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
-                    await bus.publish("events", wake)
-                    await asyncio.wait_for(done.wait(), 300)
-                finally:
-                    await bus.close()
-                    await store.close()
-            else:
-                bodies = [orjson.loads(e.to_json()) for e in events]
-                async with httpx.AsyncClient(
-                    base_url=f"http://127.0.0.1:{port}",
-                    timeout=120,
-                    headers={"Authorization": f"Bearer {key}"},
-                ) as http:
-                    t0 = time.perf_counter()
-                    for i in range(0, n, 100):
-                        r = await http.post("/v1/events", json=bodies[i : i + 100])
-                        r.raise_for_status()
-                    await asyncio.wait_for(done.wait(), 300)
-            result = figures(f"eventmill {mode}", n, t0, clients, after - before)
+            users = {path: f"u{tag}{i}" for i, path in enumerate(paths)}
+            rows = []
+            store = await open_store(f"sqlite:///{tmp / 'events.db'}")
+            bus = await open_pubsub(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+            http = httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                timeout=120,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            try:
+                for _ in range(bursts):
+                    burst.rearm(clients)
+                    events = make_events(n, tag)
+                    if mode == "fan-out":
+                        results = await store.events.insert_many(
+                            [(e, None) for e in events], published=True
+                        )
+                        last = max(r[0].position for r in results if isinstance(r, tuple))
+                        t0 = time.perf_counter()
+                        # what ingest publishes after storing: the event, marked as
+                        # stored, with its position (here the burst's last one wakes
+                        # every hub)
+                        wake = events[-1].to_message()
+                        wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
+                        await bus.publish("events", wake)
+                    else:
+                        bodies = [orjson.loads(e.to_json()) for e in events]
+                        t0 = time.perf_counter()
+                        for i in range(0, n, 100):
+                            r = await http.post("/v1/events", json=bodies[i : i + 100])
+                            r.raise_for_status()
+                    await asyncio.wait_for(burst.done.wait(), 300)
+                    name = f"eventmill {mode}"
+                    rows.append(figures(name, n, t0, clients, after - before, users))
+                    await asyncio.sleep(BETWEEN_BURSTS)
+            finally:
+                await http.aclose()
+                await bus.close()
+                await store.close()
             close_clients(clients)
         with contextlib.suppress(Exception):
             import redis.asyncio as aioredis
@@ -406,7 +470,7 @@ async def run_eventmill(n: int, mode: str, key_holder: dict[str, str]) -> dict[s
             if keys:
                 await r.delete(*keys)
             await r.aclose()
-        return result
+        return median(rows)
 
 
 def frames_like_eventmill(n: int) -> list[str]:
@@ -420,10 +484,11 @@ def frames_like_eventmill(n: int) -> list[str]:
 def show(row: dict[str, Any], base: dict[str, Any] | None) -> None:
     ratio = f"  {row['msgs_per_s'] / base['msgs_per_s']:.2f}x bare" if base else ""
     missing = f"  MISSING {row['missing']}" if row["missing"] else ""
+    p99s = "/".join(f"{p:.0f}" for p in row["p99s"])
     print(
         f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms"
         f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s"
-        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}",
+        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}  (p99 of each burst {p99s})",
         flush=True,
     )
 
@@ -432,6 +497,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connections", type=int, nargs="*", default=[1_000, 10_000])
     ap.add_argument("--modes", nargs="*", default=["fan-out", "end-to-end"])
+    ap.add_argument("--bursts", type=int, default=5, help="bursts per run (medians printed)")
     args = ap.parse_args()
     limit = raise_open_file_limit()
     print(f"open-file limit {limit}; load average {os.getloadavg()[0]:.2f}; cpus {os.cpu_count()}")
@@ -439,10 +505,10 @@ async def main() -> None:
         if n + 100 > limit:
             print(f"skip n={n}: the open-file limit is {limit}")
             continue
-        bare = await run_bare(n, frames_like_eventmill(n))
+        bare = await run_bare(n, frames_like_eventmill(n), args.bursts)
         show(bare, None)
         for mode in args.modes:
-            row = await run_eventmill(n, mode, {})
+            row = await run_eventmill(n, mode, args.bursts)
             show(row, bare)
             record(
                 "realtime",
@@ -453,10 +519,13 @@ async def main() -> None:
                 raw_label="bare websockets server sending the same messages",
                 ratio_raw=row["msgs_per_s"] / bare["msgs_per_s"],
                 peer_note="-",
+                rounds={"ours": row["rates"], "raw": bare["rates"]},
                 note=f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms "
                 f"(bare {bare['p50_ms']:.0f} / {bare['p99_ms']:.0f} ms); "
                 f"{row['kib_per_conn']:.1f} KiB/conn (bare {bare['kib_per_conn']:.1f}); "
-                f"missing {row['missing']}",
+                f"missing {row['missing']}; medians of {args.bursts} bursts, p99 of each "
+                f"{'/'.join(f'{p:.0f}' for p in row['p99s'])} ms "
+                f"(bare {'/'.join(f'{p:.0f}' for p in bare['p99s'])})",
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
