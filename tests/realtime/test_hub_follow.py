@@ -117,3 +117,35 @@ async def test_a_connection_registering_while_the_hub_moves_on_gets_the_events(
         assert _queued_positions(conn) == positions
         assert feed.event_reads >= 1
         hub.unregister(conn)
+
+
+async def test_a_long_burst_lets_the_event_loop_run_between_two_batches(
+    store: Store, bus: PubSub
+) -> None:
+    """On a SQLite file the hub's reads do not yield to the event loop; a burst of many
+    batches still lets other tasks run between two of them."""
+    feed = CountingFeed(store)
+    hub = Hub(feed, RealtimeSettings(read_batch=2), CollectorRegistry())
+    conn = _connection("u_burst")
+    hub.register(conn)
+    turns: list[int] = []  # the batch reads made by the time another task ran
+
+    async def other_task() -> None:
+        while True:
+            turns.append(feed.event_reads)
+            await asyncio.sleep(0)
+
+    async with hub.running(bus, "events"):
+        hub.go_live(conn)
+        for _ in range(10):  # stored without a wake-up, then found in one catch-up
+            await store.events.insert(Event(event_name="test.hub", user_id="u_burst"))
+        ticker = asyncio.create_task(other_task())
+        try:
+            reads = feed.event_reads
+            hub.wake()
+            await _until(lambda: len(_queued_positions(conn)) == 10)
+        finally:
+            ticker.cancel()
+        hub.unregister(conn)
+    during = {t for t in turns if reads < t < feed.event_reads}
+    assert len(during) >= 4  # the task ran between batches, not only before and after

@@ -425,6 +425,9 @@ class Hub:
                 self.dispatch(batch)
             if len(batch) < batch_size:
                 break
+            # A read on the event loop's own connection does not yield: let requests,
+            # pings and the bus in between two batches of a long burst.
+            await asyncio.sleep(0)
         if self._unstored:
             now = time.monotonic()
             for event_id, deadline in list(self._unstored.items()):
