@@ -498,7 +498,10 @@ async def main() -> None:
     ap.add_argument("--connections", type=int, nargs="*", default=[1_000, 10_000])
     ap.add_argument("--modes", nargs="*", default=["fan-out", "end-to-end"])
     ap.add_argument("--bursts", type=int, default=5, help="bursts per run (medians printed)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1,000 connections, 1 burst")
     args = ap.parse_args()
+    if args.quick:
+        args.connections, args.bursts = [1_000], 1
     limit = raise_open_file_limit()
     print(f"open-file limit {limit}; load average {os.getloadavg()[0]:.2f}; cpus {os.cpu_count()}")
     for n in args.connections:
