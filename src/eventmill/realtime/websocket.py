@@ -234,14 +234,20 @@ class _Sender:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
+    def _busy(self) -> bool:
+        """Whether a frame must wait its turn: a run is under way (the socket is full,
+        frames are queued), a replay is due, or the connection is closing."""
+        conn = self.conn
+        return self.task is not None or conn.resume_from is not None or conn.closing is not None
+
     def write_now(self, frame: str | bytes) -> bool:
         """Write ``frame`` at once if no run is under way and no replay is due (so
         frames keep their order); return whether the frame was taken. The write
         finishes here unless the client's socket is full: then a run waits for it and
         writes what is queued meanwhile."""
-        conn = self.conn
-        if self.task is not None or conn.resume_from is not None or conn.closing is not None:
+        if self._busy():
             return False
+        conn = self.conn
         assert isinstance(frame, str)
         raw = self.raw
         try:
@@ -266,8 +272,7 @@ class _Sender:
         """Write ``frame``, a whole WebSocket frame, to the socket at once if nothing
         else is under way and the server's protocol would write it now (else the
         caller queues the frame's text); return whether it was written."""
-        conn = self.conn
-        if self.task is not None or conn.resume_from is not None or conn.closing is not None:
+        if self._busy():
             return False
         try:
             return frames.write_frame(self.raw, frame)
