@@ -7,8 +7,10 @@ import gc
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import sqlalchemy as sa
+
 from eventmill.store import Store
-from eventmill.store.journal import Journal, safe_headers
+from eventmill.store.journal import Journal, event_hops, safe_headers
 
 
 async def test_hops_are_written_in_order_and_read_back(store: Store) -> None:
@@ -156,3 +158,26 @@ async def test_a_detail_orjson_cannot_write_is_kept_as_text(store: Store) -> Non
     journal.hop("evt_odd", "stored", value=Decimal("1.5"))
     await journal.flush()
     assert [h.detail for h in await journal.hops("evt_odd")] == [{"value": "1.5"}]
+
+
+async def test_a_hop_time_is_stored_as_sqlalchemy_stores_it(store: Store) -> None:
+    """Hops are written in one statement the database takes apart (not row by row
+    through SQLAlchemy): their time must read back exactly, and compare with times
+    SQLAlchemy writes (prune's cutoff; on SQLite a comparison of text)."""
+    journal = store.journal
+    at = datetime(2026, 12, 6, 15, 43, 41, 123456, tzinfo=UTC)
+    journal._hops.append(("evt_time", at.timestamp(), "received", "{}"))
+    journal._hops.append(("evt_time", at.replace(microsecond=0).timestamp(), "stored", "{}"))
+    await journal.flush()
+    hops = await journal.hops("evt_time")
+    assert [(h.hop, h.at) for h in hops] == [
+        ("received", at),
+        ("stored", at.replace(microsecond=0)),
+    ]
+    async with store.transaction(write=False) as conn:
+        later = await conn.execute(
+            sa.select(sa.func.count())
+            .select_from(event_hops)
+            .where(event_hops.c.event_id == "evt_time", event_hops.c.at < at)
+        )
+        assert later.scalar_one() == 1  # the second, a fraction of a second earlier
