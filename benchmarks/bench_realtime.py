@@ -81,6 +81,26 @@ def free_port() -> int:
         return port
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU used by the server process and by this (the clients') process over a burst."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server = cpu_s(pid)
+        self.client = time.process_time()
+
+    def per_message_us(self, n: int) -> tuple[float, float]:
+        server = cpu_s(self.pid) - self.server
+        client = time.process_time() - self.client
+        return server / n * 1e6, client / n * 1e6
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -231,6 +251,7 @@ def figures(
     t0: float,
     clients: list[Client],
     memory_kib: float,
+    cpu: tuple[float, float],
     users: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The burst's figures; with ``users`` (each client's user by its path), every
@@ -256,13 +277,15 @@ def figures(
         "msgs_per_s": len(got) / span if span > 0 else float("inf"),
         "kib_per_conn": memory_kib / n,
         "missing": missing,
+        "server_cpu_us": cpu[0],
+        "client_cpu_us": cpu[1],
     }
 
 
 def median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The median burst's figures (each figure's own median), with every burst's p99."""
     out = dict(rows[0])
-    for key in ("p50_ms", "p99_ms", "msgs_per_s"):
+    for key in ("p50_ms", "p99_ms", "msgs_per_s", "server_cpu_us", "client_cpu_us"):
         out[key] = statistics.median(r[key] for r in rows)
     out["missing"] = max(r["missing"] for r in rows)
     out["p99s"] = [r["p99_ms"] for r in rows]
@@ -339,12 +362,14 @@ async def run_bare(n: int, frames: list[str], bursts: int) -> dict[str, Any]:
         for _ in range(bursts):
             burst.rearm(clients)
             mask = os.urandom(4)
+            cpu = Cpu(proc.pid)
             t0 = time.perf_counter()
             control[0].transport.write(
                 bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
             )
             await asyncio.wait_for(burst.done.wait(), 300)
-            rows.append(figures("bare websockets", n, t0, clients, after - before))
+            used = cpu.per_message_us(n)
+            rows.append(figures("bare websockets", n, t0, clients, after - before, used))
             await asyncio.sleep(BETWEEN_BURSTS)
         close_clients(clients + control)
         return median(rows)
@@ -440,6 +465,7 @@ async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
                             [(e, None) for e in events], published=True
                         )
                         last = max(r[0].position for r in results if isinstance(r, tuple))
+                        cpu = Cpu(proc.pid)
                         t0 = time.perf_counter()
                         # what ingest publishes after storing: the event, marked as
                         # stored, with its position (here the burst's last one wakes
@@ -449,13 +475,15 @@ async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
                         await bus.publish("events", wake)
                     else:
                         bodies = [orjson.loads(e.to_json()) for e in events]
+                        cpu = Cpu(proc.pid)
                         t0 = time.perf_counter()
                         for i in range(0, n, 100):
                             r = await http.post("/v1/events", json=bodies[i : i + 100])
                             r.raise_for_status()
                     await asyncio.wait_for(burst.done.wait(), 300)
+                    used = cpu.per_message_us(n)
                     name = f"eventmill {mode}"
-                    rows.append(figures(name, n, t0, clients, after - before, users))
+                    rows.append(figures(name, n, t0, clients, after - before, used, users))
                     await asyncio.sleep(BETWEEN_BURSTS)
             finally:
                 await http.aclose()
@@ -488,7 +516,8 @@ def show(row: dict[str, Any], base: dict[str, Any] | None) -> None:
     print(
         f"{row['name']:<22} n={row['n']:>6}  p50 {row['p50_ms']:8.1f} ms"
         f"  p99 {row['p99_ms']:8.1f} ms  {row['msgs_per_s']:9.0f} msg/s"
-        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}  (p99 of each burst {p99s})",
+        f"  {row['kib_per_conn']:6.1f} KiB/conn{ratio}{missing}  (p99 of each burst {p99s})"
+        f"  CPU/msg server {row['server_cpu_us']:.0f} us, clients {row['client_cpu_us']:.0f} us",
         flush=True,
     )
 
