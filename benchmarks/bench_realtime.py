@@ -2,15 +2,19 @@
 each), one event per connected user in a burst; beside a bare ``websockets`` server
 sending the same messages to the same number of connections.
 
-Figures per run (``--connections``, default 1,000 and 10,000), each the median of
-``--bursts`` bursts (default 5) on the same connections, half a second apart (every
-burst's p99 is printed too: this machine kind's speed moves between runs, and one
-burst alone mostly measures that):
+Both servers run side by side, each with its N connections open, and take turns: a
+burst on the bare server, then one on eventmill (per mode), ``--bursts`` times (default
+5), half a second apart. This machine kind's speed moves from minute to minute (the
+same burst on the same server took 200 ms or 430 ms), so bursts taken in turn meet
+the same moods; each figure is the median of its server's bursts, and every burst's
+p99 is printed too. Figures per ``--connections`` (default 1,000 and 10,000):
 
 * latency p50 / p99 - from the burst's start to each client's receipt of its message;
 * messages/s - N / (last receipt - burst start);
 * memory per connection - the server process's resident memory with N connections
-  open minus before they were opened, divided by N.
+  open minus before they were opened, divided by N;
+* CPU per message - the server process's CPU time (user + system) during the burst
+  divided by N, and the clients' (their process's) likewise.
 
 Every event message a client gets is parsed once the burst is over (not on the clock)
 and must be for that client's user.
@@ -22,13 +26,15 @@ eventmill is measured two ways:
   as ingest does after storing: the hub wakes, reads them from the store and sends
   each to its user's connection. This is what the bare server does (it holds the
   messages in memory and sends them on a trigger), so the ratio compares the two;
-* ``end-to-end`` - the events are POSTed to ``/v1/events`` in batches of 100 (store,
-  bus, hub, socket): the whole path, for reference.
+* ``end-to-end`` - on the same node and connections, the events are POSTed to
+  ``/v1/events`` in batches of 100 (store, bus, hub, socket): the whole path, for
+  reference.
 
-Clients are minimal asyncio WebSocket clients in this process (a few KB each), so the
-client side costs the same for both servers. The open-file limit is raised to its
-hard limit. Needs Redis on 127.0.0.1:6379. On a shared 2-core machine the client, the
-server and (end-to-end) the store share the CPUs: compare the ratio, not the figures.
+Clients are minimal asyncio WebSocket clients (a few KB each), each server's in a
+process of their own, so the client side costs the same for both servers. The
+open-file limit is raised to its hard limit. Needs Redis on 127.0.0.1:6379. On a
+shared 2-core machine the clients, the server and (end-to-end) the store share the
+CPUs: compare the ratio, not the figures.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +62,9 @@ import jwt
 import orjson
 
 from _report import record
-from eventmill import open_pubsub
+from eventmill import PubSub, open_pubsub
 from eventmill.events import Event
-from eventmill.store import open_store
+from eventmill.store import Store, open_store
 
 SECRET = "bench-realtime-secret-of-32-bytes-at-least"
 VENV_BIN = Path(sys.executable).parent
@@ -68,6 +74,8 @@ BETWEEN_BURSTS = 0.5
 
 
 def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (the processes started
+    from here inherit it); return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -88,17 +96,14 @@ def cpu_s(pid: int) -> float:
 
 
 class Cpu:
-    """CPU used by the server process and by this (the clients') process over a burst."""
+    """CPU the server process uses over a burst."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.server = cpu_s(pid)
-        self.client = time.process_time()
 
-    def per_message_us(self, n: int) -> tuple[float, float]:
-        server = cpu_s(self.pid) - self.server
-        client = time.process_time() - self.client
-        return server / n * 1e6, client / n * 1e6
+    def per_message_us(self, n: int) -> float:
+        return (cpu_s(self.pid) - self.server) / n * 1e6
 
 
 def rss_kib(pid: int) -> int:
@@ -245,26 +250,30 @@ def close_clients(clients: list[Client]) -> None:
             c.transport.abort()
 
 
+def wrong_user(clients: list[Client], users: dict[str, str]) -> str | None:
+    """What is wrong if a client got an event of another user than its own (``users``:
+    each client's user by its path), else ``None``."""
+    for client in clients:
+        user = users[client.path]
+        if client.message is not None:
+            event = orjson.loads(client.message)["payload"]
+            if event["user_id"] != user:
+                return f"{user}'s connection got {event['user_id']}'s event"
+    return None
+
+
 def figures(
     name: str,
     n: int,
     t0: float,
-    clients: list[Client],
+    received: list[float],
     memory_kib: float,
     cpu: tuple[float, float],
-    users: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The burst's figures; with ``users`` (each client's user by its path), every
-    message received must be an event for its client's user."""
-    if users is not None:
-        for client in clients:
-            user = users[client.path]
-            if client.message is not None:
-                event = orjson.loads(client.message)["payload"]
-                if event["user_id"] != user:
-                    other = event["user_id"]
-                    raise RuntimeError(f"{name}: {user}'s connection got {other}'s event")
-    got = sorted(c.received_at - t0 for c in clients if c.received_at is not None)
+    """The burst's figures from when each client got its message (``received``,
+    ``time.perf_counter`` values: the system's monotonic clock, the same in every
+    process here)."""
+    got = sorted(t - t0 for t in received)
     missing = n - len(got)
     if not got:
         raise RuntimeError(f"{name}: no client received its message")
@@ -282,6 +291,99 @@ def figures(
     }
 
 
+# -- the clients' processes --------------------------------------------------------
+#
+# Each server's clients run in a process of their own: both servers' connections stay
+# open at once (so their bursts can take turns), and one process may hold only so many
+# sockets (the hard open-file limit, 20,000 on this machine kind).
+
+
+async def client_worker(port: int, spec_file: str) -> None:
+    """A clients' process: open the connections of ``spec_file`` (paths, and users to
+    check messages against), then on each ``arm`` line from stdin answer ``armed``,
+    wait for every client's message and answer with when each came (one JSON line)."""
+    spec = orjson.loads(Path(spec_file).read_bytes())
+    paths: list[str] = spec["paths"]
+    raise_open_file_limit()
+    clients, burst = await open_clients(port, paths, True)
+    users = dict(zip(paths, spec["users"], strict=True)) if spec["users"] else None
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    print("ready", flush=True)
+    while (await commands.readline()).strip() == b"arm":
+        burst.rearm(clients)
+        cpu = time.process_time()
+        print("armed", flush=True)
+        await asyncio.wait_for(burst.done.wait(), 300)
+        cpu = time.process_time() - cpu
+        answer = {
+            "received": [c.received_at for c in clients if c.received_at is not None],
+            "cpu_s": cpu,
+            "wrong": wrong_user(clients, users) if users else None,
+        }
+        print(orjson.dumps(answer).decode(), flush=True)
+    close_clients(clients)
+
+
+class ClientProcess:
+    """The main process's handle on a clients' process (:func:`client_worker`)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, n: int) -> None:
+        self.proc, self.n = proc, n
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(
+        cls, port: int, paths: list[str], users: list[str] | None
+    ) -> AsyncIterator[ClientProcess]:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = Path(tmp) / "clients.json"
+            spec.write_bytes(orjson.dumps({"paths": paths, "users": users}))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--client-worker",
+                str(port),
+                str(spec),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                limit=2**26,
+            )
+            try:
+                side = cls(proc, len(paths))
+                if await side._line(120) != b"ready":
+                    raise RuntimeError("the clients' process did not connect")
+                yield side
+            finally:
+                if proc.returncode is None:
+                    assert proc.stdin is not None
+                    proc.stdin.write(b"quit\n")
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(proc.wait(), 30)
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    async def _line(self, timeout: float) -> bytes:
+        assert self.proc.stdout is not None
+        return (await asyncio.wait_for(self.proc.stdout.readline(), timeout)).strip()
+
+    async def arm(self) -> None:
+        """Forget the last burst; return once the clients wait for the next."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"arm\n")
+        if await self._line(60) != b"armed":
+            raise RuntimeError("the clients' process did not arm")
+
+    async def received(self, name: str) -> tuple[list[float], float]:
+        """When each client got its message in this burst, and the clients' CPU seconds."""
+        answer = orjson.loads(await self._line(600))
+        if answer["wrong"]:
+            raise RuntimeError(f"{name}: {answer['wrong']}")
+        return answer["received"], answer["cpu_s"]
+
+
 def median(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The median burst's figures (each figure's own median), with every burst's p99."""
     out = dict(rows[0])
@@ -296,8 +398,9 @@ def median(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the bare websockets server ------------------------------------------------------
 
 BARE_SERVER = r"""
-import asyncio, sys, orjson
+import asyncio, contextlib, sys
 from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
 
 frames = [line.rstrip("\n") for line in open(sys.argv[2])]
 conns = {}
@@ -305,12 +408,13 @@ conns = {}
 async def handler(ws):
     path = ws.request.path
     if path.startswith("/control"):
-        async for _ in ws:  # one burst per message
-            for i, frame in enumerate(frames):
-                c = conns.get(i)
-                if c is not None:
-                    await c.send(frame)
-            await ws.send("sent")
+        with contextlib.suppress(ConnectionClosed):  # the bench ends: it drops the connection
+            async for _ in ws:  # one burst per message
+                for i, frame in enumerate(frames):
+                    c = conns.get(i)
+                    if c is not None:
+                        await c.send(frame)
+                await ws.send("sent")
         return
     i = int(path.split("user=")[1])
     conns[i] = ws
@@ -349,30 +453,47 @@ def bare_server(frames: list[str]) -> Iterator[tuple[int, subprocess.Popen[bytes
             proc.wait(10)
 
 
-async def run_bare(n: int, frames: list[str], bursts: int) -> dict[str, Any]:
-    with bare_server(frames) as (port, proc):
+class BareSide:
+    """The bare server with ``n`` connections open; :meth:`burst` runs one burst."""
+
+    name = "bare websockets"
+
+    def __init__(
+        self, n: int, proc: subprocess.Popen[bytes], clients: ClientProcess, memory_kib: float
+    ) -> None:
+        self.n, self.proc, self.clients, self.memory_kib = n, proc, clients, memory_kib
+        self.control: Client | None = None
+
+    async def burst(self) -> dict[str, Any]:
+        assert self.control is not None
+        assert self.control.transport is not None
+        await self.clients.arm()
+        mask = os.urandom(4)
+        cpu = Cpu(self.proc.pid)
+        t0 = time.perf_counter()
+        self.control.transport.write(
+            bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
+        )
+        received, client_s = await self.clients.received(self.name)
+        used = (cpu.per_message_us(self.n), client_s / self.n * 1e6)
+        return figures(self.name, self.n, t0, received, self.memory_kib, used)
+
+
+@contextlib.asynccontextmanager
+async def bare_side(n: int) -> AsyncIterator[BareSide]:
+    with bare_server(frames_like_eventmill(n)) as (port, proc):
         await asyncio.sleep(0.5)
         before = rss_kib(proc.pid)
-        clients, burst = await open_clients(port, [f"/ws?user={i}" for i in range(n)], True)
-        await asyncio.sleep(1.0)
-        after = rss_kib(proc.pid)
-        control, _ = await open_clients(port, ["/control"], False)
-        assert control[0].transport is not None
-        rows = []
-        for _ in range(bursts):
-            burst.rearm(clients)
-            mask = os.urandom(4)
-            cpu = Cpu(proc.pid)
-            t0 = time.perf_counter()
-            control[0].transport.write(
-                bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i] for i, b in enumerate(b"go"))
-            )
-            await asyncio.wait_for(burst.done.wait(), 300)
-            used = cpu.per_message_us(n)
-            rows.append(figures("bare websockets", n, t0, clients, after - before, used))
-            await asyncio.sleep(BETWEEN_BURSTS)
-        close_clients(clients + control)
-        return median(rows)
+        paths = [f"/ws?user={i}" for i in range(n)]
+        async with ClientProcess.running(port, paths, None) as clients:
+            await asyncio.sleep(1.0)
+            side = BareSide(n, proc, clients, rss_kib(proc.pid) - before)
+            control, _ = await open_clients(port, ["/control"], False)
+            side.control = control[0]
+            try:
+                yield side
+            finally:
+                close_clients(control)
 
 
 # -- eventmill -------------------------------------------------------------------------
@@ -428,7 +549,53 @@ def make_events(n: int, tag: str) -> list[Event]:
     ]
 
 
-async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
+class EventmillSide:
+    """An ``eventmill serve`` node with ``n`` connections open (one user each);
+    :meth:`burst` runs one burst in a mode (``fan-out`` or ``end-to-end``)."""
+
+    def __init__(self, n: int, tag: str, proc: subprocess.Popen[bytes]) -> None:
+        self.n, self.tag, self.proc = n, tag, proc
+        self.memory_kib = 0.0
+        self.clients: ClientProcess | None = None
+        self.store: Store | None = None
+        self.bus: PubSub | None = None
+        self.http: httpx.AsyncClient | None = None
+
+    async def burst(self, mode: str) -> dict[str, Any]:
+        assert self.clients is not None
+        assert self.store is not None
+        assert self.bus is not None
+        assert self.http is not None
+        n = self.n
+        await self.clients.arm()
+        events = make_events(n, self.tag)
+        if mode == "fan-out":
+            results = await self.store.events.insert_many(
+                [(e, None) for e in events], published=True
+            )
+            last = max(r[0].position for r in results if isinstance(r, tuple))
+            cpu = Cpu(self.proc.pid)
+            t0 = time.perf_counter()
+            # what ingest publishes after storing: the event, marked as stored, with its
+            # position (here the burst's last one wakes every hub)
+            wake = events[-1].to_message()
+            wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
+            await self.bus.publish("events", wake)
+        else:
+            bodies = [orjson.loads(e.to_json()) for e in events]
+            cpu = Cpu(self.proc.pid)
+            t0 = time.perf_counter()
+            for i in range(0, n, 100):
+                r = await self.http.post("/v1/events", json=bodies[i : i + 100])
+                r.raise_for_status()
+        name = f"eventmill {mode}"
+        received, client_s = await self.clients.received(name)
+        used = (cpu.per_message_us(n), client_s / n * 1e6)
+        return figures(name, n, t0, received, self.memory_kib, used)
+
+
+@contextlib.asynccontextmanager
+async def eventmill_side(n: int) -> AsyncIterator[EventmillSide]:
     tag = uuid.uuid4().hex[:6]
     prefix = f"bench-rt-{tag}:"
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -437,6 +604,7 @@ async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
         _, key = await store.api_keys.create("bench", ["publish"])
         await store.close()
         with eventmill_server(tmp, prefix) as (port, proc):
+            side = EventmillSide(n, tag, proc)
             await asyncio.sleep(0.5)
             before = rss_kib(proc.pid)
             now = int(time.time())
@@ -444,52 +612,24 @@ async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
                 "/ws?token=" + jwt.encode({"sub": f"u{tag}{i}", "exp": now + 3600}, SECRET, "HS256")
                 for i in range(n)
             ]
-            clients, burst = await open_clients(port, paths, True)
-            await asyncio.sleep(1.0)
-            after = rss_kib(proc.pid)
-            users = {path: f"u{tag}{i}" for i, path in enumerate(paths)}
-            rows = []
-            store = await open_store(f"sqlite:///{tmp / 'events.db'}")
-            bus = await open_pubsub(f"redis://127.0.0.1:6379/0?prefix={prefix}")
-            http = httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                timeout=120,
-                headers={"Authorization": f"Bearer {key}"},
-            )
-            try:
-                for _ in range(bursts):
-                    burst.rearm(clients)
-                    events = make_events(n, tag)
-                    if mode == "fan-out":
-                        results = await store.events.insert_many(
-                            [(e, None) for e in events], published=True
-                        )
-                        last = max(r[0].position for r in results if isinstance(r, tuple))
-                        cpu = Cpu(proc.pid)
-                        t0 = time.perf_counter()
-                        # what ingest publishes after storing: the event, marked as
-                        # stored, with its position (here the burst's last one wakes
-                        # every hub)
-                        wake = events[-1].to_message()
-                        wake.metadata.update(eventmill_stored="1", eventmill_position=str(last))
-                        await bus.publish("events", wake)
-                    else:
-                        bodies = [orjson.loads(e.to_json()) for e in events]
-                        cpu = Cpu(proc.pid)
-                        t0 = time.perf_counter()
-                        for i in range(0, n, 100):
-                            r = await http.post("/v1/events", json=bodies[i : i + 100])
-                            r.raise_for_status()
-                    await asyncio.wait_for(burst.done.wait(), 300)
-                    used = cpu.per_message_us(n)
-                    name = f"eventmill {mode}"
-                    rows.append(figures(name, n, t0, clients, after - before, used, users))
-                    await asyncio.sleep(BETWEEN_BURSTS)
-            finally:
-                await http.aclose()
-                await bus.close()
-                await store.close()
-            close_clients(clients)
+            users = [f"u{tag}{i}" for i in range(n)]
+            async with ClientProcess.running(port, paths, users) as clients:
+                await asyncio.sleep(1.0)
+                side.clients = clients
+                side.memory_kib = rss_kib(proc.pid) - before
+                side.store = await open_store(f"sqlite:///{tmp / 'events.db'}")
+                side.bus = await open_pubsub(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+                side.http = httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}",
+                    timeout=120,
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                try:
+                    yield side
+                finally:
+                    await side.http.aclose()
+                    await side.bus.close()
+                    await side.store.close()
         with contextlib.suppress(Exception):
             import redis.asyncio as aioredis
 
@@ -498,7 +638,6 @@ async def run_eventmill(n: int, mode: str, bursts: int) -> dict[str, Any]:
             if keys:
                 await r.delete(*keys)
             await r.aclose()
-        return median(rows)
 
 
 def frames_like_eventmill(n: int) -> list[str]:
@@ -528,7 +667,11 @@ async def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["fan-out", "end-to-end"])
     ap.add_argument("--bursts", type=int, default=5, help="bursts per run (medians printed)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 1,000 connections, 1 burst")
+    ap.add_argument("--client-worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.client_worker:
+        await client_worker(int(args.client_worker[0]), args.client_worker[1])
+        return
     if args.quick:
         args.connections, args.bursts = [1_000], 1
     limit = raise_open_file_limit()
@@ -537,27 +680,39 @@ async def main() -> None:
         if n + 100 > limit:
             print(f"skip n={n}: the open-file limit is {limit}")
             continue
-        bare = await run_bare(n, frames_like_eventmill(n), args.bursts)
-        show(bare, None)
+        rows: dict[str, list[dict[str, Any]]] = {"bare": [], **{m: [] for m in args.modes}}
+        async with bare_side(n) as bare, eventmill_side(n) as node:
+            # One burst of each in turn, on connections that stay open: both servers
+            # meet the machine's same moods (its speed moves between minutes here).
+            for _ in range(args.bursts):
+                rows["bare"].append(await bare.burst())
+                await asyncio.sleep(BETWEEN_BURSTS)
+                for mode in args.modes:
+                    rows[mode].append(await node.burst(mode))
+                    await asyncio.sleep(BETWEEN_BURSTS)
+        base = median(rows["bare"])
+        show(base, None)
         for mode in args.modes:
-            row = await run_eventmill(n, mode, args.bursts)
-            show(row, bare)
+            row = median(rows[mode])
+            show(row, base)
             record(
                 "realtime",
                 f"{n:,} WebSocket connections, one event each in a burst ({mode})",
                 row["msgs_per_s"],
                 short=f"{n:,} {mode}",
-                raw=bare["msgs_per_s"],
+                raw=base["msgs_per_s"],
                 raw_label="bare websockets server sending the same messages",
-                ratio_raw=row["msgs_per_s"] / bare["msgs_per_s"],
+                ratio_raw=row["msgs_per_s"] / base["msgs_per_s"],
                 peer_note="-",
-                rounds={"ours": row["rates"], "raw": bare["rates"]},
+                rounds={"ours": row["rates"], "raw": base["rates"]},
                 note=f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms "
-                f"(bare {bare['p50_ms']:.0f} / {bare['p99_ms']:.0f} ms); "
-                f"{row['kib_per_conn']:.1f} KiB/conn (bare {bare['kib_per_conn']:.1f}); "
-                f"missing {row['missing']}; medians of {args.bursts} bursts, p99 of each "
+                f"(bare {base['p50_ms']:.0f} / {base['p99_ms']:.0f} ms); "
+                f"{row['kib_per_conn']:.1f} KiB/conn (bare {base['kib_per_conn']:.1f}); "
+                f"missing {row['missing']}; medians of {args.bursts} bursts taken in turn "
+                f"with the bare server's, p99 of each "
                 f"{'/'.join(f'{p:.0f}' for p in row['p99s'])} ms "
-                f"(bare {'/'.join(f'{p:.0f}' for p in bare['p99s'])})",
+                f"(bare {'/'.join(f'{p:.0f}' for p in base['p99s'])}); server CPU per "
+                f"message {row['server_cpu_us']:.0f} us (bare {base['server_cpu_us']:.0f})",
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
