@@ -193,6 +193,27 @@ async def test_heartbeats_carry_the_position_everything_before_them_was_sent(nod
         assert client.events()[0]["id"] == event_id
 
 
+async def test_a_connection_that_keeps_getting_events_gets_no_heartbeat(node: Node) -> None:
+    """Heartbeats go to idle connections: one that got a message since the last round is
+    alive to its client already (a heartbeat round over 10,000 busy connections would
+    be 10,000 more writes in the middle of their events)."""
+    alice, bob = _users()
+    async with (
+        ws_client(f"{node.ws_url}?token={token(alice)}") as busy,
+        ws_client(f"{node.ws_url}?token={token(bob)}") as idle,
+    ):
+        await busy.wait_for(_connected)
+        await idle.wait_for(_connected)
+        async with asyncio.timeout(60):
+            while len(idle.of("heartbeat")) < 4:  # 3 rounds at least (1 s apart here)
+                before = len(busy.events())
+                await node.publish(event(alice, "test.busy"))
+                await busy.wait_for(lambda c, n=before: len(c.events()) > n)
+        # one at most: a round may come between its connection and its first event
+        assert len(busy.of("heartbeat")) <= 1
+        assert busy.closed is None
+
+
 async def test_a_user_holds_at_most_max_connections_per_user(node: Node) -> None:
     alice, _ = _users()
     url = f"{node.ws_url}?token={token(alice)}"

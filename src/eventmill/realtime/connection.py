@@ -81,6 +81,7 @@ class Connection:
         "queue",
         "resume_from",
         "sending",
+        "sent",
         "spawn",
         "transport",
         "user_id",
@@ -119,6 +120,9 @@ class Connection:
         """Frames not yet written; created on first use and dropped when empty (an
         idle connection holds none: an empty deque costs more than half a KB)."""
         self.pending_bytes = 0
+        self.sent = False
+        """Whether a frame (an event, a reply) was pushed since the hub's last heartbeat
+        round looked: such a connection is not idle and gets no heartbeat then."""
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.closing: tuple[int, str] | None = None
@@ -169,6 +173,7 @@ class Connection:
         """Queue a frame; on overflow close the connection (slow consumer)."""
         if self.closing is not None:
             return False
+        self.sent = True
         size = len(frame)
         queue = self.queue
         if queue is None:
@@ -195,6 +200,7 @@ class Connection:
             and self.closing is None
             and wire(event.ws_wire())
         ):
+            self.sent = True
             return True
         return self.push(event.ws_frame())
 

@@ -52,6 +52,8 @@ _UNSTORED_WAIT: Final = 10.0
 _UNSTORED_MAX: Final = 10_000
 """Most such events remembered at once (beyond, the oldest are forgotten)."""
 _RETRY_MAX: Final = 5.0
+_BEAT_SLICE: Final = 500
+"""Connections given their heartbeat between two yields to the event loop."""
 _STOP_WAIT: Final = 5.0
 """Seconds the hub waits for its tasks and its subscription to stop."""
 
@@ -474,21 +476,38 @@ class Hub:
         interval = self.settings.heartbeat_seconds
         while True:
             await asyncio.sleep(interval)
-            head = self.head
-            ws_frame = f'{{"type":"heartbeat","position":{head}}}'
-            sse_frame = f": keep-alive\nid: {head}\n\n".encode()
-            for conn in self.all_connections():
-                # Live: every event up to ``head`` for the connection is queued before
-                # this frame, so the client may resume from ``head`` (SSE: an ``id:``
-                # without data moves Last-Event-ID without firing an event).
-                if not conn.live:
-                    conn.push_if_room(
-                        b": keep-alive\n\n" if conn.transport == "sse" else '{"type":"heartbeat"}'
-                    )
-                elif conn.cursor > head:  # resumed from a position ahead of this hub
-                    conn.push_if_room(_heartbeat(conn.transport, conn.cursor))
-                else:
-                    conn.push_if_room(ws_frame if conn.transport == "ws" else sse_frame)
+            conns = self.all_connections()
+            for start in range(0, len(conns), _BEAT_SLICE):
+                if start:
+                    # A round over 10,000 connections is ~10,000 writes: in slices, so
+                    # that a burst of events (and everything else) runs in between.
+                    await asyncio.sleep(0)
+                self._beat(conns[start : start + _BEAT_SLICE])
+
+    def _beat(self, conns: list[Connection]) -> None:
+        """A heartbeat to each of ``conns``; a WebSocket connection that got a frame
+        since the last round is skipped: it is alive to its client already (the JS
+        client's watchdog counts any message), so a burst of events costs no heartbeat
+        write after it. SSE keeps its keep-alive comment every interval, as documented
+        (proxies and browsers count on it)."""
+        head = self.head
+        ws_frame = f'{{"type":"heartbeat","position":{head}}}'
+        sse_frame = f": keep-alive\nid: {head}\n\n".encode()
+        for conn in conns:
+            if conn.sent and conn.transport == "ws":
+                conn.sent = False
+                continue
+            # Live: every event up to ``head`` for the connection is queued before
+            # this frame, so the client may resume from ``head`` (SSE: an ``id:``
+            # without data moves Last-Event-ID without firing an event).
+            if not conn.live:
+                conn.push_if_room(
+                    b": keep-alive\n\n" if conn.transport == "sse" else '{"type":"heartbeat"}'
+                )
+            elif conn.cursor > head:  # resumed from a position ahead of this hub
+                conn.push_if_room(_heartbeat(conn.transport, conn.cursor))
+            else:
+                conn.push_if_room(ws_frame if conn.transport == "ws" else sse_frame)
 
 
 def _heartbeat(transport: str, position: int) -> str | bytes:
