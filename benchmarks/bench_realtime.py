@@ -4,7 +4,8 @@ sending the same messages to the same number of connections.
 
 Both servers run side by side, each with its N connections open, and take turns: a
 burst on the bare server, then one on eventmill (per mode), ``--bursts`` times (default
-5), half a second apart. This machine kind's speed moves from minute to minute (the
+5), each once both servers are quiet (what the last burst left behind, a journal
+flush say, is done). This machine kind's speed moves from minute to minute (the
 same burst on the same server took 200 ms or 430 ms), so bursts taken in turn meet
 the same moods; each figure is the median of its server's bursts, and every burst's
 p99 is printed too. Figures per ``--connections`` (default 1,000 and 10,000):
@@ -69,8 +70,10 @@ from eventmill.store import Store, open_store
 SECRET = "bench-realtime-secret-of-32-bytes-at-least"
 VENV_BIN = Path(sys.executable).parent
 CONNECT_CONCURRENCY = 200
-BETWEEN_BURSTS = 0.5
-"""Seconds between two bursts on the same connections (the last one's stragglers)."""
+QUIET_WINDOW = 0.2
+QUIET_CPU = 0.02
+"""A server is quiet when it used at most ``QUIET_CPU`` CPU seconds in ``QUIET_WINDOW``
+(10 %; idle, 10,000 connections' pings take ~1 %)."""
 
 
 def raise_open_file_limit() -> int:
@@ -104,6 +107,20 @@ class Cpu:
 
     def per_message_us(self, n: int) -> float:
         return (cpu_s(self.pid) - self.server) / n * 1e6
+
+
+async def settle(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until every process of ``pids`` is quiet: what the last burst left behind
+    (a journal flush, the collector, the bare server's own bookkeeping) is done before
+    the next burst starts, on either server."""
+    deadline = time.monotonic() + timeout
+    before = [cpu_s(pid) for pid in pids]
+    while time.monotonic() < deadline:
+        await asyncio.sleep(QUIET_WINDOW)
+        now = [cpu_s(pid) for pid in pids]
+        if all(b - a <= QUIET_CPU for a, b in zip(before, now, strict=True)):
+            return
+        before = now
 
 
 def rss_kib(pid: int) -> int:
@@ -684,12 +701,13 @@ async def main() -> None:
         async with bare_side(n) as bare, eventmill_side(n) as node:
             # One burst of each in turn, on connections that stay open: both servers
             # meet the machine's same moods (its speed moves between minutes here).
+            servers = [bare.proc.pid, node.proc.pid]
             for _ in range(args.bursts):
+                await settle(servers)
                 rows["bare"].append(await bare.burst())
-                await asyncio.sleep(BETWEEN_BURSTS)
                 for mode in args.modes:
+                    await settle(servers)
                     rows[mode].append(await node.burst(mode))
-                    await asyncio.sleep(BETWEEN_BURSTS)
         base = median(rows["bare"])
         show(base, None)
         for mode in args.modes:
