@@ -122,7 +122,8 @@ class Connection:
         self.pending_bytes = 0
         self.sent = False
         """Whether a frame (an event, a reply) was pushed since the hub's last heartbeat
-        round looked: such a connection is not idle and gets no heartbeat then."""
+        round looked: such a WebSocket is not idle and gets no heartbeat then (SSE gets
+        its keep-alive every round; the flag is not read there)."""
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.closing: tuple[int, str] | None = None
