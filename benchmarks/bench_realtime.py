@@ -395,7 +395,10 @@ class ClientProcess:
 
     async def received(self, name: str) -> tuple[list[float], float]:
         """When each client got its message in this burst, and the clients' CPU seconds."""
-        answer = orjson.loads(await self._line(600))
+        line = await self._line(600)
+        if not line:
+            raise RuntimeError(f"{name}: the clients' process ended (see its error above)")
+        answer = orjson.loads(line)
         if answer["wrong"]:
             raise RuntimeError(f"{name}: {answer['wrong']}")
         return answer["received"], answer["cpu_s"]
