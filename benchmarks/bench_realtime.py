@@ -346,8 +346,8 @@ async def client_worker(port: int, spec_file: str) -> None:
 class ClientProcess:
     """The main process's handle on a clients' process (:func:`client_worker`)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, n: int) -> None:
-        self.proc, self.n = proc, n
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -368,7 +368,7 @@ class ClientProcess:
                 limit=2**26,
             )
             try:
-                side = cls(proc, len(paths))
+                side = cls(proc)
                 if await side._line(120) != b"ready":
                     raise RuntimeError("the clients' process did not connect")
                 yield side

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -149,14 +149,19 @@ JSON text) that the database takes apart: a flush of 10,000 hops costs a few
 milliseconds of Python instead of ~20 µs a row through SQLAlchemy's per-row binding."""
 
 
-def _stored_at(at: float, dialect: str) -> str:
-    """The time ``at`` (seconds since the epoch) as the ``at`` column stores it: on
-    SQLite the text SQLAlchemy writes for a ``DateTime`` (UTC, no zone), else ISO 8601
-    with its zone."""
-    when = datetime.fromtimestamp(at, UTC)
-    if dialect == "sqlite":
-        return when.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return when.isoformat()
+def _stored_at(db: Database) -> Callable[[float], str]:
+    """Writes a time (seconds since the epoch) as text the ``at`` column takes: its
+    type's own bind processor's value where it has one (SQLite: the text SQLAlchemy
+    stores, UTC without a zone), else ISO 8601 with the zone."""
+    dialect = db.engine.sync_engine.dialect
+    process = event_hops.c.at.type.dialect_impl(dialect).bind_processor(dialect)
+
+    def stored(at: float) -> str:
+        when = datetime.fromtimestamp(at, UTC)
+        value = process(when) if process is not None else when
+        return value if isinstance(value, str) else value.isoformat()
+
+    return stored
 
 
 class Journal:
@@ -233,12 +238,12 @@ class Journal:
         rejected, self._rejected = self._rejected, []
         if not pending and not rejected:
             return
-        dialect = self._db.dialect
+        stored_at = _stored_at(self._db)
         times: dict[float, str] = {}  # a burst's hops share their time
         hops = [  # made into rows here, not in the request that recorded them
             (
                 _text(event_id, 128),
-                times.get(at) or times.setdefault(at, _stored_at(at, dialect)),
+                times.get(at) or times.setdefault(at, stored_at(at)),
                 _text(hop, 64),
                 detail,
             )
@@ -247,7 +252,8 @@ class Journal:
         try:
             async with self._db.transaction(write=True) as conn:
                 if hops:
-                    await conn.execute(_INSERT_HOPS[dialect], {"rows": orjson.dumps(hops).decode()})
+                    rows = {"rows": orjson.dumps(hops).decode()}
+                    await conn.execute(_INSERT_HOPS[self._db.dialect], rows)
                 if rejected:
                     await conn.execute(rejected_webhooks.insert(), rejected)
         except StoreError as exc:
