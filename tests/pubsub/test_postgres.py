@@ -327,8 +327,16 @@ async def test_concurrent_publishers_share_transactions_evenly(schema: str) -> N
     await asyncio.gather(*(publisher() for _ in range(100)))
     await bus.close()
     assert sum(sizes) == 2_000
-    small = [n for n in sizes if n < 10]
-    assert len(small) <= len(sizes) // 10, f"transactions of under 10 rows: {sizes}"
+    # While (nearly) all publishers are still at it: at the end the last ones finish
+    # one by one and their transactions are small by nature (more so on a slow machine)
+    steady, done = [], 0
+    for n in sizes:
+        if done >= 1_600:
+            break
+        steady.append(n)
+        done += n
+    small = [n for n in steady if n < 10]
+    assert len(small) <= len(steady) // 10, f"transactions of under 10 rows: {sizes}"
 
 
 async def test_a_lone_publish_survives_its_kept_connection_dying_while_idle(schema: str) -> None:
