@@ -15,7 +15,10 @@ p99 is printed too. Figures per ``--connections`` (default 1,000 and 10,000):
 * memory per connection - the server process's resident memory with N connections
   open minus before they were opened, divided by N;
 * CPU per message - the server process's CPU time (user + system) during the burst
-  divided by N, and the clients' (their process's) likewise.
+  divided by N, and the clients' (their process's) likewise;
+* full garbage collections in each server while the bursts ran, and the longest
+  (nothing else runs in the server meanwhile): eventmill's from its ``/metrics``
+  histogram (to its bucket's bound), the bare server's from ``gc.callbacks``.
 
 Every event message a client gets is parsed once the burst is over (not on the clock)
 and must be for that client's user.
@@ -61,6 +64,7 @@ from typing import Any
 import httpx
 import jwt
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from _report import record
 from eventmill import PubSub, open_pubsub
@@ -174,6 +178,8 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.burst = burst
         self.closed = False
+        self.replies: asyncio.Queue[bytes] | None = None
+        """Where other text messages go, when set (the bare server's control replies)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -239,6 +245,8 @@ class Client(asyncio.Protocol):
             self.burst.got_one()
         elif not self.ready.done() and payload.startswith(b'{"type":"connected"'):
             self.ready.set_result(None)
+        elif self.replies is not None:
+            self.replies.put_nowait(payload)
 
 
 async def open_clients(port: int, paths: list[str], wait_ready: bool) -> tuple[list[Client], Burst]:
@@ -418,18 +426,34 @@ def median(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the bare websockets server ------------------------------------------------------
 
 BARE_SERVER = r"""
-import asyncio, contextlib, sys
+import asyncio, contextlib, gc, sys, time
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 frames = [line.rstrip("\n") for line in open(sys.argv[2])]
 conns = {}
+full_gc = {"longest": 0.0, "count": 0, "started": 0.0}
+
+def on_gc(phase, info):  # the longest full collection, as eventmill's /metrics has it
+    if info["generation"] == 2:
+        if phase == "start":
+            full_gc["started"] = time.perf_counter()
+        else:
+            full_gc["count"] += 1
+            pause = time.perf_counter() - full_gc["started"]
+            full_gc["longest"] = max(full_gc["longest"], pause)
+
+gc.callbacks.append(on_gc)
 
 async def handler(ws):
     path = ws.request.path
     if path.startswith("/control"):
         with contextlib.suppress(ConnectionClosed):  # the bench ends: it drops the connection
-            async for _ in ws:  # one burst per message
+            async for message in ws:  # one burst per message
+                if message == "gc":  # since the last ask
+                    await ws.send(f"gc {full_gc['longest']} {full_gc['count']}")
+                    full_gc.update(longest=0.0, count=0)
+                    continue
                 for i, frame in enumerate(frames):
                     c = conns.get(i)
                     if c is not None:
@@ -498,6 +522,18 @@ class BareSide:
         used = (cpu.per_message_us(self.n), client_s / self.n * 1e6)
         return figures(self.name, self.n, t0, received, self.memory_kib, used)
 
+    async def full_gc(self) -> tuple[float, int]:
+        """The server's longest full garbage collection since the last call (seconds),
+        and how many it made."""
+        assert self.control is not None
+        assert self.control.replies is not None
+        self.control._send(0x1, b"gc")
+        while True:
+            reply = await asyncio.wait_for(self.control.replies.get(), 30)
+            if reply.startswith(b"gc "):
+                longest, count = reply.split()[1:]
+                return float(longest), int(count)
+
 
 @contextlib.asynccontextmanager
 async def bare_side(n: int) -> AsyncIterator[BareSide]:
@@ -510,6 +546,7 @@ async def bare_side(n: int) -> AsyncIterator[BareSide]:
             side = BareSide(n, proc, clients, rss_kib(proc.pid) - before)
             control, _ = await open_clients(port, ["/control"], False)
             side.control = control[0]
+            side.control.replies = asyncio.Queue()
             try:
                 yield side
             finally:
@@ -613,6 +650,28 @@ class EventmillSide:
         used = (cpu.per_message_us(n), client_s / n * 1e6)
         return figures(name, n, t0, received, self.memory_kib, used)
 
+    async def full_gc(self) -> dict[float, float]:
+        """The node's full garbage collections so far, by pause (its ``/metrics``
+        histogram: bucket bound in seconds -> how many took at most that)."""
+        assert self.http is not None
+        text = (await self.http.get("/metrics")).text
+        return {
+            float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "eventmill_gc_pause_seconds_bucket"
+            and sample.labels.get("generation") == "2"
+        }
+
+
+def gc_between(before: dict[float, float], after: dict[float, float]) -> tuple[float, int]:
+    """How many full collections came between two :meth:`EventmillSide.full_gc` reads,
+    and the bound of the bucket of the longest (seconds)."""
+    diff = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = diff.get(float("inf"), 0.0)
+    longest = min((le for le, n in diff.items() if n >= total), default=0.0)
+    return (longest if total else 0.0), int(total)
+
 
 @contextlib.asynccontextmanager
 async def eventmill_side(n: int) -> AsyncIterator[EventmillSide]:
@@ -705,14 +764,24 @@ async def main() -> None:
             # One burst of each in turn, on connections that stay open: both servers
             # meet the machine's same moods (its speed moves between minutes here).
             servers = [bare.proc.pid, node.proc.pid]
+            gc_before = await node.full_gc()
+            await bare.full_gc()  # from now on
             for _ in range(args.bursts):
                 await settle(servers)
                 rows["bare"].append(await bare.burst())
                 for mode in args.modes:
                     await settle(servers)
                     rows[mode].append(await node.burst(mode))
+            gc_node = gc_between(gc_before, await node.full_gc())
+            gc_bare = await bare.full_gc()
         base = median(rows["bare"])
         show(base, None)
+        gc_note = (
+            f"full garbage collections while the bursts ran: eventmill {gc_node[1]}, "
+            f"the longest <= {gc_node[0] * 1000:.0f} ms (its /metrics buckets); "
+            f"bare {gc_bare[1]}, the longest {gc_bare[0] * 1000:.0f} ms"
+        )
+        print(gc_note, flush=True)
         for mode in args.modes:
             row = median(rows[mode])
             show(row, base)
@@ -733,7 +802,8 @@ async def main() -> None:
                 f"with the bare server's, p99 of each "
                 f"{'/'.join(f'{p:.0f}' for p in row['p99s'])} ms "
                 f"(bare {'/'.join(f'{p:.0f}' for p in base['p99s'])}); server CPU per "
-                f"message {row['server_cpu_us']:.0f} us (bare {base['server_cpu_us']:.0f})",
+                f"message {row['server_cpu_us']:.0f} us (bare {base['server_cpu_us']:.0f}); "
+                f"{gc_note}",
             )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
