@@ -349,15 +349,7 @@ def test_the_build_stage_makes_an_installable_wheel(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("health")
-    server = Server(
-        {
-            "EVENTMILL_DATA_DIR": str(tmp / "data"),
-            "EVENTMILL_BUS_URL": "memory://",
-            "EVENTMILL_STORE_URL": f"sqlite:///{tmp / 'events.db'}",
-            "EVENTMILL_LOG_LEVEL": "warning",
-        },
-        tmp / "server.log",
-    )
+    server = Server.embedded(tmp)
     server.start()
     try:
         yield server

@@ -243,17 +243,11 @@ def test_the_browser_page_shows_a_razorpay_payment_received_over_the_websocket(
         pytest.skip("chromium and chromium-driver are not installed (Debian packages)")
     user = f"user_{uuid.uuid4().hex[:8]}"
     with _static_server(EXAMPLES / "browser") as page_origin:
-        server = Server(
-            {
-                "EVENTMILL_DATA_DIR": str(tmp_path / "data"),
-                "EVENTMILL_BUS_URL": "memory://",
-                "EVENTMILL_STORE_URL": f"sqlite:///{tmp_path / 'events.db'}",
-                "EVENTMILL_LOG_LEVEL": "warning",
-                "EVENTMILL_JWT__SECRET": JWT_SECRET,
-                "EVENTMILL_REALTIME__ALLOWED_ORIGINS": page_origin,
-                "RAZORPAY_WEBHOOK_SECRET": RAZORPAY_SECRET,
-            },
-            tmp_path / "server.log",
+        server = Server.embedded(
+            tmp_path,
+            EVENTMILL_JWT__SECRET=JWT_SECRET,
+            EVENTMILL_REALTIME__ALLOWED_ORIGINS=page_origin,
+            RAZORPAY_WEBHOOK_SECRET=RAZORPAY_SECRET,
         )
         server.start()
         options = webdriver.ChromeOptions()

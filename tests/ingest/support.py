@@ -270,6 +270,21 @@ class Server:
         self._log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def embedded(cls, tmp: Path, **env: str) -> Server:
+        """A server on the embedded store (a SQLite file in ``tmp``) and the memory bus,
+        logging warnings to ``tmp/server.log``; ``env`` adds or overrides variables."""
+        return cls(
+            {
+                "EVENTMILL_DATA_DIR": str(tmp / "data"),
+                "EVENTMILL_BUS_URL": "memory://",
+                "EVENTMILL_STORE_URL": f"sqlite:///{tmp / 'events.db'}",
+                "EVENTMILL_LOG_LEVEL": "warning",
+                **env,
+            },
+            tmp / "server.log",
+        )
+
     def start(self) -> None:
         for _ in range(3):  # another process may take the free port before we bind it
             try:

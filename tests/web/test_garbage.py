@@ -155,15 +155,7 @@ def test_growth_must_be_positive() -> None:
 
 
 def test_eventmill_serve_runs_the_policy_and_reports_it(tmp_path: Path) -> None:
-    server = Server(
-        {
-            "EVENTMILL_DATA_DIR": str(tmp_path / "data"),
-            "EVENTMILL_BUS_URL": "memory://",
-            "EVENTMILL_STORE_URL": f"sqlite:///{tmp_path / 'events.db'}",
-            "EVENTMILL_LOG_LEVEL": "warning",
-        },
-        tmp_path / "server.log",
-    )
+    server = Server.embedded(tmp_path)
     server.start()
     try:
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
