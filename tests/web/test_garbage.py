@@ -20,8 +20,14 @@ from tests.ingest.support import Server
 
 
 def _run(code: str) -> dict[str, object]:
-    """Run ``code`` in a fresh interpreter; it prints one JSON object last."""
-    script = "import gc, json, weakref\nfrom eventmill.web.garbage import SurvivorFreezer\n"
+    """Run ``code`` in a fresh interpreter; it prints one JSON object last. Automatic
+    collections are off there: only the code's own ``gc.collect()`` calls run (the
+    policy follows those just the same), so each case's steps are exact."""
+    script = (
+        "import gc, json, weakref\n"
+        "from eventmill.web.garbage import SurvivorFreezer\n"
+        "gc.disable()\n"
+    )
     done = subprocess.run(
         [sys.executable, "-c", script + textwrap.dedent(code)],
         capture_output=True,
