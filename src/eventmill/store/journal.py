@@ -177,6 +177,8 @@ class Journal:
         max_rejected: int = 10_000,
     ) -> None:
         self._db = db
+        self._stored_at = _stored_at(db)
+        """Writes a hop's time as the ``at`` column takes it (the dialect's, once)."""
         self._max_pending = max_pending
         self._flush_interval = flush_interval
         self._retention = retention
@@ -238,7 +240,7 @@ class Journal:
         rejected, self._rejected = self._rejected, []
         if not pending and not rejected:
             return
-        stored_at = _stored_at(self._db)
+        stored_at = self._stored_at
         times: dict[float, str] = {}  # a burst's hops share their time
         hops = [  # made into rows here, not in the request that recorded them
             (
