@@ -181,6 +181,49 @@ async def test_end_users_see_and_change_only_their_own(tmp_path: Path, store_url
         assert response.status_code == 200
 
 
+async def test_an_operators_token_sees_and_retries_every_users_deliveries(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The dashboard's token (claim ``all_users``): every user's deliveries and their
+    attempts, and retry; endpoints stay their owner's and the admin key's."""
+    async with receiver() as rec, service(_settings(tmp_path, store_url)) as svc:
+        alice_ep, bob_ep = await _setup_two_users(svc, rec.url())
+        await svc.publish(
+            {"event_name": "x.y", "user_id": "alice"}, {"event_name": "x.y", "user_id": "bob"}
+        )
+        await rec.wait_for(lambda: len(rec.received) == 2)
+        token = jwt.encode(
+            {"sub": "ops", "exp": int(time.time()) + 600, "eventmill": {"all_users": True}},
+            JWT_SECRET,
+            "HS256",
+        )
+        ops = {"Authorization": f"Bearer {token}"}
+        listed = (await svc.client.get("/v1/deliveries", headers=ops)).json()["deliveries"]
+        assert sorted(d["endpoint_id"] for d in listed) == sorted([alice_ep["id"], bob_ep["id"]])
+        [bob_delivery] = (
+            await svc.client.get("/v1/deliveries", params={"user_id": "bob"}, headers=ops)
+        ).json()["deliveries"]
+        by_endpoint = await svc.client.get(
+            "/v1/deliveries", params={"endpoint_id": bob_ep["id"]}, headers=ops
+        )
+        assert [d["id"] for d in by_endpoint.json()["deliveries"]] == [bob_delivery["id"]]
+        detail = await svc.client.get(f"/v1/deliveries/{bob_delivery['id']}", headers=ops)
+        assert detail.status_code == 200
+        assert len(detail.json()["history"]) == 1
+        retried = await svc.client.post(f"/v1/deliveries/{bob_delivery['id']}/retry", headers=ops)
+        assert retried.status_code == 202, retried.text
+        await rec.wait_for(lambda: len(rec.received) == 3)
+
+        # endpoints are not the operator token's to see or change
+        endpoints = [
+            await svc.client.get("/v1/endpoints", headers=ops),
+            await svc.client.get(f"/v1/endpoints/{bob_ep['id']}", headers=ops),
+            await svc.client.delete(f"/v1/endpoints/{bob_ep['id']}", headers=ops),
+        ]
+        assert endpoints[0].json()["endpoints"] == []
+        assert [r.status_code for r in endpoints[1:]] == [404, 404]
+
+
 async def test_a_key_without_admin_scope_is_403(tmp_path: Path) -> None:
     from eventmill.app import resources_of
 

@@ -1,9 +1,11 @@
 """The delivery API: ``/v1/endpoints`` and ``/v1/deliveries``.
 
 Callers: an API key with scope ``admin`` manages every endpoint and delivery; an end
-user's JWT (``sub`` = user id) only those whose ``user_id`` is theirs. Another user's
-endpoint or delivery answers 404, exactly as an unknown id does, so ids cannot be
-probed.
+user's JWT (``sub`` = user id) only those whose ``user_id`` is theirs. An operator's JWT
+(claim ``"eventmill": {"all_users": true}``, the dashboard's token) sees and retries
+every user's deliveries, as it sees every user's events; endpoints stay their owner's
+and the admin key's. Another user's endpoint or delivery answers 404, exactly as an
+unknown id does, so ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ def _url(url: str, settings: DeliverySettings) -> str:
         ) from None
 
 
-def _user_scope(caller: Principal, user_id: str | None) -> str | None:
-    """The user filter of a list: an end user sees only their own."""
-    if caller.is_admin:
+def _sees_deliveries_of(caller: Principal, user_id: str | None) -> bool:
+    """Whether the caller may see (and retry) deliveries for ``user_id``'s endpoints."""
+    return caller.all_users or caller.may_act_for(user_id)
+
+
+def _user_scope(caller: Principal, user_id: str | None, *, deliveries: bool = False) -> str | None:
+    """The user filter of a list: an end user sees only their own (an operator's token
+    every user's ``deliveries``)."""
+    if caller.is_admin or (deliveries and caller.all_users):
         return user_id
     if user_id is not None and user_id != caller.user_id:
         raise ApiError(404, "not_found", "no such user's items are visible to this caller")
@@ -88,7 +96,7 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
 
     async def owned_delivery(caller: Principal, delivery_id: str) -> DeliveryRecord:
         d = await store().get_delivery(delivery_id)
-        if d is None or not caller.may_act_for(d.user_id):
+        if d is None or not _sees_deliveries_of(caller, d.user_id):
             raise _not_found("delivery", delivery_id)
         return d
 
@@ -255,13 +263,15 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> DeliveryPageOut:
         """Deliveries matching every filter given, newest first; an end user sees
-        only deliveries to their own endpoints."""
+        only deliveries to their own endpoints (an operator's token, every user's)."""
         if endpoint_id is not None:
-            await owned_endpoint(caller, endpoint_id)
+            ep = await store().get_endpoint(endpoint_id)
+            if ep is None or not _sees_deliveries_of(caller, ep.user_id):
+                raise _not_found("endpoint", endpoint_id)
         page = await store().list_deliveries(
             endpoint_id=endpoint_id,
             event_id=event_id,
-            user_id=_user_scope(caller, user_id),
+            user_id=_user_scope(caller, user_id, deliveries=True),
             status=status,
             after=cursor,
             limit=limit,
