@@ -158,6 +158,49 @@ def chromium() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# A page that counts the sockets the client opens and starts clients on demand:
+# ``start(options)`` takes ``tokens`` (``token()`` gives them in turn, then the last one
+# again; "throw" throws) besides the client's own options.
+PROBE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>probe</title></head>
+<body>
+<script src="%(base)s/client.js"></script>
+<script>
+  const NativeWebSocket = window.WebSocket;
+  window.sockets = [];
+  window.WebSocket = function (url, protocols) {
+    const socket = new NativeWebSocket(url, protocols);
+    window.sockets.push(socket);
+    return socket;
+  };
+  window.inState = (state) => window.sockets.filter((s) => s.readyState === state).length;
+  window.start = (options) => {
+    window.received = [];
+    window.statuses = [];
+    window.messages = [];
+    window.errors = [];
+    const tokens = options.tokens.slice();
+    const client = new EventmillClient(Object.assign({
+      url: "%(ws)s",
+      minDelay: 100,
+      maxDelay: 400,
+      token: () => {
+        const t = tokens.length > 1 ? tokens.shift() : tokens[0];
+        if (t === "throw") throw new Error("offline");
+        return t;
+      },
+      onEvent: (event) => window.received.push(event.event_name),
+      onStatus: (status, detail) => window.statuses.push([status, detail && detail.code]),
+      onMessage: (message) => window.messages.push(message.type),
+    }, options));
+    window.client = client;
+    try { client.connect(); } catch (e) { window.errors.push(String(e)); }
+  };
+</script>
+</body></html>
+"""
+
+
 @contextlib.contextmanager
 def page_server(directory: Path) -> Iterator[str]:
     """A static HTTP server for test pages (another origin than the service's)."""
@@ -283,6 +326,15 @@ def test_the_dashboard_shows_a_newly_ingested_event(chromium: Any, node: tuple[N
     chromium.find_element("id", "filter-name").clear()
     chromium.find_element("id", "filter-user").send_keys("nobody-by-that-name")
     wait_until(lambda: not row.is_displayed())
+    user_filter = chromium.find_element("id", "filter-user")
+    user_filter.clear()
+    user_filter.send_keys(user[:-1])  # the whole id, not a part of it
+    wait_until(lambda: not row.is_displayed())
+    user_filter.send_keys(user[-1])
+    wait_until(row.is_displayed)
+    user_filter.clear()
+    user_filter.send_keys("user_*")
+    wait_until(row.is_displayed)
 
 
 def test_the_js_client_resumes_after_the_server_restarts(
@@ -323,6 +375,115 @@ def test_the_js_client_resumes_after_the_server_restarts(
     after = asyncio.run(server.publish(event(user, "test.after")))
     wait_until(lambda: len(received()) == len(before + missed + after))
     assert received() == before + missed + after
+
+
+@pytest.fixture
+def probe(chromium: Any, pages: tuple[Path, str], node: tuple[Node, str]) -> Callable[..., Any]:
+    """The probe page loaded; returns ``run(script)`` (``return``s its value)."""
+    server, _ = node
+    directory, origin = pages
+    (directory / "probe.html").write_text(PROBE_PAGE % {"base": server.url, "ws": server.ws_url})
+    chromium.get(f"{origin}/probe.html")
+
+    def run(script: str, *args: Any) -> Any:
+        return chromium.execute_script(script, *args)
+
+    return run
+
+
+def test_the_js_client_stops_when_its_token_function_gives_the_expired_token_again(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """4002 makes it ask ``token()`` again: a new token reconnects; the expired one
+    again stops it (status failed), instead of reconnecting in a loop."""
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: [arguments[0]]})", token(user, ttl=3))
+    wait_until(lambda: ["failed", 4002] in probe("return window.statuses"), timeout=20)
+    assert probe("return window.sockets.length") == 1  # the expired token was not sent again
+    assert probe("return client.status") == "failed"
+
+    probe("start({tokens: [arguments[0], arguments[1]]})", token(user, ttl=3), token(user))
+    wait_until(lambda: ["closed", 4002] in probe("return window.statuses"), timeout=20)
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(node[0].publish(event(user, "test.renewed")))
+    wait_until(lambda: probe("return window.received") == ["test.renewed"])
+
+
+def test_the_js_client_keeps_one_socket_across_connect_and_close(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: [arguments[0]]})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    probe("client.connect(); client.close(); client.connect(); client.connect();")
+    wait_until(lambda: probe("return client.status") == "open")
+    # every socket but the client's own is closed: none left behind, still counting
+    wait_until(lambda: probe("return inState(0) + inState(2)") == 0)
+    assert probe("return inState(1)") == 1
+    asyncio.run(node[0].publish(event(user, "test.once")))
+    wait_until(lambda: probe("return window.received") == ["test.once"])
+    probe("client.close()")
+    wait_until(lambda: probe("return inState(1)") == 0)
+
+
+def test_the_js_client_retries_a_token_function_that_throws(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: ['throw', 'throw', arguments[0]]})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    assert probe("return window.errors") == []
+    assert probe("return window.sockets.length") == 1
+    asyncio.run(node[0].publish(event(user, "test.after.throw")))
+    wait_until(lambda: probe("return window.received") == ["test.after.throw"])
+
+
+def test_the_js_client_unsubscribed_from_everything_stays_so_across_a_drop(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """Unsubscribed from every pattern, a dropped connection (here: its token expires)
+    is not reopened as "every event": the client waits for ``subscribe``."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe(
+        "start({tokens: [arguments[0], arguments[1]], events: ['test.a']})",
+        token(user, ttl=4),
+        token(user),
+    )
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(server.publish(event(user, "test.a")))
+    wait_until(lambda: probe("return window.received") == ["test.a"])
+    probe("client.unsubscribe(['test.a'])")
+    wait_until(lambda: "unsubscribed" in probe("return window.messages"))
+    wait_until(lambda: ["paused", None] in probe("return window.statuses"), timeout=20)
+    asyncio.run(server.publish(event(user, "test.a"), event(user, "test.b")))
+    probe("client.subscribe(['test.b'])")
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(server.publish(event(user, "test.a"), event(user, "test.b")))
+    wait_until(lambda: len(probe("return window.received")) >= 2)
+    # what it did not want, before and after, never came; nor what passed while paused
+    assert probe("return window.received") == ["test.a", "test.b"]
+
+
+def test_the_dashboard_explains_an_expired_token_and_stops(
+    chromium: Any, node: tuple[Node, str]
+) -> None:
+    server, _ = node
+    chromium.get(f"{server.url}/")
+    chromium.execute_script("sessionStorage.clear()")  # no token saved by another test
+    chromium.refresh()
+    chromium.find_element("id", "token").send_keys(token("user_expired", ttl=-60))
+    chromium.find_element("id", "connect").click()
+    wait_until(lambda: _text(chromium, "status").startswith("refused"))
+    assert "4002" in _text(chromium, "status")
+    assert "expired" in _text(chromium, "problem")
+    assert (
+        chromium.execute_script(
+            "return window.performance.getEntriesByType('resource')"
+            ".filter(e => e.name.includes('favicon')).length"
+        )
+        == 0
+    )
 
 
 async def test_pages_are_served_with_their_types_and_a_csp(tmp_path: Path) -> None:
@@ -389,7 +550,8 @@ def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
             )
             assert created.status_code == 201, created.text
             chromium.get(f"{server.url}/")
-            chromium.find_element("id", "token").send_keys(key)  # an admin API key
+            # an operator's token: it sees every user's events and deliveries
+            chromium.find_element("id", "token").send_keys(admin_token())
             chromium.find_element("id", "connect").click()
             wait_until(lambda: _text(chromium, "status") == "live")
 
@@ -412,13 +574,17 @@ def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
             wait_until(lambda: len(_Receiver.calls) == 3)  # sent again, and answered 2xx
             assert _Receiver.calls[2] == _Receiver.calls[0]  # the same webhook-id
 
-            def succeeded() -> bool:
-                row.click()  # collapse and expand: the section loads again
-                row.click()
+            def succeeded() -> bool:  # the open section follows the retry by itself
                 lines = detail.find_elements("css selector", ".delivery")
                 return bool(lines) and lines[0].get_attribute("data-status") == "succeeded"
 
             wait_until(succeeded)
+            attempts = detail.find_element("css selector", ".delivery button")
+            attempts.click()
+            history = detail.find_element("css selector", "ol.attempts")
+            wait_until(lambda: len(history.find_elements("css selector", "li")) == 3)
+            first = history.find_elements("css selector", "li")[0].text
+            assert first.count("HTTP 500") == 1, first
     finally:
         receiver.shutdown()
         receiver.server_close()

@@ -10,7 +10,7 @@
  *       events: ["razorpay.payment.*"],           // default: every event of the user
  *       recent: 50,                               // first the last 50 stored (optional)
  *       onEvent(event, message) { ... },          // event = the Event JSON
- *       onStatus(status, detail) { ... },         // "connecting" | "open" | "closed" | "failed"
+ *       onStatus(status, detail) { ... },         // "connecting" | "open" | "closed" | "failed" | "paused"
  *       onGap(info) { ... },                      // missed events can no longer be replayed
  *     });
  *     client.connect();
@@ -20,8 +20,16 @@
  * position it saw (`since`), so no event is missed or repeated across reconnects; it
  * resubscribes to its patterns, watches the server's heartbeat, and follows the close
  * codes: 4001/4003/4400 stop (fix the token or origin), 4002 reconnects with a new
- * token (when `token` is a function), 4008 reconnects at once, 4009 reports a gap and
- * starts afresh, anything else (1001 shutdown, 1006, 1011, 1012, 1013) backs off.
+ * token (when `token` is a function; it stops if the function gives the expired token
+ * again), 4008 reconnects at once, 4009 reports a gap and starts afresh, anything else
+ * (1001 shutdown, 1006, 1011, 1012, 1013) backs off. A reconnect "at once" that is
+ * closed again before the server said "connected" backs off too, so a client never
+ * loops. A `token` function that throws or rejects is retried with backoff.
+ *
+ * Unsubscribed from every pattern, the connection stays open and gets nothing; if it
+ * drops then, the client waits ("paused") until `subscribe` gives it patterns again,
+ * and then starts from the newest event (what happened while it wanted nothing is
+ * not replayed).
  */
 (function (root) {
   "use strict";
@@ -46,6 +54,12 @@
     this._watchdog = null;
     this._heartbeat = 15;
     this._lastError = null;
+    this._generation = 0; // bumped by close(): a pending open of before is dropped
+    this._pending = false; // an open waits for its token
+    this._paused = false; // no socket while subscribed to nothing
+    this._sentToken = null; // the token of the current socket
+    this._expiredToken = null; // the token the server closed with 4002
+    this._outbox = []; // messages waiting for "connected"
   }
 
   function defaultUrl() {
@@ -54,17 +68,24 @@
   }
 
   EventmillClient.prototype.connect = function () {
+    if (!this._stopped && (this._ws || this._pending)) return this; // already on its way
     this._stopped = false;
+    this._paused = false;
     clearTimeout(this._retry);
     this._open();
     return this;
   };
 
   EventmillClient.prototype.close = function () {
+    var ws = this._ws;
     this._stopped = true;
+    this._paused = false;
+    this._pending = false;
+    this._generation += 1;
+    this._ws = null; // its close event is not a drop to recover from
     clearTimeout(this._retry);
     clearTimeout(this._watchdog);
-    if (this._ws) this._ws.close(1000, "client closed");
+    if (ws) ws.close(1000, "client closed");
     this._setStatus("closed", { code: 1000, reason: "client closed" });
   };
 
@@ -74,6 +95,14 @@
       return (this.events || []).indexOf(p) < 0;
     }, this));
     var message = { type: "subscribe", events: list };
+    if (this._paused) {
+      // no socket while it wanted nothing: open one for these patterns, from the newest
+      // event (or from `since`)
+      this._paused = false;
+      this.position = since != null ? since : null;
+      if (!this._stopped) this._open();
+      return;
+    }
     if (since != null) { message.since = since; this.position = since; }
     this.send(message);
   };
@@ -87,19 +116,47 @@
   EventmillClient.prototype.ping = function () { this.send({ type: "ping" }); };
 
   EventmillClient.prototype.send = function (message) {
-    if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(message));
+    if (this._ws && this._ws.readyState === 1 && this.status === "open") {
+      this._ws.send(JSON.stringify(message));
+    } else if (this._ws && message.type !== "ping") {
+      // the socket's address was built before this message: it is sent once the server
+      // says "connected" (a later socket's address carries the patterns and position)
+      this._outbox.push(message);
+    }
   };
 
   EventmillClient.prototype._token = function () {
     var token = this.options.token;
-    return Promise.resolve(typeof token === "function" ? token() : token);
+    try {
+      return Promise.resolve(typeof token === "function" ? token() : token);
+    } catch (err) {
+      return Promise.reject(err); // a throwing token function is retried like a rejection
+    }
   };
 
   EventmillClient.prototype._open = function () {
     var self = this;
+    var generation = this._generation;
+    if (this.events && this.events.length === 0) {
+      // subscribed to nothing: no socket until `subscribe` (see the top)
+      this._paused = true;
+      this.position = null;
+      this._setStatus("paused", { reason: "no subscriptions" });
+      return;
+    }
+    this._pending = true;
     this._setStatus("connecting", { attempt: this._attempt });
     this._token().then(function (token) {
-      if (self._stopped) return;
+      if (self._stopped || generation !== self._generation) return;
+      self._pending = false;
+      if (token && token === self._expiredToken) {
+        // the token function gave the token the server just refused as expired
+        self._stopped = true;
+        self._setStatus("failed", { code: 4002, reason: "token_expired", error: self._lastError });
+        return;
+      }
+      self._sentToken = token;
+      self._outbox = [];
       var url = new URL(self.url, root.location ? root.location.href : undefined);
       if (token) url.searchParams.set("token", token);
       if (self.position != null) url.searchParams.set("since", String(self.position));
@@ -107,11 +164,14 @@
       if (self.events) url.searchParams.set("events", self.events.join(","));
       var ws = new root.WebSocket(url.toString());
       self._ws = ws;
-      ws.onopen = function () { self._arm(); };
+      ws.onopen = function () { if (ws === self._ws) self._arm(); };
       ws.onmessage = function (e) { if (ws === self._ws) self._message(JSON.parse(e.data)); };
       ws.onclose = function (e) { if (ws === self._ws) self._closed(e.code, e.reason); };
     }, function (err) {
+      if (self._stopped || generation !== self._generation) return;
+      self._pending = false;
       self._lastError = err;
+      self._setStatus("closed", { error: err });
       self._schedule();
     });
   };
@@ -121,9 +181,13 @@
     switch (m.type) {
       case "connected":
         this._attempt = 0;
+        this._expiredToken = null;
         if (m.heartbeat_seconds) this._heartbeat = m.heartbeat_seconds;
         if (m.position != null && this.position == null) this.position = m.position;
         this._setStatus("open", m);
+        var outbox = this._outbox;
+        this._outbox = [];
+        for (var i = 0; i < outbox.length; i++) this.send(outbox[i]);
         break;
       case "event":
         this.position = m.position;
@@ -167,14 +231,17 @@
       return;
     }
     this._setStatus("closed", { code: code, reason: reason });
+    if (code === 4002) this._expiredToken = this._sentToken;
     if (code === 4009) {
       var info = { since: this.position, code: code, reason: reason, error: this._lastError };
       this.position = null; // start afresh: the app reloads its state
       if (this.options.onGap) this.options.onGap(info);
-      this._attempt = 0;
     }
-    if (code === 4008 || code === 4009 || code === 4002) {
-      this._open(); // at once: resume (4008), afresh (4009), with a new token (4002)
+    if ((code === 4008 || code === 4009 || code === 4002) && this._attempt === 0) {
+      // at once: resume (4008), afresh (4009), with a new token (4002); once, until the
+      // server says "connected" again (then backoff)
+      this._attempt = 1;
+      this._open();
       return;
     }
     this._schedule();

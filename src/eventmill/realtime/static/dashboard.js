@@ -14,11 +14,12 @@
     return new RegExp("^" + parts.join(".*") + "$");
   }
 
+  // Both filters are patterns: the whole name (or user id), `*` for any characters.
   function visible(event) {
     var name = $("filter-name").value.trim();
     var user = $("filter-user").value.trim();
     if (name && !globToRegExp(name).test(event.event_name)) return false;
-    if (user && (event.user_id || "").indexOf(user) < 0) return false;
+    if (user && !globToRegExp(user).test(event.user_id || "")) return false;
     return true;
   }
 
@@ -93,16 +94,28 @@
     options = options || {};
     options.headers = { Authorization: "Bearer " + token };
     return fetch(path, options).then(function (response) {
-      if (!response.ok) {
-        var error = new Error("HTTP " + response.status);
+      if (response.ok) return response.json();
+      // the service's error body: {"error": {"code", "message", ...}}
+      return response.json().catch(function () { return {}; }).then(function (body) {
+        var said = body && body.error && body.error.message;
+        var error = new Error("HTTP " + response.status + (said ? ": " + said : ""));
         error.status = response.status;
         throw error;
-      }
-      return response.json();
+      });
     });
   }
 
-  function loadDeliveries(eventId, container) {
+  function failed(where) {
+    return function (error) {
+      where.textContent = "Failed: " + error.message;
+      where.classList.add("error");
+    };
+  }
+
+  // After a retry the delivery is looked at again until its attempt is done (pending:
+  // queued or in flight), at most `polls` more times a second apart.
+  function loadDeliveries(eventId, container, polls) {
+    clearTimeout(container.poll);
     container.textContent = "";
     var title = document.createElement("h3");
     title.textContent = "Deliveries";
@@ -115,6 +128,12 @@
       var list = data.deliveries || [];
       body.textContent = list.length ? "" : "No deliveries for this event.";
       list.forEach(function (d) { body.appendChild(deliveryLine(d, eventId, container)); });
+      var waiting = list.some(function (d) { return d.status === "pending"; });
+      if (waiting && polls > 0 && container.isConnected) {
+        container.poll = setTimeout(function () {
+          if (!container.closest("tr").hidden) loadDeliveries(eventId, container, polls - 1);
+        }, 1000);
+      }
     }, function (error) {
       body.textContent = error.status === 404
         ? "Delivery tracking is not available on this server."
@@ -128,6 +147,8 @@
     line.dataset.id = d.id;
     line.dataset.status = d.status;
     var last = d.last_status_code != null ? "HTTP " + d.last_status_code : d.last_error;
+    var problem = document.createElement("span");
+    problem.className = "problem";
     line.appendChild(document.createTextNode([d.id, "endpoint " + d.endpoint_id, d.status,
       d.attempts + " attempt(s)", last].filter(Boolean).join(" · ") + " "));
     var history = document.createElement("button");
@@ -141,14 +162,15 @@
         list.textContent = "";
         (detail.history || []).forEach(function (a) {
           var item = document.createElement("li");
-          item.textContent = [new Date(a.started_at).toLocaleString(), a.outcome,
-            a.status_code != null ? "HTTP " + a.status_code : null,
-            a.latency_ms != null ? Math.round(a.latency_ms) + " ms" : null, a.error]
+          var code = a.status_code != null ? "HTTP " + a.status_code : null;
+          item.textContent = [new Date(a.started_at).toLocaleString(), a.outcome, code,
+            a.latency_ms != null ? Math.round(a.latency_ms) + " ms" : null,
+            a.error !== code ? a.error : null]
             .filter(Boolean).join(" · ");
           list.appendChild(item);
         });
         if (!list.children.length) list.textContent = "No attempt yet.";
-      });
+      }, failed(problem));
     });
     line.appendChild(history);
     if (d.status === "failed") {
@@ -158,16 +180,30 @@
       retry.textContent = "Retry";
       retry.addEventListener("click", function (e) {
         e.stopPropagation();
+        retry.disabled = true;
         api("/v1/deliveries/" + encodeURIComponent(d.id) + "/retry", { method: "POST" })
-          .then(function () { loadDeliveries(eventId, container); });
+          .then(function () { loadDeliveries(eventId, container, 30); }, function (error) {
+            retry.disabled = false;
+            failed(problem)(error);
+          });
       });
       line.appendChild(document.createTextNode(" "));
       line.appendChild(retry);
     }
+    line.appendChild(document.createTextNode(" "));
+    line.appendChild(problem);
     line.appendChild(list);
     return line;
   }
   /* ---- end of the deliveries integration point ------------------------------------ */
+
+  // Why the server refused or closed, in words: its last "error" message, else the close.
+  var REFUSED = {
+    4001: "the token was refused",
+    4002: "the token has expired: sign in again with a new one",
+    4003: "this page's origin is not allowed",
+    4029: "too many connections for this user",
+  };
 
   function setStatus(status, detail) {
     var el = $("status");
@@ -175,6 +211,13 @@
     var text = { connecting: "connecting…", open: "live", closed: "reconnecting…", failed: "refused" }[status] || status;
     if (detail && detail.code && status !== "open") text += " (" + detail.code + (detail.reason ? " " + detail.reason : "") + ")";
     el.textContent = text;
+    var why = "";
+    if (status === "failed" || status === "closed") {
+      var said = detail && detail.error && detail.error.message;
+      why = said || (detail && REFUSED[detail.code]) || "";
+    }
+    $("problem").textContent = why;
+    $("problem").hidden = !why;
     $("connect").hidden = status === "open" || status === "connecting";
     $("disconnect").hidden = !$("connect").hidden;
   }
