@@ -98,8 +98,10 @@ async def test_a_missing_audience_is_refused_when_one_is_configured() -> None:
 async def test_a_token_without_a_subject_is_refused() -> None:
     v = _verifier(secret=SECRET)
     no_sub = jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256")
-    assert await _problem(v, no_sub) == "malformed"
+    assert await _problem(v, no_sub) == "no_subject"
     assert await _problem(v, _token({"sub": ""})) == "no_subject"
+    assert await _problem(v, _token({"sub": "  "})) == "no_subject"
+    assert await _problem(v, _token({"sub": 42})) == "no_subject"
 
 
 async def test_a_wrong_signature_and_garbage_are_refused() -> None:
@@ -181,13 +183,19 @@ class KeyServer:
     """A real JWKS endpoint on 127.0.0.1 whose keys a test can rotate."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.keys: dict[str, Any] = {}
         self.fetches = 0
         self.port = free_port()
 
     def add(self, kid: str) -> rsa.RSAPrivateKey:
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        return self.keys[kid]
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.keys[kid] = key
+        return key
+
+    def add_ec(self, kid: str) -> ec.EllipticCurvePrivateKey:
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.keys[kid] = key
+        return key
 
     @property
     def url(self) -> str:
@@ -197,8 +205,11 @@ class KeyServer:
         self.fetches += 1
         keys = []
         for kid, private in self.keys.items():
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
-            keys.append({**jwk, "kid": kid, "alg": "RS256", "use": "sig"})
+            if isinstance(private, rsa.RSAPrivateKey):
+                jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+            else:
+                jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+            keys.append({**jwk, "kid": kid, "use": "sig"})
         return JSONResponse({"keys": keys})
 
 
@@ -247,6 +258,28 @@ async def test_a_jwks_hs256_token_is_refused(key_server: KeyServer) -> None:
     key_server.add("k1")
     v = _verifier(jwks_url=key_server.url)
     assert await _problem(v, _token({}, kid="k1")) == "algorithm_not_allowed"
+
+
+async def test_a_token_whose_algorithm_is_not_its_keys_is_refused(
+    key_server: KeyServer, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """A JWKS of an RSA and an EC key: a token naming one key with the other's algorithm
+    is refused (PyJWT itself would raise a TypeError, a 500 for the caller)."""
+    rsa_private = key_server.add("k1")
+    ec_private = key_server.add_ec("e1")
+    v = _verifier(jwks_url=key_server.url)
+    assert (await v.verify(_token({}, key=ec_private, alg="ES256", kid="e1"))).user_id == "u1"
+    assert (await v.verify(_token({}, key=rsa_private, alg="RS256", kid="k1"))).user_id == "u1"
+    assert await _problem(v, _token({}, key=rsa_private, alg="RS256", kid="e1")) == (
+        "algorithm_not_allowed"
+    )
+    assert await _problem(v, _token({}, key=ec_private, alg="ES256", kid="k1")) == (
+        "algorithm_not_allowed"
+    )
+    # one public key with both algorithms allowed: likewise
+    both = _verifier(public_key=_public_pem(rsa_key), algorithms=["RS256", "ES256"])
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert await _problem(both, _token({}, key=other, alg="ES256")) == "algorithm_not_allowed"
 
 
 async def test_an_unreachable_jwks_is_a_clear_refusal() -> None:

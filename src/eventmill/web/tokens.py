@@ -133,6 +133,20 @@ def _load_public_key(text: str) -> tuple[Any, str]:
     raise ConfigurationError("jwt.public_key must be an RSA or an EC P-256 public key")
 
 
+def _fits(alg: str, key: Any) -> bool:
+    """Whether a token signed with ``alg`` can be verified with the public ``key`` (an
+    RSA key for RS*/PS*, a P-256 key for ES256, …): otherwise PyJWT raises a TypeError
+    deep inside instead of refusing the token."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if alg.startswith(("RS", "PS")):
+        return isinstance(key, rsa.RSAPublicKey)
+    curves = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+    if alg in curves:
+        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == curves[alg]
+    return alg.startswith("HS") and isinstance(key, str)
+
+
 @dataclass(slots=True)
 class _Jwks:
     """Keys fetched from a JWKS URL, by ``kid``."""
@@ -186,6 +200,11 @@ _PROBLEMS: Final[tuple[tuple[type[jwt.PyJWTError], TokenProblem, str], ...]] = (
     (jwt.InvalidIssuerError, "bad_issuer", "the token's issuer (iss) is not accepted"),
     (jwt.InvalidAlgorithmError, "algorithm_not_allowed", "the token's algorithm is not allowed"),
     (jwt.InvalidSignatureError, "bad_signature", "the token's signature does not verify"),
+    (
+        jwt.exceptions.InvalidSubjectError,
+        "no_subject",
+        "the token's subject (sub) must be a user id",
+    ),
     (jwt.MissingRequiredClaimError, "malformed", "the token lacks a required claim"),
     (jwt.DecodeError, "malformed", "the token is not a well-formed JWT"),
 )
@@ -241,6 +260,8 @@ class JwtVerifier:
             if jwk.key_type not in ("RSA", "EC"):  # never a symmetric (oct) key
                 raise TokenError("algorithm_not_allowed", "the key set's key type is not allowed")
             key = jwk.key
+        if not _fits(alg, key):
+            raise TokenError("algorithm_not_allowed", "the token's algorithm is not its key's")
         s = self.settings
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -250,15 +271,19 @@ class JwtVerifier:
                 audience=s.audience,
                 issuer=s.issuer,
                 leeway=s.leeway_seconds,
-                options={"require": ["sub"], "verify_aud": s.audience is not None},
+                options={"verify_aud": s.audience is not None},
             )
         except jwt.PyJWTError as exc:
             for kind, problem, message in _PROBLEMS:
                 if isinstance(exc, kind):
                     raise TokenError(problem, message) from None
             raise TokenError("malformed", "the token is not acceptable") from None
+        except (TypeError, ValueError):  # a key PyJWT cannot use for this token
+            raise TokenError(
+                "algorithm_not_allowed", "the token's algorithm is not its key's"
+            ) from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub:
+        if not isinstance(sub, str) or not sub.strip():
             raise TokenError("no_subject", "the token's subject (sub) must be a user id")
         options = claims.get("eventmill")
         all_users = isinstance(options, dict) and options.get("all_users") is True
