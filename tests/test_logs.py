@@ -48,6 +48,39 @@ def test_stdlib_lines_become_json_with_the_bound_context(
     assert "request_id" not in second
 
 
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+KEY = "em_606aa07f9062_Zm9vYmFyYmF6cXV4"
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_credentials_never_reach_a_line_at_any_level(
+    capsys: pytest.CaptureFixture[str], restore_logging: None, json_lines: bool
+) -> None:
+    """What a server's debug lines print (the handshake's request line and headers),
+    messages with arguments, extras and tracebacks: every credential is masked."""
+    configure_logging("debug", json=json_lines)
+    log = logging.getLogger("uvicorn.error")
+    log.debug("< GET /ws?token=%s&events=a.* HTTP/1.1", JWT)
+    log.debug("< authorization: Bearer %s", JWT)
+    log.debug("< Cookie: eventmill_token=%s; theme=dark", JWT)
+    log.debug("< x-api-key: %s", KEY)
+    log.debug("< X-Razorpay-Signature: %s", "a" * 64)
+    logging.getLogger("eventmill.web").info(
+        "called with %s", KEY, extra={"header": f"Bearer {JWT}"}
+    )
+    try:
+        raise ValueError(f"bad token {JWT}")
+    except ValueError:
+        log.exception("failed")
+    out = capsys.readouterr().err
+    assert JWT not in out
+    assert KEY not in out
+    assert "a" * 64 not in out
+    assert "token=***&events=a.*" in out  # the rest of each line stays
+    assert "authorization: ***" in out
+    assert "em_***" in out
+
+
 def test_tracebacks_stay_inside_one_json_line(
     capsys: pytest.CaptureFixture[str], restore_logging: None
 ) -> None:

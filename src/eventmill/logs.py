@@ -12,19 +12,26 @@ nats-py reports through callbacks rather than a logger: eventmill logs what they
 under ``eventmill.pubsub.nats.client``. Whatever the clients say, eventmill logs its
 own line when a server goes away (and when it is back) under
 ``eventmill.pubsub.<backend>``.
+
+Credentials never reach a line, whatever the level: every string of every line is
+passed through :func:`redact`, which masks tokens in query strings (``token=***``),
+the values of credential headers (``Authorization``, ``Cookie``, ``X-API-Key``,
+signature headers: a server's debug lines print the handshake's headers), bearer
+credentials, eventmill API keys (``em_***``) and anything shaped like a JWT.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["CLIENT_LOGGERS", "bind", "configure_logging"]
+__all__ = ["CLIENT_LOGGERS", "bind", "configure_logging", "redact"]
 
 CLIENT_LOGGERS = (
     "aiokafka",
@@ -39,6 +46,36 @@ CLIENT_LOGGERS = (
 """Loggers of the client libraries eventmill drives: quiet below WARNING by default.
 ``eventmill.pubsub.nats.client`` carries nats-py's reports (its error, disconnect and
 reconnect callbacks)."""
+
+
+_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # a header line (websockets' debug lines: "< authorization: Bearer …")
+    (
+        re.compile(
+            r"(?im)^([<>]?\s*(?:proxy-)?(?:authorization|cookie|set-cookie|x-api-key"
+            r"|x-razorpay-signature|webhook-signature|x-hub-signature(?:-256)?)\s*:\s*)\S.*$"
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"(?i)([?&](?:token|access_token|id_token|api_key)=)[^&\s\"'#]+"), r"\1***"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
+    (re.compile(r"\bem_[A-Za-z0-9_-]{8,}"), "em_***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials in it masked (see the module's docs)."""
+    for pattern, replacement in _MASKS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -61,7 +98,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if json else _keep,
+            structlog.processors.format_exc_info,  # a string, so it is redacted too
+            _redact,
             renderer,
         ],
     )
@@ -83,10 +121,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-
-
-def _keep(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return event  # the console renderer formats exc_info itself
 
 
 @contextlib.contextmanager
