@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -386,12 +386,17 @@ def _browsable(host: str) -> str:
 
 
 def startup_message(
-    settings: Settings, command: str = "eventmill", *, dev_secrets: Path | None = None
+    settings: Settings,
+    command: str = "eventmill",
+    *,
+    dev_secrets: Path | None = None,
+    dev_secret_names: Sequence[str] = ("Razorpay", "JWT"),
 ) -> str:
     """What ``eventmill serve`` prints on start: where the docs are, the store and the
     bus, which webhook sources are on (and how to turn Razorpay on), and how to create
     an API key with ``command`` (the ``eventmill`` executable as the user can run it).
-    ``dev_secrets``: the file of the development secrets in use, if any."""
+    ``dev_secrets``: the file of the development secrets in use, if any, and
+    ``dev_secret_names`` which of them are (those not configured)."""
     base = f"http://{_browsable(settings.host)}:{settings.port}"
     sources = sorted(settings.sources)
     razorpay_on = bool(settings.razorpay_webhook_secret)
@@ -407,7 +412,8 @@ def startup_message(
     ]
     if dev_secrets is not None:
         lines.append(
-            f"             development secrets (Razorpay, JWT) in {dev_secrets}; try {command} demo"
+            f"             development secrets ({', '.join(dev_secret_names)}) in {dev_secrets}; "
+            f"try {command} demo"
         )
     if not razorpay_on:
         lines.append(

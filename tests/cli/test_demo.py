@@ -11,6 +11,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.ingest.support import VENV_BIN, Server
 
 
@@ -64,3 +66,31 @@ def test_demo_without_a_service_says_what_to_do(tmp_path: Path) -> None:
     done = _eventmill(env, "demo", "--url", "http://127.0.0.1:9")
     assert done.returncode == 1
     assert "no service at http://127.0.0.1:9: start it first (make serve)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("configured", "banner"),
+    [
+        ({"RAZORPAY_WEBHOOK_SECRET": "whsec-configured-for-this-test"}, "(JWT)"),
+        (
+            {
+                "RAZORPAY_WEBHOOK_SECRET": "whsec-configured-for-this-test",
+                "EVENTMILL_JWT__SECRET": "a-configured-jwt-secret-of-32-bytes-or-more",
+            },
+            None,
+        ),
+    ],
+)
+def test_the_banner_names_only_the_development_secrets_in_use(
+    tmp_path: Path, configured: dict[str, str], banner: str | None
+) -> None:
+    server = Server.embedded(tmp_path, EVENTMILL_LOG_LEVEL="info", **configured)
+    server.start()
+    try:
+        log = server.log_text()
+    finally:
+        server.stop()
+    if banner is None:
+        assert "development secrets" not in log
+    else:
+        assert f"development secrets {banner} in" in log

@@ -56,8 +56,20 @@ def serve(
 
     configured = load_settings(config, host=host, port=port, roles=role)
     settings = with_dev_secrets(configured)
-    dev = dev_secrets_path(settings) if settings is not configured else None
-    message = startup_message(settings, command_name(), dev_secrets=dev)
+    used = [
+        name
+        for name, before, after in (
+            (
+                "Razorpay",
+                bool(configured.razorpay_webhook_secret),
+                settings.razorpay_webhook_secret,
+            ),
+            ("JWT", configured.jwt.configured, settings.jwt.configured),
+        )
+        if after and not before
+    ]
+    dev = dev_secrets_path(settings) if used else None
+    message = startup_message(settings, command_name(), dev_secrets=dev, dev_secret_names=used)
     configure_logging(settings.log_level)
     server_config = uvicorn.Config(
         create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),
