@@ -111,7 +111,7 @@ BAD_TOKENS = {
     "wrong audience": ("wrong_aud", CloseCode.UNAUTHORIZED, "token_bad_audience"),
     "alg none": ("none", CloseCode.UNAUTHORIZED, "token_algorithm_not_allowed"),
     "wrongly signed": ("wrong_key", CloseCode.UNAUTHORIZED, "token_bad_signature"),
-    "no subject": ("no_sub", CloseCode.UNAUTHORIZED, "token_malformed"),
+    "no subject": ("no_sub", CloseCode.UNAUTHORIZED, "token_no_subject"),
 }
 
 
@@ -245,3 +245,87 @@ async def test_tokens_in_the_query_never_reach_the_log(node: Node) -> None:
     assert "/sse?token=***" in log
     assert secret_token not in log  # ...without the token
     assert node.key not in log
+
+
+async def test_a_listed_origin_may_use_the_cookie_and_read_with_credentials(node: Node) -> None:
+    alice = _user()
+    cookie = {"Cookie": f"eventmill_token={token(alice)}"}
+    async with ws_client(node.ws_url, origin=ALLOWED_ORIGIN, additional_headers=cookie) as client:
+        await client.wait_for(lambda c: c.of("connected"))
+    headers = {**cookie, "Origin": ALLOWED_ORIGIN}
+    async with sse_client(node.url, headers=headers) as stream:
+        assert stream.response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+        assert stream.response.headers["access-control-allow-credentials"] == "true"
+
+
+def test_a_page_let_in_by_any_origin_must_bring_its_own_token(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``allowed_origins = *``: any page may connect with a token it was given, but the
+    user's cookie, which the browser sends along for any page, does not count for it
+    (else any site the user visits could read their stream)."""
+    tmp = tmp_path_factory.mktemp("realtime-any-origin")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url))
+    evil = "https://evil.example"
+    with running_node(
+        tmp,
+        store_url,
+        f"sqlite:///{tmp / 'bus.db'}",
+        key,
+        EVENTMILL_REALTIME__ALLOWED_ORIGINS="*",
+    ) as node:
+        alice = _user()
+        cookie = {"Cookie": f"eventmill_token={token(alice)}"}
+
+        async def check() -> None:
+            code, reason, _ = await _refused(node.ws_url, origin=evil, additional_headers=cookie)
+            assert (code, reason) == (CloseCode.UNAUTHORIZED, "token_missing")
+            async with ws_client(f"{node.ws_url}?token={token(alice)}", origin=evil) as client:
+                await client.wait_for(lambda c: c.of("connected"))
+            async with ws_client(node.ws_url, additional_headers=cookie) as client:  # no Origin
+                await client.wait_for(lambda c: c.of("connected"))
+            async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+                refused = await http.get("/sse", headers={**cookie, "Origin": evil})
+            assert refused.status_code == 401
+            assert refused.json()["error"] == "token_missing"
+            headers = {"Origin": evil}
+            async with sse_client(node.url, token=token(alice), headers=headers) as stream:
+                assert stream.response.headers["access-control-allow-origin"] == evil
+                assert "access-control-allow-credentials" not in stream.response.headers
+
+        asyncio.run(check())
+
+
+def test_credentials_never_reach_the_log_at_debug_level(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """At ``debug``, the server's own lines print each handshake's request line and
+    headers: the token in the query, the header and the cookie, and an API key, are
+    masked there too."""
+    tmp = tmp_path_factory.mktemp("realtime-debug-log")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url))
+    with running_node(
+        tmp, store_url, f"sqlite:///{tmp / 'bus.db'}", key, EVENTMILL_LOG_LEVEL="debug"
+    ) as node:
+        secret_token = token(_user())
+
+        async def connect_every_way() -> None:
+            for url, kwargs in (
+                (f"{node.ws_url}?token={secret_token}", {}),
+                (node.ws_url, {"additional_headers": {"Authorization": f"Bearer {secret_token}"}}),
+                (
+                    node.ws_url,
+                    {"additional_headers": {"Cookie": f"eventmill_token={secret_token}"}},
+                ),
+                (node.ws_url, {"additional_headers": {"Authorization": f"Bearer {node.key}"}}),
+            ):
+                async with ws_client(url, **kwargs) as client:
+                    await client.wait_for(lambda c: c.of("connected"))
+
+        asyncio.run(connect_every_way())
+        log = node.server.log_text()
+        assert "GET /ws" in log  # the handshakes were logged...
+        assert secret_token not in log  # ...without their credentials
+        assert node.key not in log

@@ -148,18 +148,23 @@ async def test_more_missed_events_than_resume_max_events_are_refused(node: Node)
         assert client.of("resumed")[0]["replayed"] == 0
 
 
-async def test_a_position_past_the_newest_is_refused(node: Node) -> None:
-    url = f"{node.ws_url}?token={token(_user())}&since=999999999999"
+@pytest.mark.parametrize("since", ["999999999999", "9" * 19, "1" + "0" * 30])
+async def test_a_position_past_the_newest_is_refused(node: Node, since: str) -> None:
+    """However long: past any store's head is "unknown", not a bad request."""
+    url = f"{node.ws_url}?token={token(_user())}&since={since}"
     async with ws_client(url) as client:
         closed = await client.wait_closed()
     assert close_code(closed) == CloseCode.RESUME_GAP_TOO_OLD
     assert close_reason(closed) == "resume_position_unknown"
 
 
-async def test_a_bad_since_is_a_bad_request(node: Node) -> None:
-    async with ws_client(f"{node.ws_url}?token={token(_user())}&since=-3") as client:
+@pytest.mark.parametrize("since", ["-3", "abc", "1.5", "%C2%B2", "%D9%A3"])
+async def test_a_bad_since_is_a_bad_request(node: Node, since: str) -> None:
+    """Not a position: also digits other than 0-9 ("²", Arabic-Indic "٣")."""
+    async with ws_client(f"{node.ws_url}?token={token(_user())}&since={since}") as client:
         closed = await client.wait_closed()
     assert close_code(closed) == CloseCode.BAD_REQUEST
+    assert close_reason(closed) == "bad_request"
 
 
 async def test_an_event_published_straight_to_the_bus_arrives_once_the_audit_stores_it(

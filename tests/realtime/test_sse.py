@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.realtime.support import (
@@ -146,6 +147,30 @@ async def test_resume_from_a_position_whose_events_are_gone_says_so_then_goes_li
         await stream.wait_for(lambda s: _ids(s) == [live])
         blocks = [b for b in stream.events if b.get("event") == "resume_failed"]
         assert int(blocks[0]["id"]) >= start  # Last-Event-ID moves past the gap
+
+
+@pytest.mark.parametrize("value", ["-3", "abc", "1.5", "²", "٣"])
+async def test_a_bad_last_event_id_or_since_is_a_400_naming_it(node: Node, value: str) -> None:
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+        by_header = await http.get(
+            "/sse",
+            params={"token": token(_user())},
+            headers={"Last-Event-ID": value.encode()},  # as raw UTF-8 bytes
+        )
+        by_query = await http.get("/sse", params={"token": token(_user()), "since": value})
+    for response, name in ((by_header, "Last-Event-ID"), (by_query, "since")):
+        assert response.status_code == 400, response.text
+        assert name in response.json()["message"]
+
+
+async def test_a_last_event_id_past_the_newest_says_so(node: Node) -> None:
+    """However long the number: past any store's head is "unknown", not a 400 (which
+    would stop a browser's EventSource for good)."""
+    for value in ("9" * 19, "1" + "0" * 30):
+        headers = {"Last-Event-ID": value}
+        async with sse_client(node.url, token=token(_user()), headers=headers) as stream:
+            await stream.wait_for(lambda s: s.data("resume_failed"))
+            assert stream.data("resume_failed")[0]["error"] == "resume_position_unknown"
 
 
 async def test_resume_with_too_many_missed_events_says_so(node: Node) -> None:

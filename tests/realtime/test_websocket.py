@@ -169,12 +169,19 @@ async def test_ping_pong_and_bad_messages_get_replies(node: Node) -> None:
         await client.ws.send("not json")
         await client.send({"type": "subscribe", "events": ["bad pattern!"]})
         await client.send({"type": "dance"})
-        await client.wait_for(lambda c: len(c.of("error")) == 3)
-        assert [e["error"] for e in client.of("error")] == [
-            "invalid_message",
-            "invalid_pattern",
-            "unknown_type",
+        await client.send({"type": "subscribe"})  # neither patterns nor a position
+        await client.send({"type": "unsubscribe", "events": None})
+        await client.send({"type": "ping", "id": {"a": 1}})
+        await client.wait_for(lambda c: len(c.of("error")) == 6)
+        assert [(e["error"], e["message"]) for e in client.of("error")] == [
+            ("invalid_message", "messages must be JSON objects"),
+            ("invalid_pattern", client.of("error")[1]["message"]),
+            ("unknown_type", client.of("error")[2]["message"]),
+            ("invalid_message", "'subscribe' needs 'events' (patterns) or 'since'"),
+            ("invalid_message", "'events' must be a list of patterns"),
+            ("invalid_message", "'id' must be a string or an integer"),
         ]
+        assert client.of("pong") == [{"type": "pong", "id": 7}]
         assert client.closed is None  # a bad message does not end the connection
 
 

@@ -8,6 +8,12 @@ headers on WebSocket or EventSource) or the token cookie; a JWT with the claim
 user's events. Verification is :class:`eventmill.web.tokens.JwtVerifier`'s: algorithms
 pinned by configuration, ``alg: none`` and algorithm confusion refused, ``exp``,
 ``nbf``, ``aud`` and ``iss`` checked.
+
+The cookie is the browser's to send with any page's request, so it counts only for
+pages the service trusts by name: its own origin, or one listed in
+``allowed_origins``. A page let in by ``*`` alone must present the token itself
+(query parameter or header), which a foreign page does not have: otherwise any site
+a user visits could read that user's stream with their cookie.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "authenticate",
     "credential_of",
     "origin_allowed",
+    "origin_trusted",
 ]
 
 API_KEY_PREFIX = "em_"
@@ -58,15 +65,29 @@ def origin_allowed(conn: HTTPConnection, allowed: list[str]) -> bool:
     return host is not None and origin != "null" and urlsplit(origin).netloc == host
 
 
-def credential_of(conn: HTTPConnection, resources: Resources) -> str | None:
-    """The token or API key ``conn`` carries (header, ``token`` query parameter, cookie).
+def origin_trusted(conn: HTTPConnection, allowed: list[str]) -> bool:
+    """Whether the page opening ``conn`` may use the user's cookie (and, for SSE, read
+    with credentials): no ``Origin``, the service's own, or one listed by name."""
+    origin = conn.headers.get("origin")
+    if origin is None or origin.rstrip("/") in allowed:
+        return True
+    host = conn.headers.get("host")
+    return host is not None and origin != "null" and urlsplit(origin).netloc == host
+
+
+def credential_of(conn: HTTPConnection, resources: Resources, allowed: list[str]) -> str | None:
+    """The token or API key ``conn`` carries (header, ``token`` query parameter, or the
+    cookie when :func:`origin_trusted`).
 
     The ``token`` query parameter is then masked in the connection's scope, which the
     server's access log prints: a credential never reaches a log line.
     """
     verifier = resources.jwt
     token = token_from(
-        conn, verifier.settings if verifier is not None else None, query=True, cookie=True
+        conn,
+        verifier.settings if verifier is not None else None,
+        query=True,
+        cookie=origin_trusted(conn, allowed),
     )
     query = conn.scope.get("query_string", b"")
     if b"token=" in query:

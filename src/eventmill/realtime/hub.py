@@ -362,7 +362,9 @@ class Hub:
                     position = message.metadata.get(POSITION_KEY)
                     if position is None:
                         self._expect(message.id)
-                    elif not position.isdigit() or int(position) > self.head:
+                    elif not (position.isascii() and position.isdigit()) or (
+                        int(position) > self.head
+                    ):
                         self._wake.set()
             except asyncio.CancelledError:
                 _close_soon(subscription)

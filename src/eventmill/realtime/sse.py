@@ -27,7 +27,13 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from eventmill.realtime.access import RefusedError, authenticate, credential_of, origin_allowed
+from eventmill.realtime.access import (
+    RefusedError,
+    authenticate,
+    credential_of,
+    origin_allowed,
+    origin_trusted,
+)
 from eventmill.realtime.codes import CloseCode
 from eventmill.realtime.connection import RESUME, Connection, PatternError
 from eventmill.realtime.context import RealtimeContext, abort_transport
@@ -213,7 +219,8 @@ def routes(ctx: RealtimeContext) -> APIRouter:
         reconnects) or ``since`` resumes after a position.
         """
         s = ctx.settings
-        credential = credential_of(request, ctx.resources)  # masks it for the access log
+        # masks it for the access log
+        credential = credential_of(request, ctx.resources, s.allowed_origins)
         headers = {
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
@@ -223,7 +230,8 @@ def routes(ctx: RealtimeContext) -> APIRouter:
             raise ApiError(403, "forbidden_origin", "this page's origin may not read the stream")
         if origin is not None:
             headers["Access-Control-Allow-Origin"] = origin
-            headers["Access-Control-Allow-Credentials"] = "true"
+            if origin_trusted(request, s.allowed_origins):  # not for a page let in by "*"
+                headers["Access-Control-Allow-Credentials"] = "true"
             headers["Vary"] = "Origin"
         hub = ctx.hub
         if hub is None:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.routing import WebSocketRoute
@@ -57,13 +57,19 @@ def _json(value: dict[str, Any]) -> str:
     return orjson.dumps(value).decode()
 
 
+_MAX_POSITION: Final = 2**63 - 1
+
+
 def parse_position(value: str | None, what: str) -> int | None:
     """A position from a query parameter or header (``None`` when absent)."""
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", "٣"
         raise PatternError(f"{what} must be a store position (a non-negative integer)")
-    return int(value)
+    # Past any store's head (a 64-bit position), however long: the resume then answers
+    # "position unknown", as for any position beyond the newest event.
+    digits = value.lstrip("0") or "0"
+    return min(int(digits[:20]), _MAX_POSITION)
 
 
 def parse_patterns(values: list[str], limit: int) -> list[str] | None:
@@ -125,7 +131,8 @@ async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None
     through the raw ASGI ``send`` (Starlette's ``WebSocket`` does the handshake, the
     reads and the close)."""
     s = ctx.settings
-    credential = credential_of(websocket, ctx.resources)  # masks it for the access log
+    # masks it for the access log
+    credential = credential_of(websocket, ctx.resources, s.allowed_origins)
     query = websocket.query_params
     # Accept first: a browser sees the close code only on an open WebSocket.
     await websocket.accept()
@@ -417,8 +424,10 @@ async def _handle(
     if not isinstance(message, dict):
         return _error("invalid_message", "messages must be JSON objects", None)
     kind, request_id = message.get("type"), message.get("id")
-    if request_id is not None and not isinstance(request_id, str | int):
-        request_id = None
+    if request_id is not None and (
+        not isinstance(request_id, str | int) or isinstance(request_id, bool)
+    ):
+        return _error("invalid_message", "'id' must be a string or an integer", None)
 
     def reply(body: dict[str, Any]) -> dict[str, Any]:
         return body if request_id is None else {**body, "id": request_id}
@@ -428,9 +437,13 @@ async def _handle(
         return reply({"type": "pong"})
     if kind in ("subscribe", "unsubscribe"):
         raw = message.get("events", message.get("event_types"))
-        if raw is not None and not isinstance(raw, list):
+        if (raw is not None or kind == "unsubscribe") and not isinstance(raw, list):
             return _error("invalid_message", "'events' must be a list of patterns", request_id)
         since = message.get("since")
+        if kind == "subscribe" and raw is None and since is None:
+            return _error(
+                "invalid_message", "'subscribe' needs 'events' (patterns) or 'since'", request_id
+            )
         if (
             kind == "subscribe"
             and since is not None
@@ -461,8 +474,14 @@ async def _handle(
             fresh = await verifier.verify(token)
         except TokenError as exc:
             return _error(f"token_{exc.problem}", str(exc), request_id)
-        if (fresh.user_id, fresh.all_users) != user:
+        if fresh.user_id != user[0]:
             return _error("token_mismatch", "the new token names another user", request_id)
+        if fresh.all_users != user[1]:
+            return _error(
+                "token_mismatch",
+                "the new token's all_users claim differs from the connection's",
+                request_id,
+            )
         expiry.set(fresh.expires_at)
         return reply({"type": "refreshed", "expires_at": fresh.expires_at})
     return _error(
