@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -222,8 +223,28 @@ async def test_positions_increase_with_insertion_order(store: Store) -> None:
     assert len(set(positions)) == 5
 
 
+def _raw_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
 @pytest.mark.parametrize(
-    "cursor", ["", "garbage!", "djE6YTp4", "djI6YTox", "djE6eDox", "djE6YTotMQ"]
+    "cursor",
+    [
+        "",
+        "garbage!",
+        "djE6YTp4",
+        "djI6YTox",
+        "djE6eDox",
+        "djE6YTotMQ",
+        # past a 64-bit position (the database cannot take it), and not what
+        # encode_cursor writes: other digits, signs, spaces, underscores
+        _raw_cursor("v1:a:9223372036854775808"),
+        _raw_cursor("v1:a:99999999999999999999"),
+        _raw_cursor("v1:a:\u0663"),
+        _raw_cursor("v1:a:+5"),
+        _raw_cursor("v1:a: 5"),
+        _raw_cursor("v1:a:1_0"),
+    ],
 )
 async def test_malformed_cursors_raise(store: Store, cursor: str) -> None:
     with pytest.raises(InvalidCursorError):

@@ -63,6 +63,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_MAX_POSITION = 2**63 - 1
+
+
 def encode_cursor(position: int, order: Literal["asc", "desc"] = "asc") -> str:
     """Return the opaque cursor for "after ``position``" in ``order``."""
     raw = f"v1:{order[0]}:{position}".encode()
@@ -77,10 +80,12 @@ def decode_cursor(cursor: str, order: Literal["asc", "desc"] = "asc") -> int:
         version, direction, position = (
             base64.urlsafe_b64decode(padded.encode("ascii")).decode().split(":")
         )
+        if not (position.isascii() and position.isdigit()) or len(position) > 19:
+            raise ValueError(position)  # only what encode_cursor writes: 0-9, 64-bit
         value = int(position)
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidCursorError("malformed cursor") from None
-    if version != "v1" or direction not in ("a", "d") or value < 0:
+    if version != "v1" or direction not in ("a", "d") or value > _MAX_POSITION:
         raise InvalidCursorError("malformed cursor")
     if direction != order[0]:
         raise InvalidCursorError(
