@@ -49,6 +49,14 @@ def test_razorpay_falls_back_to_account_id() -> None:
     assert event.user_id == "acc_BFQ7uQEaa7j2z7"
 
 
+@pytest.mark.parametrize("bad", ["a\nb", "tab\there", "\x7f", "", "x" * 257, True, 1.5])
+def test_a_note_that_is_no_valid_user_id_falls_through_to_the_account(bad: object) -> None:
+    """Notes are the merchant's free-form data: a value that cannot be a user id is
+    skipped (the webhook is not refused, which Razorpay's retries could never fix)."""
+    event = RazorpayTransformer()(rzp(payment_event(notes={"user_id": bad})))
+    assert event.user_id == "acc_BFQ7uQEaa7j2z7"
+
+
 def test_razorpay_order_paid_uses_the_order_notes() -> None:
     event = RazorpayTransformer()(rzp(order_paid(user_id="user_42")))
     assert event.event_name == "razorpay.order.paid"
