@@ -87,3 +87,26 @@ def test_the_documented_limit_is_the_limit() -> None:
     from eventmill.web.errors import error_responses
 
     assert f"{MAX_JSON_DEPTH} levels" in error_responses(422)[422]["description"]
+
+
+@pytest.mark.parametrize(
+    "number", ["18446744073709551616", "-9223372036854775809", "1" * 30, "-" + "9" * 40, "1" * 5000]
+)
+def test_an_integer_beyond_64_bits_is_refused_not_rounded(number: str) -> None:
+    """orjson would parse it as an inexact float (and could not write it back): the
+    body is refused, naming the problem, instead of stored changed."""
+    with pytest.raises(ApiError) as info:
+        parse_json(f'{{"order_id": {number}}}'.encode())
+    assert (info.value.status, info.value.error) == (422, "number_out_of_range")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 18446744073709551615, "b": -9223372036854775808}',  # the range's ends
+        b'{"card": "123456789012345678901234567890"}',  # digits in a string
+        b'{"x": 1.2345678901234567890123}',  # a float is a float
+    ],
+)
+def test_integers_in_range_and_long_digits_in_strings_parse(body: bytes) -> None:
+    assert parse_json(body) == orjson.loads(body)

@@ -2,13 +2,17 @@
 
 Every route that takes a body uses these two, so every route answers the same way:
 413 for a body over the size limit, 400 for a body that is not JSON, 422 for JSON
-nested deeper than :data:`MAX_JSON_DEPTH`; a client that goes away mid-body is
+nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer beyond 64 bits (the
+parser would turn it into an inexact float, and the store's serializer cannot write
+it: refused rather than changed); a client that goes away mid-body is
 :class:`~starlette.requests.ClientDisconnect` (answered by the app's error handlers
 with one debug log line, no traceback).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -26,6 +30,10 @@ MAX_JSON_DEPTH: Final = 64
 ``json_too_deep``. Far above any provider's webhook or any event, and far below what
 the store's serializer (orjson: 254 levels) and the parser (1,024) can take."""
 
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{20}|-[0-9]{19}")
+"""A run of digits that may be an integer outside the 64-bit range (or is in a string)."""
+_INT_RANGE: Final = range(-(2**63), 2**64)
+"""The integers orjson parses and writes exactly."""
 _OPEN_BRACKET: Final = ord("[")
 _OPEN_BRACE: Final = ord("{")
 
@@ -103,11 +111,35 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def _exact_integer(text: str) -> int:
+    if len(text) > 21 or int(text) not in _INT_RANGE:  # (at most 20 digits and a sign)
+        raise ApiError(
+            422,
+            "number_out_of_range",
+            "the body holds an integer outside the 64-bit range (-2^63 to 2^64-1), which "
+            "would not be kept exactly; send it as a string",
+        )
+    return int(text)
+
+
+def _check_integers(body: bytes) -> None:
+    """Refuse ``body`` if it holds an integer orjson would turn into a float (a slower,
+    exact parse, run only when a long run of digits is there at all)."""
+    if _LONG_DIGITS.search(body) is None:
+        return
+    try:
+        json.loads(body, parse_int=_exact_integer)
+    except ValueError:  # not JSON, or not UTF-8: orjson says so next
+        return
+
+
 def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse ``body`` as JSON: 400 ``malformed_json`` (with the position of the problem)
-    if it is not, 422 ``json_too_deep`` if it nests more than ``max_depth`` levels."""
+    if it is not, 422 ``json_too_deep`` if it nests more than ``max_depth`` levels, 422
+    ``number_out_of_range`` for an integer beyond 64 bits."""
     if not body:
         raise ApiError(400, "malformed_json", "request body is empty; a JSON document is required")
+    _check_integers(body)
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

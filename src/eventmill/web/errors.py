@@ -145,8 +145,8 @@ _DESCRIPTIONS: dict[int, str] = {
     "`idempotency_in_progress` (its first request still runs), `duplicate_event` (event id "
     "taken)",
     413: "Request body larger than the configured limit",
-    422: "Schema violation (`details` names the fields), or JSON nested more than 64 "
-    "levels deep (`json_too_deep`)",
+    422: "Schema violation (`details` names the fields), JSON nested more than 64 "
+    "levels deep (`json_too_deep`), or an integer beyond 64 bits (`number_out_of_range`)",
     503: "Event store or bus unavailable; retry later (nothing was acknowledged)",
 }
 
