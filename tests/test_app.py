@@ -60,6 +60,10 @@ async def test_health_and_readiness(tmp_path: Path, store_url: str) -> None:
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["status"] == "ready"
+        for path in ("/healthz", "/readyz"):  # as load balancers probe
+            probe = await client.head(path)
+            assert probe.status_code == 200
+            assert probe.content == b""
         assert ready.json()["bus"] == {"ok": True, "url": "memory://", "error": None}
         assert ready.json()["store"]["ok"] is True
         ctx = resources_of(app)

@@ -338,6 +338,11 @@ def create_app(
         code = 200 if state.status == "ready" else 503
         return JSONResponse(state.model_dump(mode="json"), status_code=code)
 
+    # HEAD too, as some load balancers and uptime checkers probe (not in the schema: the
+    # same operation as GET)
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
         """Prometheus metrics of this process (text exposition format)."""
