@@ -59,7 +59,8 @@ def test_credentials_never_reach_a_line_at_any_level(
     """What a server's debug lines print (the handshake's request line and headers),
     messages with arguments, extras and tracebacks: every credential is masked."""
     configure_logging("debug", json=json_lines)
-    log = logging.getLogger("uvicorn.error")
+    # (a logger of its own: another test's uvicorn server may have set uvicorn's level)
+    log = logging.getLogger("eventmill.tests.handshake")
     log.debug("< GET /ws?token=%s&events=a.* HTTP/1.1", JWT)
     log.debug("< authorization: Bearer %s", JWT)
     log.debug("< Cookie: eventmill_token=%s; theme=dark", JWT)
