@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,46 @@ async def test_client_chosen_id_is_idempotent(tmp_path: Path, store_url: str) ->
         assert b.json()["events"][0]["duplicate"] is True
 
 
+async def test_a_chosen_id_reused_for_another_event_is_409_not_dropped(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The same id with another name, user, source or payload is another event: 409
+    ``duplicate_event``, the first one kept (a retry of the same event stays a 200
+    duplicate). In a batch, the others are stored and the message says so."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        first = _event(id="evt_reused_1")
+        assert (await client.post("/v1/events", json=first, headers=key)).status_code == 200
+        for other in (
+            {**first, "payload": {**first["payload"], "name": "CHANGED"}},
+            {**first, "user_id": "someone_else"},
+            {**first, "event_name": "other.thing"},  # (an unregistered name: any payload)
+        ):
+            r = await client.post("/v1/events", json=other, headers=key)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"] == "duplicate_event"
+            assert "already stored with another name" in r.json()["message"]
+        kept = await client.get("/v1/events/evt_reused_1", headers=key)
+        assert kept.json()["payload"] == first["payload"]
+
+        batch = [
+            _event(id="evt_batch_new_1"),
+            {**first, "payload": {**first["payload"], "name": "B"}},
+        ]
+        r = await client.post("/v1/events", json=batch, headers=key)
+        assert r.status_code == 409, r.text
+        assert r.json()["message"].startswith("event 1: ")
+        assert "the batch's other events were stored" in r.json()["message"]
+        assert (await client.get("/v1/events/evt_batch_new_1", headers=key)).status_code == 200
+
+        # under an Idempotency-Key alike, and the 409 is its recorded answer
+        idem = {**key, "Idempotency-Key": "k-reused"}
+        changed = {**first, "payload": {**first["payload"], "name": "I"}}
+        answers = [await client.post("/v1/events", json=changed, headers=idem) for _ in range(2)]
+        assert [a.status_code for a in answers] == [409, 409]
+        assert answers[1].headers["idempotent-replayed"] == "true"
+
+
 async def test_bad_input(tmp_path: Path, store_url: str) -> None:
     settings = settings_for(tmp_path, store_url, max_body_bytes=4096)
     async with running_app(settings) as (app, client):
@@ -172,6 +213,15 @@ async def test_bad_input(tmp_path: Path, store_url: str) -> None:
         r = await client.post("/v1/events", json=_event(source="razorpay"), headers=key)
         assert r.status_code == 422
         assert r.json()["details"][0]["field"] == "source"
+        # the service's own events (endpoint.disabled, ...) cannot be forged with a key
+        r = await client.post("/v1/events", json=_event(source="system"), headers=key)
+        assert r.status_code == 422
+        assert r.json()["message"] == "source 'system' is reserved for the service's own events"
+        # an array item that is not an object: named once, by its index
+        r = await client.post("/v1/events", json=[_event(), None], headers=key)
+        assert r.status_code == 422
+        assert r.json()["message"] == "event 1: an event must be a JSON object"
+        assert r.json()["details"][0]["field"] == "1"
 
         big = _event(pad="x" * 5000)
         r = await client.post("/v1/events", json=big, headers=key)
@@ -242,6 +292,11 @@ async def test_query_filters_and_cursor_pagination(tmp_path: Path, store_url: st
         assert [e["id"] for e in recent["events"]] == ids[:4]
         old = await query(until="2021-01-01T00:00:00Z")
         assert [e["id"] for e in old["events"]] == [ids[4]]
+        # Unix seconds, as documented, however far ahead (no reading as milliseconds)
+        seconds = await query(since=str(int(datetime(2021, 1, 1, tzinfo=UTC).timestamp())))
+        assert [e["id"] for e in seconds["events"]] == ids[:4]
+        assert (await query(since="99999999999"))["events"] == []  # the year 5138
+        assert [e["id"] for e in (await query(until="99999999999"))["events"]] == ids
 
         # cursor pagination, 2 per page, ascending then descending
         seen: list[str] = []
@@ -299,7 +354,8 @@ async def test_a_chosen_event_id_is_its_dedup_key_with_or_without_an_idempotency
     tmp_path: Path, store_url: str
 ) -> None:
     """An event whose id the caller chose is deduplicated by that id, Idempotency-Key or
-    not: a batch is never answered 409 after storing part of itself."""
+    not: a batch resending the same events is never answered 409 after storing part of
+    itself (another event under a taken id is: the test above)."""
     async with running_app(settings_for(tmp_path, store_url)) as (app, client):
         key = await _key(app, "publish", "read")
         body = _event(id="evt_taken_1")

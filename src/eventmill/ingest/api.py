@@ -7,7 +7,11 @@ and ingests them on the durable path. An ``Idempotency-Key`` header names the
 request (per API key, :mod:`eventmill.ingest.idempotency`): a retry with the same
 body is answered what the first was (``Idempotent-Replayed: true``), another body
 under the key is 409 ``idempotency_conflict`` and stores nothing. Without one, an
-event is deduplicated only by its ``id`` if the caller chose it.
+event is deduplicated only by its ``id`` if the caller chose it. A chosen id already
+stored with the same name, source, user and payload is a duplicate (200,
+``"duplicate": true``); with anything of those different it is 409 ``duplicate_event``
+(the batch's other events are stored all the same, and a retry answers them as
+duplicates): a second, different event is never dropped in silence.
 
 ``GET /v1/events`` (scope ``read``) filters by user, event name (``*`` wildcards),
 source and time range, and pages with an opaque cursor. A filter value no stored
@@ -30,8 +34,8 @@ from eventmill.errors import EventValidationError
 from eventmill.events import SOURCE_RE, Event, EventMetadata
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
-from eventmill.ingest.pipeline import ingest
-from eventmill.store import ApiKeyRecord, StoredEvent
+from eventmill.ingest.pipeline import Accepted, ingest
+from eventmill.store import ApiKeyRecord, DuplicateEventError, StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, FieldError, error_responses
@@ -57,6 +61,7 @@ _TIME_FORMS = (
     "An RFC 3339 date-time (`2024-01-20T10:30:00Z`; without an offset, UTC) or Unix seconds."
 )
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+_NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
 
 
 def _time(name: str, value: str | None) -> datetime | None:
@@ -65,9 +70,12 @@ def _time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
+        if _NUMBER.fullmatch(value):  # Unix seconds, however large (pydantic would read
+            # a number past 2e10 as milliseconds)
+            return datetime.fromtimestamp(float(value), UTC)
         parsed = _DATETIME.validate_python(value)
         return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed
-    except (ValidationError, OverflowError) as exc:
+    except (ValidationError, OverflowError, OSError, ValueError) as exc:
         problem = (
             exc.errors(include_input=False)[0]["msg"]
             if isinstance(exc, ValidationError)
@@ -157,14 +165,19 @@ def _out(stored: StoredEvent) -> dict[str, Any]:
 
 
 def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
+    if not isinstance(item, dict):
+        message = "an event must be a JSON object"
+        raise EventValidationError(
+            f"event {where}: {message}" if where else f"body: {message}", field=where or None
+        )
     try:
-        if not isinstance(item, dict):
-            raise EventValidationError(
-                f"{where or 'body'}: an event must be a JSON object", field=where or None
-            )
         data = {k: v for k, v in item.items() if v is not None or k not in _DEFAULTED}
         event = Event.from_dict(data)
-        if event.source in ctx.config.receivers:
+        if event.source == "system":
+            raise EventValidationError(
+                "source 'system' is reserved for the service's own events", field="source"
+            )
+        if event.source in ctx.config.receivers or event.source == "razorpay":
             raise EventValidationError(
                 f"source {event.source!r} is reserved for signed webhooks", field="source"
             )
@@ -176,6 +189,26 @@ def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
         field = f"{where}.{exc.field}" if exc.field else where
         raise EventValidationError(f"event {where}: {exc}", field=field, errors=errors) from exc
     return event
+
+
+def _content(event: Event) -> tuple[Any, ...]:
+    """What makes an event that event: a retry carries the same (its time and metadata
+    may be the retry's own)."""
+    return (event.event_name, event.source, event.user_id, event.payload)
+
+
+def _refuse_other_content(
+    results: list[Accepted], events: list[Event], chosen: list[bool], batch: bool
+) -> None:
+    for i, (result, event, own_id) in enumerate(zip(results, events, chosen, strict=True)):
+        first = result.event
+        if own_id and result.duplicate and _content(first) != _content(event):
+            where = f"event {i}: " if batch else ""
+            rest = " (the batch's other events were stored)" if len(events) > 1 else ""
+            raise DuplicateEventError(
+                f"{where}an event with this id is already stored with another name, "
+                f"source, user or payload{rest}; choose a new id for a new event"
+            )
 
 
 def routes(ctx: IngestContext) -> APIRouter:
@@ -268,6 +301,7 @@ def routes(ctx: IngestContext) -> APIRouter:
 
         async def run(pairs: list[tuple[Event, str | None]], retry_safe: bool = True) -> bytes:
             results = await ingest(ctx, pairs, retry_safe=retry_safe)
+            _refuse_other_content(results, events, chosen, batch)
             if ctx.metrics is not None:
                 duplicates = sum(r.duplicate for r in results)
                 ctx.metrics.accepted("api", new=len(results) - duplicates, duplicate=duplicates)
@@ -277,7 +311,7 @@ def routes(ctx: IngestContext) -> APIRouter:
             )
             return out.model_dump_json().encode()
 
-        chosen = [item.get("id") is not None for item in items]
+        chosen = [isinstance(item, dict) and item.get("id") is not None for item in items]
         if idempotency_key:
             return await run_idempotent(
                 ctx,
