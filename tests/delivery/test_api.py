@@ -76,6 +76,15 @@ async def test_endpoint_crud_and_cursor(tmp_path: Path, store_url: str) -> None:
         ({"url": "https://example.com", "headers": {"webhook-id": "x"}}, "headers"),
         ({"url": "https://example.com", "headers": {"X-A": "a\r\nb"}}, "headers"),
         ({"url": "https://example.com", "rate_limit": 0}, "rate_limit"),
+        # what no database column holds, what no request can carry, what is not a flag
+        ({"url": "https://example.com", "user_id": "a\u0000b"}, "user_id"),
+        ({"url": "https://example.com", "user_id": "a\nb"}, "user_id"),
+        ({"url": "https://example.com", "description": "a\u0000b"}, "description"),
+        ({"url": "https://example.com", "headers": {"X-A": "\u0001"}}, "headers"),
+        ({"url": "https://example.com", "headers": {"traceparent": "00-x"}}, "headers"),
+        ({"url": "https://example.com", "disabled": "yes"}, "disabled"),
+        ({"url": "http://127.0.0.1:99999/x"}, "url"),
+        ({"url": "http://exa mple.com/x"}, "url"),
         ({"url": "https://example.com", "colour": "blue"}, "colour"),
     ],
 )

@@ -278,6 +278,23 @@ async def test_a_burst_to_one_endpoint_is_fed_as_its_lane_drains(
         assert len({r.headers["webhook-id"] for r in rec.received}) == 500
 
 
+async def test_a_rate_slower_than_a_leases_spare_time_still_delivers_everything(
+    tmp_path: Path, store_url: str
+) -> None:
+    """One delivery per 4 s, while a lease leaves 3 s to wait before an attempt must
+    start (6 s lease, 1 s timeout, 2 s margin): a job that cannot get a token in time is
+    released without spending one, so the endpoint gets every delivery, at its rate.
+    (Spending the token on a job then released stalled such an endpoint for good.)"""
+    settings = delivery_settings(tmp_path, store_url, timeout_seconds=1, lease_seconds=6)
+    async with receiver() as rec, service(settings) as svc:
+        await svc.create_endpoint(url=rec.url(), user_id="user_1", rate_limit=0.25)
+        await svc.publish(*(_event(n=i) for i in range(3)))
+        await rec.wait_for(lambda: len(rec.received) >= 3, timeout=60, what="3 rate-limited")
+        assert len({r.headers["webhook-id"] for r in rec.received}) == 3
+        gaps = [b.at - a.at for a, b in zip(rec.received, rec.received[1:], strict=False)]
+        assert all(gap >= 4 * 0.9 for gap in gaps), gaps  # the rate held (leaky bucket)
+
+
 async def test_a_delivery_continues_the_trace_of_the_request_that_published_it(
     tmp_path: Path, store_url: str
 ) -> None:

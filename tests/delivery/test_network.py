@@ -28,6 +28,14 @@ from tests.delivery.support import delivery_settings, receiver, service
         "fe80::1",
         "fd00:ec2::254",
         "::ffff:127.0.0.1",
+        # IPv6 carrying a non-public IPv4 address, and site-local
+        "64:ff9b::7f00:1",  # NAT64 (well-known prefix) to 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 to the metadata address
+        "64:ff9b:1::a00:1",  # NAT64 (local-use prefix) to 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "::127.0.0.1",  # IPv4-compatible
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo, client 192.0.2.45
+        "fec0::1",
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -38,6 +46,8 @@ def test_public_and_allowed_addresses_pass() -> None:
     assert AddressPolicy().refusal("93.184.216.34") is None
     assert AddressPolicy(["127.0.0.0/8"]).refusal("127.0.0.1") is None
     assert AddressPolicy(["127.0.0.0/8"]).refusal("10.0.0.1") is not None
+    assert AddressPolicy().refusal("64:ff9b::808:808") is None  # NAT64 to a public one
+    assert AddressPolicy().refusal("2606:4700::1111") is None
 
 
 async def test_a_name_resolving_to_loopback_is_refused_at_connect_time() -> None:

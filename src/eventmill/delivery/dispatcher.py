@@ -513,12 +513,32 @@ class Dispatcher:
             if lane.load == 0:
                 lane.idle_since = time.monotonic()
 
+    async def _rate_token(self, lane: _Lane, job: Job) -> bool:
+        """Take one of the lane's rate tokens while the job may still start safely;
+        ``False`` (no token taken) when its lease would not outlast the wait.
+
+        Waiting in ``acquire`` instead would take the token even when the lease ran out
+        meanwhile: the job released, the token spent, and at a rate slower than a lease's
+        spare time every job of the endpoint would be released, forever."""
+        limiter = lane.limiter
+        assert limiter is not None
+        per_token = limiter.time_period / limiter.max_rate
+        while not limiter.has_capacity():
+            spare = job.lease_deadline - time.monotonic() - self.settings.timeout_seconds
+            spare -= _LEASE_MARGIN
+            if spare <= 0:
+                return False
+            await asyncio.sleep(min(spare, per_token))
+        await limiter.acquire()  # at once: it has the capacity
+        return True
+
     async def _attempt(self, lane: _Lane, job: Job) -> None:
         try:
-            if lane.limiter is not None:
-                await lane.limiter.acquire()
             left = job.lease_deadline - time.monotonic()
-            if left < self.settings.timeout_seconds + _LEASE_MARGIN:
+            safe = left >= self.settings.timeout_seconds + _LEASE_MARGIN
+            if safe and lane.limiter is not None:
+                safe = await self._rate_token(lane, job)
+            if not safe:
                 self._release.append(job.claimed)  # too late to start safely: next round
                 self._wake.set()
                 return

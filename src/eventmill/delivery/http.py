@@ -53,9 +53,13 @@ _RESERVED: Final = frozenset(
         b"webhook-id",
         b"webhook-timestamp",
         b"webhook-signature",
+        b"traceparent",
+        b"content-encoding",
+        b"expect",
     }
 )
-"""Headers the dispatcher sets: an endpoint's custom headers of these names are ignored."""
+"""Headers the dispatcher sets (or that would misdescribe the request): an endpoint's
+custom headers of these names, stored before they were refused, are ignored."""
 
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")

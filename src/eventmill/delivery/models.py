@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from eventmill.delivery.config import DeliverySettings
 from eventmill.delivery.network import AddressPolicy
@@ -49,8 +49,19 @@ RESERVED_HEADERS: Final = frozenset(
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
+        "traceparent",  # eventmill continues the event's trace
+        "content-encoding",  # the body is sent as it is
+        "expect",
     }
 )
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What a header value cannot hold (a tab it can)."""
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
+"""A host name as it goes on the wire (IDNA-encoded): letters, digits, ``- _ .``."""
+_NO_CONTROL: Final = r"^[^\x00-\x1f\x7f]*$"
+"""A user id (as an event's) holds no control character."""
+_NO_NUL: Final = r"^[^\x00]*$"
+"""A description may hold line breaks, not U+0000 (which no database column holds)."""
 
 
 def check_url(url: str, settings: DeliverySettings) -> str:
@@ -73,9 +84,13 @@ def check_url(url: str, settings: DeliverySettings) -> str:
         raise ValueError("url has no host")
     if parsed.userinfo:
         raise ValueError("url must not carry credentials; use headers instead")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError("url's port must be 1-65535")
     try:
         literal = ipaddress.ip_address(parsed.host)
     except ValueError:
+        if _HOST_NAME.fullmatch(parsed.raw_host.decode("ascii", "replace")) is None:
+            raise ValueError("url's host is not a valid host name") from None
         return url
     reason = AddressPolicy(settings.allow_networks).refusal(literal)
     if reason is not None:
@@ -92,8 +107,10 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"header name {name!r} is not a valid HTTP header name")
         if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"header {name!r} is set by eventmill and cannot be overridden")
-        if len(value) > 1000 or any(c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name!r}: at most 1000 characters, no line breaks")
+        if len(value) > 1000 or _CONTROL.search(value) is not None:
+            raise ValueError(
+                f"header {name!r}: at most 1000 characters, no line breaks or control characters"
+            )
     return headers
 
 
@@ -118,6 +135,7 @@ class EndpointIn(BaseModel):
         default=None,
         min_length=1,
         max_length=256,
+        pattern=_NO_CONTROL,
         description="Whose events it receives. An end user's token: their own id (the "
         "default). An admin key: any user, or none for every user's events.",
     )
@@ -125,14 +143,14 @@ class EndpointIn(BaseModel):
         default_factory=list,
         description="Event names or patterns (`razorpay.payment.*`); empty: every event.",
     )
-    description: str = Field(default="", max_length=1024)
+    description: str = Field(default="", max_length=1024, pattern=_NO_NUL)
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra headers sent with every attempt."
     )
     rate_limit: float | None = Field(
         default=None, gt=0, le=100_000, description="Most attempts per second (default: none)."
     )
-    disabled: bool = False
+    disabled: StrictBool = False
 
     @field_validator("event_types")
     @classmethod
@@ -152,12 +170,12 @@ class EndpointPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = None
-    user_id: str | None = Field(default=None, min_length=1, max_length=256)
+    user_id: str | None = Field(default=None, min_length=1, max_length=256, pattern=_NO_CONTROL)
     event_types: list[str] | None = None
-    description: str | None = Field(default=None, max_length=1024)
+    description: str | None = Field(default=None, max_length=1024, pattern=_NO_NUL)
     headers: dict[str, str] | None = None
     rate_limit: float | None = Field(default=None, gt=0, le=100_000)
-    disabled: bool | None = None
+    disabled: StrictBool | None = None
 
     @field_validator("event_types")
     @classmethod

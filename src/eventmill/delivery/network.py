@@ -5,8 +5,11 @@ resolves to at that moment, and the connection is made to the very address that 
 checked (then its peer address is checked once more). A name that resolved to a
 public address when the endpoint was created and to ``127.0.0.1`` now (DNS rebinding)
 is refused, as is any address that is loopback, private, link-local, multicast,
-shared (CGNAT), reserved, unspecified or a cloud metadata address, unless it lies in
-``delivery.allow_networks``.
+shared (CGNAT), reserved, unspecified, site-local or a cloud metadata address, unless
+it lies in ``delivery.allow_networks``. An IPv6 address that carries an IPv4 address
+(IPv4-mapped and -compatible, 6to4, Teredo, NAT64's ``64:ff9b::/96`` and
+``64:ff9b:1::/48``) is judged by that IPv4 address too: ``[64:ff9b::7f00:1]`` is
+``127.0.0.1`` behind a NAT64 gateway.
 
 Each endpoint's connections (:mod:`eventmill.delivery.http`) are opened through
 :class:`GuardedBackend` (httpcore's network backend interface), over
@@ -53,6 +56,24 @@ METADATA_ADDRESSES: Final = frozenset(
 )
 
 
+_NAT64: Final = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE: Final = ipaddress.ip_network("::/96")
+
+
+def _carried(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, by any of the standard embeddings."""
+    out: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    if any(ip in net for net in _NAT64) or (ip in _COMPATIBLE and int(ip) > 1):
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
+
+
 class DestinationRefusedError(httpcore.ConnectError):
     """The destination resolved only to addresses the SSRF guard refuses."""
 
@@ -66,8 +87,16 @@ class AddressPolicy:
     def refusal(self, address: str | IPAddress) -> str | None:
         """Why ``address`` is refused, or ``None`` when it may be connected to."""
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            if ip.ipv4_mapped is not None:  # the IPv4 address itself, on a dual stack
+                return self._refusal(ip.ipv4_mapped)
+            for inner in _carried(ip):
+                reason = self._refusal(inner)
+                if reason is not None:
+                    return f"{ip} carries {reason}"
+        return self._refusal(ip)
+
+    def _refusal(self, ip: IPAddress) -> str | None:
         if any(ip in net for net in self.allowed):
             return None
         if ip in METADATA_ADDRESSES:
@@ -80,6 +109,8 @@ class AddressPolicy:
             kind = "a multicast address"
         elif ip.is_unspecified:
             kind = "the unspecified address"
+        elif isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+            kind = "a site-local address"
         elif ip.is_private:
             kind = "a private address"
         elif not ip.is_global:

@@ -91,6 +91,9 @@ def _pattern(pattern: str) -> re.Pattern[str]:
     return compile_pattern(pattern)
 
 
+_CURSOR_ID: Final = re.compile(r"[a-z]{1,8}_[0-9A-Za-z]{1,56}")
+
+
 def encode_cursor(last_id: str) -> str:
     """The opaque cursor continuing after ``last_id`` (lists are newest first)."""
     return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).rstrip(b"=").decode()
@@ -103,7 +106,7 @@ def decode_cursor(cursor: str) -> str:
         version, _, last = raw.decode().partition(":")
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidCursorError("malformed cursor") from None
-    if version != "v1" or not last or len(last) > 64:
+    if version != "v1" or _CURSOR_ID.fullmatch(last) is None:  # an id as new_id makes them
         raise InvalidCursorError("malformed cursor")
     return last
 
