@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from eventmill import ClosedError, Message, RouterError
+from eventmill import ClosedError, Message, PublishError, RouterError
 from eventmill.pubsub.memory import MemoryPubSub
 from eventmill.router import Handler, HandlerInfo, HandlerResult, Router, current_handler
+from eventmill.router.middleware import Deduplicator
 from tests.pubsub.conformance import collect, nothing_arrives, unique
 from tests.router.support import running
 
@@ -108,6 +109,94 @@ async def test_failed_publish_of_results_means_nack(bus: MemoryPubSub) -> None:
     assert deliveries[:3] == [sent.id] * 3
     with pytest.raises(ClosedError):
         await dead.publish("t", Message(b"y"))
+
+
+class _FlakyPublisher:
+    """Publishes to ``bus``, except that its first ``failures`` publishes raise."""
+
+    def __init__(self, bus: MemoryPubSub, failures: int) -> None:
+        self.bus = bus
+        self.failures = failures
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise PublishError("the broker said no")
+        await self.bus.publish(topic, *messages)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_results_not_published_are_processed_again_under_deduplicator(
+    bus: MemoryPubSub,
+) -> None:
+    """Deduplicator keeps a message's key once its handler succeeded; when the router
+    then cannot publish the results and nacks, it must forget the key, or the
+    redelivery is acked as a duplicate and the results are lost."""
+    topic, out = unique("t"), unique("out")
+    calls: list[str] = []
+
+    async def handle(msg: Message) -> Message:
+        calls.append(msg.id)
+        return Message(b"result:" + msg.payload)
+
+    results = await bus.subscribe(out, group="check")
+    router = Router(bus, _FlakyPublisher(bus, failures=1))  # type: ignore[arg-type]
+    router.add_middleware(Deduplicator())
+    router.add_handler("h", topic, handle, group="g", publish_topic=out)
+    sent = Message(b"x")
+    async with running(router):
+        await bus.publish(topic, sent)
+        [got] = await collect(results, 1, timeout=10)
+    assert got.payload == b"result:x"
+    assert calls == [sent.id, sent.id]  # processed again after the failed publish
+    await results.close()
+
+
+async def test_a_message_failing_every_time_does_not_spin(bus: MemoryPubSub) -> None:
+    """Without Retry or PoisonQueue a failing message comes back at once, forever: the
+    worker pauses after each failure in a row from the second (50, 100, 200 ms, ...), so
+    its fifth try comes no sooner than 350 ms after the first (unpaused: ~0.2 ms)."""
+    topic = unique("t")
+    tries: list[float] = []
+    fifth = asyncio.Event()
+
+    async def handle(msg: Message) -> None:
+        tries.append(asyncio.get_running_loop().time())
+        if len(tries) == 5:
+            fifth.set()
+        raise ValueError("always")
+
+    router = Router(bus)
+    router.add_handler("h", topic, handle, group="g")
+    async with running(router):
+        await bus.publish(topic, Message(b"poison"))
+        await asyncio.wait_for(fifth.wait(), 30)
+    assert tries[4] - tries[0] >= 0.35
+
+
+async def test_a_handler_raising_cancelled_error_is_a_failure_not_a_stop(
+    bus: MemoryPubSub,
+) -> None:
+    topic = unique("t")
+    seen: list[bytes] = []
+    second = asyncio.Event()
+
+    async def handle(msg: Message) -> None:
+        seen.append(msg.payload)
+        if seen.count(msg.payload) == 1 and msg.payload == b"a":
+            raise asyncio.CancelledError  # e.g. from a library's own cancelled task
+        if msg.payload == b"b":
+            second.set()
+
+    router = Router(bus)
+    router.add_handler("h", topic, handle, group="g")
+    async with running(router):
+        await bus.publish(topic, Message(b"a"), Message(b"b"))
+        await asyncio.wait_for(second.wait(), 10)
+        assert router.is_running
+    assert seen.count(b"a") == 2  # nacked and redelivered
 
 
 async def test_results_without_publish_topic_or_of_wrong_type_are_nacked(

@@ -15,7 +15,14 @@ subscription, calls the composed handler (router-level middleware outermost, the
 handler-level middleware, then the handler), publishes what it returned to
 ``publish_topic`` and acks; if the handler raised, or its results could not be
 published, it nacks (the backend delivers the message again) and logs one warning
-line (add :class:`~eventmill.router.middleware.Recoverer` for full tracebacks).
+line (add :class:`~eventmill.router.middleware.Recoverer` for full tracebacks). A
+worker whose messages fail in a row pauses after each from the second on (50 ms,
+doubling to 2 s; a success resets it): a message that fails on every redelivery, with
+no Retry or PoisonQueue to end it, neither pins a CPU nor floods the log. A handler
+raising ``CancelledError`` itself fails like any other (only the router's own
+cancellation, on close, ends a worker). When the results cannot be published, each
+middleware with an ``abandoned(msg)`` coroutine method is told first (Deduplicator
+forgets the message's key, so its redelivery is processed).
 
 Concurrency: a handler with ``concurrency=N`` runs N worker coroutines pulling from
 the same subscription (no task is created per message), so at most N of its
@@ -47,6 +54,11 @@ _RUNNING: Final = 2
 _CLOSED: Final = 3
 
 _YIELD_EVERY: Final = 256
+_PAUSE_FIRST: Final = 0.05
+_PAUSE_MAX: Final = 2.0
+"""A worker whose messages fail in a row pauses after each from the second on: 50 ms,
+doubling, at most 2 s (a success resets it), so a message failing on every
+redelivery, without Retry or PoisonQueue, neither pins a CPU nor floods the log."""
 """A worker yields to the event loop after this many messages that arrived without
 waiting, so a full buffer cannot starve other tasks (close, signals, publishers)."""
 
@@ -66,11 +78,13 @@ class RouterConfig:
 
 
 class _Worker:
-    __slots__ = ("msg", "task")
+    __slots__ = ("failures", "msg", "task")
 
     def __init__(self) -> None:
         self.msg: Message | None = None
         self.task: asyncio.Task[None] | None = None
+        self.failures = 0
+        """Messages failed in a row (a success resets it)."""
 
 
 class _Entry:
@@ -343,29 +357,62 @@ class Router:
             except StopAsyncIteration:
                 return
             w.msg = msg
+            failed: BaseException | None = None
             try:
                 result = await call(msg)
-                if result is not None:
-                    await produce(entry.info, msg, result)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    msg.nack()  # cancelled (close timeout): the message goes back
+                    raise
+                failed = exc  # the handler's own CancelledError: a failure like any
             except Exception as exc:
+                failed = exc
+            else:
+                if result is not None:
+                    try:
+                        await produce(entry.info, msg, result)
+                    except Exception as exc:
+                        failed = exc
+                        await self._abandoned(entry, msg)
+                    except BaseException:
+                        msg.nack()
+                        raise
+            if failed is None:
+                msg.ack()
+                w.failures = 0
+            else:
                 msg.nack()
                 _log.warning(
                     "handler %r failed on message %s (nacked): %s: %s",
                     entry.info.name,
                     msg.id,
-                    type(exc).__name__,
-                    exc,
+                    type(failed).__name__,
+                    failed,
                 )
-            except BaseException:
-                msg.nack()  # cancelled (close timeout): the message goes back
-                raise
-            else:
-                msg.ack()
+                w.failures += 1
+                if w.failures > 1:  # failing again and again: pause, growing
+                    w.msg = None
+                    await asyncio.sleep(min(_PAUSE_MAX, _PAUSE_FIRST * 2 ** (w.failures - 2)))
             w.msg = None
             n += 1
             if n == _YIELD_EVERY:
                 n = 0
                 await asyncio.sleep(0)
+
+    async def _abandoned(self, entry: _Entry, msg: Message) -> None:
+        """The handler succeeded but its results could not be published: tell the
+        middleware that keeps state per message (``abandoned(msg)``, e.g.
+        :class:`~eventmill.router.middleware.Deduplicator` forgets the key), before the
+        message is nacked and comes back."""
+        for m in (*self._middleware, *entry.middleware):
+            hook = getattr(m, "abandoned", None)
+            if hook is None:
+                continue
+            try:
+                await hook(msg)
+            except Exception as exc:
+                _log.warning("middleware %r failed on an abandoned message: %r", m, exc)
 
     async def _produce(self, info: HandlerInfo, msg: Message, result: HandlerResult) -> None:
         if isinstance(result, Message):

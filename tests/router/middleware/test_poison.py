@@ -126,3 +126,42 @@ async def test_long_reasons_are_truncated(bus: MemoryPubSub) -> None:
 def test_bad_topic_is_rejected() -> None:
     with pytest.raises(InvalidNameError):
         PoisonQueueConfig(topic="not valid!")
+
+
+async def test_an_open_circuit_inside_gives_messages_back_instead_of_parking_them(
+    bus: MemoryPubSub,
+) -> None:
+    """The documented order, PoisonQueue outside CircuitBreaker: once the circuit opens,
+    the messages it refuses are not the messages' fault, so they are nacked, not
+    parked; only the failures of the handler itself are."""
+    from eventmill import CircuitOpenError
+    from eventmill.router import CircuitBreaker, CircuitBreakerConfig, Handler, HandlerResult
+
+    topic, poison_topic = unique("t"), unique("poison")
+    poison_sub = await bus.subscribe(poison_topic, group="inspect")
+    given_back = asyncio.Event()
+
+    def observe(handler: Handler) -> Handler:  # outermost: sees what PoisonQueue lets out
+        async def observed(msg: Message) -> HandlerResult:
+            try:
+                return await handler(msg)
+            except CircuitOpenError:
+                given_back.set()
+                raise
+
+        return observed
+
+    async def handle(msg: Message) -> None:
+        raise ConnectionError("the database is down")
+
+    poison = PoisonQueue(bus, PoisonQueueConfig(topic=poison_topic))
+    breaker = CircuitBreaker(CircuitBreakerConfig(failure_threshold=2, reset_timeout=60))
+    router = Router(bus)
+    router.add_handler("h", topic, handle, group="g", middleware=[observe, poison, breaker])
+    async with running(router):
+        await bus.publish(topic, Message(b"a"), Message(b"b"), Message(b"c"))
+        parked = await collect(poison_sub, 2, timeout=10)  # the two real failures
+        await asyncio.wait_for(given_back.wait(), 10)  # "c": refused by the open circuit
+        await nothing_arrives(poison_sub, 0.2)  # and not parked
+    assert {m.payload for m in parked} == {b"a", b"b"}
+    assert all("ConnectionError" in m.metadata[POISON_REASON_KEY] for m in parked)

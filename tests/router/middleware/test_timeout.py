@@ -42,6 +42,17 @@ async def test_fast_handler_result_passes_through() -> None:
     assert await Timeout(TimeoutConfig(seconds=5))(fast)(Message(b"x")) is out
 
 
+async def test_the_handlers_own_timeout_error_is_not_called_a_timeout_of_the_middleware() -> None:
+    upstream = TimeoutError("upstream HTTP call timed out after 0.1 s")
+
+    async def calls_upstream(msg: Message) -> None:
+        raise upstream
+
+    with pytest.raises(TimeoutError) as info:
+        await Timeout(TimeoutConfig(seconds=30))(calls_upstream)(Message(b"x"))
+    assert info.value is upstream  # not a HandlerTimeoutError claiming 30 s passed
+
+
 async def test_timed_out_message_is_redelivered(bus: MemoryPubSub) -> None:
     topic = unique("t")
     calls = 0

@@ -3,7 +3,8 @@
 Before calling the handler, the message's key (``config.key``, default its id) is
 added to a :class:`SeenStore` for ``config.window`` seconds. If the key was already
 there, the message is a duplicate: the handler is skipped and the router acks it.
-If the handler raises (or is cancelled), the key is removed again so the
+If the handler raises (or is cancelled), or the router cannot publish its results
+(the router calls :meth:`Deduplicator.abandoned`), the key is removed again so the
 redelivered message is processed. A duplicate arriving while the first copy is
 still in flight is acked as a duplicate; should the first copy then fail, it is
 nacked and its redelivery is processed, so nothing is lost.
@@ -133,3 +134,8 @@ class Deduplicator:
                 raise
 
         return deduplicate
+
+    async def abandoned(self, msg: Message) -> None:
+        """The router gives ``msg`` back after the handler succeeded (its results could
+        not be published): forget its key, so the redelivery is processed."""
+        await self.store.discard(self.config.key(msg))

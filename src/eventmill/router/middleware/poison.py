@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventmill.errors import HandlerError
+from eventmill.errors import CircuitOpenError, HandlerError
 from eventmill.message import Message
 from eventmill.pubsub.base import Publisher, validate_name
 from eventmill.router.handler import Handler, HandlerResult, current_handler
@@ -42,8 +42,10 @@ _REASON_LIMIT = 1000
 _log = logging.getLogger("eventmill.router.poison")
 
 
-def _always(exc: Exception) -> bool:
-    return True
+def _not_circuit_open(exc: Exception) -> bool:
+    """Every failure but :class:`~eventmill.CircuitOpenError`: an open circuit says the
+    handler's dependency is down, not that the message is bad, so it goes back."""
+    return not isinstance(exc, CircuitOpenError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +54,11 @@ class PoisonQueueConfig:
 
     topic: str = "poison"
     """Topic the failed messages are published to (default ``"poison"``)."""
-    should_poison: Callable[[Exception], bool] = _always
+    should_poison: Callable[[Exception], bool] = _not_circuit_open
     """Predicate on the exception: ``False`` lets it propagate (the router nacks, so
     the message is redelivered) instead of parking the message (default: park on
-    every exception)."""
+    every exception but :class:`~eventmill.CircuitOpenError`, so an open
+    CircuitBreaker inside it gives messages back instead of parking them all)."""
 
     def __post_init__(self) -> None:
         validate_name("topic", self.topic)

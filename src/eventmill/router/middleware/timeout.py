@@ -42,12 +42,13 @@ class Timeout:
         seconds = self.config.seconds
 
         async def timeout(msg: Message) -> HandlerResult:
+            deadline = asyncio.timeout(seconds)
             try:
-                async with asyncio.timeout(seconds):
+                async with deadline:
                     return await handler(msg)
             except TimeoutError as exc:
-                if isinstance(exc, HandlerTimeoutError):
-                    raise
+                if isinstance(exc, HandlerTimeoutError) or not deadline.expired():
+                    raise  # the handler's own TimeoutError (an HTTP call's, say): as it is
                 info = current_handler()
                 name = info.name if info else "handler"
                 raise HandlerTimeoutError(
