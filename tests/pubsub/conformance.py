@@ -286,6 +286,9 @@ class ConformanceSuite:
             await bus.subscribe("")
         with pytest.raises(InvalidNameError):
             await bus.subscribe(unique("t"), group="no spaces allowed")
+        for name in ("orders..v2", "orders.", ".orders", "."):  # empty NATS tokens
+            with pytest.raises(InvalidNameError):
+                await bus.publish(name, Message(b"x"))
         with pytest.raises(TypeError):
             await bus.publish(unique("t"), b"raw bytes")  # type: ignore[arg-type]
 

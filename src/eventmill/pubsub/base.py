@@ -27,18 +27,22 @@ __all__ = [
     "validate_name",
 ]
 
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+_NAME = re.compile(r"(?!\.)(?!.*\.\.)[A-Za-z0-9_.\-]{1,200}(?<!\.)")
+"""No dot first, last or twice in a row: NATS subjects take no empty token, and Kafka
+refuses the topics ``.`` and ``..``."""
 
 
 def validate_name(kind: str, name: str) -> str:
     """Return ``name`` if it is a valid topic or group name, else raise InvalidNameError.
 
-    Names are 1-200 characters of ``[A-Za-z0-9._-]``: the set every backend's
-    server accepts (Kafka topics, NATS subjects, Redis keys, SQL values).
+    Names are 1-200 characters of ``[A-Za-z0-9._-]``, without a dot first, last or
+    next to another: the set every backend's server accepts (Kafka topics, NATS
+    subjects, Redis keys, SQL values).
     """
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise InvalidNameError(
-            f"invalid {kind} name {name!r}: use 1-200 characters of letters, digits, '.', '_', '-'"
+            f"invalid {kind} name {name!r}: use 1-200 characters of letters, digits, '.', "
+            "'_', '-' (no '.' first, last or twice in a row)"
         )
     return name
 
