@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -783,6 +784,24 @@ async def test_unreachable_server_error_hides_the_password() -> None:
     with pytest.raises(ConfigurationError) as bad:
         await open_pubsub("postgresql://app:hunter2@h/db?nope=1")
     assert "hunter2" not in str(bad.value)
+
+
+async def test_a_server_that_never_answers_is_given_up_after_connect_timeout() -> None:
+    """A listener that accepts connections and never says a word (a hung server, a
+    wrong port behind a proxy): open_pubsub gives up after connect_timeout, not after
+    asyncpg's own 60 s."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(BackendUnavailableError):
+            await open_pubsub(f"postgresql://app@127.0.0.1:{port}/db?connect_timeout=1")
+    finally:
+        silent.close()
+    assert loop.time() - started < 30  # (asyncpg alone: 60 s per attempt)
 
 
 async def test_publish_gives_up_after_reconnect_timeout(

@@ -118,20 +118,11 @@ class Runner:
         while True:
             pools: list[Pool] = []
             try:
+                # bounded by what is left of connect_timeout: a server that accepts the
+                # connection and never answers would otherwise hold it 60 s (asyncpg's)
                 with mapped("start", self.where):
-                    pool = await create_pool(
-                        cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, reset=_reset
-                    )
-                    pools.append(pool)
-                    consumer_pool = await create_pool(
-                        cfg.dsn,
-                        min_size=cfg.pool_min,
-                        max_size=cfg.pool_max,
-                        reset=_reset,
-                        server_settings=CONSUMER_SETTINGS,
-                    )
-                    pools.append(consumer_pool)
-                    await prepare(pool)
+                    async with asyncio.timeout(max(0.1, end - loop.time())):
+                        pool, consumer_pool = await self._open_pools(pools, prepare)
                     break
             except Exception as exc:
                 for p in pools:
@@ -145,6 +136,26 @@ class Runner:
                     ) from exc
                 await asyncio.sleep(delay)
         self.pool, self.consumer_pool = pool, consumer_pool
+
+    async def _open_pools(
+        self, pools: list[Pool], prepare: Callable[[Pool], Awaitable[None]]
+    ) -> tuple[Pool, Pool]:
+        """Both pools (each appended to ``pools`` as it opens), prepared."""
+        cfg = self.config
+        pool = await create_pool(
+            cfg.dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, reset=_reset
+        )
+        pools.append(pool)
+        consumer_pool = await create_pool(
+            cfg.dsn,
+            min_size=cfg.pool_min,
+            max_size=cfg.pool_max,
+            reset=_reset,
+            server_settings=CONSUMER_SETTINGS,
+        )
+        pools.append(consumer_pool)
+        await prepare(pool)
+        return pool, consumer_pool
 
     async def run(
         self,
