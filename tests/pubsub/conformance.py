@@ -291,6 +291,16 @@ class ConformanceSuite:
                 await bus.publish(name, Message(b"x"))
         with pytest.raises(TypeError):
             await bus.publish(unique("t"), b"raw bytes")  # type: ignore[arg-type]
+        # changed after it was built (the constructor checked it then): refused alike,
+        # on every backend, rather than sent half-right or failing deep in a client
+        changed = Message(b"x")
+        changed.payload = "text"  # type: ignore[assignment]
+        with pytest.raises(TypeError, match="payload must be bytes"):
+            await bus.publish(unique("t"), changed)
+        tagged = Message(b"x", {"a": "b"})
+        tagged.metadata["n"] = 1  # type: ignore[assignment]
+        with pytest.raises(TypeError, match="metadata must map str to str"):
+            await bus.publish(unique("t"), tagged)
 
     async def test_publish_after_close_raises(self, harness: Harness) -> None:
         ps = await harness.open()

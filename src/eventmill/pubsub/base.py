@@ -48,10 +48,19 @@ def validate_name(kind: str, name: str) -> str:
 
 
 def check_messages(messages: tuple[object, ...]) -> None:
-    """Raise ``TypeError`` unless every item given to ``publish`` is a :class:`Message`."""
+    """Raise ``TypeError`` unless every item given to ``publish`` is a :class:`Message`
+    whose payload is still ``bytes`` and whose metadata still maps ``str`` to ``str``
+    (both are checked when a message is built, and may be changed afterwards)."""
     for m in messages:
         if type(m) is not Message and not isinstance(m, Message):
             raise TypeError(f"publish() takes Message objects, not {type(m).__name__}")
+        if type(m.payload) is not bytes:
+            raise TypeError(
+                f"message {m.id}: payload must be bytes, not {type(m.payload).__name__}"
+            )
+        metadata = m.metadata
+        if metadata and not all(type(k) is str and type(v) is str for k, v in metadata.items()):
+            raise TypeError(f"message {m.id}: metadata must map str to str")
 
 
 @dataclass(frozen=True, slots=True)

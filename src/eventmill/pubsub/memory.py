@@ -288,8 +288,13 @@ class MemoryPubSub(AsyncStartCloseable):
             validate_name("topic", topic)
             t = self._topics[topic] = _Topic()
         for m in messages:
-            if type(m) is not Message:
-                check_messages(messages)
+            md = m.metadata if type(m) is Message else None
+            if (
+                md is None
+                or type(m.payload) is not bytes
+                or (md and not all(type(k) is str and type(v) is str for k, v in md.items()))
+            ):
+                check_messages(messages)  # raises, naming what is wrong
                 break
         n = len(messages)
         if not n:
