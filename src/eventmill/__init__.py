@@ -32,6 +32,7 @@ from eventmill.pubsub.base import (
     Subscriber,
     Subscription,
     TransactionalPublisher,
+    supports_transactions,
 )
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
@@ -98,4 +99,5 @@ __all__ = [
     "__version__",
     "new_message_id",
     "open_pubsub",
+    "supports_transactions",
 ]

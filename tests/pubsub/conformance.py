@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import pytest
 
-from eventmill import ClosedError, InvalidNameError, Message
+from eventmill import ClosedError, InvalidNameError, Message, supports_transactions
 from eventmill.pubsub.base import Capabilities, PubSub, Subscription
 
 RECEIVE_TIMEOUT = 30.0
@@ -301,6 +301,12 @@ class ConformanceSuite:
         tagged.metadata["n"] = 1  # type: ignore[assignment]
         with pytest.raises(TypeError, match="metadata must map str to str"):
             await bus.publish(unique("t"), tagged)
+
+    async def test_supports_transactions_says_what_the_capabilities_say(self, bus: PubSub) -> None:
+        assert supports_transactions(bus) is bus.capabilities.transactions
+        if not bus.capabilities.transactions:  # the keyword is refused, never ignored
+            with pytest.raises(TypeError):
+                await bus.publish(unique("t"), Message(b"x"), transaction=object())  # type: ignore[call-arg]
 
     async def test_publish_after_close_raises(self, harness: Harness) -> None:
         ps = await harness.open()

@@ -7,6 +7,7 @@ from eventmill.pubsub.base import (
     Subscriber,
     Subscription,
     TransactionalPublisher,
+    supports_transactions,
 )
 from eventmill.pubsub.factory import open_pubsub
 from eventmill.pubsub.memory import MemoryConfig, MemoryPubSub
@@ -21,4 +22,5 @@ __all__ = [
     "Subscription",
     "TransactionalPublisher",
     "open_pubsub",
+    "supports_transactions",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self, runtime_checkable
+from typing import Literal, Protocol, Self, TypeGuard, runtime_checkable
 
 from eventmill.errors import InvalidNameError
 from eventmill.message import Message
@@ -175,6 +175,15 @@ class TransactionalPublisher(Publisher, Protocol):
     async def publish(
         self, topic: str, *messages: Message, transaction: object | None = None
     ) -> None: ...
+
+
+def supports_transactions(bus: object) -> TypeGuard[TransactionalPublisher]:
+    """Whether ``bus`` takes ``publish(..., transaction=conn)`` (its
+    ``capabilities.transactions``: postgresql:// and sqlite:///), narrowing its type for
+    type checkers. ``isinstance(bus, TransactionalPublisher)`` cannot tell: a protocol
+    check sees only that ``publish`` exists, which every bus has."""
+    capabilities = getattr(bus, "capabilities", None)
+    return getattr(capabilities, "transactions", False) is True
 
 
 @runtime_checkable
