@@ -426,6 +426,24 @@ async def test_bad_options_are_configuration_errors(url: str) -> None:
         await open_pubsub(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret-pw@127.0.0.1:6379/0",  # a password the server does not have
+        "redis://bob:s3cret-pw@127.0.0.1:6379/0",  # no such user
+        "redis://127.0.0.1:6379/99",  # no such database
+    ],
+)
+async def test_a_server_refusing_the_urls_credentials_or_database_is_a_configuration_error(
+    url: str,
+) -> None:
+    """As PostgreSQL's unknown role or database: the URL is wrong, retrying will not
+    mend it, so it is not "unavailable"."""
+    with pytest.raises(ConfigurationError) as info:
+        await open_pubsub(url)
+    assert "s3cret-pw" not in str(info.value)
+
+
 async def test_unreachable_server_errors_hide_the_password() -> None:
     dead_port = 1  # nothing listens on port 1 of localhost
     url = f"redis://:s3cret-pw@127.0.0.1:{dead_port}/0?publish_timeout=0.3&connect_timeout=0.5"

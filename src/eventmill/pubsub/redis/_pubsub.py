@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -101,7 +102,15 @@ class RedisPubSub(AsyncStartCloseable):
             raise closed("redis://")
         try:
             with mapped("connect", BackendUnavailableError, self.config):
-                await self._client.ping()
+                try:
+                    await self._client.ping()
+                except (rex.AuthenticationError, rex.AuthorizationError, rex.ResponseError) as e:
+                    # a wrong password or user, a database number the server does not
+                    # have: the URL is wrong, and retrying will not mend it
+                    raise ConfigurationError(
+                        f"redis server refused {self.config.safe_url!r}: "
+                        f"{describe(e, self.config)}"
+                    ) from None
         except TRANSIENT as exc:
             raise unavailable(exc, self.config, "connect") from exc
 
