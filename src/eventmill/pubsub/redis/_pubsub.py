@@ -108,8 +108,7 @@ class RedisPubSub(AsyncStartCloseable):
                     # a wrong password or user, a database number the server does not
                     # have: the URL is wrong, and retrying will not mend it
                     raise ConfigurationError(
-                        f"redis server refused {self.config.safe_url!r}: "
-                        f"{describe(e, self.config)}"
+                        f"redis server refused {self.config.safe_url!r}: {describe(e, self.config)}"
                     ) from None
         except TRANSIENT as exc:
             raise unavailable(exc, self.config, "connect") from exc
