@@ -95,6 +95,14 @@ async def test_a_missing_audience_is_refused_when_one_is_configured() -> None:
     assert await _problem(v, _token({})) == "malformed"
 
 
+async def test_an_exp_given_as_a_numeric_string_still_expires_the_principal() -> None:
+    """PyJWT accepts ``"exp": "1796599317"``: the connection it opens must still end
+    then (its expiry was None, so an open WebSocket never expired)."""
+    exp = int(time.time()) + 60
+    principal = await _verifier(secret=SECRET).verify(_token({"exp": str(exp)}))
+    assert principal.expires_at == exp
+
+
 async def test_a_token_without_a_subject_is_refused() -> None:
     v = _verifier(secret=SECRET)
     no_sub = jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256")

@@ -291,7 +291,8 @@ class JwtVerifier:
         return Principal(
             user_id=sub,
             claims=claims,
-            expires_at=float(exp) if isinstance(exp, int | float) else None,
+            # PyJWT verified it as an integer, also when it came as a numeric string
+            expires_at=None if exp is None or isinstance(exp, bool) else float(exp),
             all_users=all_users,
         )
 
