@@ -217,6 +217,11 @@ async def test_bad_input(tmp_path: Path, store_url: str) -> None:
         r = await client.post("/v1/events", json=_event(source="system"), headers=key)
         assert r.status_code == 422
         assert r.json()["message"] == "source 'system' is reserved for the service's own events"
+        # the SSE stream's own message names cannot be published (a browser's listener for
+        # "resume_failed" would fire for such an event)
+        r = await client.post("/v1/events", json=_event(name="resume_failed"), headers=key)
+        assert r.status_code == 422
+        assert r.json()["details"][0]["field"] == "event_name"
         # an array item that is not an object: named once, by its index
         r = await client.post("/v1/events", json=[_event(), None], headers=key)
         assert r.status_code == 422

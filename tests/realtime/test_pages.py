@@ -187,11 +187,13 @@ PROBE_PAGE = """<!doctype html>
       token: () => {
         const t = tokens.length > 1 ? tokens.shift() : tokens[0];
         if (t === "throw") throw new Error("offline");
+        if (t && t.delay) return new Promise((r) => setTimeout(() => r(t.token), t.delay));
         return t;
       },
       onEvent: (event) => window.received.push(event.event_name),
       onStatus: (status, detail) => window.statuses.push([status, detail && detail.code]),
       onMessage: (message) => window.messages.push(message.type),
+      onError: (message) => window.messages.push("error:" + message.error),
     }, options));
     window.client = client;
     try { client.connect(); } catch (e) { window.errors.push(String(e)); }
@@ -463,6 +465,71 @@ def test_the_js_client_unsubscribed_from_everything_stays_so_across_a_drop(
     wait_until(lambda: len(probe("return window.received")) >= 2)
     # what it did not want, before and after, never came; nor what passed while paused
     assert probe("return window.received") == ["test.a", "test.b"]
+
+
+def test_the_js_client_forgets_a_pattern_the_server_refused(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """A refused pattern stays out of the client's patterns, so the reconnect after a
+    drop (here: its token expires) is not refused 4400 for good."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe(
+        "start({tokens: [arguments[0], arguments[1]], events: ['test.a']})",
+        token(user, ttl=4),
+        token(user),
+    )
+    wait_until(lambda: probe("return client.status") == "open")
+    probe("client.subscribe(['bad pattern!'])")
+    wait_until(lambda: "error:invalid_pattern" in probe("return window.messages"))
+    assert probe("return client.events") == ["test.a"]
+    wait_until(lambda: ["closed", 4002] in probe("return window.statuses"), timeout=20)
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(server.publish(event(user, "test.a")))
+    wait_until(lambda: probe("return window.received") == ["test.a"])
+
+
+def test_the_js_client_unsubscribed_while_its_token_comes_opens_no_socket(
+    probe: Callable[..., Any],
+) -> None:
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe(
+        "start({tokens: [{delay: 800, token: arguments[0]}], events: ['test.a']});"
+        "client.unsubscribe(['test.a']);",
+        token(user),
+    )
+    wait_until(lambda: probe("return client.status") == "paused")
+    assert probe("return window.sockets.length") == 0
+
+
+def test_the_js_client_stops_on_patterns_no_address_can_carry(probe: Callable[..., Any]) -> None:
+    """50 long patterns: valid for the server, but the address would be ~9 KB, which
+    servers refuse (414) before any WebSocket: failed at once, not retried forever."""
+    probe(
+        "start({tokens: [arguments[0]], events: Array.from({length: 50}, (_, i) =>"
+        " 'p' + i + '.' + 'a'.repeat(180))})",
+        token(f"user_{uuid.uuid4().hex[:8]}"),
+    )
+    wait_until(lambda: probe("return client.status") == "failed")
+    assert probe("return window.sockets.length") == 0
+
+
+def test_the_js_client_subscribing_with_since_does_not_repeat_what_it_had(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: [arguments[0]], events: ['test.a']})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(server.publish(event(user, "test.a"), event(user, "test.b")))
+    wait_until(lambda: probe("return window.received") == ["test.a"])
+    start = probe("return client.position") - 2  # before both
+    probe("client.subscribe(['test.b'], arguments[0])", start)
+    wait_until(lambda: len(probe("return window.received")) >= 2)  # the replayed test.b
+    asyncio.run(server.publish(event(user, "test.a")))
+    wait_until(lambda: len(probe("return window.received")) >= 3)
+    # the replay brings test.b (missed: it was not subscribed), not test.a again
+    assert probe("return window.received") == ["test.a", "test.b", "test.a"]
 
 
 def test_the_dashboard_explains_an_expired_token_and_stops(

@@ -184,3 +184,10 @@ async def test_resume_with_too_many_missed_events_says_so(node: Node) -> None:
         await stream.wait_for(lambda s: s.data("resume_failed"))
         assert stream.data("resume_failed")[0]["error"] == "resume_gap_too_old"
         assert _ids(stream) == []
+
+
+def test_every_message_of_the_stream_itself_is_a_name_no_event_may_take() -> None:
+    from eventmill.realtime.sse import _ENDINGS
+    from eventmill.web.seam import STREAM_CONTROL_NAMES
+
+    assert {*_ENDINGS.values(), "resume_failed"} == STREAM_CONTROL_NAMES

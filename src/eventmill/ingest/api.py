@@ -39,6 +39,7 @@ from eventmill.store import ApiKeyRecord, DuplicateEventError, StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
 from eventmill.web.errors import ApiError, FieldError, error_responses
+from eventmill.web.seam import STREAM_CONTROL_NAMES
 from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
 __all__ = ["MAX_BATCH", "routes"]
@@ -173,6 +174,11 @@ def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
     try:
         data = {k: v for k, v in item.items() if v is not None or k not in _DEFAULTED}
         event = Event.from_dict(data)
+        if event.event_name in STREAM_CONTROL_NAMES:
+            raise EventValidationError(
+                f"event name {event.event_name!r} is reserved for the SSE stream's own messages",
+                field="event_name",
+            )
         if event.source == "system":
             raise EventValidationError(
                 "source 'system' is reserved for the service's own events", field="source"

@@ -37,6 +37,7 @@ __all__ = [
     "POSITION_KEY",
     "ROLES",
     "STORED_MARK",
+    "STREAM_CONTROL_NAMES",
     "Feature",
     "FeatureRoles",
     "Resources",
@@ -47,6 +48,12 @@ __all__ = [
 
 EVENTS_TOPIC = "events"
 """The topic every event crosses: ingest publishes to it, features subscribe to it."""
+
+STREAM_CONTROL_NAMES: frozenset[str] = frozenset(
+    {"resume_failed", "slow_consumer", "token_expired", "shutdown", "unavailable"}
+)
+"""The SSE stream's own messages (``event: resume_failed``, ...): no event may be named
+so through the publish API, or a browser's listener for one would fire for it."""
 
 POSITION_KEY = "eventmill_position"
 """Metadata key on messages of events already stored: the event's store position (the

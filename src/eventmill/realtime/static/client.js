@@ -60,6 +60,25 @@
     this._sentToken = null; // the token of the current socket
     this._expiredToken = null; // the token the server closed with 4002
     this._outbox = []; // messages waiting for "connected"
+    this._requests = {}; // id -> this.events before that subscribe/unsubscribe
+    this._nextId = 1;
+    this._seen = null; // {upTo, patterns}: what a subscribe's replay would repeat
+  }
+
+  var MAX_URL = 8000; // servers refuse longer addresses (414)
+
+  function globs(patterns) {
+    if (!patterns) return null; // every event
+    return patterns.map(function (p) {
+      var parts = p.split("*").map(function (x) { return x.replace(/[.+?^${}()|[\]\\]/g, "\\$&"); });
+      return new RegExp("^" + parts.join("[\\s\\S]*") + "$");
+    });
+  }
+
+  function matches(regexes, name) {
+    if (!regexes) return true;
+    for (var i = 0; i < regexes.length; i++) if (regexes[i].test(name)) return true;
+    return false;
   }
 
   function defaultUrl() {
@@ -91,11 +110,13 @@
 
   EventmillClient.prototype.subscribe = function (patterns, since) {
     var list = [].concat(patterns || []);
+    var previous = this.events;
     this.events = (this.events || []).concat(list.filter(function (p) {
       return (this.events || []).indexOf(p) < 0;
     }, this));
     var message = { type: "subscribe", events: list };
     if (this._paused) {
+      this._requests = {};
       // no socket while it wanted nothing: open one for these patterns, from the newest
       // event (or from `since`)
       this._paused = false;
@@ -103,14 +124,31 @@
       if (!this._stopped) this._open();
       return;
     }
-    if (since != null) { message.since = since; this.position = since; }
-    this.send(message);
+    if (since != null) {
+      // the replay covers the old patterns too: what they delivered up to now is not
+      // handed out twice (the connection's stream had no gap)
+      if (this.position != null && since < this.position) {
+        this._seen = { upTo: this.position, patterns: globs(previous) };
+      }
+      message.since = since;
+      this.position = since;
+    }
+    this._request(message, previous);
   };
 
   EventmillClient.prototype.unsubscribe = function (patterns) {
     var list = [].concat(patterns || []);
+    var previous = this.events;
     this.events = (this.events || ["*"]).filter(function (p) { return list.indexOf(p) < 0; });
-    this.send({ type: "unsubscribe", events: list });
+    this._request({ type: "unsubscribe", events: list }, previous);
+  };
+
+  // A subscribe/unsubscribe the server refuses (an invalid pattern, too many) leaves the
+  // patterns as they were, here as on the server, so a reconnect does not carry it.
+  EventmillClient.prototype._request = function (message, previous) {
+    message.id = "s" + this._nextId++;
+    this._requests[message.id] = previous;
+    this.send(message);
   };
 
   EventmillClient.prototype.ping = function () { this.send({ type: "ping" }); };
@@ -155,13 +193,30 @@
         self._setStatus("failed", { code: 4002, reason: "token_expired", error: self._lastError });
         return;
       }
+      if (self.events && self.events.length === 0) {
+        // unsubscribed from everything while the token came: no socket (see the top)
+        self._paused = true;
+        self.position = null;
+        self._setStatus("paused", { reason: "no subscriptions" });
+        return;
+      }
       self._sentToken = token;
       self._outbox = [];
+      self._requests = {};
+      self._seen = null;
       var url = new URL(self.url, root.location ? root.location.href : undefined);
       if (token) url.searchParams.set("token", token);
       if (self.position != null) url.searchParams.set("since", String(self.position));
       else if (self.options.recent) url.searchParams.set("recent", String(self.options.recent));
       if (self.events) url.searchParams.set("events", self.events.join(","));
+      if (url.toString().length > MAX_URL) {
+        // a server refuses such an address (414) before any WebSocket: retrying cannot help
+        self._stopped = true;
+        self._setStatus("failed", { reason: "too_many_patterns", error: { message:
+          "the patterns make the address longer than " + MAX_URL + " characters; " +
+          "subscribe to fewer or shorter ones" } });
+        return;
+      }
       var ws = new root.WebSocket(url.toString());
       self._ws = ws;
       ws.onopen = function () { if (ws === self._ws) self._arm(); };
@@ -190,10 +245,15 @@
         for (var i = 0; i < outbox.length; i++) this.send(outbox[i]);
         break;
       case "event":
-        this.position = m.position;
+        var seen = this._seen;
+        if (seen && m.position <= seen.upTo && matches(seen.patterns, m.payload.event_name)) {
+          break; // delivered before the subscribe that replays it
+        }
+        if (this.position == null || m.position > this.position) this.position = m.position;
         if (this.options.onEvent) this.options.onEvent(m.payload, m);
         break;
       case "resumed":
+        this._seen = null;
         this.position = Math.max(this.position || 0, m.position);
         if (this.options.onResumed) this.options.onResumed(m);
         break;
@@ -202,7 +262,17 @@
           this.position = m.position;
         }
         break;
+      case "subscribed":
+      case "unsubscribed":
+        if (m.id != null && m.id in this._requests) delete this._requests[m.id];
+        if (this.options.onMessage) this.options.onMessage(m);
+        break;
       case "error":
+        if (m.id != null && m.id in this._requests) {
+          this.events = this._requests[m.id]; // refused: the patterns stay as they were
+          delete this._requests[m.id];
+          if (m.error === "invalid_pattern" || m.error === "invalid_message") this._seen = null;
+        }
         this._lastError = m;
         if (this.options.onError) this.options.onError(m);
         break;

@@ -95,9 +95,9 @@
     options.headers = { Authorization: "Bearer " + token };
     return fetch(path, options).then(function (response) {
       if (response.ok) return response.json();
-      // the service's error body: {"error": {"code", "message", ...}}
+      // the service's error body: {"error": "<code>", "message": "...", "details"?}
       return response.json().catch(function () { return {}; }).then(function (body) {
-        var said = body && body.error && body.error.message;
+        var said = body && body.message;
         var error = new Error("HTTP " + response.status + (said ? ": " + said : ""));
         error.status = response.status;
         throw error;
@@ -231,7 +231,13 @@
       recent: 100,  // what happened just before the page opened, then live
       onEvent: addEvent,
       onStatus: setStatus,
-      onGap: function () { setStatus("closed", { code: 4009, reason: "missed events were not replayed" }); },
+      onGap: function (info) {
+        // stays until Clear: the table lacks events from before the reconnect
+        $("gap").textContent = "Some events were missed while disconnected (more than the " +
+          "server replays" + (info && info.since != null ? ", after position " + info.since : "") +
+          "): the table shows what came after. Reload to start afresh.";
+        $("gap").hidden = false;
+      },
     });
     client.connect();
   }
@@ -250,6 +256,7 @@
   $("filter-name").addEventListener("input", applyFilters);
   $("filter-user").addEventListener("input", applyFilters);
   $("clear").addEventListener("click", function () {
+    $("gap").hidden = true;
     rows.forEach(function (r) { r.tr.remove(); r.detail.remove(); });
     rows = [];
     applyFilters();
