@@ -10,8 +10,9 @@ under the key is 409 ``idempotency_conflict`` and stores nothing. Without one, a
 event is deduplicated only by its ``id`` if the caller chose it. A chosen id already
 stored with the same name, source, user and payload is a duplicate (200,
 ``"duplicate": true``); with anything of those different it is 409 ``duplicate_event``
-(the batch's other events are stored all the same, and a retry answers them as
-duplicates): a second, different event is never dropped in silence.
+and nothing of the request is stored (checked before storing; a conflict with an event
+stored meanwhile by a concurrent request is caught after, the rest of that batch then
+stored): a second, different event is never dropped in silence.
 
 ``GET /v1/events`` (scope ``read``) filters by user, event name (``*`` wildcards),
 source and time range, and pages with an opaque cursor. A filter value no stored
@@ -204,13 +205,24 @@ def _content(event: Event) -> tuple[Any, ...]:
 
 
 def _refuse_other_content(
-    results: list[Accepted], events: list[Event], chosen: list[bool], batch: bool
+    results: list[Accepted],
+    events: list[Event],
+    chosen: list[bool],
+    batch: bool,
+    *,
+    stored_first: bool = True,
 ) -> None:
     for i, (result, event, own_id) in enumerate(zip(results, events, chosen, strict=True)):
         first = result.event
         if own_id and result.duplicate and _content(first) != _content(event):
             where = f"event {i}: " if batch else ""
-            rest = " (the batch's other events were stored)" if len(events) > 1 else ""
+            rest = ""
+            if len(events) > 1:
+                rest = (
+                    " (the batch's other events were stored)"
+                    if stored_first
+                    else " (nothing of the batch was stored)"
+                )
             raise DuplicateEventError(
                 f"{where}an event with this id is already stored with another name, "
                 f"source, user or payload{rest}; choose a new id for a new event"
@@ -306,6 +318,24 @@ def routes(ctx: IngestContext) -> APIRouter:
                 event.metadata.trace_id = trace_id
 
         async def run(pairs: list[tuple[Event, str | None]], retry_safe: bool = True) -> bytes:
+            # Another event under a stored chosen id: refused before anything is stored
+            # (checked again after, for one stored meanwhile by a concurrent request)
+            if any(chosen):
+                stored = await ctx.require_events().get_many(
+                    [e.id for e, own in zip(events, chosen, strict=True) if own]
+                )
+                _refuse_other_content(
+                    [
+                        Accepted(e.id, True, stored[e.id].event)
+                        if own and e.id in stored
+                        else Accepted(e.id, False, e)
+                        for e, own in zip(events, chosen, strict=True)
+                    ],
+                    events,
+                    chosen,
+                    batch,
+                    stored_first=False,
+                )
             results = await ingest(ctx, pairs, retry_safe=retry_safe)
             _refuse_other_content(results, events, chosen, batch)
             if ctx.metrics is not None:

@@ -931,6 +931,20 @@ class EventStore:
             row = (await conn.execute(sa.select(*_COLUMNS).where(t.c.id == event_id))).first()
         return None if row is None else _row_to_stored(row)
 
+    async def get_many(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """The stored events among ``event_ids``, by id (those not stored are absent)."""
+        ids = list(dict.fromkeys(i for i in event_ids if _matchable(i, "id")))
+        found: dict[str, StoredEvent] = {}
+        if not ids:
+            return found
+        async with self._store.transaction(write=False) as conn:
+            for i in range(0, len(ids), _ID_CHUNK):
+                stmt = sa.select(*_COLUMNS).where(t.c.id.in_(ids[i : i + _ID_CHUNK]))
+                for row in await conn.execute(stmt):
+                    stored = _row_to_stored(row)
+                    found[stored.event.id] = stored
+        return found
+
     async def query(
         self,
         *,
