@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Protocol, cast
-from urllib.parse import urlsplit
+from typing import Final, Protocol, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from eventmill.errors import ConfigurationError
 from eventmill.pubsub.base import PubSub
@@ -31,16 +31,38 @@ class _Backend(Protocol):
     def from_url(cls, url: str) -> PubSub: ...
 
 
+_SECRET_PARAMETERS: Final = frozenset(
+    {"password", "sslpassword", "token", "secret", "api_key", "apikey", "nkey", "jwt"}
+)
+"""Query parameters whose values are credentials (``postgresql://…?password=…``)."""
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for logs and errors)."""
+    """Return ``url`` with its credentials replaced by ``***`` (for logs and errors): a
+    password, a NATS token (``nats://TOKEN@host``: the user part is the token), and
+    credential query parameters (``password=``, ``token=``, ...)."""
     try:
         parts = urlsplit(url)
+        password, username = parts.password, parts.username
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if password is not None:
+        netloc = netloc.replace(f":{password}@", ":***@", 1)
+    elif username and parts.scheme.lower().startswith(("nats", "tls")):
+        netloc = netloc.replace(f"{username}@", "***@", 1)
+    query = parts.query
+    if query and any(
+        name.lower() in _SECRET_PARAMETERS for name, _ in parse_qsl(query, keep_blank_values=True)
+    ):
+        query = "&".join(
+            f"{name}=***" if name.lower() in _SECRET_PARAMETERS else piece
+            for piece in query.split("&")
+            for name in [piece.split("=", 1)[0]]
+        )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def backend_class(url: str) -> type[_Backend]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from eventmill.errors import ConfigurationError
+from eventmill.pubsub.factory import redact_url
 
 __all__ = ["StoreConfig"]
 
@@ -107,9 +108,5 @@ class StoreConfig:
             )
 
     def redacted(self) -> str:
-        """The URL with any password replaced by ``***`` (for logs and errors)."""
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        """The URL with its credentials replaced by ``***`` (for logs and errors)."""
+        return redact_url(self.url)
