@@ -126,3 +126,26 @@ def test_an_incomplete_backend_choice_names_what_is_missing(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=match):
         Settings.load()
+
+
+def test_a_config_file_named_in_the_environment_must_exist(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``EVENTMILL_CONFIG`` naming no file (a typo, a missing mount) is an error, as
+    ``--config`` is: silently running on the defaults would be the surprise."""
+    for named in (tmp_path / "nosuch.toml", tmp_path):
+        monkeypatch.setenv("EVENTMILL_CONFIG", str(named))
+        with pytest.raises(ConfigurationError, match="EVENTMILL_CONFIG"):
+            Settings.load()
+
+
+def test_a_config_file_that_is_not_toml_and_bad_json_in_a_variable_are_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = [\n")
+    with pytest.raises(ConfigurationError, match="not valid TOML"):
+        Settings.load(bad)
+    monkeypatch.setenv("EVENTMILL_SOURCES", "{bad")
+    with pytest.raises(ConfigurationError, match="sources"):
+        Settings.load()

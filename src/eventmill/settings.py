@@ -213,9 +213,18 @@ class Settings(BaseSettings, IngestSettings):
         """
         from pydantic import ValidationError
 
+        import tomllib
+
+        from pydantic_settings import SettingsError
+
         path = Path(config_file) if config_file is not None else None
         if path is not None and not path.is_file():
             raise ConfigurationError(f"config file {str(path)!r} does not exist")
+        named = os.environ.get("EVENTMILL_CONFIG")
+        if path is None and named and not Path(named).is_file():
+            raise ConfigurationError(
+                f"EVENTMILL_CONFIG names {named!r}, which is not a file (unset it to use none)"
+            )
         try:
             if path is None:
                 return cls(**overrides)
@@ -228,6 +237,13 @@ class Settings(BaseSettings, IngestSettings):
                     os.environ.pop("EVENTMILL_CONFIG", None)
                 else:
                     os.environ["EVENTMILL_CONFIG"] = previous
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file is not valid TOML: {exc}") from None
+        except SettingsError as exc:  # an environment variable that is not the JSON it must be
+            cause = exc.__cause__ or exc
+            raise ConfigurationError(
+                f"invalid settings: {str(exc).split(' from source')[0]} ({type(cause).__name__})"
+            ) from None
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
