@@ -211,10 +211,9 @@ class Settings(BaseSettings, IngestSettings):
 
         Raises :class:`~eventmill.ConfigurationError` naming the bad field (never its value).
         """
-        from pydantic import ValidationError
-
         import tomllib
 
+        from pydantic import ValidationError
         from pydantic_settings import SettingsError
 
         path = Path(config_file) if config_file is not None else None
