@@ -62,6 +62,11 @@ def test_a_repeated_id_is_a_duplicate_and_bad_input_a_clear_error(env: dict[str,
     bad = CliRunner().invoke(app, ["publish", "order.placed", "--payload", "{nope"], env=env)
     assert bad.exit_code == 2
     assert "--payload is not valid JSON" in bad.output
+    for args in (["BAD NAME!!"], ["user.created", "--payload", '{"x": 1}']):
+        invalid = CliRunner().invoke(app, ["publish", *args], env=env)
+        assert invalid.exit_code == 2, invalid.output
+        assert "invalid event" in invalid.output
+        assert "Traceback" not in invalid.output
     missing = CliRunner().invoke(app, ["events", "show", "evt_none"], env=env)
     assert missing.exit_code == 1
     assert "no event with id 'evt_none'" in missing.output

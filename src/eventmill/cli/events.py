@@ -208,6 +208,7 @@ def publish(
 ) -> None:
     """Store an event and publish it on topic 'events', on the service's durable path
     (validated against the registry, deduplicated by id)."""
+    from eventmill.errors import EventValidationError
     from eventmill.events import Event, EventRegistry
     from eventmill.ingest import IngestContext, ingest, ingest_config
     from eventmill.web.seam import EVENTS_TOPIC, Resources
@@ -223,8 +224,11 @@ def publish(
         fields["user_id"] = user_id
     if event_id is not None:
         fields["id"] = event_id
-    event = Event.from_dict(fields)
-    registry.validate(event)
+    try:
+        event = Event.from_dict(fields)
+        registry.validate(event)
+    except EventValidationError as exc:
+        raise fail(f"invalid event: {exc}", 2) from None
 
     async def go() -> Any:
         async with open_store(settings, create=True) as store, _bus(settings) as bus:
