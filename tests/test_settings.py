@@ -149,3 +149,10 @@ def test_a_config_file_that_is_not_toml_and_bad_json_in_a_variable_are_named(
     monkeypatch.setenv("EVENTMILL_SOURCES", "{bad")
     with pytest.raises(ConfigurationError, match="sources"):
         Settings.load()
+
+
+def test_an_unknown_setting_in_the_config_file_is_named(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.toml"
+    typo.write_text('prot = 9999\nbus_ulr = "memory://"\nport = 8081\n')
+    with pytest.raises(ConfigurationError, match="'bus_ulr', 'prot'"):
+        Settings.load(typo)

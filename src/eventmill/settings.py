@@ -206,6 +206,31 @@ class Settings(BaseSettings, IngestSettings):
         return tuple(sources)
 
     @classmethod
+    def _check_keys(cls, path: Path | None) -> None:
+        """Refuse top-level keys of the config file that name no setting (a typo there
+        would otherwise be dropped in silence; nested sections check their own)."""
+        import tomllib
+
+        from pydantic import AliasChoices
+
+        if path is None:
+            return
+        try:
+            with path.open("rb") as f:
+                keys = set(tomllib.load(f))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file is not valid TOML: {exc}") from None
+        known = set(cls.model_fields)
+        for field in cls.model_fields.values():
+            if isinstance(field.validation_alias, AliasChoices):
+                known.update(str(c).lower() for c in field.validation_alias.choices)
+        unknown = sorted(k for k in keys if k.lower() not in known)
+        if unknown:
+            raise ConfigurationError(
+                f"config file {str(path)!r}: unknown setting(s) {', '.join(map(repr, unknown))}"
+            )
+
+    @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Read the settings (env, then ``config_file`` or ``$EVENTMILL_CONFIG``).
 
@@ -224,6 +249,7 @@ class Settings(BaseSettings, IngestSettings):
             raise ConfigurationError(
                 f"EVENTMILL_CONFIG names {named!r}, which is not a file (unset it to use none)"
             )
+        cls._check_keys(path or (Path(named) if named else None))
         try:
             if path is None:
                 return cls(**overrides)
