@@ -440,6 +440,17 @@ def test_the_js_client_retries_a_token_function_that_throws(
     wait_until(lambda: probe("return window.received") == ["test.after.throw"])
 
 
+def _start_with_a_token_expiring_soon(probe: Callable[..., Any], user: str) -> None:
+    """A client on ``test.a`` whose first token expires in ~4 s (the server closes with
+    4002: a drop) and whose token function then gives a fresh one; once open."""
+    probe(
+        "start({tokens: [arguments[0], arguments[1]], events: ['test.a']})",
+        token(user, ttl=4),
+        token(user),
+    )
+    wait_until(lambda: probe("return client.status") == "open")
+
+
 def test_the_js_client_unsubscribed_from_everything_stays_so_across_a_drop(
     probe: Callable[..., Any], node: tuple[Node, str]
 ) -> None:
@@ -447,12 +458,7 @@ def test_the_js_client_unsubscribed_from_everything_stays_so_across_a_drop(
     is not reopened as "every event": the client waits for ``subscribe``."""
     server, _ = node
     user = f"user_{uuid.uuid4().hex[:8]}"
-    probe(
-        "start({tokens: [arguments[0], arguments[1]], events: ['test.a']})",
-        token(user, ttl=4),
-        token(user),
-    )
-    wait_until(lambda: probe("return client.status") == "open")
+    _start_with_a_token_expiring_soon(probe, user)
     asyncio.run(server.publish(event(user, "test.a")))
     wait_until(lambda: probe("return window.received") == ["test.a"])
     probe("client.unsubscribe(['test.a'])")
@@ -474,12 +480,7 @@ def test_the_js_client_forgets_a_pattern_the_server_refused(
     drop (here: its token expires) is not refused 4400 for good."""
     server, _ = node
     user = f"user_{uuid.uuid4().hex[:8]}"
-    probe(
-        "start({tokens: [arguments[0], arguments[1]], events: ['test.a']})",
-        token(user, ttl=4),
-        token(user),
-    )
-    wait_until(lambda: probe("return client.status") == "open")
+    _start_with_a_token_expiring_soon(probe, user)
     probe("client.subscribe(['bad pattern!'])")
     wait_until(lambda: "error:invalid_pattern" in probe("return window.messages"))
     assert probe("return client.events") == ["test.a"]

@@ -172,16 +172,20 @@
     }
   };
 
+  // Subscribed to nothing: no socket until `subscribe` (see the top).
+  EventmillClient.prototype._pauseIfNothing = function () {
+    if (!this.events || this.events.length !== 0) return false;
+    this._pending = false;
+    this._paused = true;
+    this.position = null;
+    this._setStatus("paused", { reason: "no subscriptions" });
+    return true;
+  };
+
   EventmillClient.prototype._open = function () {
     var self = this;
     var generation = this._generation;
-    if (this.events && this.events.length === 0) {
-      // subscribed to nothing: no socket until `subscribe` (see the top)
-      this._paused = true;
-      this.position = null;
-      this._setStatus("paused", { reason: "no subscriptions" });
-      return;
-    }
+    if (this._pauseIfNothing()) return;
     this._pending = true;
     this._setStatus("connecting", { attempt: this._attempt });
     this._token().then(function (token) {
@@ -193,13 +197,7 @@
         self._setStatus("failed", { code: 4002, reason: "token_expired", error: self._lastError });
         return;
       }
-      if (self.events && self.events.length === 0) {
-        // unsubscribed from everything while the token came: no socket (see the top)
-        self._paused = true;
-        self.position = null;
-        self._setStatus("paused", { reason: "no subscriptions" });
-        return;
-      }
+      if (self._pauseIfNothing()) return; // unsubscribed from everything meanwhile
       self._sentToken = token;
       self._outbox = [];
       self._requests = {};
