@@ -112,3 +112,17 @@ def test_a_terminal_gets_readable_lines(
     out = capsys.readouterr().err
     assert "ready" in out
     assert not out.lstrip().startswith("{")
+
+
+def test_uvicorns_coloured_copy_of_a_message_is_left_out(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    configure_logging("info", json=True)
+    logging.getLogger("eventmill.tests.uvicorn").info(
+        "Started server process [%d]",
+        42,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )
+    [line] = _lines(capsys.readouterr().err)
+    assert line["event"] == "Started server process [42]"
+    assert "color_message" not in line

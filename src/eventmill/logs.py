@@ -72,6 +72,7 @@ def redact(text: str) -> str:
 
 
 def _redact(logger: Any, name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
     for key, value in event.items():
         if isinstance(value, str):
             event[key] = redact(value)
