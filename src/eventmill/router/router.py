@@ -54,13 +54,12 @@ _RUNNING: Final = 2
 _CLOSED: Final = 3
 
 _YIELD_EVERY: Final = 256
-_PAUSE_FIRST: Final = 0.05
-_PAUSE_MAX: Final = 2.0
+"""A worker yields to the event loop after this many messages that arrived without
+waiting, so a full buffer cannot starve other tasks (close, signals, publishers)."""
+_PAUSES: Final = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 """A worker whose messages fail in a row pauses after each from the second on: 50 ms,
 doubling, at most 2 s (a success resets it), so a message failing on every
 redelivery, without Retry or PoisonQueue, neither pins a CPU nor floods the log."""
-"""A worker yields to the event loop after this many messages that arrived without
-waiting, so a full buffer cannot starve other tasks (close, signals, publishers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +367,9 @@ class Router:
                 failed = exc  # the handler's own CancelledError: a failure like any
             except Exception as exc:
                 failed = exc
+            except BaseException:
+                msg.nack()  # (SystemExit, KeyboardInterrupt): the message goes back
+                raise
             else:
                 if result is not None:
                     try:
@@ -393,7 +395,7 @@ class Router:
                 w.failures += 1
                 if w.failures > 1:  # failing again and again: pause, growing
                     w.msg = None
-                    await asyncio.sleep(min(_PAUSE_MAX, _PAUSE_FIRST * 2 ** (w.failures - 2)))
+                    await asyncio.sleep(_PAUSES[min(w.failures - 2, len(_PAUSES) - 1)])
             w.msg = None
             n += 1
             if n == _YIELD_EVERY:
