@@ -279,12 +279,14 @@ async def test_a_burst_to_one_endpoint_is_fed_as_its_lane_drains(
 
 
 async def test_a_rate_slower_than_a_leases_spare_time_still_delivers_everything(
-    tmp_path: Path, store_url: str
+    tmp_path: Path,
 ) -> None:
     """One delivery per 4 s, while a lease leaves 3 s to wait before an attempt must
     start (6 s lease, 1 s timeout, 2 s margin): a job that cannot get a token in time is
     released without spending one, so the endpoint gets every delivery, at its rate.
     (Spending the token on a job then released stalled such an endpoint for good.)"""
+    # (the dispatcher's own timing, whatever the store: SQLite only, the run is ~10 s)
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
     settings = delivery_settings(tmp_path, store_url, timeout_seconds=1, lease_seconds=6)
     async with receiver() as rec, service(settings) as svc:
         await svc.create_endpoint(url=rec.url(), user_id="user_1", rate_limit=0.25)
