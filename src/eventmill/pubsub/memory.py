@@ -287,15 +287,7 @@ class MemoryPubSub(AsyncStartCloseable):
         if t is None:
             validate_name("topic", topic)
             t = self._topics[topic] = _Topic()
-        for m in messages:
-            md = m.metadata if type(m) is Message else None
-            if (
-                md is None
-                or type(m.payload) is not bytes
-                or (md and not all(type(k) is str and type(v) is str for k, v in md.items()))
-            ):
-                check_messages(messages)  # raises, naming what is wrong
-                break
+        check_messages(messages)
         n = len(messages)
         if not n:
             return
