@@ -35,7 +35,7 @@ from eventmill.errors import EventValidationError
 from eventmill.events import SOURCE_RE, Event, EventMetadata
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
-from eventmill.ingest.pipeline import Accepted, ingest
+from eventmill.ingest.pipeline import ingest
 from eventmill.store import ApiKeyRecord, DuplicateEventError, StoredEvent
 from eventmill.web.auth import PublishKey, ReadKey
 from eventmill.web.body import parse_json, read_limited
@@ -205,22 +205,19 @@ def _content(event: Event) -> tuple[Any, ...]:
 
 
 def _refuse_other_content(
-    results: list[Accepted],
-    events: list[Event],
-    chosen: list[bool],
-    batch: bool,
-    *,
-    stored_first: bool = True,
+    firsts: list[Event | None], events: list[Event], batch: bool, *, stored: bool
 ) -> None:
-    for i, (result, event, own_id) in enumerate(zip(results, events, chosen, strict=True)):
-        first = result.event
-        if own_id and result.duplicate and _content(first) != _content(event):
+    """409 if an event's chosen id is taken by another event: ``firsts[i]`` is the one
+    stored under event ``i``'s id, if any (``stored``: whether the request's other
+    events were stored already)."""
+    for i, (first, event) in enumerate(zip(firsts, events, strict=True)):
+        if first is not None and _content(first) != _content(event):
             where = f"event {i}: " if batch else ""
             rest = ""
             if len(events) > 1:
                 rest = (
                     " (the batch's other events were stored)"
-                    if stored_first
+                    if stored
                     else " (nothing of the batch was stored)"
                 )
             raise DuplicateEventError(
@@ -321,23 +318,20 @@ def routes(ctx: IngestContext) -> APIRouter:
             # Another event under a stored chosen id: refused before anything is stored
             # (checked again after, for one stored meanwhile by a concurrent request)
             if any(chosen):
-                stored = await ctx.require_events().get_many(
+                taken = await ctx.require_events().get_many(
                     [e.id for e, own in zip(events, chosen, strict=True) if own]
                 )
-                _refuse_other_content(
-                    [
-                        Accepted(e.id, True, stored[e.id].event)
-                        if own and e.id in stored
-                        else Accepted(e.id, False, e)
-                        for e, own in zip(events, chosen, strict=True)
-                    ],
-                    events,
-                    chosen,
-                    batch,
-                    stored_first=False,
-                )
+                firsts = [
+                    taken[e.id].event if own and e.id in taken else None
+                    for e, own in zip(events, chosen, strict=True)
+                ]
+                _refuse_other_content(firsts, events, batch, stored=False)
             results = await ingest(ctx, pairs, retry_safe=retry_safe)
-            _refuse_other_content(results, events, chosen, batch)
+            firsts = [
+                r.event if own and r.duplicate else None
+                for r, own in zip(results, chosen, strict=True)
+            ]
+            _refuse_other_content(firsts, events, batch, stored=True)
             if ctx.metrics is not None:
                 duplicates = sum(r.duplicate for r in results)
                 ctx.metrics.accepted("api", new=len(results) - duplicates, duplicate=duplicates)
