@@ -69,7 +69,7 @@
 
     tr.addEventListener("click", function () {
       detail.hidden = !detail.hidden;
-      if (!detail.hidden) loadDeliveries(event.id, deliveries);
+      if (!detail.hidden) loadDeliveries(event.id, deliveries, FOLLOW_POLLS);
     });
     var body = $("rows");
     body.insertBefore(detail, body.firstChild);
@@ -112,8 +112,10 @@
     };
   }
 
-  // After a retry the delivery is looked at again until its attempt is done (pending:
-  // queued or in flight), at most `polls` more times a second apart.
+  // A delivery still pending (queued or in flight) when its event is opened or retried
+  // is looked at again until its attempt is done, at most `polls` more times a second
+  // apart.
+  var FOLLOW_POLLS = 30;
   function loadDeliveries(eventId, container, polls) {
     clearTimeout(container.poll);
     container.textContent = "";
@@ -182,7 +184,7 @@
         e.stopPropagation();
         retry.disabled = true;
         api("/v1/deliveries/" + encodeURIComponent(d.id) + "/retry", { method: "POST" })
-          .then(function () { loadDeliveries(eventId, container, 30); }, function (error) {
+          .then(function () { loadDeliveries(eventId, container, FOLLOW_POLLS); }, function (error) {
             retry.disabled = false;
             failed(problem)(error);
           });
