@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The suite runs in 4 processes (pytest-xdist), each test file whole in one of them: most
+# tests wait on servers and subprocesses, so 4 beat the 2 cores' count. PYTEST_ARGS=-n0
+# runs it in one process.
+PYTEST_ARGS ?= -n 4 --dist loadfile
 
 .PHONY: serve test lint docs bench clean
 

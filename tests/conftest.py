@@ -7,6 +7,12 @@ import socket
 
 import pytest
 
+# pytest-xdist's workers inherit COLUMNS from the controller; rich reads it once, when
+# the CLI is imported, and would keep that width for every in-process CLI test. Each CLI
+# test sets the width it needs in its own environment, as in a one-process run.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 REQUIRE_SERVICES = os.environ.get("EVENTMILL_REQUIRE_SERVICES", "") not in ("", "0", "false")
 
 
