@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from starlette.responses import Response
 
 from tests.delivery.support import Service, delivery_settings, receiver, service
 
@@ -251,3 +253,39 @@ async def test_a_nul_in_a_filter_or_an_id_matches_nothing(tmp_path: Path, store_
         assert endpoints["endpoints"] == []
         deliveries = await svc.get("/v1/deliveries", user_id="a\x00b", event_id="\x00")
         assert deliveries["deliveries"] == []
+
+
+async def test_a_retry_while_an_attempt_sends_the_delivery_is_409_and_changes_nothing(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The receiver holds the first attempt open; a retry meanwhile is refused (409,
+    saying why and where the outcome shows), the attempt's outcome stands, and a retry
+    after it is queued as ever."""
+    release = asyncio.Event()
+
+    async def hold_first(request: Any, n: int) -> Response:
+        if n == 0:
+            await release.wait()
+        return Response(b"ok", status_code=200)
+
+    async with (
+        receiver(hold_first) as rec,
+        service(delivery_settings(tmp_path, store_url)) as svc,
+    ):
+        await svc.create_endpoint(url=rec.url(), user_id="u1")
+        await svc.publish({"event_name": "x.y", "user_id": "u1"})
+        await rec.wait_for(lambda: len(rec.received) == 1)  # the attempt is in flight
+        [delivery] = (await svc.get("/v1/deliveries", user_id="u1"))["deliveries"]
+        refused = await svc.client.post(f"/v1/deliveries/{delivery['id']}/retry", headers=svc.auth)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "delivery_in_flight"
+        assert f"GET /v1/deliveries/{delivery['id']}" in refused.json()["message"]
+        release.set()
+        [done] = await svc.wait_delivery(
+            {"user_id": "u1"}, lambda found: found[0]["status"] == "succeeded"
+        )
+        assert done["attempts"] == 1  # the refused retry added no round
+        again = await svc.client.post(f"/v1/deliveries/{delivery['id']}/retry", headers=svc.auth)
+        assert again.status_code == 202, again.text
+        await rec.wait_for(lambda: len(rec.received) == 2)
+        assert len(rec.received) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -71,3 +72,39 @@ def test_bad_input_is_a_clear_error(env: dict[str, str]) -> None:
     assert "http" in bad.output
     bad = runner.invoke(app, ["endpoints", "create", "https://x.test", "-H", "nocolon"], env=env)
     assert bad.exit_code == 2
+
+
+def test_retry_of_a_delivery_an_attempt_holds_says_so(env: dict[str, str]) -> None:
+    """A delivery leased to an attempt (as the dispatcher leases it) is not requeued by
+    `deliveries retry`: exit 1 and where its outcome shows; once free, it is queued."""
+    from datetime import UTC, datetime, timedelta
+
+    from eventmill.delivery._ids import new_id
+    from eventmill.delivery.store import DeliveryStore, FanoutEvent, NewDelivery
+    from eventmill.store import open_store
+
+    async def leased_delivery(token: str | None) -> str:
+        store = await open_store(env["EVENTMILL_STORE_URL"])
+        try:
+            ds = DeliveryStore(store)
+            endpoint = await ds.create_endpoint(url="https://example.com/hook", user_id="u1")
+            event_id = new_id("evt")
+            delivery_id = new_id("dlv")
+            # a leased row is due again when its lease ends, if its attempt never reports
+            due = datetime.now(UTC) + timedelta(seconds=600 if token else 0)
+            row = NewDelivery(delivery_id, event_id, endpoint.id, "u1", "x.y", due, token)
+            await ds.record_fanout([FanoutEvent(event_id, "x.y", "u1", b"{}")], [row])
+            return delivery_id
+        finally:
+            await store.close()
+
+    runner = CliRunner()
+    held = asyncio.run(leased_delivery("lease-of-an-attempt"))
+    refused = runner.invoke(app, ["deliveries", "retry", held], env=env)
+    assert refused.exit_code == 1, refused.output
+    assert "being sent right now" in refused.output
+    assert f"eventmill deliveries show {held}" in refused.output
+    free = asyncio.run(leased_delivery(None))
+    queued = runner.invoke(app, ["deliveries", "retry", free], env=env)
+    assert queued.exit_code == 0, queued.output
+    assert f"queued {free}" in queued.output

@@ -254,6 +254,12 @@ def deliveries_retry(
     delivery_id: Annotated[str, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Make a delivery due again at once (a new round of the schedule)."""
-    if _run(config, lambda ds, _: ds.retry_delivery(delivery_id)) is None:
+    retried = _run(config, lambda ds, _: ds.retry_delivery(delivery_id))
+    if retried is None:
         raise _fail(f"no delivery with id {delivery_id!r}")
+    if not retried.queued:
+        raise _fail(
+            f"delivery {delivery_id!r} is being sent right now; its outcome shows in "
+            f"`eventmill deliveries show {delivery_id}` (retry after it, if it still needs one)"
+        )
     _out.print(f"queued {delivery_id}")

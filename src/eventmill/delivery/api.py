@@ -299,17 +299,26 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
         "/deliveries/{delivery_id}/retry",
         status_code=202,
         response_model=DeliveryOut,
-        responses=error_responses(401, 403, 404, 503),
+        responses=error_responses(401, 403, 404, 409, 503),
         tags=["deliveries"],
         summary="Send a delivery again",
     )
     async def retry_delivery(caller: Caller, delivery_id: DeliveryId) -> DeliveryOut:
         """Make the delivery due now, with a new round of the schedule (also after it
-        succeeded: the receiver gets it again, with the same webhook-id)."""
+        succeeded: the receiver gets it again, with the same webhook-id). 409
+        ``delivery_in_flight`` while an attempt is sending it: its outcome shows in
+        ``GET /v1/deliveries/{id}``; retry after it, if it still needs one."""
         await owned_delivery(caller, delivery_id)
-        d = await store().retry_delivery(delivery_id)
-        if d is None:
+        retried = await store().retry_delivery(delivery_id)
+        if retried is None:
             raise _not_found("delivery", delivery_id)
-        return DeliveryOut.of(d)
+        if not retried.queued:
+            raise ApiError(
+                409,
+                "delivery_in_flight",
+                f"delivery {delivery_id!r} is being sent right now; its outcome shows in "
+                f"GET /v1/deliveries/{delivery_id} (retry after it, if it still needs one)",
+            )
+        return DeliveryOut.of(retried.delivery)
 
     return router

@@ -56,6 +56,7 @@ __all__ = [
     "EndpointRecord",
     "Outcome",
     "Page",
+    "Retried",
     "Status",
 ]
 
@@ -191,6 +192,16 @@ class DeliveryRecord:
     created_at: datetime
     finished_at: datetime | None
     dead_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What :meth:`DeliveryStore.retry_delivery` did: ``queued`` is False when an
+    attempt was sending the delivery right then (nothing changed; ``delivery`` is it as
+    it stands)."""
+
+    delivery: DeliveryRecord
+    queued: bool
 
 
 _DELIVERY_COLUMNS: Final = (
@@ -661,12 +672,13 @@ class DeliveryStore:
         cursor = encode_cursor(items[-1].id) if items else after
         return Page(items=items, next_cursor=cursor, has_more=len(rows) > limit)
 
-    async def retry_delivery(self, delivery_id: str) -> DeliveryRecord | None:
+    async def retry_delivery(self, delivery_id: str) -> Retried | None:
         """Make the delivery due now in a new round of the schedule (whatever its status,
-        unless an attempt holds it right now); return it, or ``None`` if unknown."""
+        unless an attempt holds it right now: then nothing changes and ``queued`` is
+        False); ``None`` if the delivery is unknown."""
         now = _now()
         async with self.store.transaction(write=True) as conn:
-            await conn.execute(
+            queued = await conn.execute(
                 sa.update(dt)
                 .where(
                     dt.c.id == delivery_id,
@@ -678,13 +690,14 @@ class DeliveryStore:
                 )
                 .values(_requeue_values(now))
             )
-            await conn.execute(
-                self._lower_due_stmt(by_delivery=True), {"b_dlv": delivery_id, "b_due": now}
-            )
+            if queued.rowcount:
+                await conn.execute(
+                    self._lower_due_stmt(by_delivery=True), {"b_dlv": delivery_id, "b_due": now}
+                )
             row = (
                 await conn.execute(sa.select(*_DELIVERY_COLUMNS).where(dt.c.id == delivery_id))
             ).first()
-        return None if row is None else _delivery(row)
+        return None if row is None else Retried(_delivery(row), queued.rowcount > 0)
 
     # -- the dispatcher ---------------------------------------------------------------
 
