@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -68,6 +69,14 @@ async def test_keys_create_list_revoke(tmp_path: Path, store_url: str) -> None:
     assert "no active key" in err
     code, listing, _ = await _acli(store_url, "keys", "list")
     assert kid in listing
+    code, listing, _ = await _acli(store_url, "keys", "list", "--json")
+    assert code == 0
+    [record] = [json.loads(line) for line in listing.splitlines()]
+    assert record["id"] == kid
+    assert (record["name"], record["scopes"]) == ("billing", ["publish"])
+    assert record["created_at"].endswith("Z")
+    assert record["revoked_at"].endswith("Z")
+    assert secret.split("_", 2)[2] not in listing
 
 
 def test_bad_scope_and_bad_config_exit_2(tmp_path: Path) -> None:

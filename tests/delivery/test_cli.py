@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -44,6 +45,15 @@ def test_endpoint_lifecycle(env: dict[str, str]) -> None:
     listed = runner.invoke(app, ["endpoints", "list", "-u", "u1"], env=env)
     assert endpoint_id in listed.output
     assert "whsec_" not in listed.output
+    as_json = runner.invoke(app, ["endpoints", "list", "-u", "u1", "--json"], env=env)
+    [record] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert (record["id"], record["url"], record["user_id"]) == (
+        endpoint_id,
+        "https://example.com/hook",
+        "u1",
+    )
+    assert record["event_types"] == ["order.*"]
+    assert "whsec_" not in as_json.output
     rotated = runner.invoke(app, ["endpoints", "rotate-secret", endpoint_id], env=env)
     assert rotated.exit_code == 0
     assert "secret: whsec_" in rotated.output
@@ -108,3 +118,12 @@ def test_retry_of_a_delivery_an_attempt_holds_says_so(env: dict[str, str]) -> No
     queued = runner.invoke(app, ["deliveries", "retry", free], env=env)
     assert queued.exit_code == 0, queued.output
     assert f"queued {free}" in queued.output
+
+    # --json: the API's shapes, one object per line
+    listed = runner.invoke(app, ["deliveries", "list", "--json"], env=env)
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted([held, free])
+    assert {r["status"] for r in records} == {"pending"}
+    shown = runner.invoke(app, ["deliveries", "show", held, "--json"], env=env)
+    [detail] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert (detail["id"], detail["attempts"], detail["history"]) == (held, 0, [])

@@ -29,6 +29,7 @@ from eventmill.settings import Settings
 
 __all__ = [
     "ConfigOption",
+    "JsonOption",
     "app",
     "command_name",
     "err",
@@ -56,6 +57,9 @@ err = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML settings file (else $EVENTMILL_CONFIG)."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="JSON instead of a table: one object per line.")
 ]
 
 

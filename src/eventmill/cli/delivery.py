@@ -13,10 +13,25 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from eventmill.cli._common import ConfigOption, app, err, fail, load_settings, open_store, out
+from eventmill.cli._common import (
+    ConfigOption,
+    JsonOption,
+    app,
+    err,
+    fail,
+    load_settings,
+    open_store,
+    out,
+)
 from eventmill.cli._common import run as run_async
 from eventmill.cli._common import when as _when
-from eventmill.delivery.models import EndpointIn, check_url
+from eventmill.delivery.models import (
+    DeliveryDetailOut,
+    DeliveryOut,
+    EndpointIn,
+    EndpointOut,
+    check_url,
+)
 from eventmill.delivery.store import DeliveryStore, Status
 
 T = TypeVar("T")
@@ -108,10 +123,15 @@ def endpoints_create(
 def endpoints_list(
     user_id: Annotated[str | None, typer.Option("--user-id", "-u")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List endpoints, newest first (never their secrets)."""
     page = _run(config, lambda ds, _: ds.list_endpoints(user_id=user_id, limit=limit))
+    if as_json:  # the API's shape (GET /v1/endpoints), one endpoint per line
+        for ep in page.items:
+            print(EndpointOut.of(ep).model_dump_json())
+        return
     table = Table("id", "user", "url", "event types", "disabled", "failing since")
     for ep in page.items:
         table.add_row(
@@ -194,6 +214,7 @@ def deliveries_list(
     user_id: Annotated[str | None, typer.Option("--user-id", "-u")] = None,
     status: Annotated[str | None, typer.Option(help="pending, succeeded or failed.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List deliveries, newest first."""
@@ -206,6 +227,10 @@ def deliveries_list(
             endpoint_id=endpoint_id, event_id=event_id, user_id=user_id, status=wanted, limit=limit
         ),
     )
+    if as_json:  # the API's shape (GET /v1/deliveries), one delivery per line
+        for d in page.items:
+            print(DeliveryOut.of(d).model_dump_json())
+        return
     table = Table("id", "event", "endpoint", "status", "attempts", "last code", "last error")
     for d in page.items:
         table.add_row(
@@ -222,7 +247,9 @@ def deliveries_list(
 
 @deliveries_app.command("show")
 def deliveries_show(
-    delivery_id: Annotated[str, typer.Argument(metavar="ID")], config: ConfigOption = None
+    delivery_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
 ) -> None:
     """Show a delivery and its attempts."""
 
@@ -234,6 +261,9 @@ def deliveries_show(
     if found is None:
         raise _fail(f"no delivery with id {delivery_id!r}")
     d, attempts = found
+    if as_json:  # the API's shape (GET /v1/deliveries/{id}), on one line
+        print(DeliveryDetailOut.with_attempts(d, attempts).model_dump_json())
+        return
     _out.print(f"{d.id}: {d.status}, {d.attempts} attempt(s); event {d.event_id} → {d.endpoint_id}")
     table = Table("#", "at", "code", "ms", "outcome", "error / body")
     for a in attempts:

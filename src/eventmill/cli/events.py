@@ -18,6 +18,7 @@ from rich.table import Table
 
 from eventmill.cli._common import (
     ConfigOption,
+    JsonOption,
     app,
     err,
     fail,
@@ -41,7 +42,6 @@ SinceOption = Annotated[
     datetime | None, typer.Option(help="Only events created at or after (ISO 8601).")
 ]
 UntilOption = Annotated[datetime | None, typer.Option(help="Only events created before.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 
 
 def _line(stored: Any) -> str:

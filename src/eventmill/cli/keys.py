@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.table import Table
 
-from eventmill.cli._common import ConfigOption, app, err, fail, load_settings, open_store, out, run
+from eventmill.cli._common import (
+    ConfigOption,
+    JsonOption,
+    app,
+    err,
+    fail,
+    load_settings,
+    open_store,
+    out,
+    run,
+)
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -48,7 +59,7 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(config: ConfigOption = None) -> None:
+def keys_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List API keys (never their secrets)."""
     settings = load_settings(config)
 
@@ -57,6 +68,17 @@ def keys_list(config: ConfigOption = None) -> None:
             return list(await store.api_keys.list())
 
     rows = run(listing)
+    if as_json:
+        for key in rows:
+            record = {
+                "id": key.id,
+                "name": key.name,
+                "scopes": sorted(key.scopes),
+                "created_at": key.created_at,
+                "revoked_at": key.revoked_at,
+            }
+            print(orjson.dumps(record, option=orjson.OPT_UTC_Z).decode())
+        return
     table = Table("id", "name", "scopes", "created", "revoked")
     for key in rows:
         table.add_row(
