@@ -554,6 +554,56 @@ def test_the_dashboard_explains_an_expired_token_and_stops(
     )
 
 
+def test_the_dashboard_says_when_a_reconnect_missed_more_than_the_server_replays(
+    chromium: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A node that replays at most 3 events on resume is down while 6 are stored: the
+    dashboard, reconnecting, shows the gap notice (it stays), then live events again."""
+    tmp = tmp_path_factory.mktemp("realtime-gap")
+    store_url = f"sqlite:///{tmp / 'events.db'}"
+    key = asyncio.run(create_key(store_url))
+    with running_node(
+        tmp,
+        store_url,
+        f"sqlite:///{tmp / 'bus.db'}",
+        key,
+        EVENTMILL_REALTIME__RESUME_MAX_EVENTS="3",
+    ) as server:
+        chromium.get(f"{server.url}/")
+        chromium.find_element("id", "token").send_keys(admin_token())
+        chromium.find_element("id", "connect").click()
+        wait_until(lambda: _text(chromium, "status") == "live")
+        user = f"user_{uuid.uuid4().hex[:8]}"
+        [seen] = asyncio.run(server.publish(event(user, "test.before")))
+        wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{seen}']"))
+        assert not chromium.find_element("id", "gap").is_displayed()
+
+        server.server.stop()
+        wait_until(lambda: _text(chromium, "status") != "live")
+
+        async def while_down() -> None:
+            store = await open_store(store_url)
+            try:
+                for n in range(6):
+                    e = Event(
+                        event_name="test.missed", source="tests", user_id=user, payload={"n": n}
+                    )
+                    await store.events.insert(e, published=True)
+            finally:
+                await store.close()
+
+        asyncio.run(while_down())
+        server.server.start()  # the same port
+        wait_until(lambda: chromium.find_element("id", "gap").is_displayed(), timeout=60)
+        assert "missed while disconnected" in _text(chromium, "gap")
+        wait_until(lambda: _text(chromium, "status") == "live")
+        [after] = asyncio.run(server.publish(event(user, "test.after")))
+        wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{after}']"))
+        assert chromium.find_element("id", "gap").is_displayed()  # it stays until Clear
+        chromium.find_element("id", "clear").click()
+        wait_until(lambda: not chromium.find_element("id", "gap").is_displayed())
+
+
 async def test_pages_are_served_with_their_types_and_a_csp(tmp_path: Path) -> None:
     from tests.ingest.support import running_app, settings_for
 
