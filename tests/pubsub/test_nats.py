@@ -231,6 +231,72 @@ async def test_messages_arriving_while_closing_reach_the_next_member_once(prefix
         await handover()
 
 
+@pytest.mark.parametrize("other", ["member", "newcomer"])
+@pytest.mark.parametrize("handed_back", ["nack-queued", "nack-sent", "unsettled"])
+async def test_what_a_closing_member_hands_back_comes_back_at_once(
+    prefix: str, handed_back: str, other: str
+) -> None:
+    """A message nacked right before close() (still queued, or just sent by the settle
+    loop), or left unsettled, reaches the group's next member (already subscribed, or
+    subscribing after the close) at once: not after ack_wait (30 s here), nor after the
+    closing member's pull requests expired (fetch_timeout, 5 s), and without another
+    message coming back with it. Once nacked while a pull request of the closing member
+    was still queued on the server without its inbox, nats-server 2.9 dropped the
+    redelivery until ack_wait and sent the last message delivered (acked here) again."""
+    url = f"{SHARED}?stream_prefix={prefix}&ack_wait=30&fetch_timeout=5"
+    first, second = await open_pubsub(url), await open_pubsub(url)
+    topic = unique("t")
+    sub = await first.subscribe(topic, group="g")
+    assert isinstance(sub, NatsSubscription)
+    sent = msgs(3)
+    await first.publish(topic, *sent)
+    held = await collect(sub, 3, ack=False)
+    for m in held[1:]:
+        m.ack()
+    async with asyncio.timeout(10):  # the acks reached the server
+        while sub._settlements or sub._sent != sub._confirmed:
+            await asyncio.sleep(0.005)
+    again = await second.subscribe(topic, group="g") if other == "member" else None
+    if handed_back != "unsettled":
+        batches = sub._sent
+        assert held[0].nack()
+        if handed_back == "nack-sent":
+            async with asyncio.timeout(10):
+                while sub._sent == batches:
+                    await asyncio.sleep(0)
+    start = asyncio.get_running_loop().time()
+    await first.close()
+    if again is None:
+        again = await second.subscribe(topic, group="g")
+    (back,) = await collect(again, 1, timeout=2.0)
+    elapsed = asyncio.get_running_loop().time() - start
+    assert back.id == held[0].id
+    assert elapsed < 2.0
+    await nothing_arrives(again, 0.5)
+    await second.close()
+
+
+async def test_a_closing_member_with_a_backlog_hands_everything_back_at_once(prefix: str) -> None:
+    """With more messages on the server than a member pulls (batch=2), the pull request
+    close() sends to learn that the server dropped the member's requests brings one:
+    it goes back with the nacked one and those in flight, and the next member gets
+    every message once and at once (ack_wait is 30 s)."""
+    url = f"{SHARED}?stream_prefix={prefix}&ack_wait=30&batch=2"
+    first, second = await open_pubsub(url), await open_pubsub(url)
+    topic = unique("t")
+    sub = await first.subscribe(topic, group="g")
+    sent = msgs(20)
+    await first.publish(topic, *sent)
+    (m,) = await collect(sub, 1, ack=False)
+    assert m.nack()
+    await first.close()
+    again = await second.subscribe(topic, group="g")
+    got = await collect(again, 20, timeout=2.0)
+    assert sorted(x.id for x in got) == sorted(x.id for x in sent)
+    await nothing_arrives(again, 0.5)
+    await second.close()
+
+
 async def _group_info(prefix: str, topic: str) -> api.ConsumerInfo:
     nc = await nats.connect(SHARED)
     try:

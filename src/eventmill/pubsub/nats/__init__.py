@@ -19,10 +19,13 @@ Settling: ``ack()`` sends ``+ACK``, ``nack()`` ``-NAK`` (with ``nak_delay``), an
 ``NatsSubscription.term(msg)`` ``+TERM``; a message not settled within ``ack_wait``
 is redelivered, and after ``max_deliver`` deliveries the server stops delivering it.
 ``close()`` naks what was received but not settled (messages still arriving while
-it closes included); those naks are delayed until no pull request of the
-subscription can still wait on the server (at most ``fetch_timeout`` and a
-margin), since a request left there without its inbox makes the server (2.9.x)
-deliver a message twice when a nacked one comes due (see ``nats._subscription``).
+it closes included) and sends the nacks still queued, so the group gets them again
+at once; first it has the server drop the subscription's pull requests (a pull
+request that answers only after they are gone), since a request left there without
+its inbox makes the server (2.9.x) hold a nacked message back until ``ack_wait``
+and deliver another one twice (see ``nats._subscription``). Should that request get
+no answer, the naks are delayed until the pull requests expired instead (at most
+``fetch_timeout`` and a margin).
 
 Publishing: every message gets its PubAck before ``publish`` returns; many
 concurrent calls share the connection and their PubAcks are awaited together.

@@ -22,21 +22,43 @@ requests (interrupting none: nothing waits for them), sends what is queued, naks
 the messages handed out or buffered but not settled (so the group gets them again
 without waiting for ``ack_wait``), and, if it sent anything or an earlier flush is
 outstanding, flushes the connection, so the settlements have reached the server
-when it returns; with nothing to send it makes no round trip. An ephemeral
-subscription's consumer is deleted with a request nobody waits for (the server
-reaps it after ``inactive_threshold`` if that is lost).
+when it returns; with nothing to hand back or send it makes no round trip. An
+ephemeral subscription's consumer is deleted with a request nobody waits for (the
+server reaps it after ``inactive_threshold`` if that is lost).
 
-Those naks carry a delay that outlasts every pull request of ours still waiting
-on the server (the server cannot be told to drop one), messages that arrive
-while closing included. A request stays queued on the server after its inbox is
-gone until it expires or the consumer next looks at it; a message that becomes
-due for redelivery while such a dead request is the only one waiting makes
-nats-server (2.9.x) step its stream pointer back as if it had not sent a new
-message: the last message delivered goes out once more as new (a duplicate) and
-the redelivery is dropped until ``ack_wait`` (seen as delivery counts jumping
-by two). The server received a request before it answered it and before it
-received a later nak, so a request expires at most ``fetch_timeout`` after the
-first message it brought, or else after the nak is sent.
+Before a group subscription hands messages back (unsettled ones, nacks still
+queued, or nacks sent whose redelivery came due less than ``_NAK_IN_FLIGHT`` ago or
+is still to come), it has the server drop its pull requests, which the server
+cannot be told to do. A request stays queued on the server after its inbox is gone
+until it expires or the consumer next looks at it, and a message that becomes due
+for redelivery while such a dead request is the only one waiting makes nats-server
+(2.9.x) step its stream pointer back as if it had not sent a new message: the last
+message delivered goes out once more as new (a duplicate, acked or not) and the
+redelivery is dropped until ``ack_wait`` (seen as delivery counts jumping by two).
+And a redelivery sent to a request of ours that still listens reaches an inbox
+that ``close()`` unsubscribes, where nats-py drops it (``ack_wait`` again). So
+``close()``:
+
+1. lets ``_PULL_MARGIN`` pass since the last nak it sent came due, so that the
+   server has acted on it while our requests still listen (its redelivery comes to
+   them, or to another member); no answer of the server tells when it has: a PING
+   overtakes what nats-py has not written yet, and the consumer takes naks on a
+   task of its own;
+2. unsubscribes the inbox on the server but keeps reading it;
+3. sends one more pull request, for one message and expiring at once, answered on
+   an inbox of its own (the barrier). The consumer answers it on a pass over its
+   waiting requests that drops every request of ours (no interest since the
+   unsubscribe, which the server read first), and after everything it sent to our
+   inbox (one queue to our connection);
+4. naks what arrived meanwhile, what the barrier may have brought, the unsettled
+   messages and the queued nacks, at once (with ``nak_delay``): another member, or
+   the next one to subscribe, gets them within a round trip.
+
+Should the barrier get no answer (the server is away), the naks carry a delay that
+outlasts every pull request of ours still waiting on the server instead: it
+received a request before it answered it and before it received a later nak, so a
+request expires at most ``fetch_timeout`` after the first message it brought, or
+else after the nak is sent.
 """
 
 from __future__ import annotations
@@ -46,6 +68,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from typing import Any, Final, Protocol
 
 import nats.errors
@@ -65,9 +88,13 @@ log = logging.getLogger("eventmill.pubsub.nats")
 _ACK = b"+ACK"
 _NAK = b"-NAK"
 _TERM = b"+TERM"
-_PULL_MARGIN = 0.1  # seconds: server-side queueing between a pull request and a nak
+_PULL_MARGIN = 0.1  # seconds within which the server acts on a pull request or a nak
 _SILENCE = 1.0  # seconds past a pull request's expiry without word from the server
 _NEVER = float("inf")
+# close()'s barrier: a pull request for one message that expires at once (5 ms: long
+# enough for the consumer's loop to reach it first), answered on an inbox of its own.
+_BARRIER = json.dumps({"batch": 1, "expires": 5_000_000}).encode()
+_NAK_IN_FLIGHT = 1.0  # seconds after a nak comes due in which its redelivery may reach us
 ID_HEADER = "Eventmill-Id"
 ID_JSON_HEADER = "Eventmill-Id-Json"  # ids that cannot be a header value as they are
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -209,6 +236,8 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._terminate: set[Message] = set()
         self._settlements: list[tuple[str, bytes]] = []
         self._settle_wanted = asyncio.Event()
+        self._nak_queued = False  # a nak waits in _settlements
+        self._nak_due = -_NEVER  # time.monotonic() at which the latest nak sent comes due
         # batches of settlements sent, and how many of them a flush confirmed
         self._sent = 0
         self._confirmed = 0
@@ -242,25 +271,41 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._closed = True
         self._wake_all()
         self._limit.close()
-        await self._stop_tasks()
-        loop = asyncio.get_running_loop()
+        await self._stop_tasks()  # the flusher first: what it has not sent, close() sends
         nc = self._owner._nc
         requests = list(self._requests.values())
         self._requests.clear()
+        # Hand unsettled and nacked messages back to the group now, not after ack_wait,
+        # but only once no pull request of ours waits on the server (module docstring).
+        hand_back = self._group is not None and bool(
+            self._unsettled
+            or self._late
+            or self._nak_queued
+            or time.monotonic() <= self._nak_due + _NAK_IN_FLIGHT
+        )
+        purged = False
+        if hand_back and nc is not None and nc.is_connected and self._isub is not None:
+            try:
+                purged = await self._purge_requests(nc)
+            except Exception as exc:
+                log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
         try:
             if self._isub is not None:
                 await self._isub.unsubscribe()  # no _on_message after this
         except Exception as exc:
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
-        if self._group is not None and (self._unsettled or self._late):
-            # Hand unsettled messages back to the group now, not after ack_wait, but
-            # only once no pull request of ours can still wait on the server (see the
-            # module docstring): the latest such request expires by pull_until.
-            now = loop.time()
-            timeout = self._owner.config.fetch_timeout
-            pull_until = max((min(r[2], now) + timeout for r in requests), default=None)
-            wait = 0.0 if pull_until is None else pull_until + _PULL_MARGIN - now
-            nak = _nak_payload(wait, self._nak_delay)
+        if hand_back:
+            nak = self._nak
+            if not purged:  # wait until the latest request of ours expired, by pull_until
+                now = asyncio.get_running_loop().time()
+                timeout = self._owner.config.fetch_timeout
+                pull_until = max((min(r[2], now) + timeout for r in requests), default=None)
+                wait = 0.0 if pull_until is None else pull_until + _PULL_MARGIN - now
+                nak = _nak_payload(wait, self._nak_delay)
+                self._settlements = [
+                    (reply, nak if payload == self._nak else payload)
+                    for reply, payload in self._settlements
+                ]
             for reply in itertools.chain(self._unsettled.values(), self._late):
                 self._settlements.append((reply, nak))
         self._unsettled.clear()
@@ -278,6 +323,43 @@ class NatsSubscription(BufferedSubscription[Message]):
         except Exception as exc:  # the server is away: the consumer's ack_wait takes over
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
         self._owner._forget(self)
+
+    async def _purge_requests(self, nc: Any) -> bool:
+        """Have the server drop this subscription's pull requests, reading what it sent
+        them meanwhile (into ``_late``); True once it has (see the module docstring)."""
+        isub = self._isub
+        timeout = self._owner.config.publish_timeout
+        wait = self._nak_due + _PULL_MARGIN - time.monotonic()
+        if 0 < wait <= 2 * _PULL_MARGIN:
+            # A nak sent (or come due) just now: the server acts on it while our requests
+            # still listen, so its redelivery reaches them (_late) or another member. No
+            # answer of the server says when it has: a PING overtakes what nats-py has
+            # not written yet, and the consumer handles naks on a task of its own.
+            await asyncio.sleep(wait)
+        # nats-py's unsubscribe() would drop what is still on its way to the inbox.
+        await nc._send_unsubscribe(isub._id)
+        # Its own inbox, not nc.request()'s: a message delivered to a pull request
+        # carries the stream's subject, which nats-py's request() cannot match.
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def on_answer(msg: Any) -> None:
+            if not answer.done():
+                answer.set_result(msg)
+
+        bsub = await nc.subscribe(nc.new_inbox(), cb=on_answer)
+        try:
+            await nc.publish(self._next_subject, _BARRIER, reply=bsub.subject)
+            async with asyncio.timeout(timeout):
+                barrier = await answer
+                await isub._pending_queue.join()  # _on_message took what came before it
+        finally:
+            with contextlib.suppress(Exception):
+                await bsub.unsubscribe()
+        headers = barrier.headers
+        status = headers.get("Status") if headers else None
+        if status is None and barrier.reply:
+            self._late.append(barrier.reply)  # a message the barrier brought goes back too
+        return status != "400"  # refused as malformed: no pass over the requests
 
     # -- lifecycle used by NatsPubSub ----------------------------------------------------
 
@@ -368,7 +450,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             )
 
     async def _stop_tasks(self) -> None:
-        for task in (self._puller, self._flusher):
+        for task in (self._flusher, self._puller):
             await stop_task(task)
         self._puller = self._flusher = None
 
@@ -522,6 +604,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             payload = _TERM
         else:
             payload = self._nak
+            self._nak_queued = True
         self._settlements.append((reply, payload))
         self._settle_wanted.set()
 
@@ -560,6 +643,9 @@ class NatsSubscription(BufferedSubscription[Message]):
             return
         self._settlements = []
         self._sent += 1
+        if self._nak_queued:
+            self._nak_queued = False
+            self._nak_due = time.monotonic() + self._nak_delay
         publish = self._owner._nc.publish
         for i, (reply, payload) in enumerate(pending):
             try:
