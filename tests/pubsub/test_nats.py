@@ -264,14 +264,13 @@ async def test_what_a_closing_member_hands_back_comes_back_at_once(
             async with asyncio.timeout(10):
                 while sub._sent == batches:
                     await asyncio.sleep(0)
-    start = asyncio.get_running_loop().time()
     await first.close()
     if again is None:
         again = await second.subscribe(topic, group="g")
-    (back,) = await collect(again, 1, timeout=2.0)
-    elapsed = asyncio.get_running_loop().time() - start
+    # the bound: well below fetch_timeout (the old hand-back waited that long), and far
+    # above the ~0.1 s it takes, so a loaded machine does not fail it
+    (back,) = await collect(again, 1, timeout=4.0)
     assert back.id == held[0].id
-    assert elapsed < 2.0
     await nothing_arrives(again, 0.5)
     await second.close()
 
@@ -291,7 +290,7 @@ async def test_a_closing_member_with_a_backlog_hands_everything_back_at_once(pre
     assert m.nack()
     await first.close()
     again = await second.subscribe(topic, group="g")
-    got = await collect(again, 20, timeout=2.0)
+    got = await collect(again, 20, timeout=4.0)  # fetch_timeout is 5 s
     assert sorted(x.id for x in got) == sorted(x.id for x in sent)
     await nothing_arrives(again, 0.5)
     await second.close()
