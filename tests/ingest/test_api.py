@@ -15,6 +15,7 @@ from eventmill.app import resources_of
 from eventmill.events import Event
 from tests.ingest.support import (
     drain_until_sentinel,
+    events_table_locked,
     gate_bus,
     running_app,
     settings_for,
@@ -500,3 +501,26 @@ async def test_a_time_outside_the_utc_years_is_422(
             r = await client.get("/v1/events", params={param: when}, headers=key)
             assert r.status_code == 422, r.text
             assert r.json()["details"][0]["field"] == f"query.{param}"
+
+
+async def test_a_store_timeout_says_whether_a_retry_is_safe(tmp_path: Path, store_url: str) -> None:
+    """The store cannot commit in time (another client holds the events table): 503.
+    What the request gave up on may still commit, so without an Idempotency-Key or
+    chosen ids the message says a retry could store the events twice and what to do;
+    with one it does not (its retry is answered as a duplicate)."""
+    settings = settings_for(tmp_path, store_url, request_timeout_seconds=0.3)
+    async with running_app(settings) as (app, client):
+        key = await _key(app, "publish")
+        warm = await client.post("/v1/events", json=_event(), headers=key)  # connections open
+        assert warm.status_code == 200, warm.text
+        async with events_table_locked(store_url):
+            bare = await client.post("/v1/events", json=_event(), headers=key)
+            keyed = await client.post(
+                "/v1/events", json=_event(), headers={**key, "Idempotency-Key": "k-timeout"}
+            )
+        assert bare.status_code == 503, bare.text
+        assert bare.json()["error"] == "store_unavailable"
+        assert "could store them twice" in bare.json()["message"]
+        assert "Idempotency-Key" in bare.json()["message"]
+        assert keyed.status_code == 503, keyed.text
+        assert "twice" not in keyed.json()["message"]

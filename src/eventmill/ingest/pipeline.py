@@ -61,7 +61,8 @@ async def ingest(
 
     Storing and publishing share one ``request_timeout``. Raises
     :class:`~eventmill.store.errors.StoreUnavailableError` when the store cannot commit in time
-    (nothing new is then acknowledged), :class:`PublishPendingError` when the bus
+    (nothing new is then acknowledged, though what it gave up on may still commit),
+    :class:`PublishPendingError` when the bus
     fails or times out after the store committed. ``retry_safe``: whether a retry of
     the request would find its events stored (each has a dedup key or a chosen id);
     the 503's message says which holds.
@@ -92,9 +93,15 @@ async def ingest(
                 await _send(ctx, fresh, retry_safe=retry_safe)
     except TimeoutError as exc:
         if not stored:
-            raise StoreUnavailableError(
-                f"the event store did not answer within {timeout:g} s"
-            ) from None
+            message = f"the event store did not answer within {timeout:g} s"
+            if not retry_safe:
+                # the insert given up on may still commit (it is then published as ever)
+                message += (
+                    "; it may still store the events, and a retry of this request "
+                    "without an Idempotency-Key could store them twice: send one to make "
+                    "retries safe"
+                )
+            raise StoreUnavailableError(message) from None
         raise _pending(fresh, exc, retry_safe=retry_safe) from exc
     if fresh:
         await _mark(ctx, fresh, mark_now=False)
