@@ -88,6 +88,7 @@ async def test_endpoint_crud_and_cursor(tmp_path: Path, store_url: str) -> None:
         ({"url": "http://127.0.0.1:99999/x"}, "url"),
         ({"url": "http://exa mple.com/x"}, "url"),
         ({"url": "https://example.com", "colour": "blue"}, "colour"),
+        ({"url": "https://example.com", "headers": {"X-A": "b", "x-a": "c"}}, "headers"),
     ],
 )
 async def test_bad_endpoints_are_422_naming_the_field(
@@ -289,3 +290,65 @@ async def test_a_retry_while_an_attempt_sends_the_delivery_is_409_and_changes_no
         assert again.status_code == 202, again.text
         await rec.wait_for(lambda: len(rec.received) == 2)
         assert len(rec.received) == 2
+
+
+async def test_a_disabled_endpoints_deliveries_are_not_retried_or_recovered(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Retry and recover on a disabled endpoint answer 409 endpoint_disabled (nothing
+    would be sent) and change nothing; a delivery parked by the disable keeps its last
+    attempt's status code and time; once enabled, retry works again."""
+
+    async def failing(request: Any, n: int) -> Response:
+        return Response(b"no", status_code=500)
+
+    # the second attempt is due 2 s after the first: the disable lands before it, and
+    # the dispatcher parks the delivery when it comes due
+    settings = delivery_settings(tmp_path, store_url, retry_schedule=[0, 2, 2])
+    async with receiver(failing) as rec, service(settings) as svc:
+        ep = await svc.create_endpoint(url=rec.url(), user_id="u1")
+        await svc.publish({"event_name": "x.y", "user_id": "u1"})
+        [tried] = await svc.wait_delivery(
+            {"user_id": "u1"}, lambda found: bool(found) and found[0]["attempts"] == 1
+        )
+        assert tried["last_status_code"] == 500
+        patched = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}", json={"disabled": True}, headers=svc.auth
+        )
+        assert patched.status_code == 200, patched.text
+        [parked] = await svc.wait_delivery(
+            {"user_id": "u1"}, lambda found: found[0]["status"] == "failed"
+        )
+        assert parked["last_status_code"] == 500  # the last attempt's, not the parking's
+        assert parked["last_attempt_at"] == tried["last_attempt_at"]
+        assert parked["last_error"] == "disabled by request"
+
+        retry = await svc.client.post(f"/v1/deliveries/{parked['id']}/retry", headers=svc.auth)
+        assert retry.status_code == 409, retry.text
+        assert retry.json()["error"] == "endpoint_disabled"
+        assert f"PATCH /v1/endpoints/{ep['id']}" in retry.json()["message"]
+        recover = await svc.client.post(
+            f"/v1/endpoints/{ep['id']}/recover",
+            json={"since": "2020-01-01T00:00:00Z"},
+            headers=svc.auth,
+        )
+        assert recover.status_code == 409, recover.text
+        assert recover.json()["error"] == "endpoint_disabled"
+        [still] = (await svc.get("/v1/deliveries", user_id="u1"))["deliveries"]
+        assert (still["status"], still["attempts"]) == ("failed", 1)
+
+        reversed_range = await svc.client.post(
+            f"/v1/endpoints/{ep['id']}/recover",
+            json={"since": "2026-12-07T00:00:00Z", "until": "2026-12-06T00:00:00Z"},
+            headers=svc.auth,
+        )
+        assert reversed_range.status_code == 422, reversed_range.text
+        assert "until must be after since" in reversed_range.json()["message"]
+
+        enabled = await svc.client.patch(
+            f"/v1/endpoints/{ep['id']}", json={"disabled": False}, headers=svc.auth
+        )
+        assert enabled.status_code == 200, enabled.text
+        retry = await svc.client.post(f"/v1/deliveries/{parked['id']}/retry", headers=svc.auth)
+        assert retry.status_code == 202, retry.text
+        await rec.wait_for(lambda: len(rec.received) == 2)

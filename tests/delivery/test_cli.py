@@ -127,3 +127,48 @@ def test_retry_of_a_delivery_an_attempt_holds_says_so(env: dict[str, str]) -> No
     shown = runner.invoke(app, ["deliveries", "show", held, "--json"], env=env)
     [detail] = [json.loads(line) for line in shown.stdout.splitlines()]
     assert (detail["id"], detail["attempts"], detail["history"]) == (held, 0, [])
+
+
+def test_endpoint_commands_say_what_is_wrong(env: dict[str, str]) -> None:
+    """Each bad option named with the API's reason; an unknown endpoint is exit 1; a
+    disabled one is not recovered; rotation overlaps bounded as the API bounds them."""
+    runner = CliRunner()
+    for args, words in [
+        (["-e", "a b"], "--event-type: invalid event name pattern"),
+        (["--rate-limit", "-1"], "--rate-limit: "),
+        (["-H", "webhook-id: x"], "--header: header 'webhook-id' is set by eventmill"),
+        (["-H", "X-A: b", "-H", "x-a: c"], "given twice"),
+    ]:
+        bad = runner.invoke(app, ["endpoints", "create", "https://example.com/h", *args], env=env)
+        assert bad.exit_code == 2, bad.output
+        assert words in bad.output, bad.output
+        assert "errors.pydantic.dev" not in bad.output
+
+    made = runner.invoke(app, ["endpoints", "create", "https://example.com/h"], env=env)
+    endpoint_id = re.search(r"id:\s+(ep_\w+)", made.output).group(1)  # type: ignore[union-attr]
+    missing = runner.invoke(
+        app, ["endpoints", "recover", "ep_nope", "--since", "2020-01-01T00:00:00"], env=env
+    )
+    assert missing.exit_code == 1
+    assert "no endpoint with id 'ep_nope'" in missing.output
+    for overlap in ("-5", "1e12", "2592001"):
+        refused = runner.invoke(
+            app, ["endpoints", "rotate-secret", endpoint_id, "--overlap", overlap], env=env
+        )
+        assert refused.exit_code == 2, refused.output
+        assert "Traceback" not in refused.output
+    first = runner.invoke(app, ["endpoints", "rotate-secret", endpoint_id], env=env)
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["endpoints", "rotate-secret", endpoint_id], env=env)
+    assert second.exit_code == 1, second.output
+    assert "--overlap 0" in second.output
+    cut = runner.invoke(app, ["endpoints", "rotate-secret", endpoint_id, "--overlap", "0"], env=env)
+    assert cut.exit_code == 0, cut.output
+    assert "old secret signs until: no longer" in cut.output
+
+    assert runner.invoke(app, ["endpoints", "disable", endpoint_id], env=env).exit_code == 0
+    parked = runner.invoke(
+        app, ["endpoints", "recover", endpoint_id, "--since", "2020-01-01T00:00:00"], env=env
+    )
+    assert parked.exit_code == 1
+    assert f"eventmill endpoints enable {endpoint_id}" in parked.output

@@ -209,6 +209,13 @@ async def test_rotation_signs_with_both_secrets(tmp_path: Path, store_url: str) 
         Webhook(ep["secret"]).verify(got.body, got.headers)
         Webhook(rotated["secret"]).verify(got.body, got.headers)
 
+        # another rotation with an overlap would cut the first secret off before its
+        # time (a receiver still on it would fail at once): refused, nothing changed
+        again = await svc.client.post(f"/v1/endpoints/{ep['id']}/rotate-secret", headers=svc.auth)
+        assert again.status_code == 409, again.text
+        assert again.json()["error"] == "rotation_in_progress"
+        assert '"overlap_seconds": 0' in again.json()["message"]
+        assert rotated["secret"] not in again.text
         response = await svc.client.post(
             f"/v1/endpoints/{ep['id']}/rotate-secret",
             json={"overlap_seconds": 0},

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -26,6 +27,7 @@ from eventmill.cli._common import (
 from eventmill.cli._common import run as run_async
 from eventmill.cli._common import when as _when
 from eventmill.delivery.models import (
+    MAX_OVERLAP_SECONDS,
     DeliveryDetailOut,
     DeliveryOut,
     EndpointIn,
@@ -62,6 +64,26 @@ def _run(
     return run_async(main)
 
 
+_OPTIONS = {
+    "url": "URL",
+    "user_id": "--user-id",
+    "event_types": "--event-type",
+    "description": "--description",
+    "headers": "--header",
+    "rate_limit": "--rate-limit",
+}
+
+
+def _invalid(exc: ValidationError) -> str:
+    """Each problem with the option that caused it, in the API's words."""
+    problems = []
+    for error in exc.errors():
+        where = _OPTIONS.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems) or "invalid endpoint"
+
+
 @endpoints_app.command("create")
 def endpoints_create(
     url: Annotated[str, typer.Argument(help="Where deliveries are POSTed.")],
@@ -95,8 +117,8 @@ def endpoints_create(
             headers=headers,
             rate_limit=rate_limit,
         )
-    except ValueError as exc:
-        raise _fail(str(exc).splitlines()[-1] if str(exc) else "invalid endpoint", 2) from None
+    except ValidationError as exc:
+        raise _fail(_invalid(exc), 2) from None
 
     async def create(ds: DeliveryStore, settings: Any) -> Any:
         try:
@@ -179,7 +201,12 @@ def endpoints_delete(
 def endpoints_rotate(
     endpoint_id: Annotated[str, typer.Argument(metavar="ID")],
     overlap: Annotated[
-        float | None, typer.Option(help="Seconds the old secret still signs (default 24 h).")
+        float | None,
+        typer.Option(
+            min=0,
+            max=MAX_OVERLAP_SECONDS,
+            help="Seconds the old secret still signs (default 24 h, at most 30 days).",
+        ),
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -189,9 +216,16 @@ def endpoints_rotate(
         gap = settings.delivery.rotation_overlap_seconds if overlap is None else overlap
         return await ds.rotate_secret(endpoint_id, gap)
 
-    ep = _run(config, rotate)
-    if ep is None:
+    rotation = _run(config, rotate)
+    if rotation is None:
         raise _fail(f"no endpoint with id {endpoint_id!r}")
+    if rotation.refused_until is not None:
+        raise _fail(
+            "the secret before the current one still signs until "
+            f"{_when(rotation.refused_until)}, and a rotation now would cut it off early; "
+            "rotate after that time, or with --overlap 0 to stop every old secret at once"
+        )
+    ep = rotation.endpoint
     _out.print(f"secret: {ep.secret}")
     _out.print(f"old secret signs until: {_when(ep.previous_secret_expires_at) or 'no longer'}")
 
@@ -203,8 +237,26 @@ def endpoints_recover(
     config: ConfigOption = None,
 ) -> None:
     """Resend every failed delivery of the endpoint created since ``--since``."""
-    count = _run(config, lambda ds, _: ds.recover(endpoint_id, since))
+
+    async def recover(ds: DeliveryStore, _: Any) -> int | str:
+        ep = await ds.get_endpoint(endpoint_id)
+        if ep is None:
+            return f"no endpoint with id {endpoint_id!r}"
+        if ep.disabled:
+            return _disabled(endpoint_id, "recover")
+        return await ds.recover(endpoint_id, since)
+
+    count = _run(config, recover)
+    if isinstance(count, str):
+        raise _fail(count)
     _out.print(f"requeued {count} deliveries")
+
+
+def _disabled(endpoint_id: str, what: str) -> str:
+    return (
+        f"endpoint {endpoint_id!r} is disabled, so nothing would be sent; enable it first "
+        f"(eventmill endpoints enable {endpoint_id}), then {what}"
+    )
 
 
 @deliveries_app.command("list")
@@ -287,6 +339,8 @@ def deliveries_retry(
     retried = _run(config, lambda ds, _: ds.retry_delivery(delivery_id))
     if retried is None:
         raise _fail(f"no delivery with id {delivery_id!r}")
+    if retried.endpoint_disabled:
+        raise _fail(_disabled(retried.delivery.endpoint_id, "retry"))
     if not retried.queued:
         raise _fail(
             f"delivery {delivery_id!r} is being sent right now; its outcome shows in "

@@ -53,6 +53,15 @@ def _not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"no {what} with id {ident!r}")
 
 
+def _endpoint_disabled(endpoint_id: str, what: str) -> ApiError:
+    return ApiError(
+        409,
+        "endpoint_disabled",
+        f"endpoint {endpoint_id!r} is disabled, so nothing would be sent; enable it first "
+        f'(PATCH /v1/endpoints/{endpoint_id} with {{"disabled": false}}), then {what}',
+    )
+
+
 async def _body(request: Request, model: type[M], *, optional: bool = False) -> M:
     return await read_model(request, model, limit=MAX_BODY, optional=optional)
 
@@ -210,21 +219,33 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
     @router.post(
         "/endpoints/{endpoint_id}/rotate-secret",
         response_model=SecretOut,
-        responses=error_responses(400, 401, 403, 404, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 422, 503),
         tags=["endpoints"],
         summary="Rotate an endpoint's secret",
     )
     async def rotate_secret(request: Request, caller: Caller, endpoint_id: EndpointId) -> SecretOut:
         """A new secret; the current one keeps signing beside it for the overlap
-        (body `{"overlap_seconds": …}`, default `delivery.rotation_overlap_seconds`)."""
+        (body `{"overlap_seconds": …}`, default `delivery.rotation_overlap_seconds`).
+        409 `rotation_in_progress` while an earlier rotation's old secret still signs
+        (unless the overlap is 0, which stops every old secret at once)."""
         await owned_endpoint(caller, endpoint_id)
         body = await _body(request, RotateIn, optional=True)
         overlap = body.overlap_seconds
         if overlap is None:
             overlap = settings.rotation_overlap_seconds
-        ep = await store().rotate_secret(endpoint_id, overlap)
-        if ep is None:
+        rotation = await store().rotate_secret(endpoint_id, overlap)
+        if rotation is None:
             raise _not_found("endpoint", endpoint_id)
+        if rotation.refused_until is not None:
+            raise ApiError(
+                409,
+                "rotation_in_progress",
+                f"the secret before the current one still signs until "
+                f"{rotation.refused_until.isoformat(timespec='seconds')}, and a rotation now "
+                "would cut it off early; rotate after that time, or with "
+                '{"overlap_seconds": 0} to stop every old secret at once',
+            )
+        ep = rotation.endpoint
         return SecretOut(
             id=ep.id, secret=ep.secret, previous_secret_expires_at=ep.previous_secret_expires_at
         )
@@ -232,15 +253,17 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
     @router.post(
         "/endpoints/{endpoint_id}/recover",
         response_model=RecoverOut,
-        responses=error_responses(400, 401, 403, 404, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 422, 503),
         tags=["endpoints"],
         summary="Resend an endpoint's failed deliveries",
     )
     async def recover(request: Request, caller: Caller, endpoint_id: EndpointId) -> RecoverOut:
         """Every failed delivery of the endpoint created since `since` (and before
         `until`, if given) is due again at once, with a new round of the schedule."""
-        await owned_endpoint(caller, endpoint_id)
+        ep = await owned_endpoint(caller, endpoint_id)
         body = await _body(request, RecoverIn)
+        if ep.disabled:
+            raise _endpoint_disabled(endpoint_id, "recover")
         count = await store().recover(endpoint_id, body.since, body.until)
         return RecoverOut(requeued=count)
 
@@ -307,11 +330,14 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
         """Make the delivery due now, with a new round of the schedule (also after it
         succeeded: the receiver gets it again, with the same webhook-id). 409
         ``delivery_in_flight`` while an attempt is sending it: its outcome shows in
-        ``GET /v1/deliveries/{id}``; retry after it, if it still needs one."""
+        ``GET /v1/deliveries/{id}``; retry after it, if it still needs one. 409
+        ``endpoint_disabled`` while its endpoint is disabled: enable it first."""
         await owned_delivery(caller, delivery_id)
         retried = await store().retry_delivery(delivery_id)
         if retried is None:
             raise _not_found("delivery", delivery_id)
+        if retried.endpoint_disabled:
+            raise _endpoint_disabled(retried.delivery.endpoint_id, "retry")
         if not retried.queued:
             raise ApiError(
                 409,

@@ -10,10 +10,14 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from eventmill import __version__
 
-__all__ = ["DEFAULT_RETRY_SCHEDULE", "DeliverySettings"]
+__all__ = ["DEFAULT_RETRY_SCHEDULE", "MAX_OVERLAP_SECONDS", "DeliverySettings"]
 
 DEFAULT_RETRY_SCHEDULE: Final = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 """At once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (Svix's schedule)."""
+
+
+MAX_OVERLAP_SECONDS: Final = 30 * 86400
+"""The longest an old secret signs beside its successor after a rotation."""
 
 
 class DeliverySettings(BaseModel):
@@ -42,9 +46,9 @@ class DeliverySettings(BaseModel):
     disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
     """An endpoint whose attempts have failed, without a success, for this long is
     disabled and ``endpoint.disabled`` is published (default 5 days)."""
-    rotation_overlap_seconds: float = Field(default=86400.0, ge=0)
+    rotation_overlap_seconds: float = Field(default=86400.0, ge=0, le=MAX_OVERLAP_SECONDS)
     """After ``rotate-secret``, how long the old secret still signs beside the new one
-    (default 24 h)."""
+    (default 24 h, at most 30 days)."""
     allow_networks: list[str] = Field(default_factory=list)
     """CIDRs a destination may resolve to even though they are not public (loopback,
     private, link-local, …); default none. ``["127.0.0.0/8"]`` for local tests."""

@@ -9,15 +9,16 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from eventmill.delivery.config import DeliverySettings
+from eventmill.delivery.config import MAX_OVERLAP_SECONDS, DeliverySettings
 from eventmill.delivery.network import AddressPolicy
 from eventmill.delivery.store import AttemptRecord, DeliveryRecord, EndpointRecord
 from eventmill.errors import ConfigurationError
 from eventmill.events.registry import validate_pattern
 
 __all__ = [
+    "MAX_OVERLAP_SECONDS",
     "AttemptOut",
     "DeliveryDetailOut",
     "DeliveryOut",
@@ -102,7 +103,11 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
     """Return ``headers`` if they may be sent with every attempt, else raise ``ValueError``."""
     if len(headers) > MAX_HEADERS:
         raise ValueError(f"at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
     for name, value in headers.items():
+        if name.lower() in seen:
+            raise ValueError(f"header {name!r} is given twice (header names ignore case)")
+        seen.add(name.lower())
         if _TOKEN.fullmatch(name) is None:
             raise ValueError(f"header name {name!r} is not a valid HTTP header name")
         if name.lower() in RESERVED_HEADERS:
@@ -255,7 +260,10 @@ class RotateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     overlap_seconds: float | None = Field(
-        default=None, ge=0, le=30 * 86400, description="Default: delivery.rotation_overlap_seconds."
+        default=None,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="Default: delivery.rotation_overlap_seconds.",
     )
 
 
@@ -274,6 +282,12 @@ class RecoverIn(BaseModel):
 
     since: datetime
     until: datetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RecoverIn:
+        if self.until is not None and self.until <= self.since:
+            raise ValueError("until must be after since (the range is [since, until))")
+        return self
 
 
 class RecoverOut(BaseModel):

@@ -57,6 +57,7 @@ __all__ = [
     "Outcome",
     "Page",
     "Retried",
+    "Rotation",
     "Status",
 ]
 
@@ -195,13 +196,24 @@ class DeliveryRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Rotation:
+    """What :meth:`DeliveryStore.rotate_secret` did: the endpoint with its new secret, or,
+    when ``refused_until`` is set, as it was (an earlier rotation's old secret signs
+    until then)."""
+
+    endpoint: EndpointRecord
+    refused_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Retried:
     """What :meth:`DeliveryStore.retry_delivery` did: ``queued`` is False when an
-    attempt was sending the delivery right then (nothing changed; ``delivery`` is it as
-    it stands)."""
+    attempt was sending the delivery right then, or its endpoint is disabled
+    (``endpoint_disabled``); nothing changed then, and ``delivery`` is it as it stands."""
 
     delivery: DeliveryRecord
     queued: bool
+    endpoint_disabled: bool = False
 
 
 _DELIVERY_COLUMNS: Final = (
@@ -488,14 +500,20 @@ class DeliveryStore:
             result = await conn.execute(sa.delete(ept).where(ept.c.id == endpoint_id))
         return bool(result.rowcount)
 
-    async def rotate_secret(self, endpoint_id: str, overlap: float) -> EndpointRecord | None:
-        """Give the endpoint a new secret; the current one keeps signing for ``overlap`` s."""
+    async def rotate_secret(self, endpoint_id: str, overlap: float) -> Rotation | None:
+        """Give the endpoint a new secret; the current one keeps signing for ``overlap`` s.
+        While an earlier rotation's old secret still signs, a rotation with an overlap
+        would cut that one off before its time (one old secret is kept): it is refused
+        (``Rotation.refused_until``); one without an overlap cuts every old secret now."""
         now = _now()
         async with self.store.transaction(write=True) as conn:
             row = (await conn.execute(sa.select(ept).where(ept.c.id == endpoint_id))).first()
             if row is None:
                 return None
             old = _endpoint(row)
+            signing = old.previous_secret_expires_at
+            if overlap > 0 and old.previous_secret and signing is not None and signing > now:
+                return Rotation(old, refused_until=signing)
             values = {
                 "secret": new_secret(),
                 "previous_secret": old.secret if overlap > 0 else None,
@@ -506,7 +524,7 @@ class DeliveryStore:
             }
             await conn.execute(sa.update(ept).where(ept.c.id == endpoint_id).values(values))
             row = (await conn.execute(sa.select(ept).where(ept.c.id == endpoint_id))).one()
-        return _endpoint(row)
+        return Rotation(_endpoint(row))
 
     async def recover(
         self, endpoint_id: str, since: datetime, until: datetime | None = None
@@ -673,10 +691,15 @@ class DeliveryStore:
         return Page(items=items, next_cursor=cursor, has_more=len(rows) > limit)
 
     async def retry_delivery(self, delivery_id: str) -> Retried | None:
-        """Make the delivery due now in a new round of the schedule (whatever its status,
-        unless an attempt holds it right now: then nothing changes and ``queued`` is
-        False); ``None`` if the delivery is unknown."""
+        """Make the delivery due now in a new round of the schedule (whatever its status),
+        unless an attempt holds it right now or its endpoint is disabled: then nothing
+        changes and ``queued`` is False. ``None`` if the delivery is unknown."""
         now = _now()
+        enabled = (
+            sa.select(ept.c.id)
+            .where(ept.c.id == dt.c.endpoint_id, ept.c.disabled.is_(False))
+            .exists()
+        )
         async with self.store.transaction(write=True) as conn:
             queued = await conn.execute(
                 sa.update(dt)
@@ -687,6 +710,7 @@ class DeliveryStore:
                         dt.c.lease_token.is_(None),
                         dt.c.next_attempt_at <= now,
                     ),
+                    enabled,
                 )
                 .values(_requeue_values(now))
             )
@@ -695,9 +719,15 @@ class DeliveryStore:
                     self._lower_due_stmt(by_delivery=True), {"b_dlv": delivery_id, "b_due": now}
                 )
             row = (
-                await conn.execute(sa.select(*_DELIVERY_COLUMNS).where(dt.c.id == delivery_id))
+                await conn.execute(
+                    sa.select(*_DELIVERY_COLUMNS, ept.c.disabled)
+                    .join(ept, ept.c.id == dt.c.endpoint_id)
+                    .where(dt.c.id == delivery_id)
+                )
             ).first()
-        return None if row is None else Retried(_delivery(row), queued.rowcount > 0)
+        if row is None:
+            return None
+        return Retried(_delivery(row), queued.rowcount > 0, bool(row.disabled))
 
     # -- the dispatcher ---------------------------------------------------------------
 
@@ -887,8 +917,19 @@ class DeliveryStore:
                 }
                 for o in live
             ]
-            if params:
-                await conn.execute(update, params)
+            # parked without a request: the last attempt's time and status code stay
+            attempted = [p for p, o in zip(params, live, strict=True) if o.attempted]
+            parked = [p for p, o in zip(params, live, strict=True) if not o.attempted]
+            if attempted:
+                await conn.execute(update, attempted)
+            if parked:
+                await conn.execute(
+                    update.values(
+                        last_attempt_at=dt.c.last_attempt_at,
+                        last_status_code=dt.c.last_status_code,
+                    ),
+                    parked,
+                )
             again: dict[str, datetime] = {}
             unknown: dict[str, datetime] = {}
             for o in live:

@@ -143,7 +143,9 @@ _DESCRIPTIONS: dict[int, str] = {
     404: "Not found (unknown source or event)",
     409: "Conflict: `idempotency_conflict` (Idempotency-Key used with another body), "
     "`idempotency_in_progress` (its first request still runs), `duplicate_event` (event id "
-    "taken), `delivery_in_flight` (a delivery retried while an attempt sends it)",
+    "taken), `delivery_in_flight` (a delivery retried while an attempt sends it), "
+    "`endpoint_disabled` (retry or recover on a disabled endpoint), `rotation_in_progress` "
+    "(a rotation while the previous one's old secret still signs)",
     413: "Request body larger than the configured limit",
     422: "Schema violation (`details` names the fields), JSON nested more than 64 "
     "levels deep (`json_too_deep`), or an integer beyond 64 bits (`number_out_of_range`)",
