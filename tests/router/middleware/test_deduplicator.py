@@ -110,6 +110,36 @@ async def test_duplicates_are_acked_in_a_router(bus: MemoryPubSub) -> None:
     await nothing_arrives(await bus.subscribe(topic, group=group), 0.1)
 
 
+async def test_a_router_level_deduplicator_keeps_keys_per_handler(bus: MemoryPubSub) -> None:
+    """One Deduplicator on the router (the documented place): two groups' handlers of
+    one topic and the handler of a result forwarded under the same id each process
+    every message once; a duplicate is still skipped by each."""
+    orders, receipts = unique("orders"), unique("receipts")
+    billing, audit, mailer = Recorder(), Recorder(), Recorder()
+
+    async def forward(msg: Message) -> Message:
+        await billing(msg)
+        return Message(msg.payload, id=msg.id)
+
+    router = Router(bus, bus)
+    router.add_middleware(Deduplicator())
+    router.add_handler("billing", orders, forward, group="billing", publish_topic=receipts)
+    router.add_handler("audit", orders, audit, group="audit")
+    router.add_handler("mailer", receipts, mailer, group="mailer")
+    async with running(router):
+        await bus.publish(orders, Message(b"o1", id="o1"), Message(b"o2", id="o2"))
+        await bus.publish(orders, Message(b"o1 again", id="o1"))
+        async with asyncio.timeout(10):
+            while len(mailer.seen) < 2 or len(audit.seen) < 2:
+                await asyncio.sleep(0.01)
+        await bus.publish(orders, Message(b"o3", id="o3"))  # after the duplicate
+        async with asyncio.timeout(10):
+            while len(mailer.seen) < 3 or len(audit.seen) < 3:
+                await asyncio.sleep(0.01)
+    assert billing.seen == audit.seen == [b"o1", b"o2", b"o3"]
+    assert mailer.seen == [b"o1", b"o2", b"o3"]
+
+
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ConfigurationError):
         DeduplicatorConfig(window=0)

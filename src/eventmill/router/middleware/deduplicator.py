@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 from eventmill.errors import ConfigurationError
 from eventmill.message import Message
-from eventmill.router.handler import Handler, HandlerResult
+from eventmill.router.handler import Handler, HandlerResult, current_handler
 
 __all__ = ["Deduplicator", "DeduplicatorConfig", "MemorySeenStore", "SeenStore"]
 
@@ -106,9 +106,11 @@ class DeduplicatorConfig:
 class Deduplicator:
     """Middleware skipping (and acking) duplicates; see the module docstring.
 
-    ``store`` defaults to a new :class:`MemorySeenStore` shared by every handler this
-    instance wraps (so give handlers that may see the same message id their own
-    Deduplicator, or a key that includes the handler).
+    Keys are kept per handler: on a router, each handler remembers the keys it
+    processed, so a message handed to several handlers (fan-out to groups, or a result
+    forwarded under the same id) is processed by each of them once. ``store`` defaults
+    to a new :class:`MemorySeenStore`; a shared store (Redis, SQL) sees keys prefixed
+    with the handler's name and a ``\x1f``.
     """
 
     def __init__(
@@ -123,7 +125,7 @@ class Deduplicator:
         key_of = self.config.key
 
         async def deduplicate(msg: Message) -> HandlerResult:
-            key = key_of(msg)
+            key = _scoped(key_of(msg))
             if not await store.add(key, window):
                 _log.debug("message %s is a duplicate of key %r; acked unprocessed", msg.id, key)
                 return None
@@ -138,4 +140,10 @@ class Deduplicator:
     async def abandoned(self, msg: Message) -> None:
         """The router gives ``msg`` back after the handler succeeded (its results could
         not be published): forget its key, so the redelivery is processed."""
-        await self.store.discard(self.config.key(msg))
+        await self.store.discard(_scoped(self.config.key(msg)))
+
+
+def _scoped(key: str) -> str:
+    """``key`` within the handler being run (as it is outside a router)."""
+    info = current_handler()
+    return key if info is None else f"{info.name}\x1f{key}"
