@@ -639,3 +639,20 @@ async def test_router_without_handlers_runs_until_closed(bus: MemoryPubSub) -> N
     assert not task.done()
     await router.close()
     await asyncio.wait_for(task, 10)
+
+
+def test_a_sync_handler_is_refused_when_added(bus: MemoryPubSub) -> None:
+    """A plain function would fail on every message, each redelivered without end:
+    refused at once, saying how to wrap it (an async __call__ is fine)."""
+
+    def sync_handler(msg: Message) -> None:
+        return None
+
+    class AsyncCallable:
+        async def __call__(self, msg: Message) -> None:
+            return None
+
+    router = Router(bus)
+    with pytest.raises(RouterError, match="must be an async function"):
+        router.add_handler("sync", "t", sync_handler, group="g")  # type: ignore[arg-type]
+    router.add_handler("callable", "t", AsyncCallable(), group="g")

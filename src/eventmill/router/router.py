@@ -33,6 +33,7 @@ order the backend delivers them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import Sequence
@@ -175,6 +176,14 @@ class Router:
             raise RouterError(f"duplicate handler name {name!r}")
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if not inspect.iscoroutinefunction(handler) and not inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004
+        ):
+            # a sync one would fail on every message, each redelivered without end
+            raise RouterError(
+                f"handler {name!r} must be an async function (or have an async __call__); "
+                "wrap a sync one: async def handle(msg): return sync_handle(msg)"
+            )
         validate_name("topic", topic)
         if group is not None:
             validate_name("group", group)
