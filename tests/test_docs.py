@@ -298,6 +298,49 @@ def test_python_example(block: Block, tmp_path: Path, request: pytest.FixtureReq
     _check_output(block, done.stdout)
 
 
+def test_python_examples_pass_mypy_strict(tmp_path: Path) -> None:
+    """Every Python example that is run also type-checks as the library's own code does
+    (``mypy --strict``): a reader's type checker accepts what the docs show."""
+    blocks = _python_blocks()
+    for n, block in enumerate(blocks):
+        (tmp_path / f"example_{n:03d}.py").write_text(block.code)
+    # the project's own settings for libraries without type information (asyncpg, …)
+    untyped = [
+        module
+        for override in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"][
+            "overrides"
+        ]
+        if override.get("ignore_missing_imports")
+        for module in override["module"]
+    ]
+    (tmp_path / "mypy.ini").write_text(
+        "[mypy]\nstrict = True\n"
+        + "".join(f"[mypy-{module}]\nignore_missing_imports = True\n" for module in untyped)
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(tmp_path / "mypy.ini"),
+            "--no-error-summary",
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            *sorted(str(f) for f in tmp_path.glob("example_*.py")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    where = {f"example_{n:03d}.py": block.where for n, block in enumerate(blocks)}
+    report = "\n".join(
+        f"{where.get(line.split(':', 1)[0], '')} {line}" for line in done.stdout.splitlines()
+    )
+    assert done.returncode == 0, f"mypy --strict on the docs' Python examples:\n{report}"
+
+
 # -- blocks that are not run -----------------------------------------------------------------
 
 

@@ -28,6 +28,9 @@ def test_defaults_and_copies() -> None:
         (("text",), {}),
         ((b"x", {"k": 1}), {}),
         ((b"x", {1: "v"}), {}),
+        ((b"x", [("a", "b")]), {}),  # pairs are not a mapping
+        ((b"x", "ab"), {}),
+        ((b"x", {"k": None}), {}),
         ((b"x",), {"id": ""}),
         ((b"x",), {"id": 5}),
     ],

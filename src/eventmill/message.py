@@ -91,7 +91,12 @@ class Message:
         elif not isinstance(id, str) or not id:
             raise TypeError("Message id must be a non-empty str")
         md: dict[str, str] = {}
-        if metadata:
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise TypeError(
+                    f"Message metadata must be a mapping of str to str, "
+                    f"not {type(metadata).__name__}"
+                )
             for key, value in metadata.items():
                 if not isinstance(key, str) or not isinstance(value, str):
                     raise TypeError(

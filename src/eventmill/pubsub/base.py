@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self, TypeGuard, runtime_checkable
+from typing import Literal, Protocol, Self, runtime_checkable
+
+from typing_extensions import TypeIs
 
 from eventmill.errors import InvalidNameError
 from eventmill.message import Message
@@ -181,11 +183,12 @@ class TransactionalPublisher(Publisher, Protocol):
     ) -> None: ...
 
 
-def supports_transactions(bus: object) -> TypeGuard[TransactionalPublisher]:
+def supports_transactions(bus: object) -> TypeIs[TransactionalPublisher]:
     """Whether ``bus`` takes ``publish(..., transaction=conn)`` (its
     ``capabilities.transactions``: postgresql:// and sqlite:///), narrowing its type for
-    type checkers. ``isinstance(bus, TransactionalPublisher)`` cannot tell: a protocol
-    check sees only that ``publish`` exists, which every bus has."""
+    type checkers (``TypeIs``: a ``PubSub`` keeps its other methods). ``isinstance(bus,
+    TransactionalPublisher)`` cannot tell: a protocol check sees only that ``publish``
+    exists, which every bus has."""
     capabilities = getattr(bus, "capabilities", None)
     return getattr(capabilities, "transactions", False) is True
 
