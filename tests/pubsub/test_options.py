@@ -133,3 +133,42 @@ def test_the_bound_on_unsettled_messages_has_one_name_and_default_everywhere(bas
     for bad in ("max_unsettled=0", "max_unsettled=-1", "stall_warning=0"):
         with pytest.raises(ConfigurationError, match=bad.split("=")[0]):
             parse(f"{base}{sep}{bad}")
+
+
+_BACKEND_PAGES = {
+    "memory": (MemoryConfig, "memory://"),
+    "sqlite": (SQLiteConfig, "sqlite:///bus.db"),
+    "postgresql": (PostgresConfig, "postgresql://postgres@127.0.0.1:5432/test"),
+    "redis": (RedisConfig, "redis://127.0.0.1:6379/0"),
+    "nats": (NatsConfig, "nats://127.0.0.1:4222"),
+    "kafka": (KafkaConfig, "kafka://127.0.0.1:9092"),
+}
+
+
+def _documented_defaults() -> list[tuple[str, str, str]]:
+    """(page, option, default) of every option-table row whose default is one value."""
+    import re
+    from pathlib import Path
+
+    row = re.compile(
+        r"^\| (?P<names>`[a-z_]+`(?: / `[a-z_]+`)*) \| `(?P<value>[^`|]+)`(?: \([^|]*\))? \|"
+    )
+    docs = Path(__file__).resolve().parents[2] / "docs" / "library" / "backends"
+    found = []
+    for page in _BACKEND_PAGES:
+        for line in (docs / f"{page}.md").read_text().splitlines():
+            match = row.match(line)
+            if match is None:
+                continue
+            for name in re.findall(r"`([a-z_]+)`", match["names"]):
+                found.append((page, name, match["value"]))
+    return found
+
+
+@pytest.mark.parametrize(("page", "name", "value"), _documented_defaults())
+def test_each_documented_default_is_the_options_default(page: str, name: str, value: str) -> None:
+    """The backend pages' option tables show each default as the URL would give it: it
+    parses, to the value the option has when not given."""
+    cls, base = _BACKEND_PAGES[page]
+    given = cls.from_url(f"{base}?{name}={value}")
+    assert getattr(given, name) == getattr(cls.from_url(base), name), (page, name, value)
