@@ -223,6 +223,11 @@ async def test_bad_input(tmp_path: Path, store_url: str) -> None:
         r = await client.post("/v1/events", json=_event(name="resume_failed"), headers=key)
         assert r.status_code == 422
         assert r.json()["details"][0]["field"] == "event_name"
+        # nor EventSource's own event types (an "error" event fires the page's onerror)
+        for name in ("error", "open", "message"):
+            r = await client.post("/v1/events", json=_event(name=name), headers=key)
+            assert r.status_code == 422, name
+            assert "EventSource" in r.json()["message"]
         # an array item that is not an object: named once, by its index
         r = await client.post("/v1/events", json=[_event(), None], headers=key)
         assert r.status_code == 422

@@ -339,6 +339,30 @@ def test_the_dashboard_shows_a_newly_ingested_event(chromium: Any, node: tuple[N
     wait_until(row.is_displayed)
 
 
+def test_signing_in_again_shows_each_recent_event_once(
+    chromium: Any, node: tuple[Node, str]
+) -> None:
+    """Connect replays the recent events; a second sign-in (after an expired token, or
+    Disconnect then Connect) keeps what is shown and adds no second row for them."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    [shown] = asyncio.run(server.publish(event(user, "shop.order.paid")))
+    chromium.get(f"{server.url}/")
+    chromium.find_element("id", "token").send_keys(admin_token())
+    chromium.find_element("id", "connect").click()
+    wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{shown}']"))
+    chromium.find_element("id", "disconnect").click()
+    wait_until(lambda: chromium.find_element("id", "connect").is_displayed())
+    field = chromium.find_element("id", "token")
+    field.clear()
+    field.send_keys(admin_token())
+    chromium.find_element("id", "connect").click()  # signed in again
+    wait_until(lambda: _text(chromium, "status") == "live")
+    [after] = asyncio.run(server.publish(event(user, "shop.order.paid")))
+    wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{after}']"))
+    assert len(chromium.find_elements("css selector", f"tr[data-id='{shown}']")) == 1
+
+
 def test_the_js_client_resumes_after_the_server_restarts(
     chromium: Any, pages: tuple[Path, str], node: tuple[Node, str]
 ) -> None:

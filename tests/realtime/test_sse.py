@@ -190,4 +190,5 @@ def test_every_message_of_the_stream_itself_is_a_name_no_event_may_take() -> Non
     from eventmill.realtime.sse import _ENDINGS
     from eventmill.web.seam import STREAM_CONTROL_NAMES
 
-    assert {*_ENDINGS.values(), "resume_failed"} == STREAM_CONTROL_NAMES
+    browsers_own = {"error", "open", "message"}  # EventSource's event types
+    assert {*_ENDINGS.values(), "resume_failed", *browsers_own} == STREAM_CONTROL_NAMES

@@ -4,11 +4,13 @@ format, subscriptions, ping/pong."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from eventmill.realtime import CloseCode
 from tests.realtime.support import (
@@ -183,6 +185,30 @@ async def test_ping_pong_and_bad_messages_get_replies(node: Node) -> None:
         ]
         assert client.of("pong") == [{"type": "pong", "id": 7}]
         assert client.closed is None  # a bad message does not end the connection
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        '{"type": "ping", "id": "' + "\u00e9" * 8200 + '"}',  # 8,2k characters, 16.4 kB
+        '{"type": "ping", "id": "' + "x" * 4_000_000 + '"}',  # refused while it arrives
+    ],
+    ids=["bytes-not-characters", "megabytes"],
+)
+async def test_a_client_message_over_the_limit_in_bytes_is_closed_1009(
+    node: Node, message: str
+) -> None:
+    """``max_client_message_bytes`` (16 KiB) counts UTF-8 bytes, and the protocol
+    enforces it as the message arrives (uvicorn's own limit was 16 MiB)."""
+    alice, _ = _users()
+    async with ws_client(f"{node.ws_url}?token={token(alice)}") as client:
+        with contextlib.suppress(ConnectionClosed):  # the server may close mid-send
+            await client.ws.send(message)
+        await client.wait_for(lambda c: c.closed is not None)
+        assert client.closed is not None
+        code = client.closed.rcvd.code if client.closed.rcvd else None
+        assert code == 1009, client.closed
+        assert client.of("pong") == []
 
 
 async def test_heartbeats_carry_the_position_everything_before_them_was_sent(node: Node) -> None:

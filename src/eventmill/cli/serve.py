@@ -82,6 +82,9 @@ def serve(
         # Browsers negotiate permessage-deflate: ~45 KB more per WebSocket connection
         # for events that are small JSON; the hub's frames go uncompressed.
         ws_per_message_deflate=False,
+        # the protocol refuses (1009) a larger client message while it arrives, instead
+        # of buffering up to uvicorn's 16 MiB default before the realtime check
+        ws_max_size=settings.realtime.max_client_message_bytes,
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )

@@ -177,7 +177,8 @@ def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
         event = Event.from_dict(data)
         if event.event_name in STREAM_CONTROL_NAMES:
             raise EventValidationError(
-                f"event name {event.event_name!r} is reserved for the SSE stream's own messages",
+                f"event name {event.event_name!r} is reserved for the SSE stream's own "
+                "messages and the browser's EventSource events",
                 field="event_name",
             )
         if event.source == "system":

@@ -392,7 +392,8 @@ async def _read(
             if text is None:
                 data = message.get("bytes") or b""
                 text = data.decode(errors="replace")
-            if len(text) > limit:
+            # bytes, not characters (a character is up to 4 bytes in UTF-8)
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
                 conn.close(CloseCode.MESSAGE_TOO_BIG, "message_too_big")
                 return
             reply = await _handle(text, conn, ctx, user, expiry)

@@ -50,10 +50,21 @@ EVENTS_TOPIC = "events"
 """The topic every event crosses: ingest publishes to it, features subscribe to it."""
 
 STREAM_CONTROL_NAMES: frozenset[str] = frozenset(
-    {"resume_failed", "slow_consumer", "token_expired", "shutdown", "unavailable"}
+    {
+        "resume_failed",
+        "slow_consumer",
+        "token_expired",
+        "shutdown",
+        "unavailable",
+        # EventSource's own event types: an event so named fires onerror/onopen/onmessage
+        "error",
+        "open",
+        "message",
+    }
 )
-"""The SSE stream's own messages (``event: resume_failed``, ...): no event may be named
-so through the publish API, or a browser's listener for one would fire for it."""
+"""The SSE stream's own messages (``event: resume_failed``, ...) and the browser's
+EventSource event types (``error``, ``open``, ``message``): no event may be named so
+through the publish API, or a browser's listener for one would fire for it."""
 
 POSITION_KEY = "eventmill_position"
 """Metadata key on messages of events already stored: the event's store position (the

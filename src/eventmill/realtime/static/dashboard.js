@@ -43,6 +43,8 @@
   }
 
   function addEvent(event, message) {
+    // signing in again replays the recent events: those shown already stay as they are
+    if (rows.some(function (r) { return r.event.id === event.id; })) return;
     var tr = document.createElement("tr");
     tr.className = "event fresh";
     tr.dataset.id = event.id;
