@@ -176,6 +176,7 @@ PROBE_PAGE = """<!doctype html>
   window.inState = (state) => window.sockets.filter((s) => s.readyState === state).length;
   window.start = (options) => {
     window.received = [];
+    window.positions = [];
     window.statuses = [];
     window.messages = [];
     window.errors = [];
@@ -190,7 +191,10 @@ PROBE_PAGE = """<!doctype html>
         if (t && t.delay) return new Promise((r) => setTimeout(() => r(t.token), t.delay));
         return t;
       },
-      onEvent: (event) => window.received.push(event.event_name),
+      onEvent: (event, message) => {
+        window.received.push(event.event_name);
+        window.positions.push(message.position);
+      },
       onStatus: (status, detail) => window.statuses.push([status, detail && detail.code]),
       onMessage: (message) => window.messages.push(message.type),
       onError: (message) => window.messages.push("error:" + message.error),
@@ -555,6 +559,85 @@ def test_the_js_client_subscribing_with_since_does_not_repeat_what_it_had(
     wait_until(lambda: len(probe("return window.received")) >= 3)
     # the replay brings test.b (missed: it was not subscribed), not test.a again
     assert probe("return window.received") == ["test.a", "test.b", "test.a"]
+
+
+def test_the_js_client_subscribing_with_since_hands_out_what_it_never_had(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """Connected live (no since) after test.a and test.b were stored, subscribing to
+    test.b from before both hands out both: test.a was never delivered either."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    asyncio.run(server.publish(event(user, "test.a"), event(user, "test.b")))
+    probe("start({tokens: [arguments[0]], events: ['test.a']})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    start = probe("return client.position") - 2  # before both
+    probe("client.subscribe(['test.b'], arguments[0])", start)
+    wait_until(lambda: len(probe("return window.received")) >= 2)
+    assert probe("return window.received") == ["test.a", "test.b"]
+
+
+def test_the_js_client_hands_out_nothing_twice_while_subscribing_under_load(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """Events published all along while the client subscribes with `since` again and
+    again: the replays overlap what came live, and no position is handed out twice."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: [arguments[0]], events: ['test.a']})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    stop = threading.Event()
+
+    def publishing() -> None:
+        while not stop.is_set():
+            asyncio.run(server.publish(event(user, "test.a")))
+
+    thread = threading.Thread(target=publishing)
+    thread.start()
+    try:
+        for n in range(8):
+            wait_until(lambda: probe("return window.positions.length") > 0)
+            since = probe("return client.position") - 3
+            resumed = probe("return window.messages.filter((t) => t === 'subscribed').length")
+            probe("client.subscribe(['test.b' + arguments[0]], arguments[1])", n, since)
+            wait_until(
+                lambda resumed=resumed: (
+                    probe("return window.messages.filter((t) => t === 'subscribed').length")
+                    > resumed
+                )
+            )
+    finally:
+        stop.set()
+        thread.join(30)
+    positions = probe("return window.positions")
+    assert len(positions) == len(set(positions)), positions
+
+
+def test_the_js_client_keeps_its_position_when_a_subscribe_is_refused(
+    probe: Callable[..., Any], node: tuple[Node, str]
+) -> None:
+    """A refused subscribe(patterns, since) leaves the position to resume from as it
+    was, so a drop right after it does not bring old events again."""
+    server, _ = node
+    user = f"user_{uuid.uuid4().hex[:8]}"
+    probe("start({tokens: [arguments[0]], events: ['test.a']})", token(user))
+    wait_until(lambda: probe("return client.status") == "open")
+    asyncio.run(server.publish(event(user, "test.a"), event(user, "test.a")))
+    wait_until(lambda: len(probe("return window.received")) == 2)
+    position = probe("return client.position")
+    probe("client.subscribe(['bad pattern!'], 0)")
+    wait_until(lambda: "error:invalid_pattern" in probe("return window.messages"))
+    assert probe("return client.position") == position
+    probe("client._ws.close(4000, 'test drop')")  # the client reconnects and resumes
+    wait_until(
+        lambda: (
+            probe("return client.status") == "open" and probe("return client._ws.readyState") == 1
+        )
+    )
+    asyncio.run(server.publish(event(user, "test.a")))
+    wait_until(lambda: len(probe("return window.received")) >= 3)
+    positions = probe("return window.positions")
+    assert len(positions) == 3 == len(set(positions)), positions
 
 
 def test_the_dashboard_explains_an_expired_token_and_stops(

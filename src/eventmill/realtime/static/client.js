@@ -60,26 +60,17 @@
     this._sentToken = null; // the token of the current socket
     this._expiredToken = null; // the token the server closed with 4002
     this._outbox = []; // messages waiting for "connected"
-    this._requests = {}; // id -> this.events before that subscribe/unsubscribe
+    this._requests = {}; // id -> {events, position} before that subscribe/unsubscribe
     this._nextId = 1;
-    this._seen = null; // {upTo, patterns}: what a subscribe's replay would repeat
+    // positions of the events handed out lately: a replay (subscribe with `since`, a
+    // resume after a drop) overlapping them does not hand them out again
+    this._delivered = new Set();
+    this._deliveredOrder = [];
   }
+
+  var DELIVERED_MAX = 10000; // the server's default resume_max_events
 
   var MAX_URL = 8000; // servers refuse longer addresses (414)
-
-  function globs(patterns) {
-    if (!patterns) return null; // every event
-    return patterns.map(function (p) {
-      var parts = p.split("*").map(function (x) { return x.replace(/[.+?^${}()|[\]\\]/g, "\\$&"); });
-      return new RegExp("^" + parts.join("[\\s\\S]*") + "$");
-    });
-  }
-
-  function matches(regexes, name) {
-    if (!regexes) return true;
-    for (var i = 0; i < regexes.length; i++) if (regexes[i].test(name)) return true;
-    return false;
-  }
 
   function defaultUrl() {
     var loc = root.location;
@@ -124,16 +115,14 @@
       if (!this._stopped) this._open();
       return;
     }
+    var before = this.position;
     if (since != null) {
-      // the replay covers the old patterns too: what they delivered up to now is not
-      // handed out twice (the connection's stream had no gap)
-      if (this.position != null && since < this.position) {
-        this._seen = { upTo: this.position, patterns: globs(previous) };
-      }
+      // the replay covers the old patterns too: what they delivered is not handed out
+      // twice (see _delivered)
       message.since = since;
       this.position = since;
     }
-    this._request(message, previous);
+    this._request(message, previous, before);
   };
 
   EventmillClient.prototype.unsubscribe = function (patterns) {
@@ -145,9 +134,9 @@
 
   // A subscribe/unsubscribe the server refuses (an invalid pattern, too many) leaves the
   // patterns as they were, here as on the server, so a reconnect does not carry it.
-  EventmillClient.prototype._request = function (message, previous) {
+  EventmillClient.prototype._request = function (message, previous, position) {
     message.id = "s" + this._nextId++;
-    this._requests[message.id] = previous;
+    this._requests[message.id] = { events: previous, position: position };
     this.send(message);
   };
 
@@ -201,7 +190,6 @@
       self._sentToken = token;
       self._outbox = [];
       self._requests = {};
-      self._seen = null;
       var url = new URL(self.url, root.location ? root.location.href : undefined);
       if (token) url.searchParams.set("token", token);
       if (self.position != null) url.searchParams.set("since", String(self.position));
@@ -243,15 +231,14 @@
         for (var i = 0; i < outbox.length; i++) this.send(outbox[i]);
         break;
       case "event":
-        var seen = this._seen;
-        if (seen && m.position <= seen.upTo && matches(seen.patterns, m.payload.event_name)) {
-          break; // delivered before the subscribe that replays it
+        if (m.position != null) {
+          if (this._delivered.has(m.position)) break; // handed out already
+          this._remember(m.position);
         }
         if (this.position == null || m.position > this.position) this.position = m.position;
         if (this.options.onEvent) this.options.onEvent(m.payload, m);
         break;
       case "resumed":
-        this._seen = null;
         this.position = Math.max(this.position || 0, m.position);
         if (this.options.onResumed) this.options.onResumed(m);
         break;
@@ -267,15 +254,27 @@
         break;
       case "error":
         if (m.id != null && m.id in this._requests) {
-          this.events = this._requests[m.id]; // refused: the patterns stay as they were
+          // refused: the patterns, and the position to resume from, stay as they were
+          var request = this._requests[m.id];
           delete this._requests[m.id];
-          if (m.error === "invalid_pattern" || m.error === "invalid_message") this._seen = null;
+          this.events = request.events;
+          if (request.position != null && (this.position == null || request.position > this.position)) {
+            this.position = request.position;
+          }
         }
         this._lastError = m;
         if (this.options.onError) this.options.onError(m);
         break;
       default:
         if (this.options.onMessage) this.options.onMessage(m);
+    }
+  };
+
+  EventmillClient.prototype._remember = function (position) {
+    this._delivered.add(position);
+    this._deliveredOrder.push(position);
+    if (this._deliveredOrder.length > DELIVERED_MAX) {
+      this._delivered.delete(this._deliveredOrder.shift());
     }
   };
 
