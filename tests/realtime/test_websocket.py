@@ -266,3 +266,12 @@ async def test_a_user_holds_at_most_max_connections_per_user(node: Node) -> None
     # once they are closed, the user may connect again
     async with ws_client(url) as again:
         await again.wait_for(_connected)
+
+
+async def test_plain_http_on_the_websocket_route_is_426_saying_what_it_is(node: Node) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"{node.url}/ws", params={"token": token("alice")})
+    assert answer.status_code == 426, answer.text
+    assert answer.json()["error"] == "upgrade_required"
+    assert "WebSocket" in answer.json()["message"]
+    assert answer.headers["upgrade"] == "websocket"

@@ -31,7 +31,9 @@ import time
 from typing import Any, Final
 
 import orjson
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -43,6 +45,7 @@ from eventmill.realtime.context import RealtimeContext, abort_transport
 from eventmill.realtime.feed import FeedEvent
 from eventmill.realtime.hub import Hub, LimitError, ResumeError
 from eventmill.store.errors import StoreError
+from eventmill.web.errors import ApiError
 from eventmill.web.tokens import TokenError
 
 __all__ = ["parse_patterns", "parse_position", "routes"]
@@ -121,9 +124,23 @@ class _Endpoint:
         await _serve(WebSocket(scope, receive, send), send, self.ctx)
 
 
-def routes(ctx: RealtimeContext) -> list[WebSocketRoute]:
-    """The ``/ws`` route, bound to the feature's context."""
-    return [WebSocketRoute("/ws", _Endpoint(ctx), name="realtime_websocket")]
+async def _upgrade_required(request: Request) -> Response:
+    """``GET /ws`` without a WebSocket handshake (curl, a browser's address bar)."""
+    raise ApiError(
+        426,
+        "upgrade_required",
+        "GET /ws is a WebSocket endpoint: connect with a WebSocket client "
+        "(Upgrade: websocket), or use GET /sse for Server-Sent Events",
+        headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+    )
+
+
+def routes(ctx: RealtimeContext) -> list[BaseRoute]:
+    """The ``/ws`` route, bound to the feature's context, and its answer to plain HTTP."""
+    return [
+        WebSocketRoute("/ws", _Endpoint(ctx), name="realtime_websocket"),
+        Route("/ws", _upgrade_required, methods=["GET"], include_in_schema=False),
+    ]
 
 
 async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None:
