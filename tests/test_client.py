@@ -518,6 +518,10 @@ def test_endpoints_and_deliveries(delivery_service: Service) -> None:
             assert rotated.secret != created.secret
             assert rotated.previous_secret_expires_at is not None
             since = datetime.now(UTC) - timedelta(hours=1)
+            with pytest.raises(ClientError) as disabled:  # nothing would be sent
+                client.recover_endpoint(created.id, since=since)
+            assert (disabled.value.status, disabled.value.code) == (409, "endpoint_disabled")
+            client.update_endpoint(created.id, disabled=False)
             assert client.recover_endpoint(created.id, since=since) == 0  # none failed
             client.delete_endpoint(created.id)
             with pytest.raises(ClientError) as gone:
