@@ -26,8 +26,8 @@ from eventmill.cli._common import (
 )
 from eventmill.cli._common import run as run_async
 from eventmill.cli._common import when as _when
+from eventmill.delivery.config import MAX_OVERLAP_SECONDS
 from eventmill.delivery.models import (
-    MAX_OVERLAP_SECONDS,
     DeliveryDetailOut,
     DeliveryOut,
     EndpointIn,

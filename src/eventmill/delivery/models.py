@@ -18,7 +18,6 @@ from eventmill.errors import ConfigurationError
 from eventmill.events.registry import validate_pattern
 
 __all__ = [
-    "MAX_OVERLAP_SECONDS",
     "AttemptOut",
     "DeliveryDetailOut",
     "DeliveryOut",
