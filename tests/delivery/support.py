@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
 from eventmill.app import resources_of
 from eventmill.settings import Settings
+from tests.asgi_server import serving
 from tests.ingest.support import running_app, settings_for
 
 LOCAL = ["127.0.0.0/8"]
@@ -98,22 +97,9 @@ class Receiver:
 async def receiver(script: Script | None = None) -> AsyncIterator[Receiver]:
     """Serve a :class:`Receiver` on a free port of 127.0.0.1 for the block's duration."""
     rec = Receiver(script)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    rec.port = sock.getsockname()[1]
-    config = uvicorn.Config(rec, log_level="warning", lifespan="off", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
+    async with serving(rec) as port:
+        rec.port = port
         yield rec
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 def delivery_settings(tmp: Path, store_url: str, **delivery: Any) -> Settings:

@@ -4,18 +4,16 @@ closes the connection on a malformed one)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 
 from eventmill.realtime import frames
+from tests.asgi_server import serving
 
 App = Callable[[Any, Send], Awaitable[None]]
 """What runs once the WebSocket is accepted: given :func:`frames.raw_protocol`'s answer
@@ -40,22 +38,8 @@ async def server(app: App, **config: Any) -> AsyncIterator[str]:
         while (await receive())["type"] != "websocket.disconnect":
             pass
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = {"log_level": "warning", "lifespan": "off", "access_log": False, **config}
-    uv = uvicorn.Server(uvicorn.Config(asgi, **settings))
-    task = asyncio.create_task(uv.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not uv.started:
-                await asyncio.sleep(0.01)
+    async with serving(asgi, **config) as port:
         yield f"ws://127.0.0.1:{port}/"
-    finally:
-        uv.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
-        sock.close()
     if done and done[0] is not None:
         raise done[0]
 

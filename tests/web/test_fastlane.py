@@ -4,15 +4,11 @@ methods), and never when a route before them in the router's order would match."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket as socket_module
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 import websockets
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from eventmill.web.errors import ApiError, install_error_handlers
 from eventmill.web.fastlane import WEBSOCKET, DirectRoute, FastLane, lane_routes
+from tests.asgi_server import serving
 
 
 def _via_router(request: Request) -> bool:
@@ -136,27 +133,6 @@ async def test_an_unhandled_exception_is_the_500_of_last_resort(
     assert "nobody handles this" not in r.text
 
 
-@contextlib.asynccontextmanager
-async def served(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on a free port of 127.0.0.1; yields its ws:// base."""
-    sock = socket_module.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
-
-
 async def _failure(url: str) -> str:
     """How a socket whose endpoint raises a handled error ends, as the client sees it."""
     async with websockets.connect(url) as ws:
@@ -169,7 +145,8 @@ async def _failure(url: str) -> str:
 
 
 async def test_a_laned_websocket_route_is_served_and_fails_as_a_routed_one() -> None:
-    async with served(build()) as base:
+    async with serving(build()) as port:
+        base = f"ws://127.0.0.1:{port}"
         async with websockets.connect(f"{base}/socket") as ws:
             await ws.send("hello")
             assert json.loads(await ws.recv()) == {"echo": "hello", "params": {}}
