@@ -12,7 +12,9 @@ _PENDING: Final = 0
 _ACKED: Final = 1
 _NACKED: Final = 2
 
-SettleCallback = Callable[["Message", bool], None]
+SettleCallback = Callable[["Message", bool], "bool | None"]
+"""Tells the backend of an ack (True) or nack; returns False when its subscription
+no longer takes it (closed: the message was handed back), else None."""
 
 
 _POOL_SIZE: Final = 16 * 256
@@ -130,7 +132,8 @@ class Message:
         """Acknowledge the message: it was processed and must not be delivered again.
 
         Returns ``True`` if the message is acked (now or already), ``False`` if it
-        had been nacked before, in which case nothing changes.
+        had been nacked before, or its subscription closed and handed it back (it is
+        delivered again; it counts as nacked), in which case nothing changes.
         """
         state = self._state
         if state == _PENDING:
@@ -138,7 +141,9 @@ class Message:
             cb = self._on_settle
             if cb is not None:
                 self._on_settle = None
-                cb(self, True)
+                if cb(self, True) is False:  # handed back when its subscription closed
+                    self._state = _NACKED
+                    return False
             return True
         return state == _ACKED
 
@@ -157,6 +162,13 @@ class Message:
                 cb(self, False)
             return True
         return state == _NACKED
+
+    def _release(self) -> None:
+        """Its subscription handed it back (closed): a later ack() changes nothing and
+        returns False, as after a nack."""
+        self._on_settle = None
+        if self._state == _PENDING:
+            self._state = _NACKED
 
     @property
     def acked(self) -> bool:

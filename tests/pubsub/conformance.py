@@ -588,7 +588,10 @@ class ConformanceSuite:
         unacked = {m.id for m in got[90:]}
         await sub.close()
         for m in got[90:]:
-            m.ack()  # too late: the subscription is closed, so this must not count
+            # too late: the subscription handed it back, so this does not count, and
+            # says so (the message counts as nacked: it is delivered again)
+            assert m.ack() is False
+            assert (m.acked, m.nacked) == (False, True)
         other = await harness.open()
         again = await other.subscribe(topic, group=group)
         back = await collect(again, 10)

@@ -100,7 +100,7 @@ def _item(msg: Message) -> _Item:
     return (msg.payload, msg.id, *itertools.chain.from_iterable(md.items()))
 
 
-def _message(item: _Item, on_settle: Callable[[Message, bool], None]) -> Message:
+def _message(item: _Item, on_settle: Callable[[Message, bool], bool]) -> Message:
     if len(item) == 2:
         return Message._received(item[1], {}, item[0], on_settle)
     flat = item[2:]
@@ -130,21 +130,22 @@ class _Queue:
             if not fut.done():
                 fut.set_result(None)
 
-    def settle(self, msg: Message, ok: bool) -> None:
+    def settle(self, msg: Message, ok: bool) -> bool:
         sub = self.inflight.pop(msg, None)
         if sub is None:
-            return
+            return False
         sub._limit.done()
         if not ok:
             self.items.appendleft(_item(msg))
             self.readers.wake()
+        return True
 
     def release(self, sub: _MemorySubscription) -> None:
         """Requeue, in their original order, the unsettled messages held by ``sub``."""
         held = [m for m, s in self.inflight.items() if s is sub]
         for msg in reversed(held):
             del self.inflight[msg]
-            msg._on_settle = None
+            msg._release()
             self.items.appendleft(_item(msg))
         if held:
             self.readers.wake()
@@ -238,7 +239,7 @@ class _MemorySubscription(TopicGroup, AsyncCloseable):
         if self._group is None:
             self._owner._drop_ephemeral(self._topic, q)
             for msg in list(q.inflight):
-                msg._on_settle = None
+                msg._release()
             q.inflight.clear()
             q.close()
         else:

@@ -176,9 +176,9 @@ class _Source:
 
     # -- settlement ------------------------------------------------------------------
 
-    def _settle(self, d: _Delivery, msg: Message, ok: bool) -> None:
+    def _settle(self, d: _Delivery, msg: Message, ok: bool) -> bool:
         if d.msg is not msg or d.po.dropped or self.closed:
-            return
+            return False
         d.msg = None
         sub, d.sub = d.sub, None
         if sub is not None:
@@ -193,6 +193,7 @@ class _Source:
         else:
             self._ready.appendleft(d)
             self._readers.wake()
+        return True
 
     def _commit_point_moved(self) -> None:
         """Hook: a partition's acked prefix grew (group members commit it)."""
@@ -202,7 +203,7 @@ class _Source:
         partitions' commit points stay below those messages, so a restart gets them."""
         for d in sub.held:
             if d.msg is not None:
-                d.msg._on_settle = None
+                d.msg._release()
                 d.msg = None
             d.sub = None
         sub.held.clear()
@@ -217,7 +218,7 @@ class _Source:
         sub._limit.close()
         for d in held:
             if d.msg is not None:
-                d.msg._on_settle = None
+                d.msg._release()
                 d.msg = None
             d.sub = None
             if not d.po.dropped:

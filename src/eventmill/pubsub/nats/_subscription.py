@@ -593,10 +593,10 @@ class NatsSubscription(BufferedSubscription[Message]):
 
     # -- settling ------------------------------------------------------------------------
 
-    def _settle(self, msg: Message, ok: bool) -> None:
+    def _settle(self, msg: Message, ok: bool) -> bool:
         reply = self._unsettled.pop(msg, None)
         if reply is None or self._closed:
-            return
+            return False
         self._limit.done()
         if ok:
             payload = _ACK
@@ -607,6 +607,7 @@ class NatsSubscription(BufferedSubscription[Message]):
             self._nak_queued = True
         self._settlements.append((reply, payload))
         self._settle_wanted.set()
+        return True
 
     async def _settle_loop(self) -> None:
         wanted = self._settle_wanted

@@ -235,10 +235,10 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             return False
         return now - self._held_back_since >= _HELD_BACK_WARN
 
-    def _settle(self, msg: Message, ok: bool) -> None:
+    def _settle(self, msg: Message, ok: bool) -> bool:
         entry = self.inflight.pop(msg, None)
         if entry is None or self._closed:
-            return
+            return False
         self._limit.done()
         lease, txid, seq = entry
         lease.open -= 1
@@ -253,6 +253,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
             self._owner._settled(lease)
         elif ok:
             self._owner._acked()
+        return True
 
     async def close(self) -> None:
         """Flush settlements, release unsettled messages (redelivered at once), stop."""
@@ -271,7 +272,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         held = list(self.held.values())
         self.held.clear()
         for msg in self.inflight:
-            msg._on_settle = None
+            msg._release()
         self.inflight.clear()
         self._buffer.clear()
         if held:
@@ -291,7 +292,7 @@ class GroupSubscription(TopicGroup, AsyncCloseable):
         self.wake.set()
         self._limit.close()
         for msg in self.inflight:
-            msg._on_settle = None
+            msg._release()
         self.inflight.clear()
         self.held.clear()
         self._buffer.clear()

@@ -197,17 +197,18 @@ class EphemeralSubscription(_Base):
             and self._room_for(self._limit.count + len(self._buffer)) > 0
         )
 
-    def _settle(self, msg: Message, ok: bool) -> None:
+    def _settle(self, msg: Message, ok: bool) -> bool:
         if self._closed:
-            return
+            return False
         self._limit.done()
         if not self._room.is_set() and self._has_room():
             self._room.set()
         if ok:
-            return
+            return True
         again = Message._received(msg.id, dict(msg.metadata), msg.payload, self._settle)
         self._buffer.appendleft(again)
         self._readers.wake()
+        return True
 
     async def _run(self) -> None:
         cfg = self._config
@@ -421,9 +422,9 @@ class GroupSubscription(_Base):
 
     # -- settling -----------------------------------------------------------------------
 
-    def _settle(self, entry_id: bytes, msg: Message, ok: bool) -> None:
+    def _settle(self, entry_id: bytes, msg: Message, ok: bool) -> bool:
         if self._held.get(entry_id) is not msg:
-            return  # settled after close, or a stale copy
+            return False  # settled after close, or a stale copy
         self._limit.done()
         if ok:
             del self._held[entry_id]
@@ -438,6 +439,7 @@ class GroupSubscription(_Base):
             self._readers.wake()
         if self._flusher is None and not self._closed:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return True
 
     async def _flush(self) -> None:
         """Send queued acks and touches until none are left, retrying while Redis is away."""

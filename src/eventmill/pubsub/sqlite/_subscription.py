@@ -145,10 +145,10 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
                     async with asyncio.timeout(poll):
                         await self._wake.wait()
 
-    def _settle(self, msg: Message, ok: bool) -> None:
+    def _settle(self, msg: Message, ok: bool) -> bool:
         seq = self._held.pop(msg, None)
         if seq is None or self._closed:
-            return
+            return False
         self._limit.done()
         if not self._room.is_set():
             self._room.set()  # the pump may have waited for room under max_unsettled
@@ -157,6 +157,7 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         elif not ok:  # ephemeral: deliver again to this subscription
             self._buffer.appendleft((seq, msg.copy()))
             self._readers.wake()
+        return True
 
     def _notify(self) -> None:
         self._wake.set()
@@ -178,7 +179,7 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         self._wake.set()
         await stop_task(self._pump)
         for msg in self._held:
-            msg._on_settle = None
+            msg._release()
         self._held.clear()
         self._buffer.clear()
         owner = self._owner
@@ -209,4 +210,4 @@ class SQLiteSubscription(BufferedSubscription[tuple[int, Message]]):
         if self._pump is not None:
             self._pump.cancel()
         for msg in self._held:
-            msg._on_settle = None
+            msg._release()
