@@ -22,14 +22,16 @@ requests (interrupting none: nothing waits for them), sends what is queued, naks
 the messages handed out or buffered but not settled (so the group gets them again
 without waiting for ``ack_wait``), and, if it sent anything or an earlier flush is
 outstanding, flushes the connection, so the settlements have reached the server
-when it returns; with nothing to hand back or send it makes no round trip. An
-ephemeral subscription's consumer is deleted with a request nobody waits for (the
-server reaps it after ``inactive_threshold`` if that is lost).
+when it returns. An ephemeral subscription with nothing to send makes no round trip:
+its consumer is deleted with a request nobody waits for (the server reaps it after
+``inactive_threshold`` if that is lost).
 
-Before a group subscription hands messages back (unsettled ones, nacks still
-queued, or nacks sent whose redelivery came due less than ``_NAK_IN_FLIGHT`` ago or
-is still to come), it has the server drop its pull requests, which the server
-cannot be told to do. A request stays queued on the server after its inbox is gone
+A group subscription's close first has the server drop its pull requests, which the
+server cannot be told to do, whatever it holds: messages the server is sending those
+requests right then would otherwise reach an inbox about to go, and come back only
+after ``ack_wait``; they are handed back with the unsettled ones, the nacks still
+queued, and nacks sent whose redelivery came due less than ``_NAK_IN_FLIGHT`` ago or
+is still to come. A request stays queued on the server after its inbox is gone
 until it expires or the consumer next looks at it, and a message that becomes due
 for redelivery while such a dead request is the only one waiting makes nats-server
 (2.9.x) step its stream pointer back as if it had not sent a new message: the last
@@ -277,14 +279,15 @@ class NatsSubscription(BufferedSubscription[Message]):
         self._requests.clear()
         # Hand unsettled and nacked messages back to the group now, not after ack_wait,
         # but only once no pull request of ours waits on the server (module docstring).
-        hand_back = self._group is not None and bool(
-            self._unsettled
-            or self._late
-            or self._nak_queued
-            or time.monotonic() <= self._nak_due + _NAK_IN_FLIGHT
-        )
+        # A group's requests are purged whatever this subscription holds: the server may
+        # be sending them messages right now (they come into _late meanwhile).
         purged = False
-        if hand_back and nc is not None and nc.is_connected and self._isub is not None:
+        if (
+            self._group is not None
+            and nc is not None
+            and nc.is_connected
+            and self._isub is not None
+        ):
             try:
                 purged = await self._purge_requests(nc)
             except Exception as exc:
@@ -294,6 +297,12 @@ class NatsSubscription(BufferedSubscription[Message]):
                 await self._isub.unsubscribe()  # no _on_message after this
         except Exception as exc:
             log.debug("nats: closing subscription %s: %s", self._topic, type(exc).__name__)
+        hand_back = self._group is not None and bool(
+            self._unsettled
+            or self._late
+            or self._nak_queued
+            or time.monotonic() <= self._nak_due + _NAK_IN_FLIGHT
+        )
         if hand_back:
             nak = self._nak
             if not purged:  # wait until the latest request of ours expired, by pull_until
