@@ -117,6 +117,23 @@ def running_node(
         server.stop()
 
 
+@contextlib.contextmanager
+def embedded_node(
+    tmp: Path, scopes: tuple[str, ...] = ("publish", "read"), **extra: str | None
+) -> Iterator[Node]:
+    """A started node on SQLite files of its own in ``tmp`` (store ``events.db``, bus
+    ``bus.db``), publishing with a new key of ``scopes``."""
+    store_url = embedded_store_url(tmp)
+    key = asyncio.run(create_key(store_url, scopes))
+    with running_node(tmp, store_url, f"sqlite:///{tmp / 'bus.db'}", key, **extra) as node:
+        yield node
+
+
+def embedded_store_url(tmp: Path) -> str:
+    """The store of :func:`embedded_node` in ``tmp``."""
+    return f"sqlite:///{tmp / 'events.db'}"
+
+
 class WsClient:
     """A WebSocket client that keeps every message it receives, in order."""
 

@@ -22,9 +22,8 @@ from websockets.uri import parse_uri
 from eventmill.realtime import CloseCode
 from tests.realtime.support import (
     Node,
-    create_key,
+    embedded_node,
     event,
-    running_node,
     token,
     ws_client,
 )
@@ -42,14 +41,8 @@ that waited for the slow client would hold it until that client reads again)."""
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    tmp = tmp_path_factory.mktemp("realtime-slow")
-    store_url = f"sqlite:///{tmp / 'events.db'}"
-    key = asyncio.run(create_key(store_url))
-    with running_node(
-        tmp,
-        store_url,
-        f"sqlite:///{tmp / 'bus.db'}",
-        key,
+    with embedded_node(
+        tmp_path_factory.mktemp("realtime-slow"),
         EVENTMILL_REALTIME__MAX_PENDING_MESSAGES="20",
         EVENTMILL_REALTIME__CLOSE_GRACE_SECONDS="3",
     ) as node:

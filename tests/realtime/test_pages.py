@@ -26,7 +26,14 @@ from eventmill.store import open_store
 from tests import payloads
 from tests.conftest import REQUIRE_SERVICES, free_port
 from tests.ingest.support import RAZORPAY_SECRET
-from tests.realtime.support import Node, admin_token, create_key, event, running_node, token
+from tests.realtime.support import (
+    Node,
+    admin_token,
+    embedded_node,
+    embedded_store_url,
+    event,
+    token,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -252,17 +259,9 @@ def node(
     tmp_path_factory: pytest.TempPathFactory, pages: tuple[Path, str]
 ) -> Iterator[tuple[Node, str]]:
     tmp = tmp_path_factory.mktemp("realtime-browser")
-    store_url = f"sqlite:///{tmp / 'events.db'}"
-    key = asyncio.run(create_key(store_url))
     _, origin = pages
-    with running_node(
-        tmp,
-        store_url,
-        f"sqlite:///{tmp / 'bus.db'}",
-        key,
-        EVENTMILL_REALTIME__ALLOWED_ORIGINS=origin,
-    ) as node:
-        yield node, store_url
+    with embedded_node(tmp, EVENTMILL_REALTIME__ALLOWED_ORIGINS=origin) as node:
+        yield node, embedded_store_url(tmp)
 
 
 def _text(driver: Any, element_id: str) -> str:
@@ -669,15 +668,8 @@ def test_the_dashboard_says_when_a_reconnect_missed_more_than_the_server_replays
     """A node that replays at most 3 events on resume is down while 6 are stored: the
     dashboard, reconnecting, shows the gap notice (it stays), then live events again."""
     tmp = tmp_path_factory.mktemp("realtime-gap")
-    store_url = f"sqlite:///{tmp / 'events.db'}"
-    key = asyncio.run(create_key(store_url))
-    with running_node(
-        tmp,
-        store_url,
-        f"sqlite:///{tmp / 'bus.db'}",
-        key,
-        EVENTMILL_REALTIME__RESUME_MAX_EVENTS="3",
-    ) as server:
+    store_url = embedded_store_url(tmp)
+    with embedded_node(tmp, EVENTMILL_REALTIME__RESUME_MAX_EVENTS="3") as server:
         chromium.get(f"{server.url}/")
         chromium.find_element("id", "token").send_keys(admin_token())
         chromium.find_element("id", "connect").click()
@@ -762,19 +754,15 @@ def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
     chromium: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     tmp = tmp_path_factory.mktemp("realtime-deliveries")
-    store_url = f"sqlite:///{tmp / 'events.db'}"
-    key = asyncio.run(create_key(store_url, ("admin",)))
     port = free_port()
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Receiver)
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
     _Receiver.status, _Receiver.calls = 500, []
     try:
-        with running_node(
+        with embedded_node(
             tmp,
-            store_url,
-            f"sqlite:///{tmp / 'bus.db'}",
-            key,
+            ("admin",),
             EVENTMILL_DELIVERY__ALLOW_NETWORKS='["127.0.0.0/8"]',
             EVENTMILL_DELIVERY__RETRY_SCHEDULE="[0, 0.1]",
             EVENTMILL_DELIVERY__POLL_INTERVAL_SECONDS="0.1",
@@ -783,7 +771,7 @@ def test_the_dashboard_shows_deliveries_and_retries_a_failed_one(
             created = httpx.post(
                 f"{server.url}/v1/endpoints",
                 json={"url": f"http://127.0.0.1:{port}/hook", "user_id": user},
-                headers={"Authorization": f"Bearer {key}"},
+                headers={"Authorization": f"Bearer {server.key}"},
             )
             assert created.status_code == 201, created.text
             chromium.get(f"{server.url}/")

@@ -18,9 +18,8 @@ from tests.realtime.support import (
     WsClient,
     admin_token,
     close_code,
-    create_key,
+    embedded_node,
     event,
-    running_node,
     token,
     ws_client,
 )
@@ -30,14 +29,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    tmp = tmp_path_factory.mktemp("realtime-ws")
-    store_url = f"sqlite:///{tmp / 'events.db'}"
-    key = asyncio.run(create_key(store_url))
-    with running_node(
-        tmp,
-        store_url,
-        f"sqlite:///{tmp / 'bus.db'}",
-        key,
+    with embedded_node(
+        tmp_path_factory.mktemp("realtime-ws"),
         EVENTMILL_REALTIME__HEARTBEAT_SECONDS="1",
         EVENTMILL_REALTIME__MAX_CONNECTIONS_PER_USER="3",
     ) as node:
