@@ -64,8 +64,7 @@
     this._nextId = 1;
     // positions of the events handed out lately: a replay (subscribe with `since`, a
     // resume after a drop) overlapping them does not hand them out again
-    this._delivered = new Set();
-    this._deliveredOrder = [];
+    this._delivered = new Set(); // in the order handed out (a Set keeps insertion order)
   }
 
   var DELIVERED_MAX = 10000; // the server's default resume_max_events
@@ -272,9 +271,8 @@
 
   EventmillClient.prototype._remember = function (position) {
     this._delivered.add(position);
-    this._deliveredOrder.push(position);
-    if (this._deliveredOrder.length > DELIVERED_MAX) {
-      this._delivered.delete(this._deliveredOrder.shift());
+    if (this._delivered.size > DELIVERED_MAX) {
+      this._delivered.delete(this._delivered.values().next().value); // the oldest
     }
   };
 
