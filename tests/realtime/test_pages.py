@@ -630,9 +630,10 @@ def test_the_js_client_keeps_its_position_when_a_subscribe_is_refused(
     wait_until(lambda: "error:invalid_pattern" in probe("return window.messages"))
     assert probe("return client.position") == position
     probe("client._ws.close(4000, 'test drop')")  # the client reconnects and resumes
+    # reconnected: read in one script (between two, the socket may be gone and not yet new)
     wait_until(
-        lambda: (
-            probe("return client.status") == "open" and probe("return client._ws.readyState") == 1
+        lambda: probe(
+            "return client.status === 'open' && !!client._ws && client._ws.readyState === 1"
         )
     )
     asyncio.run(server.publish(event(user, "test.a")))
