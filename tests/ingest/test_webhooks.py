@@ -333,6 +333,37 @@ async def test_plain_hmac_receiver(tmp_path: Path, store_url: str) -> None:
         assert (await client.post("/webhooks/acme", content=body)).status_code == 401
 
 
+async def test_a_rejected_webhook_is_logged_without_its_source_s_signature_header(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The header a source signs in is redacted whatever it is called (``X-Acme-Sig``
+    holds none of the words the log redacts by name)."""
+    sources = {
+        "plain": {
+            "scheme": "hmac",
+            "secrets": [HMAC_SECRET],
+            "header": "X-Acme-Sig",
+            "encoding": "base64",
+            "prefix": "v1=",
+        }
+    }
+    async with running_app(settings_for(tmp_path, store_url, sources=sources)) as (app, client):
+        body = payloads.dumps({"type": "a b"})  # signed, but not a valid event name
+        sig = payloads.hmac_headers(
+            body, HMAC_SECRET, header="X-Acme-Sig", encoding="base64", prefix="v1="
+        )
+        r = await client.post(
+            "/webhooks/plain", content=body, headers={**sig, "X-Request-Id": "req_1"}
+        )
+        assert r.status_code == 422, r.text
+        journal = resources_of(app).require_store().journal
+        await journal.flush()
+        [row] = await journal.rejections(source="plain")
+        assert row.headers["x-acme-sig"] == "<redacted>"
+        assert row.headers["x-request-id"] == "req_1"
+        assert row.headers["content-type"] == "application/json"
+
+
 async def test_store_unreachable_is_503_and_nothing_acknowledged(tmp_path: Path) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
     async with running_app(settings_for(tmp_path, dead)) as (_, client):

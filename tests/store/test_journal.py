@@ -101,18 +101,30 @@ def test_safe_headers_redacts_every_credential_like_header() -> None:
         "X-Hub-Signature-256": "sha256=abc",
         "webhook-signature": "v1,abc",
         "X-API-Key": "em_x",
+        "Api-Key": "k",
         "Cookie": "a=b",
+        "Authorization": "Bearer x",
+        "X-Auth": "x",
+        "X-Auth-Token": "x",
+        "X-Password": "x",
+        "X-Credentials": "x",
+        "X-Hmac-SHA256": "x",
+        "X-Webhook-Secret": "x",
+        "X-Acme-Sig": "v1=abc",  # named by the caller: the header its source signs in
+        "Content-Type": "application/json",
+        "X-Request-Id": "req_1",
+        "Accept": "*/*",
         "User-Agent": "Razorpay-Webhook/v1" + "x" * 500,
     }
-    safe = safe_headers(headers)
-    assert {k for k, v in safe.items() if v == "<redacted>"} == {
-        "stripe-signature",
-        "x-hub-signature-256",
-        "webhook-signature",
-        "x-api-key",
-        "cookie",
+    safe = safe_headers(headers, secret=("x-acme-sig",))
+    assert {k for k, v in safe.items() if v != "<redacted>"} == {
+        "content-type",
+        "x-request-id",
+        "accept",
+        "user-agent",
     }
     assert len(safe["user-agent"]) == 256
+    assert safe_headers({"X-Acme-Sig": "v1=abc"}) == {"x-acme-sig": "v1=abc"}
 
 
 async def test_nul_characters_never_fail_a_flush_or_a_read(store: Store) -> None:

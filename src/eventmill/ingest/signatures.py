@@ -62,6 +62,9 @@ class SignatureScheme(Protocol):
     """Verifies a webhook request. ``headers`` keys may be any case."""
 
     name: str
+    signature_headers: tuple[str, ...]
+    """Lower-case names of the headers that carry the signature: redacted wherever the
+    request's headers are kept (the log of rejected webhooks), whatever they are called."""
 
     def verify(
         self, headers: Mapping[str, str], body: bytes, *, now: float | None = None
@@ -131,6 +134,7 @@ class RazorpayScheme:
     """
 
     name = "razorpay"
+    signature_headers: tuple[str, ...] = ("x-razorpay-signature",)
 
     def __init__(self, secrets: Sequence[str | bytes]) -> None:
         self._keys = _keys(secrets, "razorpay")
@@ -159,6 +163,7 @@ class StandardWebhooksScheme:
     """
 
     name = "standard_webhooks"
+    signature_headers: tuple[str, ...] = ("webhook-signature",)
 
     def __init__(self, secrets: Sequence[str], *, tolerance_seconds: float = 300) -> None:
         keys: list[bytes] = []
@@ -204,6 +209,7 @@ class GitHubScheme:
     """
 
     name = "github"
+    signature_headers: tuple[str, ...] = ("x-hub-signature-256", "x-hub-signature")
 
     def __init__(self, secrets: Sequence[str | bytes]) -> None:
         self._keys = _keys(secrets, "github")
@@ -233,6 +239,7 @@ class StripeScheme:
     """
 
     name = "stripe"
+    signature_headers: tuple[str, ...] = ("stripe-signature",)
 
     def __init__(self, secrets: Sequence[str | bytes], *, tolerance_seconds: float = 300) -> None:
         self._keys = _keys(secrets, "stripe")
@@ -289,6 +296,7 @@ class HmacScheme:
             raise ConfigurationError(f"hmac: unsupported encoding {encoding!r}")
         self._keys = _keys(secrets, "hmac")
         self._header = header
+        self.signature_headers: tuple[str, ...] = (header.lower(),)
         self._algorithm = algorithm
         self._encoding = encoding
         self._prefix = prefix

@@ -166,12 +166,14 @@ def _reject(ctx: IngestContext, request: Request, source: str, exc: Exception) -
         return
     if error.status >= 500:
         return
+    receiver = ctx.config.receivers.get(source)
     store.journal.rejected(
         source=source,
         status=error.status,
         reason=error.error,
         message=error.message,
         headers=request.headers,
+        secret_headers=receiver.scheme.signature_headers if receiver is not None else (),
     )
 
 

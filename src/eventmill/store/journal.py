@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -66,17 +66,31 @@ rejected_webhooks = sa.Table(
     sa.Index("ix_rejected_webhooks_at", "at"),
 )
 
-_SECRET_HEADER_PARTS: Final = ("signature", "authorization", "secret", "token", "cookie", "key")
+_SECRET_HEADER_PARTS: Final = (
+    "signature",
+    "hmac",
+    "auth",  # Authorization, Proxy-Authorization, X-Auth, X-Auth-Token
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "credential",
+    "cookie",
+    "key",  # X-API-Key, Api-Key
+)
 _MAX_HEADER_VALUE: Final = 256
 
 
-def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """``headers`` without anything that could carry a secret (signatures, keys,
-    tokens, cookies are replaced by ``"<redacted>"``), values cut to 256 characters."""
+def safe_headers(headers: Mapping[str, str], secret: Collection[str] = ()) -> dict[str, str]:
+    """``headers`` without anything that could carry a secret, values cut to 256
+    characters. Replaced by ``"<redacted>"``: every header named in ``secret``
+    (lower-case names, e.g. the header a webhook source signs in, whatever it is
+    called) and every header whose name holds signature, hmac, auth, secret, token,
+    password, passwd, credential, cookie or key."""
     out: dict[str, str] = {}
     for name, value in headers.items():
         lower = name.lower()
-        if any(part in lower for part in _SECRET_HEADER_PARTS):
+        if lower in secret or any(part in lower for part in _SECRET_HEADER_PARTS):
             out[lower] = "<redacted>"
         else:
             out[lower] = value[:_MAX_HEADER_VALUE]
@@ -220,8 +234,11 @@ class Journal:
         reason: str,
         message: str,
         headers: Mapping[str, str],
+        secret_headers: Collection[str] = (),
     ) -> None:
-        """Record a refused webhook; its headers are stored without secrets."""
+        """Record a refused webhook; its headers are stored without secrets (see
+        :func:`safe_headers`; ``secret_headers`` names, in lower case, the ones the
+        source signs with)."""
         if self._room():
             self._rejected.append(
                 {
@@ -230,7 +247,7 @@ class Journal:
                     "status": status,
                     "reason": _text(reason, 64),
                     "message": _text(message, 500),
-                    "headers": safe_headers(headers),
+                    "headers": safe_headers(headers, secret_headers),
                 }
             )
 
