@@ -137,6 +137,22 @@ async def _setup_two_users(svc: Service, url: str) -> tuple[dict[str, Any], dict
     return a.json(), b.json()
 
 
+@pytest.mark.parametrize("user", ["x" * 1000, "a\x00b"])
+async def test_a_token_whose_subject_is_not_a_valid_user_id_creates_nothing(
+    tmp_path: Path, store_url: str, user: str
+) -> None:
+    async with service(_settings(tmp_path, store_url)) as svc:
+        headers = _token(user)
+        r = await svc.client.post(
+            "/v1/endpoints", json={"url": "https://example.com/h"}, headers=headers
+        )
+        assert r.status_code == 401, r.text
+        assert r.json()["error"] == "token_no_subject"
+        assert "not a valid user id" in r.json()["message"]
+        assert headers["Authorization"].removeprefix("Bearer ") not in r.text
+        assert (await svc.get("/v1/endpoints"))["endpoints"] == []
+
+
 async def test_end_users_see_and_change_only_their_own(tmp_path: Path, store_url: str) -> None:
     async with receiver() as rec, service(_settings(tmp_path, store_url)) as svc:
         alice_ep, bob_ep = await _setup_two_users(svc, rec.url())

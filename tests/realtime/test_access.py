@@ -112,6 +112,8 @@ BAD_TOKENS = {
     "alg none": ("none", CloseCode.UNAUTHORIZED, "token_algorithm_not_allowed"),
     "wrongly signed": ("wrong_key", CloseCode.UNAUTHORIZED, "token_bad_signature"),
     "no subject": ("no_sub", CloseCode.UNAUTHORIZED, "token_no_subject"),
+    "subject too long": ("long_sub", CloseCode.UNAUTHORIZED, "token_no_subject"),
+    "NUL in subject": ("nul_sub", CloseCode.UNAUTHORIZED, "token_no_subject"),
 }
 
 
@@ -125,6 +127,8 @@ def _bad(kind: str | None) -> str | None:
         "none": _unsigned(sub),
         "wrong_key": token(sub, secret="another-secret-that-is-32-bytes-long!"),
         "no_sub": token(sub, sub=None),
+        "long_sub": token("x" * 1000),
+        "nul_sub": token("a\x00b"),
     }[kind]
 
 

@@ -112,6 +112,18 @@ async def test_a_token_without_a_subject_is_refused() -> None:
     assert await _problem(v, _token({"sub": 42})) == "no_subject"
 
 
+@pytest.mark.parametrize("sub", ["x" * 257, "x" * 1000, "a\x00b", "a\nb", "a\x7fb"])
+async def test_a_subject_that_is_not_a_valid_user_id_is_refused(sub: str) -> None:
+    """The user-id rule of the rest of the service (1-256 characters, no control
+    characters): otherwise an end user could own what an admin cannot filter for."""
+    v = _verifier(secret=SECRET)
+    token = _token({"sub": sub})
+    assert await _problem(v, token) == "no_subject"
+    with pytest.raises(TokenError, match="not a valid user id"):
+        await v.verify(token)
+    assert (await v.verify(_token({"sub": "x" * 256}))).user_id == "x" * 256
+
+
 async def test_a_wrong_signature_and_garbage_are_refused() -> None:
     v = _verifier(secret=SECRET)
     assert await _problem(v, _token({}, key="another-secret-another-secret-0000")) == (

@@ -36,6 +36,7 @@ from eventmill.message import Message
 __all__ = [
     "EVENT_NAME_RE",
     "SOURCE_RE",
+    "USER_ID_RE",
     "Event",
     "EventMetadata",
     "EventSource",
@@ -129,8 +130,9 @@ class EventMetadata(BaseModel):
     """How often processing was retried (default 0)."""
 
 
-_USER_ID_RE: Final = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
-"""``Event.user_id``'s rule (its field pattern), for :meth:`Event.from_parts`."""
+USER_ID_RE: Final = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+"""User ids: 1-256 characters without control characters (``Event.user_id``'s field
+pattern; an end user's JWT ``sub`` must match it too)."""
 _PARTS: Final = frozenset({"event_name", "source", "user_id", "payload", "created_at"})
 
 
@@ -150,7 +152,7 @@ class Event(BaseModel):
     id: str = Field(default_factory=new_event_id, pattern=r"^[A-Za-z0-9_.:\-]{1,128}$")
     event_name: Annotated[str, AfterValidator(_check_name)]
     source: Annotated[str, AfterValidator(_check_source)] = EventSource.INTERNAL.value
-    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")  # _USER_ID_RE
+    user_id: str | None = Field(default=None, pattern=r"^[^\x00-\x1f\x7f]{1,256}$")  # USER_ID_RE
     payload: Any = Field(default_factory=dict)
     metadata: EventMetadata = Field(default_factory=EventMetadata)
     created_at: UtcDatetime = Field(default_factory=_now)
@@ -197,7 +199,7 @@ class Event(BaseModel):
             and not isinstance(payload, BaseModel)
             and EVENT_NAME_RE.fullmatch(event_name) is not None
             and SOURCE_RE.fullmatch(source) is not None
-            and (user_id is None or _USER_ID_RE.fullmatch(user_id) is not None)
+            and (user_id is None or USER_ID_RE.fullmatch(user_id) is not None)
         ):
             # what BaseModel.model_construct does, without its per-field loop
             event = cls.__new__(cls)

@@ -28,7 +28,7 @@ from typing import Any, Final
 import pydantic
 
 from eventmill.errors import ConfigurationError, EventValidationError
-from eventmill.events.envelope import _USER_ID_RE, EVENT_NAME_RE, Event, validation_error
+from eventmill.events.envelope import EVENT_NAME_RE, USER_ID_RE, Event, validation_error
 
 __all__ = [
     "DEFAULT_RAZORPAY_USER_ID_PATHS",
@@ -94,7 +94,7 @@ def _as_user_id(value: Any) -> str | None:
         return None
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, str) and _USER_ID_RE.fullmatch(value) is not None:
+    if isinstance(value, str) and USER_ID_RE.fullmatch(value) is not None:
         return value
     return None  # not a valid user id (empty, over 256 characters, control characters)
 

@@ -5,8 +5,9 @@ The accepted algorithms are pinned by configuration: an HS256 secret, an RS256/E
 public key, or a JWKS URL (keys cached, fetched again on an unknown ``kid`` at most
 every ``jwks_min_refresh_seconds``). ``alg: none`` and algorithm confusion (an HMAC
 token signed with the public key) are refused; ``exp`` and ``nbf`` are checked when
-present, ``aud`` and ``iss`` when configured. The user id is ``sub``. No token or key
-ever appears in an error message.
+present, ``aud`` and ``iss`` when configured. The user id is ``sub``, which must be one
+(1-256 characters without control characters, the rule every user id follows). No token
+or key ever appears in an error message.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jwt
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from eventmill.errors import ConfigurationError
+from eventmill.events.envelope import USER_ID_RE
 from eventmill.store import ApiKeyRecord
 from eventmill.web.errors import AuthenticationError
 
@@ -285,6 +287,12 @@ class JwtVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip():
             raise TokenError("no_subject", "the token's subject (sub) must be a user id")
+        if USER_ID_RE.fullmatch(sub) is None:
+            raise TokenError(
+                "no_subject",
+                "the token's subject (sub) is not a valid user id: 1-256 characters "
+                "without control characters",
+            )
         options = claims.get("eventmill")
         all_users = isinstance(options, dict) and options.get("all_users") is True
         exp = claims.get("exp")
