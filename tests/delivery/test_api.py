@@ -220,6 +220,10 @@ async def test_an_operators_token_sees_and_retries_every_users_deliveries(
             {"event_name": "x.y", "user_id": "alice"}, {"event_name": "x.y", "user_id": "bob"}
         )
         await rec.wait_for(lambda: len(rec.received) == 2)
+        # the receiver answered; the attempts are recorded right after
+        await svc.wait_delivery(
+            {}, lambda found: len(found) == 2 and all(d["attempts"] == 1 for d in found)
+        )
         token = jwt.encode(
             {"sub": "ops", "exp": int(time.time()) + 600, "eventmill": {"all_users": True}},
             JWT_SECRET,
