@@ -72,6 +72,24 @@ def test_a_repeated_id_is_a_duplicate_and_bad_input_a_clear_error(env: dict[str,
     assert "no event with id 'evt_none'" in missing.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "list", "--since", "0001-01-01T00:00:00+01:00"],
+        ["events", "replay", "--until", "9999-12-31T23:00:00-05:00"],
+    ],
+)
+def test_a_time_outside_the_utc_years_is_a_one_line_error(
+    env: dict[str, str], args: list[str]
+) -> None:
+    """In UTC it is in year 0 or 10000: converting it overflowed (a traceback)."""
+    _publish(env, "order.placed", "u1", 1)
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert f"error: {args[2]}: the time is outside the years 1-9999 in UTC" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_read_only_tools_never_create_a_store(env: dict[str, str], tmp_path: Path) -> None:
     for args in (["events", "list"], ["trace", "x"], ["tail", "--count", "1"]):
         result = CliRunner().invoke(app, args, env=env)

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from eventmill.app import resources_of
@@ -92,6 +93,23 @@ async def test_replay_filters_and_needs_admin(tmp_path: Path, store_url: str) ->
         bad = await client.post("/v1/replay", json={"topic": "no spaces"}, headers=admin)
         assert bad.status_code == 422
         assert bad.json()["error"] == "validation_failed"
+
+
+@pytest.mark.parametrize(
+    ("field", "when"),
+    [("since", "0001-01-01T00:00:00+01:00"), ("until", "9999-12-31T23:00:00-05:00")],
+)
+async def test_a_replay_time_outside_the_utc_years_is_422(
+    tmp_path: Path, store_url: str, field: str, when: str
+) -> None:
+    """In UTC it is in year 0 or 10000: converting it overflowed (a 500)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        admin = await _key(app, "admin")
+        r = await client.post("/v1/replay", json={field: when}, headers=admin)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == "validation_failed"
+        assert r.json()["details"][0]["field"] == field
+        assert "outside the years 1-9999 in UTC" in r.json()["details"][0]["message"]
 
 
 async def test_trace_shows_stored_published_and_journal_hops(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -261,6 +261,22 @@ async def test_invalid_event_name_filter_is_a_validation_error(store: Store, bad
     with pytest.raises(EventValidationError) as info:
         await store.events.query(event_name=bad)
     assert info.value.field == "event_name"
+
+
+@pytest.mark.parametrize(
+    ("field", "when"),
+    [
+        ("since", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))),
+        ("until", datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))),
+    ],
+)
+async def test_a_time_filter_outside_the_utc_years_is_a_validation_error(
+    store: Store, field: str, when: datetime
+) -> None:
+    """In UTC it is in year 0 or 10000: converting it overflowed (a 500 at the service)."""
+    with pytest.raises(EventValidationError, match="outside the years 1-9999 in UTC") as info:
+        await store.events.query(**{field: when})  # type: ignore[arg-type]
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize("limit", [0, 1001])

@@ -44,6 +44,19 @@ SinceOption = Annotated[
 UntilOption = Annotated[datetime | None, typer.Option(help="Only events created before.")]
 
 
+def _in_utc(option: str, value: datetime | None) -> datetime | None:
+    """A ``--since``/``--until`` time in UTC; exit 2 when it is outside the years
+    1-9999 there (``0001-01-01T00:00:00+01:00``)."""
+    from eventmill.events.envelope import to_utc
+
+    if value is None:
+        return None
+    try:
+        return to_utc(value)
+    except ValueError as exc:
+        raise fail(f"{option}: {exc}", 2) from None
+
+
 def _line(stored: Any) -> str:
     data = stored.event.to_dict()
     data.update(position=stored.position, stored_at=stored.stored_at)
@@ -98,6 +111,7 @@ def events_list(
     if order not in ("asc", "desc"):
         raise fail("--order must be asc or desc", 2)
     direction: Literal["asc", "desc"] = "asc" if order == "asc" else "desc"
+    since, until = _in_utc("--since", since), _in_utc("--until", until)
     settings = load_settings(config)
 
     async def listing() -> list[Any]:
@@ -159,6 +173,7 @@ def events_replay(
     up from the store. Each message keeps its event id, so consumers drop duplicates."""
     from eventmill.operations import replay
 
+    since, until = _in_utc("--since", since), _in_utc("--until", until)
     settings = load_settings(config)
 
     async def go() -> Any:

@@ -35,12 +35,15 @@ from eventmill.message import Message
 
 __all__ = [
     "EVENT_NAME_RE",
+    "OUT_OF_RANGE",
     "SOURCE_RE",
     "USER_ID_RE",
     "Event",
     "EventMetadata",
     "EventSource",
+    "UtcDatetime",
     "new_event_id",
+    "to_utc",
     "validation_error",
 ]
 
@@ -81,14 +84,25 @@ def new_event_id() -> str:
     return "evt_" + "".join([_CROCKFORD_PAIRS[n >> shift & 1023] for shift in _PAIR_SHIFTS])
 
 
-def _utc(value: datetime) -> datetime:
+OUT_OF_RANGE: Final = "the time is outside the years 1-9999 in UTC"
+"""Why :func:`to_utc` refuses a time."""
+
+
+def to_utc(value: datetime) -> datetime:
+    """``value`` as a time in UTC; a naive time is taken to be UTC already.
+
+    Every time a caller gives (a filter, an event's ``created_at``) goes through here.
+    Raises ``ValueError`` (:data:`OUT_OF_RANGE`) for a time outside the years 1-9999 in
+    UTC, which ``datetime`` cannot hold: ``0001-01-01T00:00:00+01:00`` is in year 0
+    there, ``9999-12-31T23:00:00-05:00`` in year 10000.
+    """
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     if value.utcoffset() != UTC.utcoffset(None):
         try:
             return value.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
-            raise ValueError("the time is outside the years 1-9999 in UTC") from None
+        except OverflowError:
+            raise ValueError(OUT_OF_RANGE) from None
     return value
 
 
@@ -96,7 +110,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
+"""A datetime field held in UTC (:func:`to_utc`; 422 outside the years 1-9999 in UTC)."""
 
 
 def _check_name(value: str) -> str:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from eventmill.errors import EventValidationError
 from eventmill.events import SOURCE_RE, Event, EventMetadata
+from eventmill.events.envelope import OUT_OF_RANGE, to_utc
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
 from eventmill.ingest.pipeline import ingest
@@ -75,13 +76,12 @@ def _time(name: str, value: str | None) -> datetime | None:
         if _NUMBER.fullmatch(value):  # Unix seconds, however large (pydantic would read
             # a number past 2e10 as milliseconds)
             return datetime.fromtimestamp(float(value), UTC)
-        parsed = _DATETIME.validate_python(value)
-        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed
+        return to_utc(_DATETIME.validate_python(value))
     except (ValidationError, OverflowError, OSError, ValueError) as exc:
         problem = (
             exc.errors(include_input=False)[0]["msg"]
             if isinstance(exc, ValidationError)
-            else "the time is outside the years 1-9999 in UTC"
+            else OUT_OF_RANGE
         )
         raise ApiError(
             422,

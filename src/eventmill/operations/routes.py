@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
+from eventmill.events.envelope import UtcDatetime
 from eventmill.operations.replay import replay
 from eventmill.operations.trace import trace
 from eventmill.web.auth import AdminKey
@@ -30,9 +31,9 @@ class ReplayIn(BaseModel):
     """Topic to publish to (default ``events``)."""
     after_position: int = Field(default=0, ge=0, le=2**63 - 1)
     """Only events stored after this position (default: from the start)."""
-    since: datetime | None = None
+    since: UtcDatetime | None = None
     """Only events created at or after this time."""
-    until: datetime | None = None
+    until: UtcDatetime | None = None
     """Only events created before this time."""
     user_id: str | None = Field(default=None, max_length=256)
     event_name: str | None = Field(default=None, max_length=200)

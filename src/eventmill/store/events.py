@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from eventmill.errors import ConfigurationError, EventValidationError
-from eventmill.events.envelope import Event, EventMetadata
+from eventmill.events.envelope import Event, EventMetadata, to_utc
 from eventmill.events.registry import compile_pattern, validate_pattern
 from eventmill.store.database import advisory_key
 from eventmill.store.errors import (
@@ -598,6 +598,15 @@ def _unindexed(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
     return column.op("||")(sa.literal_column("''"))
 
 
+def _bound(field: str, value: datetime) -> datetime:
+    """A ``since``/``until`` filter in UTC; one outside the years 1-9999 there is the
+    caller's error, named (not an ``OverflowError`` from deep in the query)."""
+    try:
+        return to_utc(value)
+    except ValueError as exc:
+        raise EventValidationError(f"{field}: {exc}", field=field) from None
+
+
 def _check_pattern(pattern: str) -> None:
     try:
         validate_pattern(pattern)
@@ -966,7 +975,8 @@ class EventStore:
         (resumable reads), ``"desc"`` newest first. A value no stored event can hold
         (e.g. holding U+0000) matches nothing. Raises
         :class:`~eventmill.store.errors.InvalidCursorError` for a bad cursor,
-        :class:`~eventmill.EventValidationError` for a bad ``event_name`` pattern.
+        :class:`~eventmill.EventValidationError` for a bad ``event_name`` pattern or a
+        ``since``/``until`` outside the years 1-9999 in UTC.
 
         Cost: every filter is answered from an index (``migrations/versions``). With
         ``user_id``, ``source`` and an exact ``event_name``, alone or together, a page
@@ -1009,9 +1019,9 @@ class EventStore:
         if source is not None:
             conditions.append(filtered("source") == source)
         if since is not None:
-            conditions.append(t.c.created_at >= _utc(since))
+            conditions.append(t.c.created_at >= _bound("since", since))
         if until is not None:
-            conditions.append(t.c.created_at < _utc(until))
+            conditions.append(t.c.created_at < _bound("until", until))
         if position is not None:
             key = t.c.position + 0 if driver == "time" else t.c.position
             conditions.append(key > position if order == "asc" else key < position)
