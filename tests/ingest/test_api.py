@@ -168,7 +168,7 @@ async def test_a_chosen_id_reused_for_another_event_is_409_not_dropped(
             r = await client.post("/v1/events", json=other, headers=key)
             assert r.status_code == 409, r.text
             assert r.json()["error"] == "duplicate_event"
-            assert "already stored with another name" in r.json()["message"]
+            assert "id 'evt_reused_1' is already stored with another name" in r.json()["message"]
         kept = await client.get("/v1/events/evt_reused_1", headers=key)
         assert kept.json()["payload"] == first["payload"]
 
@@ -188,6 +188,41 @@ async def test_a_chosen_id_reused_for_another_event_is_409_not_dropped(
         answers = [await client.post("/v1/events", json=changed, headers=idem) for _ in range(2)]
         assert [a.status_code for a in answers] == [409, 409]
         assert answers[1].headers["idempotent-replayed"] == "true"
+
+
+async def test_a_batch_with_two_events_under_one_chosen_id_is_409_and_stores_nothing(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The batch's third event reuses the first's id for another event: refused before
+    anything is stored (the first two were stored, and the 409 said so). The same event
+    twice in a batch is stored once, the second answered as its duplicate."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        batch = [
+            {"id": "my_7", "event_name": "a.b"},
+            {"id": "my_8", "event_name": "a.b"},
+            {"id": "my_7", "event_name": "a.c"},
+        ]
+        for headers in (key, {**key, "Idempotency-Key": "k-batch-reuse"}):
+            r = await client.post("/v1/events", json=batch, headers=headers)
+            assert r.status_code == 409, r.text
+            assert r.json()["error"] == "duplicate_event"
+            message = r.json()["message"]
+            assert message.startswith("event 2: event 0 of the batch has the id 'my_7'")
+            assert "nothing of the batch was stored" in message
+            for stored_id in ("my_7", "my_8"):
+                got = await client.get(f"/v1/events/{stored_id}", headers=key)
+                assert got.status_code == 404, got.text
+
+        same = [{"id": "my_9", "event_name": "a.b", "payload": {"n": 1}}] * 2
+        r = await client.post("/v1/events", json=same, headers=key)
+        assert r.status_code == 200, r.text
+        assert r.json()["events"] == [
+            {"id": "my_9", "duplicate": False},
+            {"id": "my_9", "duplicate": True},
+        ]
+        page = await client.get("/v1/events", headers=key)
+        assert [e["id"] for e in page.json()["events"]] == ["my_9"]
 
 
 async def test_bad_input(tmp_path: Path, store_url: str) -> None:

@@ -10,9 +10,11 @@ under the key is 409 ``idempotency_conflict`` and stores nothing. Without one, a
 event is deduplicated only by its ``id`` if the caller chose it. A chosen id already
 stored with the same name, source, user and payload is a duplicate (200,
 ``"duplicate": true``); with anything of those different it is 409 ``duplicate_event``
-and nothing of the request is stored (checked before storing; a conflict with an event
-stored meanwhile by a concurrent request is caught after, the rest of that batch then
-stored): a second, different event is never dropped in silence.
+naming the id, and nothing of the request is stored (checked before storing; a conflict
+with an event stored meanwhile by a concurrent request is caught after, the rest of that
+batch then stored): a second, different event is never dropped in silence. A batch
+holding one chosen id twice is alike: the same event twice is stored once (the second
+answered ``"duplicate": true``), two different events are 409 and store nothing.
 
 ``GET /v1/events`` (scope ``read``) filters by user, event name (``*`` wildcards),
 source and time range, and pages with an opaque cursor. A filter value no stored
@@ -222,8 +224,23 @@ def _refuse_other_content(
                     else " (nothing of the batch was stored)"
                 )
             raise DuplicateEventError(
-                f"{where}an event with this id is already stored with another name, "
-                f"source, user or payload{rest}; choose a new id for a new event"
+                f"{where}an event with id {event.id!r} is already stored with another "
+                f"name, source, user or payload{rest}; choose a new id for a new event"
+            )
+
+
+def _refuse_reused_ids(events: list[Event], chosen: list[bool]) -> None:
+    """409 if the batch holds two different events under one chosen id, decided before
+    anything is stored. The same event twice is stored once (the second is answered as
+    its duplicate), as when it is sent again in another request."""
+    first_of: dict[str, int] = {}
+    for i, (event, own) in enumerate(zip(events, chosen, strict=True)):
+        first = first_of.setdefault(event.id, i) if own else i
+        if first != i and _content(events[first]) != _content(event):
+            raise DuplicateEventError(
+                f"event {i}: event {first} of the batch has the id {event.id!r} with "
+                "another name, source, user or payload (nothing of the batch was stored); "
+                "choose a new id for a new event"
             )
 
 
@@ -316,9 +333,11 @@ def routes(ctx: IngestContext) -> APIRouter:
                 event.metadata.trace_id = trace_id
 
         async def run(pairs: list[tuple[Event, str | None]], retry_safe: bool = True) -> bytes:
-            # Another event under a stored chosen id: refused before anything is stored
-            # (checked again after, for one stored meanwhile by a concurrent request)
+            # Another event under a chosen id the batch uses already or the store holds:
+            # refused before anything is stored (checked again after, for one stored
+            # meanwhile by a concurrent request)
             if any(chosen):
+                _refuse_reused_ids(events, chosen)
                 taken = await ctx.require_events().get_many(
                     [e.id for e, own in zip(events, chosen, strict=True) if own]
                 )
