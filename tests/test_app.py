@@ -17,17 +17,17 @@ from tests.ingest.support import running_app, settings_for, store_url
 __all__ = ["store_url"]  # the fixture: SQLite and PostgreSQL stores
 
 EXPECTED_ERRORS = {
-    ("POST", "/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
-    ("POST", "/api/webhooks/razorpay"): {"400", "401", "404", "413", "422", "503"},
-    ("POST", "/webhooks/{source}"): {"400", "401", "404", "413", "422", "503"},
-    ("POST", "/v1/events"): {"400", "401", "403", "409", "413", "422", "503"},
+    ("POST", "/webhooks/razorpay"): {"400", "401", "404", "413", "415", "422", "503"},
+    ("POST", "/api/webhooks/razorpay"): {"400", "401", "404", "413", "415", "422", "503"},
+    ("POST", "/webhooks/{source}"): {"400", "401", "404", "413", "415", "422", "503"},
+    ("POST", "/v1/events"): {"400", "401", "403", "409", "413", "415", "422", "503"},
     ("GET", "/v1/events"): {"400", "401", "403", "422", "503"},
     ("GET", "/v1/events/{event_id}"): {"401", "403", "404", "503"},
     ("GET", "/sse"): {"400", "401", "403", "429", "503"},
     ("GET", "/readyz"): {"503"},
     ("GET", "/healthz"): set(),
     ("GET", "/metrics"): set(),
-    ("POST", "/v1/replay"): {"401", "403", "422", "503"},
+    ("POST", "/v1/replay"): {"401", "403", "415", "422", "503"},
     ("GET", "/v1/traces/{event_id}"): {"401", "403", "404", "503"},
     ("GET", "/v1/rejected-webhooks"): {"401", "403", "422", "503"},
 }

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -223,6 +225,28 @@ async def test_a_batch_with_two_events_under_one_chosen_id_is_409_and_stores_not
         ]
         page = await client.get("/v1/events", headers=key)
         assert [e["id"] for e in page.json()["events"]] == ["my_9"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, identity", "x-unknown"])
+async def test_a_content_encoded_body_is_415_and_not_read(
+    tmp_path: Path, store_url: str, coding: str
+) -> None:
+    """A gzip body was parsed as it came: 400 "str is not valid UTF-8"."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "publish", "read")
+        body = gzip.compress(orjson.dumps(_event(id="evt_gzipped")))
+        headers = {**key, "Content-Type": "application/json", "Content-Encoding": coding}
+        r = await client.post("/v1/events", content=body, headers=headers)
+        assert r.status_code == 415, r.text
+        assert r.json()["error"] == "unsupported_content_encoding"
+        assert "Content-Encoding" in r.json()["message"]
+        assert "not supported" in r.json()["message"]
+        assert r.headers["accept-encoding"] == "identity"
+        assert (await client.get("/v1/events/evt_gzipped", headers=key)).status_code == 404
+
+        plain = {**headers, "Content-Encoding": "identity"}
+        r = await client.post("/v1/events", content=orjson.dumps(_event()), headers=plain)
+        assert r.status_code == 200, r.text
 
 
 async def test_bad_input(tmp_path: Path, store_url: str) -> None:

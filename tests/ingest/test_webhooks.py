@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import time
 import uuid
 from datetime import UTC, datetime
@@ -218,6 +219,20 @@ async def test_oversized_body_is_413_without_reading_it(tmp_path: Path, store_ur
         )
         assert r.status_code == 413
         assert sent[0] <= 2, f"read {sent[0]} of 1000 chunks"
+
+
+async def test_a_content_encoded_body_is_415(tmp_path: Path, store_url: str) -> None:
+    """Read as it came, a gzip body failed as JSON that is not UTF-8 (a 400)."""
+    async with running_app(settings_for(tmp_path, store_url)) as (_, client):
+        body, headers = _razorpay()
+        r = await client.post(
+            "/webhooks/razorpay",
+            content=gzip.compress(body),
+            headers={**headers, "Content-Encoding": "gzip"},
+        )
+        assert r.status_code == 415, r.text
+        assert r.json()["error"] == "unsupported_content_encoding"
+        assert r.headers["accept-encoding"] == "identity"
 
 
 async def test_github_receiver(tmp_path: Path, store_url: str) -> None:

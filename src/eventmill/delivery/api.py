@@ -115,7 +115,7 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
         "/endpoints",
         status_code=201,
         response_model=EndpointCreated,
-        responses=error_responses(400, 401, 403, 413, 422, 503),
+        responses=error_responses(400, 401, 403, 413, 415, 422, 503),
         tags=["endpoints"],
         summary="Create an endpoint",
     )
@@ -177,7 +177,7 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
     @router.patch(
         "/endpoints/{endpoint_id}",
         response_model=EndpointOut,
-        responses=error_responses(400, 401, 403, 404, 413, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
         tags=["endpoints"],
         summary="Change an endpoint",
     )
@@ -219,7 +219,7 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
     @router.post(
         "/endpoints/{endpoint_id}/rotate-secret",
         response_model=SecretOut,
-        responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
         tags=["endpoints"],
         summary="Rotate an endpoint's secret",
     )
@@ -253,7 +253,7 @@ def routes(settings: DeliverySettings, store: Callable[[], DeliveryStore]) -> AP
     @router.post(
         "/endpoints/{endpoint_id}/recover",
         response_model=RecoverOut,
-        responses=error_responses(400, 401, 403, 404, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
         tags=["endpoints"],
         summary="Resend an endpoint's failed deliveries",
     )

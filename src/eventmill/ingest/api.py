@@ -262,7 +262,7 @@ def routes(ctx: IngestContext) -> APIRouter:
                     }
                 },
             },
-            **error_responses(400, 401, 403, 409, 413, 422, 503),
+            **error_responses(400, 401, 403, 409, 413, 415, 422, 503),
         },
         openapi_extra={
             "requestBody": {

@@ -43,7 +43,7 @@ _JSON_BODY: dict[str, Any] = {
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
-_ERRORS = error_responses(400, 401, 404, 413, 422, 503)
+_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 503)
 
 
 class WebhookAccepted(BaseModel):

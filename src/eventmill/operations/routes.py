@@ -100,7 +100,7 @@ def routes(resources: Resources) -> APIRouter:
     @router.post(
         "/replay",
         response_model=ReplayOut,
-        responses=error_responses(400, 401, 403, 413, 422, 503),
+        responses=error_responses(400, 401, 403, 413, 415, 422, 503),
         openapi_extra={
             "requestBody": {
                 "required": False,

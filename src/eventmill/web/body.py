@@ -1,6 +1,7 @@
 """Reading a request body under a size limit, and parsing it as JSON under a nesting limit.
 
 Every route that takes a body uses these two, so every route answers the same way:
+415 for a body sent with a ``Content-Encoding`` (gzip, ...: bodies are read as sent),
 413 for a body over the size limit, 400 for a body that is not JSON, 422 for JSON
 nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer beyond 64 bits (the
 parser would turn it into an inexact float, and the store's serializer cannot write
@@ -47,6 +48,22 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+def _encoded(request: Request) -> bool:
+    """Whether the body is sent with a content coding other than ``identity``."""
+    codings = request.headers.getlist("content-encoding")
+    return any(c.strip().lower() not in ("", "identity") for h in codings for c in h.split(","))
+
+
+def _unsupported_encoding() -> ApiError:
+    return ApiError(
+        415,
+        "unsupported_content_encoding",
+        "the request body has a Content-Encoding, which is not supported: send it "
+        "uncompressed (no Content-Encoding, or identity)",
+        headers={"Accept-Encoding": "identity", "Connection": "close"},
+    )
+
+
 def _too_deep(limit: int) -> ApiError:
     return ApiError(
         422,
@@ -58,6 +75,9 @@ def _too_deep(limit: int) -> ApiError:
 async def read_limited(request: Request, limit: int) -> bytes:
     """Return the raw body, or raise 413 as soon as it is known to exceed ``limit`` bytes.
 
+    A body with a ``Content-Encoding`` other than ``identity`` is refused before any of
+    it is read: 415 ``unsupported_content_encoding``, with ``Accept-Encoding: identity``
+    (it would otherwise be parsed compressed, and fail as JSON that is not UTF-8).
     A ``Content-Length`` over the limit is refused before any of the body is read; a
     body without one (chunked) is counted while streaming and refused at the first
     chunk that crosses the limit, so at most ``limit`` bytes plus one chunk are read.
@@ -65,6 +85,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     A client that disconnects before the body is complete raises
     :class:`~starlette.requests.ClientDisconnect` (nobody is left to answer).
     """
+    if "content-encoding" in request.headers and _encoded(request):
+        raise _unsupported_encoding()
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -147,6 +147,8 @@ _DESCRIPTIONS: dict[int, str] = {
     "`endpoint_disabled` (retry or recover on a disabled endpoint), `rotation_in_progress` "
     "(a rotation while the previous one's old secret still signs)",
     413: "Request body larger than the configured limit",
+    415: "The request body has a Content-Encoding (`unsupported_content_encoding`): send it "
+    "uncompressed",
     422: "Schema violation (`details` names the fields), JSON nested more than 64 "
     "levels deep (`json_too_deep`), or an integer beyond 64 bits (`number_out_of_range`)",
     503: "Event store or bus unavailable; retry later (nothing was acknowledged)",
