@@ -567,6 +567,34 @@ async def test_a_time_outside_the_utc_years_is_422(
             assert r.json()["details"][0]["field"] == f"query.{param}"
 
 
+@pytest.mark.parametrize("value", ["1e10", "1e400", "NaN", "inf", "1.5e9", "3e10", "yesterday"])
+async def test_a_time_filter_that_is_no_time_is_422_saying_what_is_expected(
+    tmp_path: Path, store_url: str, value: str
+) -> None:
+    """Pydantic said "input is too short" of these (and read 1.5e9 as seconds, 3e10 as
+    milliseconds): the answer names the forms a time filter takes."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        key = await _key(app, "read")
+        for param in ("since", "until"):
+            r = await client.get("/v1/events", params={param: value}, headers=key)
+            assert r.status_code == 422, r.text
+            [detail] = r.json()["details"]
+            assert detail["field"] == f"query.{param}"
+            assert detail["message"].startswith("not a time: expected an RFC 3339 date-time")
+            assert "Unix seconds in digits" in detail["message"]
+            assert "too short" not in r.json()["message"]
+        bad_month = await client.get(
+            "/v1/events", params={"since": "2024-13-01T00:00:00Z"}, headers=key
+        )
+        assert bad_month.status_code == 422
+        message = bad_month.json()["details"][0]["message"]
+        assert message.startswith("not a valid date-time (month value is outside")
+        assert "expected an RFC 3339 date-time" in message
+        for good in ("1705746600", "1705746600.5", "2024-01-20T10:30:00Z", "2024-01-20"):
+            r = await client.get("/v1/events", params={"since": good}, headers=key)
+            assert r.status_code == 200, (good, r.text)
+
+
 async def test_a_store_timeout_says_whether_a_retry_is_safe(tmp_path: Path, store_url: str) -> None:
     """The store cannot commit in time (another client holds the events table): 503.
     What the request gave up on may still commit, so without an Idempotency-Key or

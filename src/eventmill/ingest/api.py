@@ -65,32 +65,43 @@ safe for every database: what an impossible filter value is replaced with."""
 _TIME_FORMS = (
     "An RFC 3339 date-time (`2024-01-20T10:30:00Z`; without an offset, UTC) or Unix seconds."
 )
+_EXPECTED_TIME = (
+    "expected an RFC 3339 date-time (2024-01-20T10:30:00Z; without an offset, UTC) "
+    "or Unix seconds in digits (1705746600, 1705746600.5)"
+)
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _NUMBER = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,9})?")
+_DATE_START = re.compile(r"[0-9]{4}-")
 
 
 def _time(name: str, value: str | None) -> datetime | None:
-    """A time filter: documented as a plain string (what it is in a query), parsed as
-    pydantic parses datetimes; 422 naming the parameter when it is none."""
+    """A time filter: documented as a plain string (what it is in a query): Unix
+    seconds in digits, or a date-time as pydantic parses them; 422 naming the parameter
+    and the forms expected when it is neither (``1e10``, ``NaN``: pydantic would read
+    ``1.5e9`` as seconds, ``3e10`` as milliseconds, and say of ``1e10`` only "input is
+    too short")."""
     if value is None:
         return None
     try:
         if _NUMBER.fullmatch(value):  # Unix seconds, however large (pydantic would read
             # a number past 2e10 as milliseconds)
             return datetime.fromtimestamp(float(value), UTC)
-        return to_utc(_DATETIME.validate_python(value))
-    except (ValidationError, OverflowError, OSError, ValueError) as exc:
-        problem = (
-            exc.errors(include_input=False)[0]["msg"]
-            if isinstance(exc, ValidationError)
-            else OUT_OF_RANGE
-        )
-        raise ApiError(
-            422,
-            "validation_failed",
-            f"invalid query.{name}",
-            details=[FieldError(field=f"query.{name}", message=str(problem))],
-        ) from None
+        if _DATE_START.match(value) is None:
+            problem = f"not a time: {_EXPECTED_TIME}"
+        else:
+            return to_utc(_DATETIME.validate_python(value))
+    except ValidationError as exc:
+        reason = exc.errors(include_input=False)[0]["msg"]
+        reason = reason.removeprefix("Input should be a valid datetime or date, ")
+        problem = f"not a valid date-time ({reason}): {_EXPECTED_TIME}"
+    except (OverflowError, OSError, ValueError):
+        problem = OUT_OF_RANGE
+    raise ApiError(
+        422,
+        "validation_failed",
+        f"invalid query.{name}: {problem}",
+        details=[FieldError(field=f"query.{name}", message=problem)],
+    )
 
 
 def _matchable(value: str | None, rule: re.Pattern[str]) -> str | None:
