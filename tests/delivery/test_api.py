@@ -11,6 +11,8 @@ import jwt
 import pytest
 from starlette.responses import Response
 
+from eventmill.delivery._ids import new_id
+from eventmill.delivery.store import encode_cursor
 from tests.delivery.support import Service, delivery_settings, receiver, service
 
 JWT_SECRET = "delivery-tests-jwt-secret-0123456789abcdef"
@@ -65,6 +67,33 @@ async def test_endpoint_crud_and_cursor(tmp_path: Path, store_url: str) -> None:
         response = await svc.client.get(f"/v1/endpoints/{ep['id']}", headers=svc.auth)
         assert response.status_code == 404
         assert response.json()["error"] == "not_found"
+
+
+async def test_a_cursor_of_another_listing_is_400_naming_it(tmp_path: Path, store_url: str) -> None:
+    """Every cursor holds the id (``ep_``, ``dlv_``) or the position it continues after:
+    one listing's cursor given to another was taken as a place in it."""
+    async with service(delivery_settings(tmp_path, store_url)) as svc:
+        for i in range(2):
+            await svc.create_endpoint(url=f"https://example.com/{i}")
+        await svc.publish({"event_name": "x.y"}, {"event_name": "x.z"})
+        endpoints = (await svc.get("/v1/endpoints", limit=1))["next_cursor"]
+        events = (await svc.get("/v1/events", limit=1))["next_cursor"]
+        deliveries = encode_cursor(new_id("dlv"))  # as list_deliveries makes them
+        for path, cursor, owner in (
+            ("/v1/deliveries", endpoints, "the endpoints listing"),
+            ("/v1/deliveries", events, "the events listing"),
+            ("/v1/endpoints", deliveries, "the deliveries listing"),
+            ("/v1/endpoints", events, "the events listing"),
+            ("/v1/events", endpoints, "another listing"),
+            ("/v1/events", deliveries, "another listing"),
+        ):
+            r = await svc.client.get(path, params={"cursor": cursor}, headers=svc.auth)
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["error"] == "invalid_cursor"
+            assert f"this cursor belongs to {owner}" in r.json()["message"], path
+        for path, cursor in (("/v1/endpoints", endpoints), ("/v1/events", events)):
+            r = await svc.client.get(path, params={"cursor": cursor}, headers=svc.auth)
+            assert r.status_code == 200, (path, r.text)
 
 
 @pytest.mark.parametrize(

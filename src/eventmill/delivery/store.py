@@ -101,15 +101,33 @@ def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str) -> str:
-    """The id a cursor continues after; :class:`InvalidCursorError` if malformed."""
+_LISTINGS: Final = {"ep": "endpoints", "dlv": "deliveries"}
+"""The listing whose cursors hold ids of each prefix."""
+_EVENTS_CURSOR: Final = re.compile(r"[ad]:[0-9]{1,19}")
+"""What follows ``v1:`` in a cursor of the events listing (:mod:`eventmill.store.events`)."""
+
+
+def decode_cursor(cursor: str, kind: str) -> str:
+    """The id a cursor of the listing of ``kind`` ids (``ep``, ``dlv``) continues after;
+    :class:`InvalidCursorError` if malformed or made by another listing (the id it
+    holds has another prefix: every cursor ever made holds one)."""
     try:
         raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode("ascii"))
         version, _, last = raw.decode().partition(":")
     except (ValueError, UnicodeError, binascii.Error):
         raise InvalidCursorError("malformed cursor") from None
-    if version != "v1" or _CURSOR_ID.fullmatch(last) is None:  # an id as new_id makes them
+    other = None
+    if version == "v1" and _EVENTS_CURSOR.fullmatch(last) is not None:
+        other = "events"
+    elif version != "v1" or _CURSOR_ID.fullmatch(last) is None:  # an id as new_id makes them
         raise InvalidCursorError("malformed cursor")
+    elif not last.startswith(f"{kind}_"):
+        other = _LISTINGS.get(last.partition("_")[0], "another")
+    if other is not None:
+        raise InvalidCursorError(
+            f"this cursor belongs to the {other} listing, not the {_LISTINGS[kind]} one: "
+            "pass the next_cursor of this listing's previous page"
+        )
     return last
 
 
@@ -463,7 +481,7 @@ class DeliveryStore:
         if disabled is not None:
             conditions.append(ept.c.disabled == disabled)
         if after is not None:
-            conditions.append(ept.c.id < decode_cursor(after))
+            conditions.append(ept.c.id < decode_cursor(after, "ep"))
         stmt = sa.select(ept).where(*conditions).order_by(ept.c.id.desc()).limit(limit + 1)
         async with self.store.transaction(write=False) as conn:
             rows = (await conn.execute(stmt)).all()
@@ -677,7 +695,7 @@ class DeliveryStore:
         if status is not None:
             conditions.append(dt.c.status == status)
         if after is not None:
-            conditions.append(dt.c.id < decode_cursor(after))
+            conditions.append(dt.c.id < decode_cursor(after, "dlv"))
         stmt = (
             sa.select(*_DELIVERY_COLUMNS)
             .where(*conditions)

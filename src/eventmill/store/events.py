@@ -73,17 +73,25 @@ def encode_cursor(position: int, order: Literal["asc", "desc"] = "asc") -> str:
 
 
 def decode_cursor(cursor: str, order: Literal["asc", "desc"] = "asc") -> int:
-    """Return the position in ``cursor``; raise InvalidCursorError if malformed or for
-    the other order."""
+    """Return the position in ``cursor``; raise InvalidCursorError if malformed, for
+    the other order, or made by another listing (endpoints, deliveries)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        version, direction, position = (
-            base64.urlsafe_b64decode(padded.encode("ascii")).decode().split(":")
+        parts = base64.urlsafe_b64decode(padded.encode("ascii")).decode().split(":")
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidCursorError("malformed cursor") from None
+    if len(parts) == 2 and parts[0] == "v1" and "_" in parts[1]:
+        # v1:<id>: a cursor of the endpoints or deliveries listing
+        raise InvalidCursorError(
+            "this cursor belongs to another listing, not the events one: pass the "
+            "next_cursor of this listing's previous page"
         )
+    try:
+        version, direction, position = parts
         if not (position.isascii() and position.isdigit()) or len(position) > 19:
             raise ValueError(position)  # only what encode_cursor writes: 0-9, 64-bit
         value = int(position)
-    except (ValueError, UnicodeError, binascii.Error):
+    except ValueError:
         raise InvalidCursorError("malformed cursor") from None
     if version != "v1" or direction not in ("a", "d") or value > _MAX_POSITION:
         raise InvalidCursorError("malformed cursor")
