@@ -90,6 +90,53 @@ def test_a_time_outside_the_utc_years_is_a_one_line_error(
     assert "Traceback" not in result.output
 
 
+def test_another_event_under_a_stored_id_is_refused_not_dropped(env: dict[str, str]) -> None:
+    """As POST /v1/events answers 409: the same event again is a duplicate, another
+    event under its id exits non-zero saying so, and nothing of it is stored."""
+    first = ["publish", "a.b", "--id", "my_1", "--payload", '{"v": 1}']
+    assert json.loads(_ok(env, *first).splitlines()[-1]) == {"id": "my_1", "duplicate": False}
+    assert json.loads(_ok(env, *first).splitlines()[-1]) == {"id": "my_1", "duplicate": True}
+    other = ["publish", "totally.different", "--id", "my_1", "--user-id", "zed"]
+    refused = CliRunner().invoke(app, [*other, "--payload", '{"important": true}'], env=env)
+    assert refused.exit_code == 1, refused.output
+    [error] = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert "already stored with another name, source, user or payload" in error
+    assert "Traceback" not in refused.output
+    stored = [json.loads(line) for line in _ok(env, "events", "list", "--json").splitlines()]
+    assert [(e["id"], e["event_name"], e["payload"]) for e in stored] == [
+        ("my_1", "a.b", {"v": 1})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (
+            ["--payload", '{"x": 99999999999999999999999}'],
+            "--payload holds an integer outside the 64-bit range",
+        ),
+        (["--payload", "[" * 64 + "]" * 64], "--payload nests arrays and objects more than 63"),
+        (["--payload", ""], "--payload is empty"),
+        (["--source", "razorpay"], "source 'razorpay' is reserved for signed webhooks"),
+        (["--source", "system"], "source 'system' is reserved for the service's own events"),
+        (["--source", "github"], "source 'github' is reserved for signed webhooks"),
+    ],
+)
+def test_publish_refuses_what_the_api_refuses(
+    env: dict[str, str], args: list[str], reason: str
+) -> None:
+    """The payload is parsed and the event checked as POST /v1/events does (422 there):
+    a number that would lose precision, JSON nested too deep inside the event, a source
+    reserved for the service or for a configured webhook source."""
+    env["EVENTMILL_SOURCES"] = '{"github": {"scheme": "github", "secrets": ["s"]}}'
+    result = CliRunner().invoke(app, ["publish", "a.b", *args], env=env)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    assert reason in line
+    assert not (Path(env["EVENTMILL_DATA_DIR"]) / "events.db").exists()
+
+
 def test_read_only_tools_never_create_a_store(env: dict[str, str], tmp_path: Path) -> None:
     for args in (["events", "list"], ["trace", "x"], ["tail", "--count", "1"]):
         result = CliRunner().invoke(app, args, env=env)

@@ -28,6 +28,7 @@ from eventmill.cli._common import (
     run,
     when,
 )
+from eventmill.errors import ConfigurationError
 from eventmill.settings import Settings
 
 events_app = typer.Typer(help="List, show and replay stored events.", no_args_is_help=True)
@@ -221,35 +222,47 @@ def publish(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Store an event and publish it on topic 'events', on the service's durable path
-    (validated against the registry, deduplicated by id)."""
+    """Store an event and publish it on topic 'events', on the service's durable path,
+    checked as POST /v1/events checks it: the payload parsed under the API's limits, the
+    event validated against the registry, a reserved source refused, an id already
+    stored with another event refused (the same event again is a duplicate)."""
     from eventmill.errors import EventValidationError
-    from eventmill.events import Event, EventRegistry
+    from eventmill.events import EventRegistry
     from eventmill.ingest import IngestContext, ingest, ingest_config
+    from eventmill.ingest.api import refuse_other_content, validate_item
+    from eventmill.web.body import MAX_JSON_DEPTH, parse_json
+    from eventmill.web.errors import ApiError
     from eventmill.web.seam import EVENTS_TOPIC, Resources
 
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise fail(f"--payload is not valid JSON: {exc}", 2) from None
+    try:  # one level below the event object the API parses it in
+        body = parse_json(payload.encode(), max_depth=MAX_JSON_DEPTH - 1, what="--payload")
+    except ApiError as exc:
+        raise fail(exc.message, 2) from None
     settings = load_settings(config)
     registry = EventRegistry.default(allow_unknown=settings.accept_unknown_events)
+    resources = Resources(registry=registry, topic=EVENTS_TOPIC)
+    try:
+        ctx = IngestContext(config=ingest_config(settings, resources), resources=resources)
+    except ConfigurationError as exc:
+        raise fail(str(exc), 2) from None
     fields: dict[str, Any] = {"event_name": event_name, "source": source, "payload": body}
     if user_id is not None:
         fields["user_id"] = user_id
     if event_id is not None:
         fields["id"] = event_id
     try:
-        event = Event.from_dict(fields)
-        registry.validate(event)
+        event = validate_item(ctx, fields)
     except EventValidationError as exc:
         raise fail(f"invalid event: {exc}", 2) from None
 
     async def go() -> Any:
         async with open_store(settings, create=True) as store, _bus(settings) as bus:
-            resources = Resources(registry=registry, topic=EVENTS_TOPIC, bus=bus, store=store)
-            ctx = IngestContext(config=ingest_config(settings, resources), resources=resources)
+            resources.store, resources.bus = store, bus
             [accepted] = await ingest(ctx, [(event, None)])
+            # another event under a stored id is refused, as the API refuses it (409)
+            refuse_other_content(
+                [accepted.event if accepted.duplicate else None], [event], False, stored=True
+            )
             return accepted
 
     accepted = run(go)

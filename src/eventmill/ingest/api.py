@@ -46,7 +46,7 @@ from eventmill.web.errors import ApiError, FieldError, error_responses
 from eventmill.web.seam import STREAM_CONTROL_NAMES
 from eventmill.web.tracing import TRACEPARENT_KEY, TraceContext
 
-__all__ = ["MAX_BATCH", "routes"]
+__all__ = ["MAX_BATCH", "refuse_other_content", "routes", "validate_item"]
 
 MAX_BATCH = 500
 """Most events one ``POST /v1/events`` may carry."""
@@ -179,7 +179,12 @@ def _out(stored: StoredEvent) -> dict[str, Any]:
     return data
 
 
-def _validate_item(ctx: IngestContext, item: Any, where: str) -> Event:
+def validate_item(ctx: IngestContext, item: Any, where: str = "") -> Event:
+    """The event ``item`` (parsed JSON) describes, checked as ``POST /v1/events`` checks
+    it: the envelope, the names and sources reserved for the service and for signed
+    webhooks, the registry. Raises :class:`EventValidationError` (→ 422) naming the
+    field, prefixed by ``where`` (the event's index in a batch). ``eventmill publish``
+    checks its event with it too."""
     if not isinstance(item, dict):
         message = "an event must be a JSON object"
         raise EventValidationError(
@@ -218,12 +223,13 @@ def _content(event: Event) -> tuple[Any, ...]:
     return (event.event_name, event.source, event.user_id, event.payload)
 
 
-def _refuse_other_content(
+def refuse_other_content(
     firsts: list[Event | None], events: list[Event], batch: bool, *, stored: bool
 ) -> None:
     """409 if an event's chosen id is taken by another event: ``firsts[i]`` is the one
     stored under event ``i``'s id, if any (``stored``: whether the request's other
-    events were stored already)."""
+    events were stored already). Raises :class:`DuplicateEventError`; ``eventmill
+    publish`` refuses its event with it too."""
     for i, (first, event) in enumerate(zip(firsts, events, strict=True)):
         if first is not None and _content(first) != _content(event):
             where = f"event {i}: " if batch else ""
@@ -336,7 +342,7 @@ def routes(ctx: IngestContext) -> APIRouter:
         if len(items) > MAX_BATCH:
             raise ApiError(422, "validation_failed", f"a batch holds at most {MAX_BATCH} events")
         events = [
-            _validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
+            validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
         ]
         trace_id = TraceContext.continue_from(request.headers.get(TRACEPARENT_KEY)).trace_id
         for event in events:
@@ -356,13 +362,13 @@ def routes(ctx: IngestContext) -> APIRouter:
                     taken[e.id].event if own and e.id in taken else None
                     for e, own in zip(events, chosen, strict=True)
                 ]
-                _refuse_other_content(firsts, events, batch, stored=False)
+                refuse_other_content(firsts, events, batch, stored=False)
             results = await ingest(ctx, pairs, retry_safe=retry_safe)
             firsts = [
                 r.event if own and r.duplicate else None
                 for r, own in zip(results, chosen, strict=True)
             ]
-            _refuse_other_content(firsts, events, batch, stored=True)
+            refuse_other_content(firsts, events, batch, stored=True)
             if ctx.metrics is not None:
                 duplicates = sum(r.duplicate for r in results)
                 ctx.metrics.accepted("api", new=len(results) - duplicates, duplicate=duplicates)

@@ -64,11 +64,11 @@ def _unsupported_encoding() -> ApiError:
     )
 
 
-def _too_deep(limit: int) -> ApiError:
+def _too_deep(limit: int, what: str = "request body") -> ApiError:
     return ApiError(
         422,
         "json_too_deep",
-        f"request body nests arrays and objects more than {limit} levels deep (the limit)",
+        f"{what} nests arrays and objects more than {limit} levels deep (the limit)",
     )
 
 
@@ -133,47 +133,50 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _exact_integer(text: str) -> int:
-    if len(text) > 21 or int(text) not in _INT_RANGE:  # (at most 20 digits and a sign)
-        raise ApiError(
-            422,
-            "number_out_of_range",
-            "the body holds an integer outside the 64-bit range (-2^63 to 2^64-1), which "
-            "would not be kept exactly; send it as a string",
-        )
-    return int(text)
-
-
-def _check_integers(body: bytes) -> None:
+def _check_integers(body: bytes, what: str) -> None:
     """Refuse ``body`` if it holds an integer orjson would turn into a float (a slower,
     exact parse, run only when a long run of digits is there at all)."""
     if _LONG_DIGITS.search(body) is None:
         return
+
+    def exact_integer(text: str) -> int:
+        if len(text) > 21 or int(text) not in _INT_RANGE:  # (at most 20 digits and a sign)
+            raise ApiError(
+                422,
+                "number_out_of_range",
+                f"{what} holds an integer outside the 64-bit range (-2^63 to 2^64-1), which "
+                "would not be kept exactly; send it as a string",
+            )
+        return int(text)
+
     try:
-        json.loads(body, parse_int=_exact_integer)
+        json.loads(body, parse_int=exact_integer)
     except ValueError:  # not JSON, or not UTF-8: orjson says so next
         return
 
 
-def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_json(
+    body: bytes, *, max_depth: int = MAX_JSON_DEPTH, what: str = "request body"
+) -> Any:
     """Parse ``body`` as JSON: 400 ``malformed_json`` (with the position of the problem)
     if it is not, 422 ``json_too_deep`` if it nests more than ``max_depth`` levels, 422
-    ``number_out_of_range`` for an integer beyond 64 bits."""
+    ``number_out_of_range`` for an integer beyond 64 bits. ``what`` names the JSON in
+    the messages (the CLI parses its options with it too: ``--payload``)."""
     if not body:
-        raise ApiError(400, "malformed_json", "request body is empty; a JSON document is required")
-    _check_integers(body)
+        raise ApiError(400, "malformed_json", f"{what} is empty; a JSON document is required")
+    _check_integers(body, what)
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "depth limit" in exc.msg:  # orjson's own bound (1,024 levels)
-            raise _too_deep(max_depth) from None
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+            raise _too_deep(max_depth, what) from None
+        raise ApiError(400, "malformed_json", f"{what} is not valid JSON: {exc}") from None
     # Nesting needs one opening bracket per level: a body with no more of them than the
     # limit (every webhook) is not walked at all; the count runs at C speed.
     if body.count(_OPEN_BRACKET) + body.count(_OPEN_BRACE) > max_depth and json_depth_exceeds(
         value, max_depth
     ):
-        raise _too_deep(max_depth)
+        raise _too_deep(max_depth, what)
     return value
 
 
