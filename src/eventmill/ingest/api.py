@@ -341,9 +341,7 @@ def routes(ctx: IngestContext) -> APIRouter:
             raise ApiError(422, "validation_failed", "the batch is empty")
         if len(items) > MAX_BATCH:
             raise ApiError(422, "validation_failed", f"a batch holds at most {MAX_BATCH} events")
-        events = [
-            validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)
-        ]
+        events = [validate_item(ctx, item, str(i) if batch else "") for i, item in enumerate(items)]
         trace_id = TraceContext.continue_from(request.headers.get(TRACEPARENT_KEY)).trace_id
         for event in events:
             if not event.metadata.trace_id:

@@ -155,9 +155,7 @@ def _check_integers(body: bytes, what: str) -> None:
         return
 
 
-def parse_json(
-    body: bytes, *, max_depth: int = MAX_JSON_DEPTH, what: str = "request body"
-) -> Any:
+def parse_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH, what: str = "request body") -> Any:
     """Parse ``body`` as JSON: 400 ``malformed_json`` (with the position of the problem)
     if it is not, 422 ``json_too_deep`` if it nests more than ``max_depth`` levels, 422
     ``number_out_of_range`` for an integer beyond 64 bits. ``what`` names the JSON in
