@@ -156,3 +156,17 @@ def test_an_unknown_setting_in_the_config_file_is_named(tmp_path: Path) -> None:
     typo.write_text('prot = 9999\nbus_ulr = "memory://"\nport = 8081\n')
     with pytest.raises(ConfigurationError, match="'bus_ulr', 'prot'"):
         Settings.load(typo)
+
+
+def test_a_config_file_that_is_not_utf8_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """TOML is UTF-8 text: other bytes are a ConfigurationError naming the file (the CLI
+    exits 2 with it), not a UnicodeDecodeError."""
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b'port = 8081\nname = "\xff\xfe"\n')
+    with pytest.raises(ConfigurationError, match=r"bin\.toml' is not valid TOML: not UTF-8"):
+        Settings.load(binary)
+    monkeypatch.setenv("EVENTMILL_CONFIG", str(binary))
+    with pytest.raises(ConfigurationError, match="not UTF-8"):
+        Settings.load()

@@ -220,6 +220,14 @@ class Settings(BaseSettings, IngestSettings):
                 keys = set(tomllib.load(f))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"config file is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:  # TOML is UTF-8 text
+            raise ConfigurationError(
+                f"config file {str(path)!r} is not valid TOML: not UTF-8 text (at byte {exc.start})"
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(
+                f"config file {str(path)!r} cannot be read: {exc.strerror or exc}"
+            ) from None
         known = set(cls.model_fields)
         for field in cls.model_fields.values():
             if isinstance(field.validation_alias, AliasChoices):

@@ -90,3 +90,21 @@ def test_check_refuses_settings_that_do_not_load(env: dict[str, str]) -> None:
     assert "port" in result.output
     assert "jwt" in result.output
     assert "short" not in result.output
+
+
+def test_check_names_a_source_whose_secret_is_empty(env: dict[str, str]) -> None:
+    """A source's secrets load (a list), but an empty one makes no receiver: check says
+    which source, never the other secrets."""
+    env["EVENTMILL_SOURCES"] = '{"empty": {"scheme": "hmac", "secrets": ["' + SECRET + '", ""]}}'
+    result = CliRunner().invoke(app, ["config", "check"], env=env)
+    assert result.exit_code == 2, result.output
+    assert "sources.empty: hmac: at least one non-empty secret is required" in result.output
+    assert SECRET not in result.output
+
+
+def test_check_names_a_data_dir_that_cannot_be_made(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env["EVENTMILL_DATA_DIR"] = str(tmp_path / "a-file" / "data")
+    result = CliRunner().invoke(app, ["config", "check"], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"data_dir: {tmp_path / 'a-file'} is not a directory" in result.output

@@ -103,9 +103,7 @@ def test_another_event_under_a_stored_id_is_refused_not_dropped(env: dict[str, s
     assert "already stored with another name, source, user or payload" in error
     assert "Traceback" not in refused.output
     stored = [json.loads(line) for line in _ok(env, "events", "list", "--json").splitlines()]
-    assert [(e["id"], e["event_name"], e["payload"]) for e in stored] == [
-        ("my_1", "a.b", {"v": 1})
-    ]
+    assert [(e["id"], e["event_name"], e["payload"]) for e in stored] == [("my_1", "a.b", {"v": 1})]
 
 
 @pytest.mark.parametrize(
@@ -135,6 +133,14 @@ def test_publish_refuses_what_the_api_refuses(
     assert line.startswith("error: ")
     assert reason in line
     assert not (Path(env["EVENTMILL_DATA_DIR"]) / "events.db").exists()
+
+
+def test_publish_names_a_source_that_makes_no_receiver(env: dict[str, str]) -> None:
+    env["EVENTMILL_SOURCES"] = '{"empty": {"scheme": "hmac", "secrets": [""]}}'
+    result = CliRunner().invoke(app, ["publish", "a.b"], env=env)
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line == "error: sources.empty: hmac: at least one non-empty secret is required"
 
 
 def test_read_only_tools_never_create_a_store(env: dict[str, str], tmp_path: Path) -> None:

@@ -33,8 +33,10 @@ __all__ = [
     "app",
     "command_name",
     "err",
+    "error",
     "fail",
     "load_settings",
+    "make_data_dir",
     "note_store",
     "open_store",
     "out",
@@ -81,6 +83,19 @@ def load_settings(config: Path | None, **overrides: Any) -> Settings:
         return Settings.load(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigurationError as exc:
         raise fail(str(exc), 2) from None
+
+
+def make_data_dir(settings: Settings) -> None:
+    """Create :attr:`~Settings.data_dir` when an embedded database lives there; exit 2
+    naming the setting when it cannot be."""
+    if not settings.uses_data_dir():
+        return
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(
+            f"data_dir: cannot create {settings.data_dir.absolute()}: {exc.strerror or exc}", 2
+        ) from None
 
 
 def command_name() -> str:
@@ -133,8 +148,8 @@ async def open_store(settings: Settings, *, create: bool) -> AsyncIterator[Any]:
     from eventmill.store import open_store as open_
 
     note_store(settings, create=create)
-    if create and settings.uses_data_dir():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        make_data_dir(settings)
     store = await open_(settings.store)
     try:
         yield store

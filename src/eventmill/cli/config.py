@@ -4,7 +4,9 @@
 ``env NAME``, ``file PATH``, ``argument``), secrets masked and URL passwords redacted.
 ``check`` loads the settings and then checks what loading alone cannot see — that the
 bus and store URLs name a known backend with valid options, that the JWT key loads,
-that payload builders import — and exits 2 naming the setting and what is wrong.
+that payload builders import, that webhook sources' secrets make a receiver, that the
+data directory can be made — and exits 2 naming the setting and what is wrong
+(``serve`` checks the same before it starts).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import AliasChoices, BaseModel, SecretStr
 from rich.markup import escape
 from rich.table import Table
 
-from eventmill.cli._common import ConfigOption, app, fail, load_settings, out
+from eventmill.cli._common import ConfigOption, app, error, fail, load_settings, out
 from eventmill.settings import Settings
 
 config_app = typer.Typer(help="Show and check the effective configuration.", no_args_is_help=True)
@@ -144,6 +146,50 @@ def problems(settings: Settings) -> Iterator[tuple[str, str]]:
             load_builder(target)
         except ConfigurationError as exc:
             yield f"delivery.builders[{pattern!r}]", str(exc)
+    from eventmill.ingest import receiver_for
+    from eventmill.ingest.signatures import RazorpayScheme
+
+    for name, source in settings.sources.items():
+        try:
+            receiver_for(source)
+        except ConfigurationError as exc:
+            yield f"sources.{name}", str(exc)
+    if settings.razorpay_webhook_secret:
+        try:
+            RazorpayScheme([s.get_secret_value() for s in settings.razorpay_webhook_secret])
+        except ConfigurationError as exc:
+            yield "razorpay_webhook_secret", str(exc)
+    if settings.uses_data_dir():
+        problem = _data_dir_problem(settings.data_dir)
+        if problem is not None:
+            yield "data_dir", problem
+
+
+def _data_dir_problem(data_dir: Path) -> str | None:
+    """Why the embedded databases' directory cannot be used or created, if it is known
+    without creating it (``serve`` says so too when creating it fails)."""
+    path = data_dir.absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as exc:
+        return f"{path} cannot be looked at: {exc.strerror or exc}"
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            return f"{existing} is not writable"
+        return f"cannot create {path}: {existing} is not writable"
+    return None
+
+
+def refuse_problems(settings: Settings) -> None:
+    """Exit 2 with ``error: <setting>: <what is wrong>`` (one line each) if
+    :func:`problems` finds any: ``serve`` checks so before it starts."""
+    found = list(problems(settings))
+    for name, message in found:
+        error(f"{name}: {message}")
+    if found:
+        raise typer.Exit(2)
 
 
 @config_app.command("check")

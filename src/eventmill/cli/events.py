@@ -23,6 +23,7 @@ from eventmill.cli._common import (
     err,
     fail,
     load_settings,
+    make_data_dir,
     open_store,
     out,
     run,
@@ -85,8 +86,8 @@ async def _bus(settings: Settings) -> AsyncIterator[Any]:
     from eventmill.pubsub.factory import open_pubsub
 
     err.print(f"bus: {escape(display_url(settings.bus))}", soft_wrap=True, highlight=False)
-    if settings.bus.startswith("sqlite:") and settings.uses_data_dir():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.bus.startswith("sqlite:"):
+        make_data_dir(settings)
     bus = await open_pubsub(settings.bus)
     try:
         yield bus

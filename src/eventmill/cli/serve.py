@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from eventmill.cli._common import ConfigOption, app, command_name, load_settings
+from eventmill.cli._common import (
+    ConfigOption,
+    app,
+    command_name,
+    fail,
+    load_settings,
+    make_data_dir,
+)
+from eventmill.cli.config import refuse_problems
+from eventmill.errors import ConfigurationError
 
 
 def _graceful_server() -> type:
@@ -55,6 +64,10 @@ def serve(
     from eventmill.logs import configure_logging
 
     configured = load_settings(config, host=host, port=port, roles=role)
+    # What would fail the app's build or start (a bus URL of no backend, a JWT key that
+    # does not load, a source's empty secret, ...): one line naming the setting, exit 2.
+    refuse_problems(configured)
+    make_data_dir(configured)
     settings = with_dev_secrets(configured)
     used = [
         name
@@ -71,8 +84,14 @@ def serve(
     dev = dev_secrets_path(settings) if used else None
     message = startup_message(settings, command_name(), dev_secrets=dev, dev_secret_names=used)
     configure_logging(settings.log_level)
+    try:
+        asgi = create_app(
+            settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)
+        )
+    except ConfigurationError as exc:  # what the checks above do not foresee
+        raise fail(str(exc), 2) from None
     server_config = uvicorn.Config(
-        create_app(settings, freeze_gc=True, on_started=lambda: print(message, file=sys.stderr)),
+        asgi,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from fastapi import APIRouter
 
-from eventmill.errors import RouterError
+from eventmill.errors import ConfigurationError, RouterError
 from eventmill.events import transformer_for
 from eventmill.ingest import api, webhooks
 from eventmill.ingest._group_commit import GroupCommitInserter
@@ -31,12 +31,26 @@ _log = logging.getLogger("eventmill.ingest")
 
 
 def ingest_config(settings: IngestSettings, resources: Resources) -> IngestConfig:
-    """The runtime configuration of ingest: receivers built from the settings."""
-    receivers = {name: receiver_for(cfg) for name, cfg in settings.sources.items()}
+    """The runtime configuration of ingest: receivers built from the settings.
+
+    Raises :class:`~eventmill.ConfigurationError` naming the setting a receiver cannot be
+    built from (``sources.<name>``, ``razorpay_webhook_secret``; never a secret).
+    """
+    receivers: dict[str, Receiver] = {}
+    for name, cfg in settings.sources.items():
+        try:
+            receivers[name] = receiver_for(cfg)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"sources.{name}: {exc}") from None
     if settings.razorpay_webhook_secret:
         paths = settings.razorpay_user_id_paths
+        secrets = [s.get_secret_value() for s in settings.razorpay_webhook_secret]
+        try:
+            scheme = RazorpayScheme(secrets)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"razorpay_webhook_secret: {exc}") from None
         receivers["razorpay"] = Receiver(
-            scheme=RazorpayScheme([s.get_secret_value() for s in settings.razorpay_webhook_secret]),
+            scheme=scheme,
             transformer=transformer_for("razorpay", tuple(paths) if paths is not None else None),
         )
     return IngestConfig(
