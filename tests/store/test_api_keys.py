@@ -84,7 +84,15 @@ def test_scopes_and_admin_allows_everything() -> None:
 
 @pytest.mark.parametrize(
     ("name", "scopes"),
-    [("", {"read"}), ("x", set()), ("x", {"read", "write"}), ("x" * 201, {"read"})],
+    [
+        ("", {"read"}),
+        ("x", set()),
+        ("x", {"read", "write"}),
+        ("x" * 201, {"read"}),
+        ("a\nb", {"read"}),
+        ("a\x00b", {"read"}),
+        ("a\x7f", {"read"}),
+    ],
 )
 async def test_create_rejects_bad_input(store: Store, name: str, scopes: set[str]) -> None:
     with pytest.raises(ConfigurationError):

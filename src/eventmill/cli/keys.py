@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from eventmill.cli._common import (
@@ -43,7 +44,14 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create an API key. The secret is printed once and never stored in clear."""
+    from eventmill.errors import ConfigurationError
+    from eventmill.store.api_keys import check_key_name
+
     settings = load_settings(config)
+    try:
+        check_key_name(name)
+    except ConfigurationError as exc:
+        raise fail(str(exc), 2) from None
     scopes = _scopes_ok(scope)
 
     async def create() -> tuple[str, str]:
@@ -83,7 +91,7 @@ def keys_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     for key in rows:
         table.add_row(
             key.id,
-            key.name,
+            escape(key.name),
             ",".join(sorted(key.scopes)),
             key.created_at.isoformat(timespec="seconds"),
             key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",

@@ -25,12 +25,13 @@ from eventmill.store.tables import api_keys as t
 if TYPE_CHECKING:
     from eventmill.store.database import Database
 
-__all__ = ["SCOPES", "ApiKeyRecord", "ApiKeyStore"]
+__all__ = ["SCOPES", "ApiKeyRecord", "ApiKeyStore", "check_key_name"]
 
 SCOPES: Final = frozenset({"publish", "read", "admin"})
 """``publish``: POST events; ``read``: query any event; ``admin``: everything."""
 
 _KEY_RE: Final = re.compile(r"em_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _DUMMY_HASH: Final = hashlib.sha256(b"eventmill-no-such-key").hexdigest()
 _LAST_USED_RESOLUTION: Final = timedelta(seconds=60)
 
@@ -78,6 +79,20 @@ class ApiKeyRecord:
         return scope in self.scopes or "admin" in self.scopes
 
 
+def check_key_name(name: str) -> None:
+    """Raise :class:`~eventmill.ConfigurationError` unless ``name`` can name a key: 1-200
+    characters, no control character (a line break or NUL would break every listing of
+    the keys, and PostgreSQL refuses NUL in text)."""
+    if not name or len(name) > 200:
+        raise ConfigurationError("API key name must be 1-200 characters")
+    control = _CONTROL.search(name)
+    if control is not None:
+        raise ConfigurationError(
+            f"API key name must not hold control characters (it holds {control.group()!r} "
+            f"at {control.start()})"
+        )
+
+
 def _record(row: Any) -> ApiKeyRecord:
     m = row._mapping
     created_at = _utc(m["created_at"])
@@ -102,12 +117,11 @@ class ApiKeyStore:
     async def create(self, name: str, scopes: Iterable[str]) -> tuple[ApiKeyRecord, str]:
         """Create a key; return its record and the plaintext key (shown this once only).
 
-        Raises :class:`~eventmill.ConfigurationError` for an empty name, no scopes or an
-        unknown scope.
+        Raises :class:`~eventmill.ConfigurationError` for a name :func:`check_key_name`
+        refuses, no scopes or an unknown scope.
         """
         scope_set = frozenset(scopes)
-        if not name or len(name) > 200:
-            raise ConfigurationError("API key name must be 1-200 characters")
+        check_key_name(name)
         if not scope_set:
             raise ConfigurationError("an API key needs at least one scope")
         unknown = scope_set - SCOPES
