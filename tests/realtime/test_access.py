@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from eventmill.realtime import CloseCode
+from eventmill.store import open_store
 from tests.realtime.support import (
     ALLOWED_ORIGIN,
     AUDIENCE,
@@ -29,6 +30,8 @@ from tests.realtime.support import (
     close_code,
     close_reason,
     create_key,
+    embedded_node,
+    embedded_store_url,
     event,
     running_node,
     sse_client,
@@ -186,6 +189,43 @@ async def test_a_token_expiring_while_connected_closes_with_its_code(node: Node)
         closed = await client.wait_closed(timeout=30)
     assert close_code(closed) == CloseCode.TOKEN_EXPIRED
     assert close_reason(closed) == "token_expired"
+
+
+def test_a_revoked_keys_streams_are_closed_and_others_stay(tmp_path: Path) -> None:
+    """A read key sees every user's events: revoking it ends its open WebSocket (4001
+    ``key_revoked``) and SSE streams (a last ``key_revoked`` event) within a heartbeat
+    round; a connection with another key goes on."""
+
+    async def scenario(node: Node) -> None:
+        store = await open_store(embedded_store_url(tmp_path))
+        try:
+            record, leaked = await store.api_keys.create("leaked", ["read"])
+            async with (
+                ws_client(f"{node.ws_url}?token={leaked}") as ws,
+                ws_client(f"{node.ws_url}?token={node.key}") as other,
+                sse_client(node.url, token=leaked) as sse,
+            ):
+                await ws.wait_for(lambda c: c.of("connected"))
+                await other.wait_for(lambda c: c.of("connected"))
+                ids = await node.publish(event(_user()))
+                await sse.wait_for(lambda c: ids[0] in [d["id"] for d in c.data()])
+                assert await store.api_keys.revoke(record.id)
+                closed = await ws.wait_closed()
+                await sse.wait_ended()
+                later = await node.publish(event(_user()))
+                await other.wait_for(lambda c: later[0] in [e["id"] for e in c.events()])
+                assert other.closed is None
+        finally:
+            await store.close()
+        assert (close_code(closed), close_reason(closed)) == (
+            CloseCode.UNAUTHORIZED,
+            "key_revoked",
+        )
+        assert [d["error"] for d in sse.data("key_revoked")] == ["key_revoked"]
+        assert later[0] not in [e["id"] for e in ws.events()]
+
+    with embedded_node(tmp_path, EVENTMILL_REALTIME__HEARTBEAT_SECONDS="0.5") as node:
+        asyncio.run(scenario(node))
 
 
 async def test_refresh_moves_the_expiry_for_the_same_user_only(node: Node) -> None:

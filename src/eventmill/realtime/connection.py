@@ -73,6 +73,7 @@ class Connection:
         "direct",
         "explicit",
         "grace",
+        "key_id",
         "live",
         "max_bytes",
         "max_messages",
@@ -104,6 +105,9 @@ class Connection:
         self.all_users = all_users
         """Whether it gets every user's events and events without a user (an operator's
         token with the ``all_users`` claim)."""
+        self.key_id: str | None = None
+        """The API key it authenticated with, if any: the hub closes the connection
+        once the key is revoked."""
         self.patterns: list[str] = []
         self._match: re.Pattern[str] | None = None
         self.explicit = patterns is not None

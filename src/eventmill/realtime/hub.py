@@ -485,6 +485,32 @@ class Hub:
                     # that a burst of events (and everything else) runs in between.
                     await asyncio.sleep(0)
                 self._beat(conns[start : start + _BEAT_SLICE])
+            await self.drop_revoked(conns)
+
+    async def drop_revoked(self, conns: list[Connection] | None = None) -> int:
+        """Close (4001 ``key_revoked``) every connection whose API key is revoked or
+        gone; return how many. Runs with every heartbeat round, so a revoked key's
+        streams end within ``heartbeat_seconds`` on every node (one read of the keys,
+        only while some connection uses one)."""
+        keyed = [
+            c
+            for c in (self.all_connections() if conns is None else conns)
+            if c.key_id is not None and c.closing is None
+        ]
+        if not keyed:
+            return 0
+        try:
+            keys = await self.feed.store.api_keys.list(include_revoked=False)
+        except (EventmillError, OSError) as exc:
+            _log.warning("realtime: could not read the API keys (%s); checking next round", exc)
+            return 0
+        valid = {key.id for key in keys}
+        dropped = 0
+        for conn in keyed:
+            if conn.key_id not in valid:
+                conn.close(CloseCode.UNAUTHORIZED, "key_revoked")
+                dropped += 1
+        return dropped
 
     def _beat(self, conns: list[Connection]) -> None:
         """A heartbeat to each of ``conns``; a WebSocket connection that got a frame

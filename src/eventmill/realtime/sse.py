@@ -49,6 +49,7 @@ _DISCONNECTED = 0
 _ENDINGS: dict[int, str] = {
     CloseCode.SLOW_CONSUMER: "slow_consumer",
     CloseCode.TOKEN_EXPIRED: "token_expired",
+    CloseCode.UNAUTHORIZED: "key_revoked",  # the only 4001 of an open stream
     CloseCode.GOING_AWAY: "shutdown",
     CloseCode.TRY_AGAIN_LATER: "unavailable",
 }
@@ -57,6 +58,7 @@ _MESSAGES = {
     "token_expired": "the token expired; reconnect with a new token",
     "shutdown": "the server is shutting down; reconnect to resume",
     "unavailable": "the event store is unavailable; reconnect later",
+    "key_revoked": "the API key was revoked; connect with another",
 }
 
 
@@ -260,6 +262,7 @@ def routes(ctx: RealtimeContext) -> APIRouter:
             max_messages=s.max_pending_messages,
             max_bytes=s.max_pending_bytes,
         )
+        conn.key_id = principal.key.id if principal.key is not None else None
         try:
             hub.register(conn)
         except LimitError as exc:

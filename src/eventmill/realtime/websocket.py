@@ -185,6 +185,7 @@ async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None
         max_messages=s.max_pending_messages,
         max_bytes=s.max_pending_bytes,
     )
+    conn.key_id = principal.key.id if principal.key is not None else None
     try:
         hub.register(conn)
     except LimitError as exc:

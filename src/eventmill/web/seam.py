@@ -54,6 +54,7 @@ STREAM_CONTROL_NAMES: frozenset[str] = frozenset(
         "resume_failed",
         "slow_consumer",
         "token_expired",
+        "key_revoked",
         "shutdown",
         "unavailable",
         # EventSource's own event types: an event so named fires onerror/onopen/onmessage
