@@ -90,9 +90,11 @@ async def test_time_audience_and_issuer_are_checked(claims: dict[str, Any], prob
     assert await _problem(v, _token({**good, **claims})) == problem
 
 
-async def test_a_missing_audience_is_refused_when_one_is_configured() -> None:
-    v = _verifier(secret=SECRET, audience="eventmill")
-    assert await _problem(v, _token({})) == "malformed"
+async def test_a_missing_audience_or_issuer_is_refused_as_such_when_configured() -> None:
+    """Named as the claim it lacks (it was ``malformed``, as if the JWT were broken)."""
+    v = _verifier(secret=SECRET, audience="eventmill", issuer="https://auth.example")
+    assert await _problem(v, _token({"iss": "https://auth.example"})) == "bad_audience"
+    assert await _problem(v, _token({"aud": "eventmill"})) == "bad_issuer"
 
 
 async def test_an_exp_given_as_a_numeric_string_still_expires_the_principal() -> None:

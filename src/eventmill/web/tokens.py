@@ -275,6 +275,12 @@ class JwtVerifier:
                 leeway=s.leeway_seconds,
                 options={"verify_aud": s.audience is not None},
             )
+        except jwt.MissingRequiredClaimError as exc:
+            if exc.claim == "aud":
+                raise TokenError("bad_audience", "the token has no audience (aud)") from None
+            if exc.claim == "iss":
+                raise TokenError("bad_issuer", "the token has no issuer (iss)") from None
+            raise TokenError("malformed", "the token lacks a required claim") from None
         except jwt.PyJWTError as exc:
             for kind, problem, message in _PROBLEMS:
                 if isinstance(exc, kind):
