@@ -66,6 +66,9 @@ def test_credentials_never_reach_a_line_at_any_level(
     log.debug("< Cookie: eventmill_token=%s; theme=dark", JWT)
     log.debug("< x-api-key: %s", KEY)
     log.debug("< X-Razorpay-Signature: %s", "a" * 64)
+    # a client that percent-encoded its own query ("=" as %3D: no word boundary before)
+    log.info("GET /sse?x=1%%3Btoken%%3D%s HTTP/1.1", JWT)
+    log.info("GET /sse?events=a.*%%26token%%3D%s HTTP/1.1", KEY)
     logging.getLogger("eventmill.web").info(
         "called with %s", KEY, extra={"header": f"Bearer {JWT}"}
     )

@@ -59,8 +59,9 @@ _MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"(?i)([?&](?:token|access_token|id_token|api_key)=)[^&\s\"'#]+"), r"\1***"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
-    (re.compile(r"\bem_[A-Za-z0-9_-]{8,}"), "em_***"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***"),
+    # also right after a percent-encoded "=" or ";" (``%3DeyJ…``: no word boundary there)
+    (re.compile(r"(?:\b|(?<=%3[DdBb]))em_[A-Za-z0-9_-]{8,}"), "em_***"),
+    (re.compile(r"(?:\b|(?<=%3[DdBb]))eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***"),
 )
 
 
