@@ -212,3 +212,5 @@ async def test_recent_sends_the_latest_stored_events_of_the_client_then_live(nod
     async with ws_client(f"{node.ws_url}?token={token(alice)}&recent=x") as client:
         closed = await client.wait_closed()
     assert close_code(closed) == CloseCode.BAD_REQUEST
+    [error] = client.of("error")
+    assert error["message"] == "recent must be a number of events (a non-negative integer)"

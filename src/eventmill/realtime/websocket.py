@@ -63,12 +63,13 @@ def _json(value: dict[str, Any]) -> str:
 _MAX_POSITION: Final = 2**63 - 1
 
 
-def parse_position(value: str | None, what: str) -> int | None:
-    """A position from a query parameter or header (``None`` when absent)."""
+def parse_position(value: str | None, what: str, kind: str = "a store position") -> int | None:
+    """A position (or, ``kind`` saying so, a count) from a query parameter or header
+    (``None`` when absent)."""
     if value is None or value == "":
         return None
     if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", "٣"
-        raise PatternError(f"{what} must be a store position (a non-negative integer)")
+        raise PatternError(f"{what} must be {kind} (a non-negative integer)")
     # Past any store's head (a 64-bit position), however long: the resume then answers
     # "position unknown", as for any position beyond the newest event.
     digits = value.lstrip("0") or "0"
@@ -172,7 +173,7 @@ async def _serve(websocket: WebSocket, send: Send, ctx: RealtimeContext) -> None
         return
     try:
         since = parse_position(query.get("since"), "since")
-        recent = parse_position(query.get("recent"), "recent")
+        recent = parse_position(query.get("recent"), "recent", "a number of events")
         patterns = parse_patterns(query.getlist("events"), s.max_patterns)
     except PatternError as exc:
         await _refuse(websocket, CloseCode.BAD_REQUEST, "bad_request", str(exc))
