@@ -285,6 +285,27 @@ async def test_an_operators_token_sees_and_retries_every_users_deliveries(
         assert [r.status_code for r in endpoints[1:]] == [404, 404]
 
 
+async def test_recover_takes_times_with_and_without_an_offset_and_numbers_as_seconds(
+    tmp_path: Path,
+) -> None:
+    """``since`` without an offset (UTC) beside ``until`` with one was compared as a naive
+    and an aware time: a 500. A number is Unix seconds (pydantic read one past 2e10 as
+    milliseconds: 253402300800 became 1978)."""
+    async with service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc:
+        ep = await svc.create_endpoint(url="http://127.0.0.1:9/hook", user_id="u1")
+        path = f"/v1/endpoints/{ep['id']}/recover"
+        answers = [
+            await svc.client.post(path, json=body, headers=svc.auth)
+            for body in (
+                {"since": "2026-12-07T00:00:00", "until": "2026-12-08T00:00:00+05:30"},
+                {"since": 1765065600, "until": "2026-12-08T00:00:00Z"},
+                {"since": 253402300800},
+            )
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 422], [a.text for a in answers]
+    assert "outside the years 1-9999 in UTC" in answers[2].json()["message"]
+
+
 async def test_a_key_without_admin_scope_is_403(tmp_path: Path) -> None:
     from eventmill.app import resources_of
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 from hypothesis import given
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from eventmill import Message
 from eventmill.errors import EventValidationError
@@ -257,3 +257,14 @@ def test_from_parts_equals_the_validated_constructor(
         return dumped, event.model_fields_set, event.created_at.tzinfo, type(event.source)
 
     assert build(Event.from_parts) == build(Event)
+
+
+def test_a_number_is_unix_seconds_however_large() -> None:
+    """pydantic reads a number past 2e10 as milliseconds: ``-62135596900`` (a second
+    before year 1) became 1968. Every number is seconds; beyond the years 1-9999, 422."""
+    assert Event(event_name="a.b", created_at=1705746600).created_at == datetime(
+        2024, 1, 20, 10, 30, tzinfo=UTC
+    )
+    for seconds in (-62135596900, 253402300800, 1705746600000):
+        with pytest.raises(ValidationError, match="outside the years 1-9999 in UTC"):
+            Event(event_name="a.b", created_at=seconds)

@@ -15,6 +15,7 @@ from eventmill.delivery.config import MAX_OVERLAP_SECONDS, DeliverySettings
 from eventmill.delivery.network import AddressPolicy
 from eventmill.delivery.store import AttemptRecord, DeliveryRecord, EndpointRecord
 from eventmill.errors import ConfigurationError
+from eventmill.events.envelope import UtcDatetime
 from eventmill.events.registry import validate_pattern
 
 __all__ = [
@@ -279,8 +280,10 @@ class RecoverIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime
-    until: datetime | None = None
+    since: UtcDatetime
+    until: UtcDatetime | None = None
+    """Both in UTC (without an offset, UTC; a number is Unix seconds), so a time with
+    an offset compares with one without."""
 
     @model_validator(mode="after")
     def _ordered(self) -> RecoverIn:

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Final
 
 import orjson
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from eventmill.errors import EventValidationError
 from eventmill.message import Message
@@ -110,8 +110,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(to_utc)]
-"""A datetime field held in UTC (:func:`to_utc`; 422 outside the years 1-9999 in UTC)."""
+def _from_seconds(value: Any) -> Any:
+    """A number as Unix seconds, however large (pydantic reads one past 2e10 as
+    milliseconds: ``-62135596900`` became 1968, ``253402300800`` 1978); ``ValueError``
+    (:data:`OUT_OF_RANGE`) outside the years 1-9999."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(OUT_OF_RANGE) from None
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_from_seconds), AfterValidator(to_utc)]
+"""A datetime field held in UTC (:func:`to_utc`; a number is Unix seconds; 422 outside
+the years 1-9999 in UTC)."""
 
 
 def _check_name(value: str) -> str:
