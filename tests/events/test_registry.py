@@ -22,6 +22,7 @@ from eventmill.events import (
     RazorpayRefundEvent,
     UserCreated,
     compile_pattern,
+    validate_pattern,
 )
 from tests.payloads import payment_event, refund_event
 
@@ -89,6 +90,16 @@ def test_a_pattern_takes_linear_time_however_many_stars(pattern: str, name: str)
 def test_invalid_patterns_are_rejected(pattern: str) -> None:
     with pytest.raises(ConfigurationError):
         EventRegistry().register(pattern, Generic)
+
+
+def test_a_refused_pattern_is_named_short_with_its_length_limit() -> None:
+    """A 5,000-character pattern was echoed whole, and the message gave no length."""
+    with pytest.raises(ConfigurationError) as refused:
+        validate_pattern("x" * 5000)
+    message = str(refused.value)
+    assert "1-200 of letters, digits" in message
+    assert "'" + "x" * 60 + "'…" in message
+    assert "x" * 61 not in message
 
 
 def test_duplicate_patterns_and_non_models_are_rejected() -> None:

@@ -52,8 +52,13 @@ def validate_pattern(pattern: str) -> str:
     """Return ``pattern`` if it is a valid event name or ``*`` pattern, else raise
     :class:`~eventmill.ConfigurationError`."""
     if not isinstance(pattern, str) or _PATTERN.fullmatch(pattern) is None:
+        shown = repr(
+            pattern if not isinstance(pattern, str) or len(pattern) <= 60 else pattern[:60]
+        )
+        more = "…" if isinstance(pattern, str) and len(pattern) > 60 else ""
         raise ConfigurationError(
-            f"invalid event name pattern {pattern!r}: use letters, digits, '_', '.', ':', '-', '*'"
+            f"invalid event name pattern {shown}{more}: 1-200 of letters, digits, "
+            "'_', '.', ':', '-', '*'"
         )
     return pattern
 
