@@ -240,3 +240,16 @@ async def test_the_503_says_what_a_retry_of_that_request_does(
         assert chosen.json()["events"] == [{"id": "evt_chosen_by_caller", "duplicate": True}]
         assert len(await _stored_ids(app)) == 4
         bus.open_gate()
+
+
+async def test_an_empty_key_is_422_and_stores_nothing(tmp_path: Path, store_url: str) -> None:
+    """An empty Idempotency-Key was taken as none: a retry of that request stored its
+    events again. The caller meant a key: 422 naming the header."""
+    async with running_app(settings_for(tmp_path, store_url)) as (app, client):
+        _, auth = await _key(app, "publish")
+        answer = await client.post(
+            "/v1/events", json=_event(), headers={**auth, "Idempotency-Key": ""}
+        )
+        assert answer.status_code == 422, answer.text
+        assert "idempotency-key" in answer.json()["message"].lower()
+        assert await _stored_ids(app) == []

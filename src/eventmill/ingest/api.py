@@ -310,6 +310,7 @@ def routes(ctx: IngestContext) -> APIRouter:
         idempotency_key: Annotated[
             str | None,
             Header(
+                min_length=1,  # an empty key would be no key: the caller meant one
                 max_length=_IDEMPOTENCY_KEY_MAX,
                 description="Names the request, per API key: a retry with the same body "
                 "is answered what the first request was answered (`Idempotent-Replayed: "
