@@ -76,6 +76,8 @@ def test_invalid_settings_name_the_field_not_the_value(monkeypatch: pytest.Monke
     assert "topsecret" not in str(info.value)
     with pytest.raises(ConfigurationError, match="does not exist"):
         Settings.load("/nonexistent/eventmill.toml")
+    with pytest.raises(ConfigurationError, match="'/etc' is not a file"):  # a directory
+        Settings.load("/etc")
     monkeypatch.delenv("EVENTMILL_SOURCES__RAZORPAY__SCHEME")
     monkeypatch.delenv("EVENTMILL_SOURCES__RAZORPAY__SECRETS")
     monkeypatch.setenv("EVENTMILL_MAX_BODY_BYTES", "0")

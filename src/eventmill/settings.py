@@ -251,7 +251,8 @@ class Settings(BaseSettings, IngestSettings):
 
         path = Path(config_file) if config_file is not None else None
         if path is not None and not path.is_file():
-            raise ConfigurationError(f"config file {str(path)!r} does not exist")
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise ConfigurationError(f"config file {str(path)!r} {problem}")
         named = os.environ.get("EVENTMILL_CONFIG")
         if path is None and named and not Path(named).is_file():
             raise ConfigurationError(
