@@ -199,3 +199,26 @@ def test_resolve_path() -> None:
     assert resolve_path(data, "a.x") is None
     assert resolve_path(data, "n.x") is None
     assert resolve_path([1, 2], "0") == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "headers", "origin"),
+    [
+        ("github", {"ref": "x"}, {"x-github-event": "pull request"}, "header x-github-event"),
+        (
+            "github",
+            {"action": "re opened"},
+            {"x-github-event": "issues"},
+            "header x-github-event and body field 'action'",
+        ),
+        ("standard", {"type": "a b"}, {}, "body field 'type'"),
+        ("razorpay", {"event": "payment captured", "payload": {}}, {}, "body field 'event'"),
+    ],
+)
+def test_a_name_that_is_no_event_name_is_refused_naming_where_it_came_from(
+    kind: str, body: dict[str, Any], headers: dict[str, str], origin: str
+) -> None:
+    """It said only "github event name is not a valid event name"."""
+    with pytest.raises(EventValidationError) as refused:
+        transformer_for(kind)(WebhookInput(source=kind, body=body, headers=headers))
+    assert f"made from {origin} is not a valid event name" in str(refused.value)

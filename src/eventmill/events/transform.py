@@ -113,10 +113,16 @@ def _check_paths(paths: tuple[str, ...]) -> None:
             raise ConfigurationError(f"invalid JSON path {path!r}: use dotted keys like 'a.b.c'")
 
 
-def _build(inp: WebhookInput, name: str, user_id: str | None, created_at: datetime) -> Event:
+def _build(
+    inp: WebhookInput, name: str, user_id: str | None, created_at: datetime, origin: str
+) -> Event:
+    """The event; ``origin`` says where its name came from (``body field 'event'``), for
+    the message when the name is not a valid event name."""
     if EVENT_NAME_RE.fullmatch(name) is None:
         raise EventValidationError(
-            f"{inp.source} event name is not a valid event name", field="event_name"
+            f"the {inp.source} event name made from {origin} is not a valid event name "
+            "(letters, digits, '_', '.', ':', '-'; at most 200 characters)",
+            field="event_name",
         )
     try:
         return Event.from_parts(
@@ -178,7 +184,7 @@ class RazorpayTransformer:
             headers=inp.headers,
             received_at=inp.received_at,
         )
-        return _build(flat, f"{self.prefix}.{name}", user_id, created_at)
+        return _build(flat, f"{self.prefix}.{name}", user_id, created_at, "body field 'event'")
 
 
 def flatten_razorpay_entities(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,22 +256,25 @@ class GenericTransformer:
     def __call__(self, inp: WebhookInput) -> Event:
         body = inp.body
         name: str | None = None
+        origin = "its default name"
         if self.event_name_header is not None:
             name = inp.headers.get(self.event_name_header.lower()) or None
+            origin = f"header {self.event_name_header}"
         if name is None:
             for path in self.event_name_paths:
                 value = resolve_path(body, path)
                 if isinstance(value, str) and value:
-                    name = value
+                    name, origin = value, f"body field {path!r}"
                     break
         if name is None:
-            name = self.default_name
+            name, origin = self.default_name, "its default name"
         if self.action_path is not None:
             action = resolve_path(body, self.action_path)
             if isinstance(action, str) and action:
                 name = f"{name}.{action}"
+                origin = f"{origin} and body field {self.action_path!r}"
         user_id = _first_user_id(self.user_id_paths, lambda p: resolve_path(body, p))
-        return _build(inp, f"{inp.source}.{name}", user_id, inp.received_at)
+        return _build(inp, f"{inp.source}.{name}", user_id, inp.received_at, origin)
 
 
 def github_transformer(user_id_paths: tuple[str, ...] = ()) -> GenericTransformer:
