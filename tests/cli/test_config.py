@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from eventmill.cli import app
 
 SECRET = "rzp_top_secret_value"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("EVENTMILL_") and k != "RAZORPAY_WEBHOOK_SECRET"
-    }
-    return {**clean, "EVENTMILL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250"}
 
 
 def _rows(output: str) -> dict[str, tuple[str, str]]:

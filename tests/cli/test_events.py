@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,6 @@ from eventmill import Message, open_pubsub
 from eventmill.cli import app
 
 EVENTMILL = Path(sys.executable).parent / "eventmill"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTMILL_")}
-    return {**clean, "EVENTMILL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
 
 
 def _ok(env: dict[str, str], *args: str) -> str:

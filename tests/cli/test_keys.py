@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from eventmill.cli import app
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("EVENTMILL_")}
-    return {**clean, "EVENTMILL_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
 
 
 @pytest.mark.parametrize("name", ["two\nlines", "tab\there", "bell\x07", "del\x7f"])

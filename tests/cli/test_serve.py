@@ -3,7 +3,6 @@ once, exit 2, with one line naming the setting (never a secret, never a tracebac
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,8 @@ SECRET = "whsec_not_to_be_shown"
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("EVENTMILL_") and k != "RAZORPAY_WEBHOOK_SECRET"
-    }
-    return {
-        **clean,
-        "EVENTMILL_DATA_DIR": str(tmp_path / "data"),
-        "EVENTMILL_PORT": "0",
-        "COLUMNS": "250",
-    }
+def env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "EVENTMILL_PORT": "0"}
 
 
 @pytest.mark.parametrize(
