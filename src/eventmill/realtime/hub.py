@@ -504,6 +504,9 @@ class Hub:
         except (EventmillError, OSError) as exc:
             _log.warning("realtime: could not read the API keys (%s); checking next round", exc)
             return 0
+        except Exception:  # a bug must not stop the heartbeats that run this
+            _log.exception("realtime: reading the API keys failed; checking next round")
+            return 0
         valid = {key.id for key in keys}
         dropped = 0
         for conn in keyed:
