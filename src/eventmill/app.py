@@ -73,7 +73,7 @@ def features(settings: Settings, resources: Resources) -> list[Feature]:
     """The service's features, in start order (stopped in reverse): one line each."""
     return [
         Ingest(settings, resources),
-        Delivery(settings.delivery, resources),
+        Delivery(settings.delivery, resources, shutdown_grace=settings.shutdown_grace_seconds),
         Realtime(settings.realtime, resources),
         Operations(resources),
     ]

@@ -24,6 +24,8 @@ class CountingReceiver:
         self.requests: dict[str, int] = defaultdict(int)
         self.arrivals: list[tuple[str, str, float]] = []
         """(path, event id, time.time())."""
+        self.hanging: dict[str, int] = defaultdict(int)
+        """Requests held on each ``/hang`` path (answered never)."""
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -33,6 +35,11 @@ class CountingReceiver:
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]})
+
+    def started(self, path: str) -> bool:
+        """Whether a request on ``path`` (a ``/hang`` one) is being held."""
+        with self.lock:
+            return self.hanging[path] > 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -50,6 +57,8 @@ class CountingReceiver:
         if path.startswith("/hang"):
             import asyncio
 
+            with self.lock:
+                self.hanging[path] += 1
             await asyncio.sleep(3600)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         event_id = orjson.loads(body).get("id", "")

@@ -41,8 +41,13 @@ class Delivery:
         *,
         builders: PayloadBuilders | None = None,
         resolver: Resolver | None = None,
+        shutdown_grace: float | None = None,
     ) -> None:
         self.settings = settings
+        self.shutdown_grace = shutdown_grace
+        """At most how long stopping waits for the fan-out's handlers and the attempts
+        in flight (``shutdown_grace_seconds``); an attempt cut short is sent again once
+        its lease expires. ``None``: up to the attempt timeout."""
         self.resources = resources
         self.builders = builders if builders is not None else builders_from(settings.builders)
         """Payload builders by event-name pattern (register more before start)."""
@@ -97,7 +102,9 @@ class Delivery:
         self.dispatcher = dispatcher
         fanout = FanOut(store, self.settings, self.metrics, dispatcher)
         tasks = [asyncio.create_task(fanout.run())]
-        router = Router(subscriber=bus, config=RouterConfig(close_timeout=10.0))
+        grace = self.shutdown_grace
+        close_timeout = 10.0 if grace is None else min(10.0, grace)
+        router = Router(subscriber=bus, config=RouterConfig(close_timeout=close_timeout))
         router.add_handler(
             "delivery-fanout",
             resources.topic,
@@ -120,5 +127,7 @@ class Delivery:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await dispatcher.close()
+            await dispatcher.close(
+                None if grace is None else min(grace, self.settings.timeout_seconds + 1)
+            )
             self.dispatcher = None
