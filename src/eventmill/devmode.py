@@ -27,7 +27,13 @@ from pydantic import SecretStr
 
 from eventmill.settings import Settings
 
-__all__ = ["DEV_SECRETS_FILE", "applies", "load_dev_secrets", "with_dev_secrets"]
+__all__ = [
+    "DEV_SECRETS_FILE",
+    "applies",
+    "load_dev_secrets",
+    "with_dev_networks",
+    "with_dev_secrets",
+]
 
 DEV_SECRETS_FILE = "dev-secrets.json"
 _LOOPBACK = ["127.0.0.0/8", "::1/128"]
@@ -70,12 +76,20 @@ def with_dev_secrets(settings: Settings, *, create: bool = True) -> Settings:
         return settings
     found = load_dev_secrets(settings, create=create)
     if found is None:
-        return settings
+        return with_dev_networks(settings)
     update: dict[str, object] = {}
     if not settings.razorpay_webhook_secret:
         update["razorpay_webhook_secret"] = [SecretStr(found["razorpay_webhook_secret"])]
     if not settings.jwt.configured:
         update["jwt"] = settings.jwt.model_copy(update={"secret": SecretStr(found["jwt_secret"])})
-    if not settings.delivery.allow_networks:
-        update["delivery"] = settings.delivery.model_copy(update={"allow_networks": _LOOPBACK})
-    return settings.model_copy(update=update) if update else settings
+    return with_dev_networks(settings.model_copy(update=update) if update else settings)
+
+
+def with_dev_networks(settings: Settings) -> Settings:
+    """``settings`` with loopback outbound destinations allowed where the embedded
+    default allows them (``delivery.allow_networks`` unset): what ``serve`` accepts, so
+    the CLI accepts the same endpoint URLs; else ``settings`` unchanged."""
+    if not applies(settings) or settings.delivery.allow_networks:
+        return settings
+    delivery = settings.delivery.model_copy(update={"allow_networks": _LOOPBACK})
+    return settings.model_copy(update={"delivery": delivery})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 
@@ -172,3 +173,22 @@ def test_endpoint_commands_say_what_is_wrong(env: dict[str, str]) -> None:
     )
     assert parked.exit_code == 1
     assert f"eventmill endpoints enable {endpoint_id}" in parked.output
+
+
+def test_a_loopback_url_is_taken_where_serve_takes_it(tmp_path: Path) -> None:
+    """On the embedded default ``serve`` (and POST /v1/endpoints) take a loopback URL;
+    ``endpoints create`` refused it ("127.0.0.1 is a loopback address"). With the
+    development defaults off, both refuse it."""
+    embedded = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EVENTMILL_") and k != "RAZORPAY_WEBHOOK_SECRET"
+    }
+    embedded["EVENTMILL_DATA_DIR"] = str(tmp_path / "data")
+    create = ["endpoints", "create", "http://127.0.0.1:9/hook", "-u", "u1"]
+    made = CliRunner().invoke(app, create, env=embedded)
+    assert made.exit_code == 0, made.output
+    strict = {**embedded, "EVENTMILL_DEV_SECRETS": "false"}
+    refused = CliRunner().invoke(app, create, env=strict)
+    assert refused.exit_code == 2, refused.output
+    assert "loopback" in refused.output

@@ -54,8 +54,11 @@ def _run(
     *,
     create: bool = False,
 ) -> T:
-    """Run ``work`` on the store; only ``create`` makes an embedded store that is missing."""
-    settings = load_settings(config)
+    """Run ``work`` on the store; only ``create`` makes an embedded store that is missing.
+    On the embedded default, loopback endpoint URLs are allowed as ``serve`` allows them."""
+    from eventmill.devmode import with_dev_networks
+
+    settings = with_dev_networks(load_settings(config))
 
     async def main() -> T:
         async with open_store(settings, create=create) as store:
