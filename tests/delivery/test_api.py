@@ -422,3 +422,58 @@ async def test_a_disabled_endpoints_deliveries_are_not_retried_or_recovered(
         retry = await svc.client.post(f"/v1/deliveries/{parked['id']}/retry", headers=svc.auth)
         assert retry.status_code == 202, retry.text
         await rec.wait_for(lambda: len(rec.received) == 2)
+
+
+async def test_finished_at_is_when_the_last_attempt_ended(tmp_path: Path) -> None:
+    """It was the last attempt's start: a 12 s attempt "finished" when it began."""
+    from datetime import datetime, timedelta
+
+    async def slow(request: Any, n: int) -> Response:
+        await asyncio.sleep(0.5)
+        return Response(b"ok", status_code=200)
+
+    async with (
+        receiver(slow) as rec,
+        service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc,
+    ):
+        await svc.create_endpoint(url=rec.url(), user_id="u1")
+        await svc.publish({"event_name": "x.y", "user_id": "u1"})
+        [done] = await svc.wait_delivery(
+            {"user_id": "u1"}, lambda found: bool(found) and found[0]["status"] == "succeeded"
+        )
+    started = datetime.fromisoformat(done["last_attempt_at"])
+    finished = datetime.fromisoformat(done["finished_at"])
+    assert finished - started >= timedelta(seconds=0.5)
+
+
+async def test_a_replay_gives_a_re_enabled_endpoint_what_it_missed_and_no_one_twice(
+    tmp_path: Path,
+) -> None:
+    """The documented way to send a re-enabled endpoint the events published while it
+    was disabled (they made no delivery for it): replay the span; an endpoint that got
+    them already gets nothing twice (one delivery per event and endpoint)."""
+    async with (
+        receiver() as rec,
+        service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc,
+    ):
+        paused = await svc.create_endpoint(url=rec.url("/paused"), user_id="u1")
+        steady = await svc.create_endpoint(url=rec.url("/steady"), user_id="u1")
+        off = await svc.client.patch(
+            f"/v1/endpoints/{paused['id']}", json={"disabled": True}, headers=svc.auth
+        )
+        assert off.status_code == 200, off.text
+        [event_id] = await svc.publish({"event_name": "x.y", "user_id": "u1"})
+        await rec.wait_for(lambda: len(rec.at("/steady")) == 1)
+        on = await svc.client.patch(
+            f"/v1/endpoints/{paused['id']}", json={"disabled": False}, headers=svc.auth
+        )
+        assert on.status_code == 200, on.text
+        replayed = await svc.client.post("/v1/replay", json={}, headers=svc.auth)
+        assert replayed.status_code == 200, replayed.text
+        await rec.wait_for(lambda: len(rec.at("/paused")) == 1)
+        deliveries = await svc.wait_delivery(
+            {"event_id": event_id},
+            lambda found: len(found) == 2 and all(d["status"] == "succeeded" for d in found),
+        )
+    assert sorted(d["endpoint_id"] for d in deliveries) == sorted([paused["id"], steady["id"]])
+    assert len(rec.at("/steady")) == 1  # not sent again

@@ -378,6 +378,17 @@ class NewDelivery:
 # -- the store ----------------------------------------------------------------------------
 
 
+def _finished(outcome: Outcome) -> datetime | None:
+    """When a delivery that is done (succeeded or failed) was done: its last attempt's
+    end (its start plus its latency), or its start for one parked without a request;
+    ``None`` while it is pending."""
+    if outcome.status == "pending":
+        return None
+    if outcome.latency_ms is None:
+        return outcome.started_at
+    return outcome.started_at + timedelta(milliseconds=outcome.latency_ms)
+
+
 class DeliveryStore:
     """Endpoints, deliveries and attempts, in the store's database."""
 
@@ -931,7 +942,7 @@ class DeliveryStore:
                     "b_last_at": o.started_at,
                     "b_code": o.status_code,
                     "b_error": o.error,
-                    "b_finished": o.started_at if o.status != "pending" else None,
+                    "b_finished": _finished(o),
                 }
                 for o in live
             ]
