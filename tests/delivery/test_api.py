@@ -477,3 +477,26 @@ async def test_a_replay_gives_a_re_enabled_endpoint_what_it_missed_and_no_one_tw
         )
     assert sorted(d["endpoint_id"] for d in deliveries) == sorted([paused["id"], steady["id"]])
     assert len(rec.at("/steady")) == 1  # not sent again
+
+
+async def test_a_rotations_overlap_end_is_shown_only_while_it_lasts(tmp_path: Path) -> None:
+    """Once the overlap is over the previous secret no longer signs: the endpoint said
+    ``previous_secret_expires_at`` in the past for good."""
+    from datetime import UTC, datetime
+
+    async with service(delivery_settings(tmp_path, f"sqlite:///{tmp_path / 'e.db'}")) as svc:
+        ep = await svc.create_endpoint(url="http://127.0.0.1:9/hook", user_id="u1")
+        rotated = await svc.client.post(
+            f"/v1/endpoints/{ep['id']}/rotate-secret",
+            json={"overlap_seconds": 1},
+            headers=svc.auth,
+        )
+        assert rotated.status_code == 200, rotated.text
+        expires = datetime.fromisoformat(rotated.json()["previous_secret_expires_at"])
+        shown = await svc.get(f"/v1/endpoints/{ep['id']}")
+        assert datetime.fromisoformat(shown["previous_secret_expires_at"]) == expires
+        async with asyncio.timeout(15):
+            while datetime.now(UTC) <= expires:
+                await asyncio.sleep(0.05)
+        after = await svc.get(f"/v1/endpoints/{ep['id']}")
+    assert after["previous_secret_expires_at"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import httpx
@@ -208,13 +208,22 @@ class EndpointOut(BaseModel):
     failing_since: datetime | None
     """First failed attempt since the last success (``null`` while healthy)."""
     previous_secret_expires_at: datetime | None
-    """While set and in the future, the previous secret signs too (rotation)."""
+    """Until then the previous secret signs too (a rotation's overlap); ``null`` once it
+    has passed, or without a rotation."""
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, ep: EndpointRecord) -> EndpointOut:
         return cls(**_endpoint_fields(ep))
+
+
+def _overlap_end(ep: EndpointRecord) -> datetime | None:
+    """The end of the rotation's overlap while it lasts (the previous secret signs)."""
+    expires = ep.previous_secret_expires_at
+    if expires is None or expires <= datetime.now(UTC):
+        return None
+    return expires
 
 
 def _endpoint_fields(ep: EndpointRecord) -> dict[str, Any]:
@@ -229,7 +238,7 @@ def _endpoint_fields(ep: EndpointRecord) -> dict[str, Any]:
         "disabled": ep.disabled,
         "disabled_reason": ep.disabled_reason,
         "failing_since": ep.failing_since,
-        "previous_secret_expires_at": ep.previous_secret_expires_at,
+        "previous_secret_expires_at": _overlap_end(ep),
         "created_at": ep.created_at,
         "updated_at": ep.updated_at,
     }
