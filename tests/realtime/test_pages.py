@@ -368,6 +368,22 @@ def test_signing_in_again_shows_each_recent_event_once(
     assert len(chromium.find_elements("css selector", f"tr[data-id='{shown}']")) == 1
 
 
+def test_a_sign_in_link_followed_while_the_dashboard_is_open_signs_in(
+    chromium: Any, node: tuple[Node, str]
+) -> None:
+    """``/#token=…`` (what ``eventmill demo`` prints) was read only when the page
+    loaded: followed in an open dashboard, it was ignored."""
+    server, _ = node
+    first, second = (f"user_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    chromium.get(f"{server.url}/#token={token(first)}")
+    wait_until(lambda: _text(chromium, "status") == "live")
+    chromium.execute_script("location.hash = arguments[0]", f"token={token(second)}")
+    wait_until(lambda: chromium.execute_script("return location.hash") == "")
+    wait_until(lambda: _text(chromium, "status") == "live")
+    [theirs] = asyncio.run(server.publish(event(second, "shop.order.paid")))
+    wait_until(lambda: chromium.find_elements("css selector", f"tr[data-id='{theirs}']"))
+
+
 def test_the_js_client_resumes_after_the_server_restarts(
     chromium: Any, pages: tuple[Path, str], node: tuple[Node, str]
 ) -> None:

@@ -266,11 +266,19 @@
     applyFilters();
   });
 
-  // A link with #token=… (eventmill demo prints one) signs in; the token then leaves
-  // the address bar, so it is not bookmarked or shared by accident.
-  var fromLink = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fromLink) history.replaceState(null, "", location.pathname + location.search);
-  var saved = fromLink || sessionStorage.getItem("eventmill_token");
+  // A link with #token=… (eventmill demo prints one) signs in, also when the page is
+  // open already; the token then leaves the address bar, so it is not bookmarked or
+  // shared by accident.
+  function tokenFromLink() {
+    var token = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (token) history.replaceState(null, "", location.pathname + location.search);
+    return token;
+  }
+  window.addEventListener("hashchange", function () {
+    var token = tokenFromLink();
+    if (token) { $("token").value = token; connect(token); }
+  });
+  var saved = tokenFromLink() || sessionStorage.getItem("eventmill_token");
   if (saved) { $("token").value = saved; connect(saved); }
   applyFilters();
 })();
