@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from eventmill.errors import EventValidationError
 from eventmill.events import SOURCE_RE, Event, EventMetadata
-from eventmill.events.envelope import OUT_OF_RANGE, to_utc
+from eventmill.events.envelope import OUT_OF_RANGE, USER_ID_RE, to_utc
 from eventmill.ingest.context import IngestContext
 from eventmill.ingest.idempotency import REPLAYED_HEADER, run_idempotent
 from eventmill.ingest.pipeline import ingest
@@ -56,7 +56,6 @@ _DEFAULTED = frozenset({"id", "created_at", "metadata", "processed_at"})
 # What stored values look like (the envelope's rules): a filter value outside them
 # matches nothing, and is never sent to the database (PostgreSQL refuses NUL in text).
 _STORED_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-_STORED_USER_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 _NOTHING = ""
 """A filter value no stored user id or source equals (both are at least 1 character),
 safe for every database: what an impossible filter value is replaced with."""
@@ -423,7 +422,7 @@ def routes(ctx: IngestContext) -> APIRouter:
     ) -> EventPageOut:
         """Page through stored events matching every filter given. Scope `read`."""
         page = await ctx.require_events().query(
-            user_id=_matchable(user_id, _STORED_USER_ID),
+            user_id=_matchable(user_id, USER_ID_RE),
             event_name=event_name,
             source=_matchable(source, SOURCE_RE),
             since=_time("since", since),

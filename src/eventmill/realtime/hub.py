@@ -487,16 +487,12 @@ class Hub:
                 self._beat(conns[start : start + _BEAT_SLICE])
             await self.drop_revoked(conns)
 
-    async def drop_revoked(self, conns: list[Connection] | None = None) -> int:
-        """Close (4001 ``key_revoked``) every connection whose API key is revoked or
+    async def drop_revoked(self, conns: list[Connection]) -> int:
+        """Close (4001 ``key_revoked``) each of ``conns`` whose API key is revoked or
         gone; return how many. Runs with every heartbeat round, so a revoked key's
         streams end within ``heartbeat_seconds`` on every node (one read of the keys,
         only while some connection uses one)."""
-        keyed = [
-            c
-            for c in (self.all_connections() if conns is None else conns)
-            if c.key_id is not None and c.closing is None
-        ]
+        keyed = [c for c in conns if c.key_id is not None and c.closing is None]
         if not keyed:
             return 0
         try:
